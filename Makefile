@@ -1,0 +1,38 @@
+# zhima-worker: the commands a developer and CI use.
+CARGO ?= cargo
+# Two cores: keep test binaries from starving each other.
+TEST_THREADS ?= 4
+
+.PHONY: run test test-unit test-integration bench lint fmt interop services build
+
+build:
+	$(CARGO) build --bins
+
+services:
+	@scripts/ensure-services.sh
+
+## The main job end to end on the default config (sandbox gateway, SQLite).
+run: build services
+	@scripts/demo.sh
+
+## Every test: both crypto backends, then the integration suites against the
+## real RabbitMQ and PostgreSQL.
+test: services
+	$(CARGO) test --no-default-features --lib
+	$(CARGO) test -- --test-threads=$(TEST_THREADS)
+
+## Figures for the issues' targets (release build; needs RabbitMQ and PostgreSQL).
+bench: services
+	$(CARGO) bench
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features --lib -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Official Alipay SDKs against the sandbox (needs npm; not part of `make test`).
+interop: build
+	@tests/interop/run.sh

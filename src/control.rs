@@ -1,0 +1,127 @@
+//! Process-wide switches every job task consults: shutting down, paused on a
+//! configuration fault, and the run of unverifiable answers that reveals a
+//! wrong Alipay public key.
+//!
+//! Tasks only read these before an upstream call (a paused or stopping worker
+//! hands deliveries back instead of calling); the app's consume loop reacts to
+//! the changes. No I/O.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::sync::watch;
+
+pub struct Control {
+    stopping: watch::Sender<bool>,
+    paused: watch::Sender<Option<String>>,
+    unverified_in_row: AtomicU32,
+    max_unverified_in_row: u32,
+}
+
+impl Control {
+    pub fn new(max_unverified_in_row: u32) -> Self {
+        Self {
+            stopping: watch::Sender::new(false),
+            paused: watch::Sender::new(None),
+            unverified_in_row: AtomicU32::new(0),
+            max_unverified_in_row: max_unverified_in_row.max(1),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        let mut receiver = self.stopping.subscribe();
+        let _ = receiver.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Pauses consumption; returns true for the call that paused it (which
+    /// logs), false when already paused.
+    pub fn pause(&self, reason: String) -> bool {
+        self.paused.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        })
+    }
+
+    pub fn resume(&self) {
+        self.unverified_in_row.store(0, Ordering::Relaxed);
+        self.paused.send_replace(None);
+    }
+
+    pub fn pause_reason(&self) -> Option<String> {
+        self.paused.borrow().clone()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.borrow().is_some()
+    }
+
+    /// Resolves once consumption is paused.
+    pub async fn paused(&self) {
+        let mut receiver = self.paused.subscribe();
+        let _ = receiver.wait_for(Option::is_some).await;
+    }
+
+    /// Counts an answer whose signature was missing or wrong; true once the
+    /// run reaches the configured limit.
+    pub fn note_unverified(&self) -> bool {
+        let run = self.unverified_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+        run >= self.max_unverified_in_row
+    }
+
+    /// A verified answer ends the run.
+    pub fn note_verified(&self) {
+        self.unverified_in_row.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn only_the_first_pause_reports_the_transition() {
+        let control = Control::new(3);
+        assert!(control.pause("bad key".into()));
+        assert!(!control.pause("again".into()));
+        assert_eq!(control.pause_reason().as_deref(), Some("bad key"));
+        control.resume();
+        assert!(!control.is_paused());
+    }
+
+    #[test]
+    fn a_verified_answer_resets_the_unverified_run() {
+        let control = Control::new(3);
+        assert!(!control.note_unverified());
+        assert!(!control.note_unverified());
+        control.note_verified();
+        assert!(!control.note_unverified());
+        assert!(!control.note_unverified());
+        assert!(control.note_unverified());
+    }
+
+    #[tokio::test]
+    async fn stopped_resolves_after_stop() {
+        let control = std::sync::Arc::new(Control::new(1));
+        let waiter = tokio::spawn({
+            let control = control.clone();
+            async move { control.stopped().await }
+        });
+        control.stop();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

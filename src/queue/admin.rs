@@ -1,0 +1,430 @@
+//! The operator commands that look at or move queued messages: `status`
+//! (queue depths next to the stored job counts) and `requeue-dead` (dead
+//! letters back to the main queue).
+//!
+//! `status` only reads: it uses passive declares and never creates a queue.
+//! `requeue-dead` never loses a message: a dead copy is removed only after its
+//! replacement is confirmed by the broker, and a message that is still
+//! invalid stays in the dead queue. Neither runs SQL itself; rows are changed
+//! through [`JobStore`].
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use lapin::{Acker, Channel, Connection, ErrorKind};
+
+use super::publisher::Outgoing;
+use super::topology::ready_messages;
+use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, QueueError, THROTTLED_HEADER, Topology};
+use crate::config::Settings;
+use crate::job::decode_job;
+use crate::store::{JobStatus, JobStore, StoreError};
+
+/// The AMQP reply code for a queue that does not exist.
+const NOT_FOUND: u16 = 404;
+
+/// Ready messages in one queue; `None` when the queue does not exist (nothing
+/// has declared the topology yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub name: String,
+    pub ready: Option<u32>,
+}
+
+/// Depths of every queue the worker declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub main: QueueDepth,
+    /// One per retry tier, shortest delay first.
+    pub delays: Vec<(Duration, QueueDepth)>,
+    pub dead: QueueDepth,
+}
+
+impl QueueDepths {
+    /// Messages waiting in any delay queue: the jobs being retried.
+    pub fn retry_total(&self) -> u64 {
+        self.delays
+            .iter()
+            .filter_map(|(_, depth)| depth.ready)
+            .map(u64::from)
+            .sum()
+    }
+}
+
+/// Counts ready messages with passive declares on a fresh connection.
+pub async fn queue_depths(settings: &Settings) -> Result<QueueDepths, QueueError> {
+    let topology = Topology::from_settings(settings)?;
+    let connection = super::connect(&settings.amqp, "status").await?;
+    let mut prober = DepthProber::open(&connection).await?;
+    let names = &topology.names;
+    let main = prober.depth(&names.queue).await?;
+    let mut delays = Vec::with_capacity(topology.delays.len());
+    for delay in &topology.delays {
+        delays.push((*delay, prober.depth(&names.delay_queue(*delay)).await?));
+    }
+    let dead = prober.depth(&names.dead_queue).await?;
+    let _ = connection.close(200, "status done".into()).await;
+    Ok(QueueDepths { main, delays, dead })
+}
+
+/// A passive declare of a missing queue closes the channel, so the prober
+/// opens a new one after each miss.
+struct DepthProber<'c> {
+    connection: &'c Connection,
+    channel: Channel,
+}
+
+impl<'c> DepthProber<'c> {
+    async fn open(connection: &'c Connection) -> Result<Self, QueueError> {
+        let channel = open_channel(connection).await?;
+        Ok(Self {
+            connection,
+            channel,
+        })
+    }
+
+    async fn depth(&mut self, name: &str) -> Result<QueueDepth, QueueError> {
+        let ready = match ready_messages(&self.channel, name).await {
+            Ok(ready) => Some(ready),
+            Err(QueueError::Broker { source, .. }) if is_not_found(&source) => {
+                self.channel = open_channel(self.connection).await?;
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(QueueDepth {
+            name: name.to_owned(),
+            ready,
+        })
+    }
+}
+
+async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {
+    connection
+        .create_channel()
+        .await
+        .map_err(QueueError::broker("channel.open"))
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND)
+}
+
+/// The `status` table: job counts (every status, zeros included), then queue
+/// depths, numbers right-aligned. A missing queue shows `-`.
+pub fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> String {
+    let mut rows: Vec<(String, String, String)> =
+        vec![("JOBS".into(), String::new(), "COUNT".into())];
+    rows.extend(
+        counts
+            .iter()
+            .map(|(status, count)| (status.to_string(), String::new(), count.to_string())),
+    );
+    rows.push(Default::default());
+    rows.push(("QUEUE".into(), "NAME".into(), "READY".into()));
+    rows.push(depth_row("main", &depths.main));
+    let missing = depths.delays.iter().all(|(_, d)| d.ready.is_none());
+    let retry = if missing {
+        "-".into()
+    } else {
+        depths.retry_total().to_string()
+    };
+    rows.push((
+        "retry".into(),
+        format!("({} delay queues)", depths.delays.len()),
+        retry,
+    ));
+    for (delay, depth) in &depths.delays {
+        rows.push(depth_row(&format!("  {}ms", delay.as_millis()), depth));
+    }
+    rows.push(depth_row("dead", &depths.dead));
+    align(&rows)
+}
+
+fn depth_row(label: &str, depth: &QueueDepth) -> (String, String, String) {
+    let ready = depth.ready.map_or_else(|| "-".into(), |n| n.to_string());
+    (label.to_owned(), depth.name.clone(), ready)
+}
+
+fn align(rows: &[(String, String, String)]) -> String {
+    let width = |pick: fn(&(String, String, String)) -> &String| {
+        rows.iter()
+            .map(|row| pick(row).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (first, second, third) = (width(|r| &r.0), width(|r| &r.1), width(|r| &r.2));
+    let mut out = String::new();
+    for (label, name, number) in rows {
+        let line = if name.is_empty() && second > 0 {
+            format!("{label:<first$}  {:second$}  {number:>third$}", "")
+        } else {
+            format!("{label:<first$}  {name:<second$}  {number:>third$}")
+        };
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequeueError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The row could not be reset, so the dead copy was handed back untouched.
+    #[error("resetting the job's row failed; the dead message was left in place")]
+    Store(#[from] StoreError),
+}
+
+/// A dead message that is still not a valid job; it stays in the dead queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StillInvalid {
+    /// The message's `message_id` (a transaction_id, never PII), if any.
+    pub message_id: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequeueReport {
+    pub requeued: u64,
+    pub invalid: Vec<StillInvalid>,
+}
+
+/// Headers a requeued job must not carry: the worker's retry bookkeeping
+/// (a requeued job starts a fresh attempt count) and the broker's death
+/// records (which would otherwise grow with each round trip).
+fn is_stale_header(name: &str) -> bool {
+    matches!(
+        name,
+        ATTEMPT_HEADER | THROTTLED_HEADER | ERROR_HEADER | "x-death"
+    ) || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+}
+
+fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
+    let mut fresh = FieldTable::default();
+    for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
+        if !is_stale_header(name.as_str()) {
+            fresh.insert(name.clone(), value.clone());
+        }
+    }
+    fresh
+}
+
+/// Moves valid jobs from the dead queue back to the main queue, at most
+/// `limit` of them, looking at each message present at the start only once.
+///
+/// Per message: reset the row to `retrying`, publish a copy with fresh headers
+/// and wait for its confirm, then ack the dead copy. Still-invalid messages are
+/// held unacknowledged until the scan ends (so `basic.get` cannot hand the
+/// same one back) and then returned to the dead queue.
+pub async fn requeue_dead(
+    settings: &Settings,
+    store: &JobStore,
+    limit: Option<u64>,
+) -> Result<RequeueReport, RequeueError> {
+    let topology = Topology::from_settings(settings)?;
+    let connection = super::connect(&settings.amqp, "requeue-dead").await?;
+    let publisher = Publisher::open(&connection).await?;
+    topology.declare(publisher.channel()).await?;
+    let getter = open_channel(&connection).await?;
+    let names = &topology.names;
+    let depth = ready_messages(&getter, &names.dead_queue).await?;
+    let mut mover = DeadMover {
+        settings,
+        store,
+        publisher: &publisher,
+        topology: &topology,
+        held: Vec::new(),
+        report: RequeueReport::default(),
+    };
+    let outcome = mover
+        .scan(&getter, u64::from(depth), limit.unwrap_or(u64::MAX))
+        .await;
+    let returned = mover.return_held().await;
+    let _ = connection.close(200, "requeue-dead done".into()).await;
+    outcome?;
+    returned?;
+    Ok(mover.report)
+}
+
+/// The state of one `requeue-dead` pass.
+struct DeadMover<'a> {
+    settings: &'a Settings,
+    store: &'a JobStore,
+    publisher: &'a Publisher,
+    topology: &'a Topology,
+    /// Still-invalid messages, unacknowledged until the scan ends.
+    held: Vec<Acker>,
+    report: RequeueReport,
+}
+
+impl DeadMover<'_> {
+    async fn scan(&mut self, getter: &Channel, depth: u64, limit: u64) -> Result<(), RequeueError> {
+        let dead_queue = super::short(&self.topology.names.dead_queue)?;
+        for _ in 0..depth {
+            if self.report.requeued >= limit {
+                break;
+            }
+            let Some(message) = getter
+                .basic_get(dead_queue.clone(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(QueueError::broker("basic.get"))?
+            else {
+                break;
+            };
+            self.handle(message).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, message: BasicGetMessage) -> Result<(), RequeueError> {
+        let delivery = message.delivery;
+        let product_code = &self.settings.upstream.product_code;
+        let job = match decode_job(&delivery.data, product_code) {
+            Ok(job) => job,
+            Err(rejected) => {
+                let message_id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.to_string());
+                self.report.invalid.push(StillInvalid {
+                    message_id,
+                    reason: rejected.error.to_string(),
+                });
+                self.held.push(delivery.acker);
+                return Ok(());
+            }
+        };
+        let transaction_id = job.query.transaction_id.as_str();
+        if let Err(error) = self
+            .republish(
+                transaction_id,
+                &delivery.data,
+                delivery.properties.headers().as_ref(),
+            )
+            .await
+        {
+            let _ = delivery.acker.nack(requeue()).await;
+            return Err(error);
+        }
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(QueueError::broker("basic.ack"))?;
+        self.report.requeued += 1;
+        Ok(())
+    }
+
+    /// The original body goes back as it was (a producer's extra fields
+    /// included); only the headers are renewed.
+    async fn republish(
+        &self,
+        transaction_id: &str,
+        body: &[u8],
+        headers: Option<&FieldTable>,
+    ) -> Result<(), RequeueError> {
+        self.store.reset_to_retrying(transaction_id).await?;
+        let mut message = Outgoing::job(&self.topology.names, body, Some(transaction_id));
+        message.headers = fresh_headers(headers);
+        self.publisher.publish(message).await?;
+        Ok(())
+    }
+
+    /// Hands the still-invalid messages back to the dead queue.
+    async fn return_held(&mut self) -> Result<(), QueueError> {
+        for acker in self.held.drain(..) {
+            acker
+                .nack(requeue())
+                .await
+                .map_err(QueueError::broker("basic.nack"))?;
+        }
+        Ok(())
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use lapin::types::{AMQPValue, LongString};
+
+    use super::*;
+
+    fn depth(name: &str, ready: Option<u32>) -> QueueDepth {
+        QueueDepth {
+            name: name.into(),
+            ready,
+        }
+    }
+
+    #[test]
+    fn stale_headers_are_dropped_and_producer_headers_kept() {
+        let mut headers = FieldTable::default();
+        for name in [
+            ATTEMPT_HEADER,
+            THROTTLED_HEADER,
+            ERROR_HEADER,
+            "x-death",
+            "x-first-death-queue",
+            "x-first-death-reason",
+            "x-last-death-exchange",
+            "tenant",
+        ] {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from("v")));
+        }
+        let fresh = fresh_headers(Some(&headers));
+        let names: Vec<&str> = fresh.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["tenant"]);
+        assert!(fresh_headers(None).inner().is_empty());
+    }
+
+    #[test]
+    fn status_lists_every_status_and_sums_the_delay_queues() {
+        let counts: Vec<(JobStatus, i64)> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let depths = QueueDepths {
+            main: depth("q", Some(3)),
+            delays: vec![
+                (Duration::from_secs(1), depth("q.delay.1000", Some(2))),
+                (Duration::from_secs(2), depth("q.delay.2000", Some(5))),
+            ],
+            dead: depth("q.dead", None),
+        };
+        let table = render_status(&counts, &depths);
+        for status in ["pending", "retrying", "succeeded", "failed"] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(status) && l.ends_with(" 0")),
+                "{table}"
+            );
+        }
+        let line = |label: &str| {
+            table
+                .lines()
+                .find(|l| l.starts_with(label))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(line("main").ends_with(" 3"));
+        assert!(line("retry ").ends_with(" 7"));
+        assert!(line("  1000ms").ends_with(" 2"));
+        assert!(line("dead").ends_with(" -"));
+        let widths: Vec<usize> = [line("main"), line("retry"), line("dead")]
+            .iter()
+            .map(|l| l.chars().count())
+            .collect();
+        assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Turns one delivery into a processed job and carries out the processor's
+//! [`Disposition`] on the broker: ack, a confirmed retry copy then ack, a
+//! confirmed dead-letter copy then ack, or a nack that hands it back.
+//!
+//! A copy is always confirmed before the original is acked, so a crash in
+//! between leaves two messages with the same transaction_id, never none; the
+//! store's final-row check makes the extra one harmless.
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+
+use super::publisher::Outgoing;
+use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology, header_u32};
+use crate::processor::{Attempt, Disposition, Processor};
+
+/// Reads our retry counters from the delivery's headers.
+pub fn attempt_of(delivery: &Delivery) -> Attempt {
+    let headers = delivery.properties.headers().as_ref();
+    Attempt {
+        number: header_u32(headers, ATTEMPT_HEADER).unwrap_or(1).max(1),
+        throttled: header_u32(headers, THROTTLED_HEADER).unwrap_or(0),
+    }
+}
+
+pub async fn handle(
+    delivery: Delivery,
+    processor: &Processor,
+    publisher: &Publisher,
+    topology: &Topology,
+) {
+    let attempt = attempt_of(&delivery);
+    let disposition = processor.process(&delivery.data, attempt).await;
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let forwarded = match &disposition {
+        Disposition::Ack => Ok(()),
+        Disposition::HandBack => {
+            hand_back(&delivery).await;
+            return;
+        }
+        Disposition::Retry {
+            delay,
+            next_attempt,
+            throttled,
+        } => {
+            let queue = topology.names.delay_queue(*delay);
+            let copy = Outgoing::to_queue(&queue, &delivery.data, message_id.as_deref())
+                .with_number_header(ATTEMPT_HEADER, *next_attempt)
+                .with_number_header(THROTTLED_HEADER, *throttled);
+            publisher.publish(copy).await
+        }
+        Disposition::DeadLetter { reason } => {
+            let copy = Outgoing::to_queue(
+                &topology.names.dead_queue,
+                &delivery.data,
+                message_id.as_deref(),
+            )
+            .with_number_header(ATTEMPT_HEADER, attempt.number)
+            .with_text_header(ERROR_HEADER, &truncate(reason, 1000));
+            publisher.publish(copy).await
+        }
+    };
+    match forwarded {
+        Ok(()) => ack(&delivery).await,
+        Err(error) => {
+            tracing::warn!(error.message = %error, error.cause_chain = ?error,
+                "could not publish the job's copy; handing the delivery back");
+            hand_back(&delivery).await;
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error.message = %error,
+            "ack failed (channel closed?); the broker will redeliver and the stored outcome makes that harmless");
+    }
+}
+
+/// Gives the message back to the broker without counting an attempt.
+pub async fn hand_back(delivery: &Delivery) {
+    let options = BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
+    };
+    if let Err(error) = delivery.acker.nack(options).await {
+        tracing::debug!(error.message = %error, "nack failed; the channel closing returns the message anyway");
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}

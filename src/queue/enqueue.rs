@@ -1,0 +1,627 @@
+//! `enqueue`: reads job records (JSON Lines, or CSV with a header), validates
+//! each one with the worker's own rules ([`crate::job::decode_job`]), gives a
+//! fresh transaction_id to records that carry none, and publishes the valid
+//! ones, persistent, to the jobs exchange with publisher confirms.
+//!
+//! Reading and validating run on a blocking thread that feeds the publisher
+//! through a bounded channel, so parsing overlaps with waiting for confirms.
+//! Publishing is pipelined: up to `window` messages are in flight before the
+//! oldest confirm is awaited.
+//!
+//! This module prints nothing and logs no record content (records are personal
+//! data): it reports invalid lines, assigned ids and progress through
+//! [`EnqueueEvent`]s and leaves the presentation to the caller.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::path::Path;
+
+use lapin::PublisherConfirm;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::publisher::{Outgoing, describe};
+use super::{Publisher, QueueError, QueueNames, Topology};
+use crate::config::Settings;
+use crate::job::{Job, JobError, MAX_BODY_BYTES, TransactionId, decode_job};
+
+/// Confirms awaited at most this far behind the newest publish by default:
+/// enough to keep the broker busy, small enough to bound memory.
+pub const DEFAULT_WINDOW: usize = 1000;
+/// Prefix of the transaction_ids `enqueue` mints, so they are recognisable.
+const ASSIGNED_PREFIX: &str = "zw_";
+/// Random characters after the prefix: 62^29 ids, and 32 characters in all.
+const ASSIGNED_RANDOM_CHARS: usize = 29;
+
+/// How the input is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values whose header names the job fields.
+    Csv,
+}
+
+impl InputFormat {
+    /// `.jsonl`, `.json` and `.ndjson` are JSON Lines; `.csv` is CSV; anything
+    /// else is left to `--format`.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+        match extension.as_str() {
+            "jsonl" | "json" | "ndjson" => Some(Self::Jsonl),
+            "csv" => Some(Self::Csv),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EnqueueOptions {
+    /// Publish nothing if any record is invalid (all-or-nothing batches).
+    pub strict: bool,
+    /// Messages in flight before the oldest confirm is awaited.
+    pub window: usize,
+}
+
+impl Default for EnqueueOptions {
+    fn default() -> Self {
+        Self {
+            strict: false,
+            window: DEFAULT_WINDOW,
+        }
+    }
+}
+
+/// What `enqueue` tells its caller while it runs. `line` is the 1-based line
+/// of the input where the record starts (CSV: the header is line 1).
+#[derive(Debug, Clone, Copy)]
+pub enum EnqueueEvent<'a> {
+    /// The record was not published. `reason` names the field and the rule,
+    /// never the value.
+    Invalid { line: u64, reason: &'a str },
+    /// The record had no transaction_id; it was published (and confirmed) under
+    /// this one, which the producer needs to find its result.
+    Assigned {
+        line: u64,
+        transaction_id: &'a TransactionId,
+    },
+    /// Confirmed publishes so far.
+    Published { total: u64 },
+}
+
+/// Totals of one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnqueueReport {
+    /// Records the broker confirmed.
+    pub published: u64,
+    pub invalid: u64,
+    /// Published records whose transaction_id was minted here.
+    pub assigned: u64,
+    /// Valid records not published because `strict` found invalid ones.
+    pub withheld: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("reading the input failed")]
+    Read(#[source] std::io::Error),
+    #[error("reading the CSV input failed")]
+    Csv(#[source] csv::Error),
+    #[error("preparing the broker (connect, declare the topology) failed")]
+    Setup(#[source] QueueError),
+    /// Jobs confirmed before the failure stay queued; re-running the same
+    /// input publishes them again, which the worker acks as duplicates when
+    /// they carry fixed transaction_ids.
+    #[error("publishing failed after {published} jobs were confirmed")]
+    Publish {
+        published: u64,
+        #[source]
+        source: QueueError,
+    },
+    #[error("the input reader thread stopped unexpectedly")]
+    ReaderCrashed,
+}
+
+/// A caller's sink for [`EnqueueEvent`]s.
+pub type Observer<'o> = dyn FnMut(EnqueueEvent<'_>) + Send + 'o;
+
+/// Declares the whole topology (so an empty input still leaves it in place),
+/// then reads, validates and publishes every record of `input`.
+pub async fn enqueue(
+    input: Box<dyn BufRead + Send>,
+    format: InputFormat,
+    settings: &Settings,
+    options: &EnqueueOptions,
+    observer: &mut Observer<'_>,
+) -> Result<EnqueueReport, EnqueueError> {
+    let topology = Topology::from_settings(settings).map_err(EnqueueError::Setup)?;
+    let connection = super::connect(&settings.amqp, "enqueue")
+        .await
+        .map_err(EnqueueError::Setup)?;
+    let publisher = Publisher::open(&connection)
+        .await
+        .map_err(EnqueueError::Setup)?;
+    topology
+        .declare(publisher.channel())
+        .await
+        .map_err(EnqueueError::Setup)?;
+    let outcome = publish_input(
+        input,
+        format,
+        settings,
+        &publisher,
+        &topology.names,
+        options,
+        observer,
+    )
+    .await;
+    // Best effort: every publish that matters has been confirmed already.
+    let _ = connection.close(200, "enqueue done".into()).await;
+    outcome
+}
+
+/// Runs the reader thread and the publishing loop against an already
+/// declared topology; the reader's own failure wins over a clean publish.
+async fn publish_input(
+    input: Box<dyn BufRead + Send>,
+    format: InputFormat,
+    settings: &Settings,
+    publisher: &Publisher,
+    names: &QueueNames,
+    options: &EnqueueOptions,
+    observer: &mut Observer<'_>,
+) -> Result<EnqueueReport, EnqueueError> {
+    let (sender, receiver) = mpsc::channel(options.window.max(1) * 2);
+    let validator = RecordValidator {
+        default_product_code: settings.upstream.product_code.clone(),
+    };
+    let reader = tokio::task::spawn_blocking(move || match format {
+        InputFormat::Jsonl => read_jsonl(input, &validator, &sender),
+        InputFormat::Csv => read_csv(input, &validator, &sender),
+    });
+    let mut pipeline = Pipeline::new(publisher, names, options.window);
+    let published = pipeline.run(receiver, options.strict, observer).await;
+    let read = reader.await.map_err(|_| EnqueueError::ReaderCrashed)?;
+    let report = pipeline.report;
+    published.map_err(|source| EnqueueError::Publish {
+        published: report.published,
+        source,
+    })?;
+    read?;
+    Ok(report)
+}
+
+/// One input record after validation.
+enum Checked {
+    Valid(ValidRecord),
+    Invalid { line: u64, reason: String },
+}
+
+struct ValidRecord {
+    line: u64,
+    job: Job,
+    /// True when the transaction_id was minted here.
+    assigned: bool,
+}
+
+/// Applies the worker's decoding rules to records, so `enqueue` accepts
+/// exactly what `run` would process.
+struct RecordValidator {
+    default_product_code: String,
+}
+
+impl RecordValidator {
+    fn check_json(&self, line: u64, bytes: &[u8]) -> Checked {
+        if bytes.len() <= MAX_BODY_BYTES
+            && let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(bytes)
+        {
+            return self.check_object(line, object);
+        }
+        match decode_job(bytes, &self.default_product_code) {
+            Ok(job) => Checked::Valid(ValidRecord {
+                line,
+                job,
+                assigned: false,
+            }),
+            Err(rejected) => invalid(line, &rejected.error),
+        }
+    }
+
+    /// A record without a transaction_id (absent, null or empty) gets a new
+    /// one before validation, so the id rules apply to it like to any other.
+    fn check_object(&self, line: u64, mut object: Map<String, Value>) -> Checked {
+        let assigned = lacks_transaction_id(&object);
+        if assigned {
+            object.insert("transaction_id".into(), Value::String(new_transaction_id()));
+        }
+        let body = Value::Object(object).to_string();
+        match decode_job(body.as_bytes(), &self.default_product_code) {
+            Ok(job) => Checked::Valid(ValidRecord {
+                line,
+                job,
+                assigned,
+            }),
+            Err(rejected) => invalid(line, &rejected.error),
+        }
+    }
+}
+
+fn lacks_transaction_id(object: &Map<String, Value>) -> bool {
+    match object.get("transaction_id") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(s)) => s.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// `zw_` and 29 random letters and digits: valid under the transaction_id
+/// rules and, at 62^29 possibilities, never reused by chance.
+pub fn new_transaction_id() -> String {
+    let random: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(ASSIGNED_RANDOM_CHARS)
+        .map(char::from)
+        .collect();
+    format!("{ASSIGNED_PREFIX}{random}")
+}
+
+/// The reason reported for a rejected record: the job layer's own text, which
+/// names the field and rule but never quotes a value, worded for a record.
+fn invalid(line: u64, error: &JobError) -> Checked {
+    let reason = match error {
+        JobError::NotJson(detail) => format!("not valid JSON ({detail})"),
+        JobError::NotObject => "not a JSON object".to_owned(),
+        JobError::TooLarge { bytes } => {
+            format!("record is {bytes} bytes, over the {MAX_BODY_BYTES}-byte limit")
+        }
+        JobError::Field(field) => field.to_string(),
+    };
+    Checked::Invalid { line, reason }
+}
+
+/// Reads JSON Lines; blank lines are skipped but still counted, so reported
+/// line numbers match an editor's. Stops early if the publisher has gone.
+fn read_jsonl(
+    mut input: Box<dyn BufRead + Send>,
+    validator: &RecordValidator,
+    sender: &mpsc::Sender<Checked>,
+) -> Result<(), EnqueueError> {
+    let mut buffer = Vec::new();
+    let mut line = 0u64;
+    loop {
+        buffer.clear();
+        if input
+            .read_until(b'\n', &mut buffer)
+            .map_err(EnqueueError::Read)?
+            == 0
+        {
+            return Ok(());
+        }
+        line += 1;
+        let record = buffer.trim_ascii();
+        if record.is_empty() {
+            continue;
+        }
+        if sender
+            .blocking_send(validator.check_json(line, record))
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads CSV with a header row. Columns map to job fields by header name
+/// (unknown columns are ignored, like unknown JSON fields); an empty cell is
+/// an absent field. A row that is not UTF-8 is an invalid record, not a fatal
+/// error.
+fn read_csv(
+    input: Box<dyn BufRead + Send>,
+    validator: &RecordValidator,
+    sender: &mpsc::Sender<Checked>,
+) -> Result<(), EnqueueError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(input);
+    let headers = csv_headers(&mut reader)?;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let checked = match reader.read_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                let line = record.position().map_or(0, csv::Position::line);
+                validator.check_object(line, csv_object(&headers, &record))
+            }
+            Err(error) => csv_row_error(error)?,
+        };
+        if sender.blocking_send(checked).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Header names, trimmed, with a spreadsheet's byte-order mark removed.
+fn csv_headers(
+    reader: &mut csv::Reader<Box<dyn BufRead + Send>>,
+) -> Result<Vec<String>, EnqueueError> {
+    let headers = reader.headers().map_err(EnqueueError::Csv)?;
+    Ok(headers
+        .iter()
+        .map(|name| name.trim_start_matches('\u{feff}').trim().to_owned())
+        .collect())
+}
+
+fn csv_object(headers: &[String], record: &csv::StringRecord) -> Map<String, Value> {
+    headers
+        .iter()
+        .zip(record.iter())
+        .filter(|(name, cell)| !name.is_empty() && !cell.is_empty())
+        .map(|(name, cell)| (name.clone(), Value::String(cell.to_owned())))
+        .collect()
+}
+
+fn csv_row_error(error: csv::Error) -> Result<Checked, EnqueueError> {
+    match error.kind() {
+        csv::ErrorKind::Utf8 { pos, .. } => Ok(Checked::Invalid {
+            line: pos.as_ref().map_or(0, csv::Position::line),
+            reason: "row is not valid UTF-8".to_owned(),
+        }),
+        _ => Err(EnqueueError::Csv(error)),
+    }
+}
+
+/// A publish awaiting its confirm.
+struct InFlight {
+    confirm: PublisherConfirm,
+    line: u64,
+    assigned: Option<TransactionId>,
+}
+
+/// The sliding window of unconfirmed publishes, and the running totals.
+struct Pipeline<'p> {
+    publisher: &'p Publisher,
+    names: &'p QueueNames,
+    target: String,
+    window: usize,
+    in_flight: VecDeque<InFlight>,
+    report: EnqueueReport,
+}
+
+impl<'p> Pipeline<'p> {
+    fn new(publisher: &'p Publisher, names: &'p QueueNames, window: usize) -> Self {
+        Self {
+            publisher,
+            names,
+            target: describe(&Outgoing::job(names, &[], None)),
+            window: window.max(1),
+            in_flight: VecDeque::new(),
+            report: EnqueueReport::default(),
+        }
+    }
+
+    /// Publishes valid records as they arrive, or, when `strict`, holds them
+    /// until the input is known to be clean.
+    async fn run(
+        &mut self,
+        mut receiver: mpsc::Receiver<Checked>,
+        strict: bool,
+        observer: &mut Observer<'_>,
+    ) -> Result<(), QueueError> {
+        let mut held = Vec::new();
+        while let Some(checked) = receiver.recv().await {
+            match checked {
+                Checked::Invalid { line, reason } => {
+                    self.report.invalid += 1;
+                    observer(EnqueueEvent::Invalid {
+                        line,
+                        reason: &reason,
+                    });
+                }
+                Checked::Valid(record) if strict => held.push(record),
+                Checked::Valid(record) => self.push(record, observer).await?,
+            }
+        }
+        if self.report.invalid > 0 {
+            self.report.withheld = u64::try_from(held.len()).unwrap_or(u64::MAX);
+            held.clear();
+        }
+        for record in held {
+            self.push(record, observer).await?;
+        }
+        self.drain(observer).await
+    }
+
+    async fn push(
+        &mut self,
+        record: ValidRecord,
+        observer: &mut Observer<'_>,
+    ) -> Result<(), QueueError> {
+        let body = record.job.to_message_body();
+        let id = &record.job.query.transaction_id;
+        let message = Outgoing::job(self.names, &body, Some(id.as_str()));
+        let confirm = self.publisher.send(message).await?;
+        self.in_flight.push_back(InFlight {
+            confirm,
+            line: record.line,
+            assigned: record.assigned.then(|| id.clone()),
+        });
+        while self.in_flight.len() >= self.window {
+            self.confirm_oldest(observer).await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self, observer: &mut Observer<'_>) -> Result<(), QueueError> {
+        while !self.in_flight.is_empty() {
+            self.confirm_oldest(observer).await?;
+        }
+        Ok(())
+    }
+
+    async fn confirm_oldest(&mut self, observer: &mut Observer<'_>) -> Result<(), QueueError> {
+        let Some(oldest) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        Publisher::confirmed(oldest.confirm, self.target.clone()).await?;
+        self.report.published += 1;
+        if let Some(transaction_id) = &oldest.assigned {
+            self.report.assigned += 1;
+            observer(EnqueueEvent::Assigned {
+                line: oldest.line,
+                transaction_id,
+            });
+        }
+        observer(EnqueueEvent::Published {
+            total: self.report.published,
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    const VALID: &str = r#"{"transaction_id": "t_1", "cert_no": "640202199007164686",
+        "name": "张三", "relation_phone": "15843991158", "relation_name": "李四"}"#;
+
+    fn validator() -> RecordValidator {
+        RecordValidator {
+            default_product_code: "w1010100001000001200".into(),
+        }
+    }
+
+    fn check(record: &str) -> Checked {
+        validator().check_json(7, record.as_bytes())
+    }
+
+    fn reason_of(checked: Checked) -> String {
+        match checked {
+            Checked::Invalid { line, reason } => {
+                assert_eq!(line, 7);
+                reason
+            }
+            Checked::Valid(_) => panic!("expected an invalid record"),
+        }
+    }
+
+    fn collect(format: InputFormat, text: &'static str) -> Vec<Checked> {
+        let (sender, mut receiver) = mpsc::channel(100);
+        let input: Box<dyn BufRead + Send> = Box::new(text.as_bytes());
+        let outcome = match format {
+            InputFormat::Jsonl => read_jsonl(input, &validator(), &sender),
+            InputFormat::Csv => read_csv(input, &validator(), &sender),
+        };
+        outcome.unwrap();
+        drop(sender);
+        let mut all = Vec::new();
+        while let Ok(checked) = receiver.try_recv() {
+            all.push(checked);
+        }
+        all
+    }
+
+    #[test]
+    fn a_valid_record_keeps_its_transaction_id_and_gets_the_default_product_code() {
+        let Checked::Valid(record) = check(VALID) else {
+            panic!("valid")
+        };
+        assert!(!record.assigned);
+        assert_eq!(record.job.query.transaction_id.as_str(), "t_1");
+        assert_eq!(record.job.query.product_code, "w1010100001000001200");
+    }
+
+    #[test]
+    fn a_record_without_transaction_id_gets_a_fresh_valid_one() {
+        for id in [None, Some(Value::Null), Some(Value::String(String::new()))] {
+            let mut object: Map<String, Value> = serde_json::from_str(VALID).unwrap();
+            object.remove("transaction_id");
+            if let Some(id) = id {
+                object.insert("transaction_id".into(), id);
+            }
+            let text = Value::Object(object).to_string();
+            let Checked::Valid(record) = check(&text) else {
+                panic!("valid")
+            };
+            assert!(record.assigned);
+            let id = record.job.query.transaction_id.as_str();
+            assert!(id.starts_with("zw_") && id.len() == 32, "{id}");
+        }
+    }
+
+    #[test]
+    fn minted_transaction_ids_differ_and_follow_the_id_rules() {
+        let a = new_transaction_id();
+        assert_ne!(a, new_transaction_id());
+        assert!(a.parse::<TransactionId>().is_ok());
+    }
+
+    #[test]
+    fn invalid_records_name_the_field_and_rule_without_the_value() {
+        let bad_check = VALID.replace("4686", "4685");
+        let reason = reason_of(check(&bad_check));
+        assert!(reason.contains("cert_no") && reason.contains("check character"));
+        assert!(!reason.contains("640202"), "{reason}");
+        let short_phone = VALID.replace("15843991158", "1584399115");
+        assert!(reason_of(check(&short_phone)).contains("relation_phone"));
+        let pipe = VALID.replace("张三", "张|三");
+        assert!(reason_of(check(&pipe)).contains("`name`"));
+        assert!(reason_of(check("not json")).contains("not valid JSON"));
+        assert!(reason_of(check("[1]")).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn jsonl_line_numbers_count_blank_lines() {
+        let text = "\n{\"transaction_id\":\"x\"}\r\n   \n[]\n";
+        let lines: Vec<u64> = collect(InputFormat::Jsonl, text)
+            .into_iter()
+            .map(|checked| match checked {
+                Checked::Invalid { line, .. } => line,
+                Checked::Valid(record) => record.line,
+            })
+            .collect();
+        assert_eq!(lines, [2, 4]);
+    }
+
+    #[test]
+    fn csv_columns_map_by_header_and_empty_cells_are_absent() {
+        let text = "\u{feff}name,cert_no,relation_phone,relation_name,relation,transaction_id,note\n\
+                    张三,640202199007164686,15843991158,李四,,,hello\n\
+                    张三,640202199007164686,158,李四,friend,c_2,\n";
+        let all = collect(InputFormat::Csv, text);
+        assert_eq!(all.len(), 2);
+        let Checked::Valid(record) = &all[0] else {
+            panic!("first row is valid")
+        };
+        assert_eq!(record.line, 2);
+        assert!(record.assigned);
+        assert_eq!(record.job.query.relation, None);
+        let Checked::Invalid { line, reason } = &all[1] else {
+            panic!("second row is invalid")
+        };
+        assert_eq!(*line, 3);
+        assert!(reason.contains("relation_phone"), "{reason}");
+    }
+
+    #[test]
+    fn formats_follow_the_file_extension() {
+        assert_eq!(
+            InputFormat::from_path(Path::new("a/b.JSONL")),
+            Some(InputFormat::Jsonl)
+        );
+        assert_eq!(
+            InputFormat::from_path(Path::new("x.ndjson")),
+            Some(InputFormat::Jsonl)
+        );
+        assert_eq!(
+            InputFormat::from_path(Path::new("x.csv")),
+            Some(InputFormat::Csv)
+        );
+        assert_eq!(InputFormat::from_path(Path::new("x.txt")), None);
+    }
+}

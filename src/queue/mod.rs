@@ -1,0 +1,124 @@
+//! Everything that speaks AMQP: the topology, the confirmed publisher, the
+//! consumer's delivery handling, and the operator commands that move messages
+//! (`enqueue`, `status`, `requeue-dead`).
+//!
+//! This module knows queue names and headers; it does not decide outcomes
+//! (that is `processor`) and runs no SQL.
+
+pub mod admin;
+pub mod consumer;
+pub mod enqueue;
+pub mod publisher;
+pub mod topology;
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+
+use crate::config::{AmqpSettings, QueueType};
+
+pub use publisher::Publisher;
+pub use topology::Topology;
+
+/// The attempt this delivery represents (1 = first call). Our own counter:
+/// quorum queues' `x-delivery-count` changed meaning in RabbitMQ 4.
+pub const ATTEMPT_HEADER: &str = "x-zhima-attempt";
+/// How many of the attempts so far were throttled (40005): they do not count
+/// against `retry.max_attempts`.
+pub const THROTTLED_HEADER: &str = "x-zhima-throttled";
+/// Why a message was dead-lettered, for humans and `requeue-dead`.
+pub const ERROR_HEADER: &str = "x-zhima-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("could not connect to the broker at amqp.url")]
+    Connect(#[source] lapin::Error),
+    #[error("broker operation {operation} failed")]
+    Broker {
+        operation: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the broker refused the message published to {target:?} (nack or unroutable)")]
+    NotConfirmed { target: String },
+    #[error("the broker cancelled our consumer (queue deleted or node going down)")]
+    ConsumerCancelled,
+    #[error("invalid queue name {0:?}")]
+    InvalidName(String),
+}
+
+impl QueueError {
+    pub(crate) fn broker(operation: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Broker { operation, source }
+    }
+}
+
+/// The names of everything the worker declares, derived from settings.
+#[derive(Debug, Clone)]
+pub struct QueueNames {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_queue: String,
+    pub queue_type: QueueType,
+    pub delivery_limit: u32,
+}
+
+impl QueueNames {
+    pub fn from_settings(settings: &AmqpSettings) -> Self {
+        Self {
+            exchange: settings.exchange.clone(),
+            queue: settings.queue.clone(),
+            dead_queue: settings.dead_queue.clone(),
+            queue_type: settings.queue_type,
+            delivery_limit: settings.delivery_limit,
+        }
+    }
+
+    /// The main queue's routing key on `exchange` is its own name.
+    pub fn routing_key(&self) -> &str {
+        &self.queue
+    }
+
+    /// One delay queue per retry tier, named by its TTL.
+    pub fn delay_queue(&self, delay: Duration) -> String {
+        format!("{}.delay.{}", self.queue, delay.as_millis())
+    }
+}
+
+/// Opens a connection named after this process, so operators can tell
+/// replicas apart in `rabbitmqctl list_connections`.
+pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, QueueError> {
+    let name = format!("zhima-worker {role} pid {}", std::process::id());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(settings.url.expose_secret(), properties)
+        .await
+        .map_err(QueueError::Connect)
+}
+
+pub(crate) fn short(name: &str) -> Result<ShortString, QueueError> {
+    ShortString::try_new(name).map_err(|_| QueueError::InvalidName(name.to_owned()))
+}
+
+/// Reads a non-negative integer header, whatever integer type the producer used.
+pub fn header_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value = headers?.inner().get(name)?;
+    let number: i128 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        AMQPValue::LongString(v) => std::str::from_utf8(v.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        AMQPValue::ShortString(v) => v.as_str().trim().parse().ok()?,
+        _ => return None,
+    };
+    u32::try_from(number).ok()
+}

@@ -1,0 +1,175 @@
+//! Declares the exchange, the main queue, one delay queue per retry tier and
+//! the dead queue, idempotently (declaring again with the same arguments is a
+//! no-op for the broker).
+//!
+//! Retries are delayed without a plugin: each delay queue has a fixed
+//! `x-message-ttl` and dead-letters back to the exchange with the main queue's
+//! routing key. Quorum queues use at-least-once dead-lettering (which needs
+//! `x-overflow=reject-publish`), so a job in transit between queues is not lost.
+
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use super::{QueueError, QueueNames, short};
+use crate::config::QueueType;
+
+/// The declared names plus the delay tiers they were declared for.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub names: QueueNames,
+    pub delays: Vec<Duration>,
+}
+
+impl Topology {
+    pub fn new(names: QueueNames, delays: &[Duration]) -> Self {
+        Self {
+            names,
+            delays: delays.to_vec(),
+        }
+    }
+
+    /// The topology `run` and `enqueue` declare for these settings: one delay
+    /// queue per retry tier.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, QueueError> {
+        let policy = crate::retry::RetryPolicy::from_settings(&settings.retry)
+            .map_err(|error| QueueError::InvalidName(error.to_string()))?;
+        Ok(Self::new(
+            QueueNames::from_settings(&settings.amqp),
+            policy.tiers(),
+        ))
+    }
+
+    pub fn delay_queues(&self) -> Vec<String> {
+        self.delays
+            .iter()
+            .map(|delay| self.names.delay_queue(*delay))
+            .collect()
+    }
+
+    /// Declares everything. A queue that already exists with other arguments
+    /// makes the broker close the channel with PRECONDITION_FAILED: change the
+    /// names in config (or delete the old queue) rather than the arguments.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let names = &self.names;
+        channel
+            .exchange_declare(
+                short(&names.exchange)?,
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::broker("exchange.declare"))?;
+        declare_queue(channel, &names.dead_queue, self.base_arguments()).await?;
+        let mut main = self.base_arguments();
+        main.insert(
+            short("x-dead-letter-exchange")?,
+            AMQPValue::LongString(LongString::from("")),
+        );
+        main.insert(
+            short("x-dead-letter-routing-key")?,
+            AMQPValue::LongString(LongString::from(names.dead_queue.as_str())),
+        );
+        if names.queue_type == QueueType::Quorum {
+            main.insert(
+                short("x-delivery-limit")?,
+                AMQPValue::LongLongInt(names.delivery_limit.into()),
+            );
+        }
+        declare_queue(channel, &names.queue, main).await?;
+        channel
+            .queue_bind(
+                short(&names.queue)?,
+                short(&names.exchange)?,
+                short(names.routing_key())?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(QueueError::broker("queue.bind"))?;
+        for delay in &self.delays {
+            self.declare_delay_queue(channel, *delay).await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_delay_queue(
+        &self,
+        channel: &Channel,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let names = &self.names;
+        let mut arguments = self.base_arguments();
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        arguments.insert(short("x-message-ttl")?, AMQPValue::LongLongInt(ttl));
+        arguments.insert(
+            short("x-dead-letter-exchange")?,
+            AMQPValue::LongString(LongString::from(names.exchange.as_str())),
+        );
+        arguments.insert(
+            short("x-dead-letter-routing-key")?,
+            AMQPValue::LongString(LongString::from(names.routing_key())),
+        );
+        declare_queue(channel, &names.delay_queue(delay), arguments).await
+    }
+
+    fn base_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.names.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(LongString::from("quorum")),
+            );
+            arguments.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString(LongString::from("at-least-once")),
+            );
+            arguments.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString(LongString::from("reject-publish")),
+            );
+        }
+        arguments
+    }
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), QueueError> {
+    channel
+        .queue_declare(
+            short(name)?,
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map_err(QueueError::broker("queue.declare"))?;
+    Ok(())
+}
+
+/// Ready messages in a queue (passive declare: fails if it does not exist).
+pub async fn ready_messages(channel: &Channel, name: &str) -> Result<u32, QueueError> {
+    let queue = channel
+        .queue_declare(
+            short(name)?,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(QueueError::broker("queue.declare passive"))?;
+    Ok(queue.message_count())
+}

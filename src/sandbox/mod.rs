@@ -1,0 +1,436 @@
+//! The sandbox gateway: a faithful stand-in for Alipay's `gateway.do` for
+//! `zhima.credit.relation.query`, used by the tests, `make run` and load tests.
+//!
+//! It verifies request signatures with each app's public key, runs the gateway's
+//! checks in the real order ([`gateway`]), answers deterministically per contact
+//! ([`answers`]), signs answers over their exact bytes ([`reply`]), keeps the
+//! transaction_id rules and the bill ([`ledger`]), and injects faults on demand
+//! ([`faults`]). State lives in memory only: a restart forgets every recorded
+//! transaction_id (so a retried id is billed again and never EXPIRED or REPEAT),
+//! the bill, the statistics and any fault settings changed at run time.
+//!
+//! It must not share code paths with the client it tests beyond the signing
+//! primitives and field validation rules, or a shared bug would pass unnoticed.
+
+pub mod answers;
+pub mod codes;
+pub mod engine;
+pub mod faults;
+pub mod gateway;
+pub mod ledger;
+pub mod params;
+pub mod reply;
+pub mod server;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use faults::{Faults, FaultsError, SandboxReply, SystemErrorStyle};
+pub use ledger::{BillRow, Stats, TransactionStats};
+
+use crate::upstream::signing::{KeyError, PrivateKey, PublicKey};
+use engine::Engine;
+
+/// The product code of `zhima.credit.relation.query` (the seed's example value).
+pub const DEFAULT_PRODUCT_CODE: &str = "w1010100001000001200";
+/// The app id the default configuration uses (the seed's example).
+pub const DEFAULT_APP_ID: &str = "2014072300007148";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+/// About a day, as the seed says ("一般为1天").
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(86_400);
+const TEST_APP_PUBLIC_KEY: &str = "config/keys/test_merchant_public.pem";
+const TEST_SANDBOX_PRIVATE_KEY: &str = "config/keys/test_sandbox_private.pem";
+
+#[derive(Debug)]
+pub struct SandboxConfig {
+    /// Port 0 picks a free port; [`RunningSandbox::addr`] has the real one.
+    pub listen: SocketAddr,
+    pub apps: Vec<SandboxApp>,
+    /// Signs every answer (stands in for Alipay's platform key).
+    pub private_key: PrivateKey,
+    pub product_code: String,
+    /// How long a transaction_id's first answer is replayed; after that the id
+    /// is TRANSACTION_ID_EXPIRED.
+    pub validity: Duration,
+    pub faults: Faults,
+    /// Makes fault decisions reproducible.
+    pub seed: Option<u64>,
+}
+
+/// An app the gateway knows, with the key that verifies its requests.
+#[derive(Debug, Clone)]
+pub struct SandboxApp {
+    pub app_id: String,
+    pub public_key: PublicKey,
+    /// Without a product contract every query is NO_VALID_ARRANGEMENT.
+    pub has_contract: bool,
+}
+
+impl SandboxConfig {
+    /// The test keys under `config/keys/` (found from the working directory or
+    /// the crate's directory) with the default app, on 127.0.0.1 port 0: what
+    /// integration tests and `make run` want.
+    pub fn with_test_keys() -> Result<Self, SandboxError> {
+        let public_key = load(TEST_APP_PUBLIC_KEY, PublicKey::from_file)?;
+        Ok(Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            apps: vec![SandboxApp {
+                app_id: DEFAULT_APP_ID.to_owned(),
+                public_key,
+                has_contract: true,
+            }],
+            private_key: load(TEST_SANDBOX_PRIVATE_KEY, PrivateKey::from_file)?,
+            product_code: DEFAULT_PRODUCT_CODE.to_owned(),
+            validity: DEFAULT_VALIDITY,
+            faults: Faults::default(),
+            seed: None,
+        })
+    }
+}
+
+/// Relative paths are tried from the working directory first, then from the
+/// crate's directory, so tests and benches work from any directory.
+fn resolve(path: &Path) -> PathBuf {
+    if path.is_relative() && !path.exists() {
+        let in_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        if in_crate.exists() {
+            return in_crate;
+        }
+    }
+    path.to_owned()
+}
+
+fn load<T>(path: &str, read: impl Fn(&Path) -> Result<T, KeyError>) -> Result<T, SandboxError> {
+    let path = resolve(Path::new(path));
+    read(&path).map_err(|source| SandboxError::Key { path, source })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("could not listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not load the key {path}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: KeyError,
+    },
+    #[error("invalid fault settings")]
+    Faults(#[from] FaultsError),
+}
+
+/// A sandbox serving on its own task; dropping it stops the server too.
+pub struct RunningSandbox {
+    pub addr: SocketAddr,
+    engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Binds (port 0 allowed) and serves on the current tokio runtime.
+pub async fn start(config: SandboxConfig) -> Result<RunningSandbox, SandboxError> {
+    config.faults.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SandboxError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let engine = Arc::new(Engine::new(config));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = server::router(Arc::clone(&engine));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningSandbox {
+        addr,
+        engine,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl RunningSandbox {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}/gateway.do", self.addr)
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.engine.stats()
+    }
+
+    /// Calls so far that named `transaction_id` in their biz_content.
+    pub fn calls_for(&self, transaction_id: &str) -> u64 {
+        self.stats()
+            .transactions
+            .get(transaction_id)
+            .map_or(0, |t| t.calls)
+    }
+
+    /// Billed queries for `transaction_id` (0 or 1 per app).
+    pub fn billed_for(&self, transaction_id: &str) -> u64 {
+        self.stats()
+            .transactions
+            .get(transaction_id)
+            .map_or(0, |t| t.billed)
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.engine.faults()
+    }
+
+    /// Takes effect for the next request. Rates are clamped into 0..=1 (NaN
+    /// is 0); the admin endpoint rejects them instead.
+    pub fn set_faults(&self, faults: Faults) {
+        let clamp = |rate: f64| {
+            if rate.is_nan() {
+                0.0
+            } else {
+                rate.clamp(0.0, 1.0)
+            }
+        };
+        self.engine.set_faults(Faults {
+            system_error_rate: clamp(faults.system_error_rate),
+            http_5xx_before_rate: clamp(faults.http_5xx_before_rate),
+            http_5xx_after_billing_rate: clamp(faults.http_5xx_after_billing_rate),
+            slow_rate: clamp(faults.slow_rate),
+            broken_sign_rate: clamp(faults.broken_sign_rate),
+            ..faults
+        });
+    }
+
+    /// The next `count` gateway requests get `reply`, in order, before any
+    /// fault rate applies.
+    pub fn respond_next(&self, count: usize, reply: SandboxReply) {
+        self.engine.respond_next(count, reply);
+    }
+
+    /// The statement for one UTC+8 day, exactly as `GET /bill?date=` serves it.
+    pub fn bill_csv(&self, date: NaiveDate) -> String {
+        ledger::bill_csv(&self.engine.bill_rows(Some(date)))
+    }
+
+    pub fn bill_rows(&self) -> Vec<BillRow> {
+        self.engine.bill_rows(None)
+    }
+
+    /// Stops accepting connections and waits for open ones to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// `APP_ID=PUBLIC_KEY_FILE`, as given to `--app` and `--app-without-contract`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFlag {
+    pub app_id: String,
+    pub public_key_file: PathBuf,
+}
+
+fn parse_app_flag(value: &str) -> Result<AppFlag, String> {
+    match value.split_once('=') {
+        Some((app_id, file)) if !app_id.trim().is_empty() && !file.trim().is_empty() => {
+            Ok(AppFlag {
+                app_id: app_id.trim().to_owned(),
+                public_key_file: PathBuf::from(file.trim()),
+            })
+        }
+        _ => Err(format!("expects APP_ID=PUBLIC_KEY_FILE, got `{value}`")),
+    }
+}
+
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("expects a probability from 0 to 1, got `{value}`")),
+    }
+}
+
+fn parse_validity(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|seconds| *seconds > 0.0)
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("expects a positive number of seconds, got `{value}`"))
+}
+
+/// Flags of `zhima-worker sandbox`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// A known app with a product contract (repeatable). Default: the test app.
+    #[arg(long = "app", value_name = "APP_ID=PUBLIC_KEY_FILE", value_parser = parse_app_flag)]
+    pub apps: Vec<AppFlag>,
+    /// A known app without a product contract (repeatable): NO_VALID_ARRANGEMENT.
+    #[arg(long = "app-without-contract", value_name = "APP_ID=PUBLIC_KEY_FILE", value_parser = parse_app_flag)]
+    pub apps_without_contract: Vec<AppFlag>,
+    /// The sandbox's own private key, which signs its answers.
+    #[arg(long, value_name = "FILE", default_value = TEST_SANDBOX_PRIVATE_KEY)]
+    pub private_key: PathBuf,
+    #[arg(long, default_value = DEFAULT_PRODUCT_CODE)]
+    pub product_code: String,
+    /// How long a transaction_id's first answer is replayed (fractions allowed).
+    #[arg(long = "validity-s", value_name = "SECONDS", default_value = "86400", value_parser = parse_validity)]
+    pub validity: Duration,
+    /// Makes fault decisions reproducible.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub system_error_rate: f64,
+    #[arg(long, value_enum, default_value_t = SystemErrorStyle::Gateway20000)]
+    pub system_error_style: SystemErrorStyle,
+    /// HTTP 502/503 before processing.
+    #[arg(long = "http-5xx-before-rate", default_value_t = 0.0, value_parser = parse_rate)]
+    pub http_5xx_before_rate: f64,
+    /// HTTP 502/503 after the query was billed (the answer is lost).
+    #[arg(long = "http-5xx-after-billing-rate", default_value_t = 0.0, value_parser = parse_rate)]
+    pub http_5xx_after_billing_rate: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub slow_rate: f64,
+    /// Added to a slow answer.
+    #[arg(long, default_value_t = 3000)]
+    pub slow_ms: u64,
+    /// Added to every answer.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of answers whose signature is flipped or stripped.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    pub broken_sign_rate: f64,
+    /// Calls per second above which the gateway answers 40005.
+    #[arg(long)]
+    pub qps_cap: Option<u32>,
+}
+
+impl SandboxArgs {
+    fn faults(&self) -> Faults {
+        Faults {
+            system_error_rate: self.system_error_rate,
+            system_error_style: self.system_error_style,
+            http_5xx_before_rate: self.http_5xx_before_rate,
+            http_5xx_after_billing_rate: self.http_5xx_after_billing_rate,
+            slow_rate: self.slow_rate,
+            slow_ms: self.slow_ms,
+            latency_ms: self.latency_ms,
+            broken_sign_rate: self.broken_sign_rate,
+            qps_cap: self.qps_cap,
+        }
+    }
+
+    /// Without `--app`, the test app (unless `--app-without-contract` names it).
+    pub fn to_config(&self) -> anyhow::Result<SandboxConfig> {
+        let key_path = resolve(&self.private_key);
+        let private_key = PrivateKey::from_file(&key_path)
+            .with_context(|| format!("reading --private-key {}", key_path.display()))?;
+        Ok(SandboxConfig {
+            listen: self.listen,
+            apps: self.load_apps()?,
+            private_key,
+            product_code: self.product_code.clone(),
+            validity: self.validity,
+            faults: self.faults(),
+            seed: self.seed,
+        })
+    }
+
+    fn load_apps(&self) -> anyhow::Result<Vec<SandboxApp>> {
+        let default_app = AppFlag {
+            app_id: DEFAULT_APP_ID.to_owned(),
+            public_key_file: TEST_APP_PUBLIC_KEY.into(),
+        };
+        let wants_default = self.apps.is_empty()
+            && !self
+                .apps_without_contract
+                .iter()
+                .any(|flag| flag.app_id == DEFAULT_APP_ID);
+        let with_contract = self
+            .apps
+            .iter()
+            .chain(wants_default.then_some(&default_app))
+            .map(|f| (f, true));
+        let without_contract = self.apps_without_contract.iter().map(|f| (f, false));
+        with_contract
+            .chain(without_contract)
+            .map(|(flag, has_contract)| {
+                let path = resolve(&flag.public_key_file);
+                let public_key = PublicKey::from_file(&path).with_context(|| {
+                    format!(
+                        "reading the public key of app {} from {}",
+                        flag.app_id,
+                        path.display()
+                    )
+                })?;
+                Ok(SandboxApp {
+                    app_id: flag.app_id.clone(),
+                    public_key,
+                    has_contract,
+                })
+            })
+            .collect()
+    }
+}
+
+/// `zhima-worker sandbox`: prints `listening on http://ADDR` as the first line
+/// of stdout (scripts wait for it to learn the port), then serves until
+/// SIGINT or SIGTERM.
+pub async fn run_cli(args: SandboxArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let sandbox = start(config)
+        .await
+        .context("starting the sandbox gateway")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{}", sandbox.addr).context("writing to stdout")?;
+    stdout.flush().context("flushing stdout")?;
+    drop(stdout);
+    wait_for_signal().await?;
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT"),
+        _ = terminate.recv() => Ok(()),
+    }
+}

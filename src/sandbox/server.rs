@@ -1,0 +1,145 @@
+//! The sandbox's HTTP surface: `/gateway.do` (GET and POST, origin- or
+//! absolute-form targets), `/stats`, `/bill`, `/healthz` and `/admin/faults`.
+//!
+//! Thin: it extracts raw bytes and hands them to the engine. Parameters are
+//! never read with axum's `Query`/`Form`, which assume UTF-8 (see `params`).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::NaiveDate;
+use serde::Deserialize;
+
+use super::engine::{Engine, HttpAnswer};
+use super::faults::Faults;
+use super::ledger::bill_csv;
+
+/// Larger bodies are refused before parsing: a real request is a few hundred
+/// bytes, and reading without a limit would let one client exhaust memory.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/gateway.do", get(gateway).post(gateway))
+        .route("/stats", get(stats))
+        .route("/bill", get(bill))
+        .route("/healthz", get(healthz))
+        .route("/admin/faults", get(get_faults).put(put_faults))
+        .with_state(engine)
+}
+
+async fn gateway(
+    State(engine): State<Arc<Engine>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if declared_length(&headers).is_some_and(|length| length > MAX_BODY_BYTES) {
+        return too_large();
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return too_large();
+    };
+    let form: &[u8] = if method == Method::POST && is_form(&headers) {
+        &body
+    } else {
+        b""
+    };
+    let query = uri.query().unwrap_or_default().as_bytes();
+    into_response(engine.handle(query, form).await)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A body without a content type is read as a form too, as servlets do for
+/// a POST to the gateway.
+fn is_form(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_none_or(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+    })
+}
+
+fn too_large() -> Response {
+    let message = format!("request body unreadable or over {MAX_BODY_BYTES} bytes\n");
+    (StatusCode::PAYLOAD_TOO_LARGE, message).into_response()
+}
+
+fn into_response(answer: HttpAnswer) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, answer.body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&answer.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+async fn stats(State(engine): State<Arc<Engine>>) -> Response {
+    axum::Json(engine.stats()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct BillQuery {
+    date: Option<String>,
+}
+
+/// `date` is a UTC+8 day; without it, the whole statement.
+async fn bill(State(engine): State<Arc<Engine>>, Query(query): Query<BillQuery>) -> Response {
+    let date = match query
+        .date
+        .as_deref()
+        .map(|text| NaiveDate::parse_from_str(text, "%Y-%m-%d"))
+    {
+        None => None,
+        Some(Ok(date)) => Some(date),
+        Some(Err(_)) => {
+            return (StatusCode::BAD_REQUEST, "date must be YYYY-MM-DD\n").into_response();
+        }
+    };
+    let csv = bill_csv(&engine.bill_rows(date));
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn get_faults(State(engine): State<Arc<Engine>>) -> Response {
+    axum::Json(engine.faults()).into_response()
+}
+
+/// Replaces the fault settings whole; fields left out are zero.
+async fn put_faults(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    let faults: Faults = match serde_json::from_slice(&body) {
+        Ok(faults) => faults,
+        Err(error) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid faults JSON: {error}\n"),
+            )
+                .into_response();
+        }
+    };
+    if let Err(error) = faults.validate() {
+        return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+    }
+    engine.set_faults(faults.clone());
+    axum::Json(faults).into_response()
+}

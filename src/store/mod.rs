@@ -1,0 +1,533 @@
+//! `JobStore`: every SQL statement in the crate. One row per job in
+//! `relation_checks`, one append-only ledger row per upstream call in
+//! `upstream_calls`, and `worker_leases` for replicas sharing a rate limit.
+//!
+//! PostgreSQL (production, several replicas) and SQLite (one machine) sit
+//! behind one interface, each with its own SQL in [`postgres`] and [`sqlite`]
+//! (the `Any` driver translates neither placeholders nor types). Writes are
+//! idempotent per `transaction_id`, so a redelivery after a crash does no harm,
+//! and a `succeeded` row is never downgraded.
+//!
+//! This module must not decide retries, talk to the broker or the upstream, or
+//! see unmasked personal data: callers hand it [`PiiMasked`] values only.
+//!
+//! Timestamps are UTC. PostgreSQL stores `timestamptz`; SQLite stores TEXT in
+//! the fixed form `YYYY-MM-DDTHH:MM:SS.sssZ` (always milliseconds, always `Z`),
+//! so lexical order equals time order and SQLite's own
+//! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` writes the same form.
+
+mod postgres;
+mod sqlite;
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, SqlitePool};
+
+/// Where a job stands. `succeeded` and `failed` are final: the worker acks a
+/// redelivered final job without calling the upstream again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobStatus {
+    Pending,
+    Retrying,
+    Succeeded,
+    Failed,
+}
+
+impl JobStatus {
+    /// Every status, in the order reports list them.
+    pub const ALL: [JobStatus; 4] = [
+        JobStatus::Pending,
+        JobStatus::Retrying,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// A final job is never called upstream again (until `requeue-dead` resets
+    /// a failed one).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status text the store does not know (only possible if the table was
+/// written by something else).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown job status `{0}`")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for JobStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// Failures of the store. [`StoreError::is_unavailable`] tells the consumer
+/// whether to pause and retry (database down) rather than give up on a job.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "database.url has scheme `{scheme}`; use postgres://, postgresql:// or sqlite: \
+         (DATABASE_URL or ZHIMA__DATABASE__URL)"
+    )]
+    UnsupportedUrl { scheme: String },
+    #[error("could not connect to the database at database.url")]
+    Connect(#[source] sqlx::Error),
+    #[error("applying database migrations failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error("database {operation} failed")]
+    Query {
+        operation: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The upstream's business number is the reconciliation key; a second job
+    /// claiming one already stored means corrupt data, not a retryable fault.
+    #[error("biz_no {biz_no} is already stored for another transaction_id")]
+    DuplicateBizNo { biz_no: String },
+    #[error("stored value in column `{column}` is malformed: {detail}")]
+    Malformed {
+        column: &'static str,
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// True when the database could not be reached or was too busy: the
+    /// consumer should pause and retry without acking, since the job itself is
+    /// fine.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Connect(e) | Self::Query { source: e, .. } => is_transient(e),
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
+            _ => false,
+        }
+    }
+
+    fn query(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Query { operation, source }
+    }
+}
+
+/// Connection loss, pool exhaustion, server shutdown, lock contention and
+/// serialization conflicts all clear by themselves; everything else does not.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        _ => false,
+    }
+}
+
+fn is_transient_code(code: &str) -> bool {
+    const POSTGRES: [&str; 6] = ["57P01", "57P02", "57P03", "53300", "40001", "40P01"];
+    const SQLITE_BUSY: i64 = 5;
+    const SQLITE_LOCKED: i64 = 6;
+    if code.starts_with("08") || POSTGRES.contains(&code) {
+        return true;
+    }
+    code.parse::<i64>()
+        .is_ok_and(|n| matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// Personal data as stored: already masked by the caller (see `job::mask_*`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PiiMasked {
+    pub cert_no: String,
+    pub name: String,
+    pub relation_phone: String,
+    pub relation_name: String,
+}
+
+/// What identifies a job's row and fills its descriptive columns when the row
+/// is first created.
+#[derive(Debug, Clone, Copy)]
+pub struct JobKey<'a> {
+    pub transaction_id: &'a str,
+    pub external_ref: Option<&'a str>,
+    pub masked: &'a PiiMasked,
+}
+
+/// One upstream HTTP call for the ledger that billing is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRecord {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u64,
+    pub http_status: Option<u16>,
+    pub code: Option<String>,
+    pub sub_code: Option<String>,
+    /// `succeeded`, `retryable`, `permanent`, `configuration` or `unverified`.
+    pub outcome: String,
+}
+
+/// The new state of a job's row after an attempt (or without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowUpdate {
+    Succeeded {
+        biz_no: String,
+        relation_rank: String,
+        recency: Option<String>,
+        relation_score: Option<i64>,
+        response_body: String,
+    },
+    /// `response_body` None keeps the previous evidence (e.g. after a timeout).
+    Retrying {
+        error_code: String,
+        error_message: String,
+        response_body: Option<String>,
+    },
+    Failed {
+        error_code: String,
+        error_message: String,
+        response_body: Option<String>,
+    },
+}
+
+impl RowUpdate {
+    fn status(&self) -> JobStatus {
+        match self {
+            Self::Succeeded { .. } => JobStatus::Succeeded,
+            Self::Retrying { .. } => JobStatus::Retrying,
+            Self::Failed { .. } => JobStatus::Failed,
+        }
+    }
+}
+
+/// The column values one [`RowUpdate`] writes, shared by both backends so the
+/// transition rules live in one place.
+struct RowValues<'a> {
+    status: JobStatus,
+    biz_no: Option<&'a str>,
+    relation_rank: Option<&'a str>,
+    recency: Option<&'a str>,
+    relation_score: Option<i64>,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    response_body: Option<&'a str>,
+}
+
+impl<'a> From<&'a RowUpdate> for RowValues<'a> {
+    fn from(update: &'a RowUpdate) -> Self {
+        let status = update.status();
+        match update {
+            RowUpdate::Succeeded {
+                biz_no,
+                relation_rank,
+                recency,
+                relation_score,
+                response_body,
+            } => RowValues {
+                status,
+                biz_no: Some(biz_no),
+                relation_rank: Some(relation_rank),
+                recency: recency.as_deref(),
+                relation_score: *relation_score,
+                error_code: None,
+                error_message: None,
+                response_body: Some(response_body),
+            },
+            RowUpdate::Retrying {
+                error_code,
+                error_message,
+                response_body,
+            }
+            | RowUpdate::Failed {
+                error_code,
+                error_message,
+                response_body,
+            } => RowValues {
+                status,
+                biz_no: None,
+                relation_rank: None,
+                recency: None,
+                relation_score: None,
+                error_code: Some(error_code),
+                error_message: Some(error_message),
+                response_body: response_body.as_deref(),
+            },
+        }
+    }
+}
+
+/// What [`JobStore::find`] reports about a stored job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingJob {
+    pub status: JobStatus,
+    pub attempts: u32,
+    /// When the first upstream call was made: the upstream honours the same
+    /// transaction_id for about 24 h from then.
+    pub first_call_at: Option<DateTime<Utc>>,
+}
+
+/// Handle to the job database; cheap to clone (it wraps a pool).
+#[derive(Clone)]
+pub struct JobStore {
+    backend: Backend,
+}
+
+/// Shows only the backend: connection details may hold a password.
+impl fmt::Debug for JobStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
+        };
+        f.debug_struct("JobStore")
+            .field("backend", &backend)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+enum Backend {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Which backend a `database.url` selects.
+enum Scheme {
+    Postgres,
+    Sqlite,
+}
+
+fn scheme_of(url: &str) -> Result<Scheme, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Scheme::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(Scheme::Sqlite)
+    } else {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(StoreError::UnsupportedUrl {
+            scheme: scheme.chars().take(32).collect(),
+        })
+    }
+}
+
+impl JobStore {
+    /// Opens a pool for `url` and checks it with one connection, so a wrong URL
+    /// or a down database fails at start-up rather than on the first job.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let backend = match scheme_of(url)? {
+            Scheme::Postgres => Backend::Postgres(postgres::connect(url, max_connections).await?),
+            Scheme::Sqlite => Backend::Sqlite(sqlite::connect(url, max_connections).await?),
+        };
+        Ok(Self { backend })
+    }
+
+    /// Applies the embedded migrations on a dedicated connection: a failed
+    /// migration through a pool can leave PostgreSQL's advisory lock held.
+    /// Several replicas may run this at once; on PostgreSQL the migrator's
+    /// advisory lock makes them take turns and the later ones find nothing to do.
+    pub async fn migrate(url: &str) -> Result<(), StoreError> {
+        match scheme_of(url)? {
+            Scheme::Postgres => postgres::migrate(url).await,
+            Scheme::Sqlite => sqlite::migrate(url).await,
+        }
+    }
+
+    /// Round-trips a trivial query; used by readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::ping(pool).await,
+            Backend::Sqlite(pool) => sqlite::ping(pool).await,
+        }
+    }
+
+    /// The job's row, if any; a final one means a redelivery that must be acked
+    /// without a new upstream call.
+    pub async fn find(&self, transaction_id: &str) -> Result<Option<ExistingJob>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::find(pool, transaction_id).await,
+            Backend::Sqlite(pool) => sqlite::find(pool, transaction_id).await,
+        }
+    }
+
+    /// Called right before an upstream call. Creates the row as `pending` if it
+    /// is new, and records `now` as the first call time if none is stored.
+    /// Returns the stored first call time, which bounds how long the job may
+    /// keep retrying under the same transaction_id. A final row is left
+    /// untouched (its first call time, or `now` if it never had one, is
+    /// returned): a concurrent replica finished the job meanwhile.
+    pub async fn begin_call(
+        &self,
+        job: &JobKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::begin_call(pool, job, now).await,
+            Backend::Sqlite(pool) => sqlite::begin_call(pool, job, now).await,
+        }
+    }
+
+    /// In one transaction: appends `call` to the ledger (if any) and moves the
+    /// job's row to `update`'s state, counting the attempt. A `succeeded` row is
+    /// frozen: a later update (a redelivery after a crash, whose replayed call
+    /// the upstream does not bill) only counts the attempt, and the stored
+    /// status, `succeeded`, is returned. Fails with
+    /// [`StoreError::DuplicateBizNo`] if another job already holds the biz_no.
+    pub async fn record(
+        &self,
+        job: &JobKey<'_>,
+        call: Option<&CallRecord>,
+        update: &RowUpdate,
+    ) -> Result<JobStatus, StoreError> {
+        let values = RowValues::from(update);
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::record(pool, job, call, &values).await,
+            Backend::Sqlite(pool) => sqlite::record(pool, job, call, &values).await,
+        }
+    }
+
+    /// For an invalid message that still carries a valid transaction_id: a
+    /// `failed` row, so the producer can see why. A final row is left alone.
+    pub async fn record_rejected(
+        &self,
+        transaction_id: &str,
+        external_ref: Option<&str>,
+        error_code: &str,
+        error_message: &str,
+    ) -> Result<(), StoreError> {
+        let rejected = Rejected {
+            transaction_id,
+            external_ref,
+            error_code,
+            error_message,
+        };
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::record_rejected(pool, &rejected).await,
+            Backend::Sqlite(pool) => sqlite::record_rejected(pool, &rejected).await,
+        }
+    }
+
+    /// Job counts for every status (zero included), in [`JobStatus::ALL`] order.
+    pub async fn counts_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+        let stored = match &self.backend {
+            Backend::Postgres(pool) => postgres::counts_by_status(pool).await?,
+            Backend::Sqlite(pool) => sqlite::counts_by_status(pool).await?,
+        };
+        let mut counts: Vec<(JobStatus, i64)> = JobStatus::ALL
+            .into_iter()
+            .map(|status| (status, 0))
+            .collect();
+        for (status, count) in stored {
+            let status = parse_status(&status)?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = count;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// For `requeue-dead`: a `failed` row goes back to `retrying` (attempts and
+    /// first call time are kept, so the 24 h window still applies). Any other
+    /// row, or none, is left as it is.
+    pub async fn reset_to_retrying(&self, transaction_id: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::reset_to_retrying(pool, transaction_id).await,
+            Backend::Sqlite(pool) => sqlite::reset_to_retrying(pool, transaction_id).await,
+        }
+    }
+
+    /// The ledger rows of one job, by attempt then start time.
+    pub async fn calls_for(&self, transaction_id: &str) -> Result<Vec<CallRecord>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres::calls_for(pool, transaction_id).await,
+            Backend::Sqlite(pool) => sqlite::calls_for(pool, transaction_id).await,
+        }
+    }
+}
+
+/// Arguments of [`JobStore::record_rejected`], passed to the backends as one.
+struct Rejected<'a> {
+    transaction_id: &'a str,
+    external_ref: Option<&'a str>,
+    error_code: &'a str,
+    error_message: &'a str,
+}
+
+fn parse_status(text: &str) -> Result<JobStatus, StoreError> {
+    text.parse()
+        .map_err(|e: UnknownStatus| StoreError::Malformed {
+            column: "status",
+            detail: e.to_string(),
+        })
+}
+
+fn attempts_from_db(value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Malformed {
+        column: "attempts",
+        detail: format!("{value} is not a valid attempt count"),
+    })
+}
+
+fn call_from_db(row: LedgerRow) -> Result<CallRecord, StoreError> {
+    let attempt = attempts_from_db(row.attempt)?;
+    let duration_ms = u64::try_from(row.duration_ms).map_err(|_| StoreError::Malformed {
+        column: "duration_ms",
+        detail: format!("{} is negative", row.duration_ms),
+    })?;
+    let http_status = row
+        .http_status
+        .map(|s| {
+            u16::try_from(s).map_err(|_| StoreError::Malformed {
+                column: "http_status",
+                detail: format!("{s} is not an HTTP status"),
+            })
+        })
+        .transpose()?;
+    Ok(CallRecord {
+        attempt,
+        started_at: row.started_at,
+        duration_ms,
+        http_status,
+        code: row.code,
+        sub_code: row.sub_code,
+        outcome: row.outcome,
+    })
+}
+
+/// A ledger row as both backends read it (SQLite's timestamp already parsed).
+struct LedgerRow {
+    attempt: i64,
+    started_at: DateTime<Utc>,
+    duration_ms: i64,
+    http_status: Option<i64>,
+    code: Option<String>,
+    sub_code: Option<String>,
+    outcome: String,
+}
+
+/// Database integers are signed; durations beyond `i64::MAX` ms do not occur,
+/// so saturating is safe.
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! The PostgreSQL side of [`JobStore`](super::JobStore): the production store
+//! that several replicas share. Row updates lock the job's row (`FOR UPDATE`)
+//! inside one transaction, so concurrent deliveries of one job serialize.
+//!
+//! Only this file speaks PostgreSQL's SQL dialect; it holds no policy beyond
+//! the row transitions documented on `JobStore`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
+
+use super::{
+    CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
+    attempts_from_db, call_from_db, parse_status, saturating_i64,
+};
+
+/// The PostgreSQL migrations, embedded so the binary carries its schema.
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a caller waits for a pooled connection before the store reports
+/// itself unavailable (and the consumer pauses).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(StoreError::Connect)
+}
+
+pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
+    let mut conn = PgConnection::connect(url)
+        .await
+        .map_err(StoreError::Connect)?;
+    // `run_direct` is what `run` calls after acquiring; calling it directly
+    // keeps this future `Send` (sqlx's `Acquire` bound on `run` is not general
+    // enough for `tokio::spawn`).
+    let outcome = MIGRATOR
+        .run_direct(None, &mut conn, false)
+        .await
+        .map_err(StoreError::Migrate);
+    // Closing politely is best effort: dropping the connection also ends the
+    // session, which releases the advisory lock either way.
+    let _ = conn.close().await;
+    outcome
+}
+
+pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1")
+        .execute(pool)
+        .await
+        .map_err(StoreError::query("ping"))?;
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct ExistingRow {
+    status: String,
+    attempts: i32,
+    first_call_at: Option<DateTime<Utc>>,
+}
+
+pub(super) async fn find(
+    pool: &PgPool,
+    transaction_id: &str,
+) -> Result<Option<ExistingJob>, StoreError> {
+    let row: Option<ExistingRow> = sqlx::query_as(
+        "SELECT status, attempts, first_call_at FROM relation_checks WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::query("find job"))?;
+    row.map(|row| {
+        Ok(ExistingJob {
+            status: parse_status(&row.status)?,
+            attempts: attempts_from_db(i64::from(row.attempts))?,
+            first_call_at: row.first_call_at,
+        })
+    })
+    .transpose()
+}
+
+pub(super) async fn begin_call(
+    pool: &PgPool,
+    job: &JobKey<'_>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, StoreError> {
+    let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
+        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+             created_at, updated_at, first_call_at) \
+         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7) \
+         ON CONFLICT (transaction_id) DO UPDATE SET \
+             first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
+             external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
+             cert_no_masked = EXCLUDED.cert_no_masked, \
+             name_masked = EXCLUDED.name_masked, \
+             relation_phone_masked = EXCLUDED.relation_phone_masked, \
+             relation_name_masked = EXCLUDED.relation_name_masked, \
+             updated_at = EXCLUDED.updated_at \
+           WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+         RETURNING first_call_at",
+    )
+    .bind(job.transaction_id)
+    .bind(job.external_ref)
+    .bind(&job.masked.cert_no)
+    .bind(&job.masked.name)
+    .bind(&job.masked.relation_phone)
+    .bind(&job.masked.relation_name)
+    .bind(now)
+    .fetch_optional(pool)
+    .await
+    .map_err(StoreError::query("begin call"))?;
+    if let Some((Some(first_call_at),)) = started {
+        return Ok(first_call_at);
+    }
+    let existing = find(pool, job.transaction_id).await?;
+    Ok(existing.and_then(|job| job.first_call_at).unwrap_or(now))
+}
+
+pub(super) async fn record(
+    pool: &PgPool,
+    job: &JobKey<'_>,
+    call: Option<&CallRecord>,
+    values: &RowValues<'_>,
+) -> Result<JobStatus, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
+    if let Some(call) = call {
+        append_call(&mut tx, job.transaction_id, call).await?;
+    }
+    ensure_row(&mut tx, job).await?;
+    let current = lock_status(&mut tx, job.transaction_id).await?;
+    let attempts_added = i32::from(call.is_some());
+    let status = if current == JobStatus::Succeeded {
+        count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
+        current
+    } else {
+        apply_update(&mut tx, job.transaction_id, attempts_added, values).await?;
+        values.status
+    };
+    tx.commit().await.map_err(StoreError::query("commit"))?;
+    Ok(status)
+}
+
+async fn append_call(
+    tx: &mut Transaction<'_, Postgres>,
+    transaction_id: &str,
+    call: &CallRecord,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
+             http_status, code, sub_code, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(transaction_id)
+    .bind(i32::try_from(call.attempt).unwrap_or(i32::MAX))
+    .bind(call.started_at)
+    .bind(saturating_i64(call.duration_ms))
+    .bind(call.http_status.map(i32::from))
+    .bind(call.code.as_deref())
+    .bind(call.sub_code.as_deref())
+    .bind(&call.outcome)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("append upstream call"))?;
+    Ok(())
+}
+
+/// Creates the row if `begin_call` never did (e.g. an update recorded without
+/// a call), so the locking read below always finds it.
+async fn ensure_row(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &JobKey<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked) \
+         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6) \
+         ON CONFLICT (transaction_id) DO NOTHING",
+    )
+    .bind(job.transaction_id)
+    .bind(job.external_ref)
+    .bind(&job.masked.cert_no)
+    .bind(&job.masked.name)
+    .bind(&job.masked.relation_phone)
+    .bind(&job.masked.relation_name)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("create job row"))?;
+    Ok(())
+}
+
+async fn lock_status(
+    tx: &mut Transaction<'_, Postgres>,
+    transaction_id: &str,
+) -> Result<JobStatus, StoreError> {
+    let (status,): (String,) =
+        sqlx::query_as("SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE")
+            .bind(transaction_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock job row"))?;
+    parse_status(&status)
+}
+
+async fn count_attempt(
+    tx: &mut Transaction<'_, Postgres>,
+    transaction_id: &str,
+    attempts_added: i32,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE relation_checks SET attempts = attempts + $2, updated_at = now() \
+         WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .bind(attempts_added)
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("count attempt"))?;
+    Ok(())
+}
+
+async fn apply_update(
+    tx: &mut Transaction<'_, Postgres>,
+    transaction_id: &str,
+    attempts_added: i32,
+    values: &RowValues<'_>,
+) -> Result<(), StoreError> {
+    let result = sqlx::query(
+        "UPDATE relation_checks SET \
+             status = $3, attempts = attempts + $2, updated_at = now(), \
+             completed_at = CASE WHEN $4 THEN now() ELSE NULL END, \
+             biz_no = COALESCE($5, biz_no), \
+             relation_rank = COALESCE($6, relation_rank), \
+             recency = COALESCE($7, recency), \
+             relation_score = COALESCE($8, relation_score), \
+             error_code = $9, error_message = $10, \
+             response_body = COALESCE($11, response_body) \
+         WHERE transaction_id = $1",
+    )
+    .bind(transaction_id)
+    .bind(attempts_added)
+    .bind(values.status.as_str())
+    .bind(values.status.is_final())
+    .bind(values.biz_no)
+    .bind(values.relation_rank)
+    .bind(values.recency)
+    .bind(values.relation_score)
+    .bind(values.error_code)
+    .bind(values.error_message)
+    .bind(values.response_body)
+    .execute(&mut **tx)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_biz_no_conflict(&e) => Err(StoreError::DuplicateBizNo {
+            biz_no: values.biz_no.unwrap_or_default().to_owned(),
+        }),
+        Err(e) => Err(StoreError::query("update job row")(e)),
+    }
+}
+
+fn is_biz_no_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
+pub(super) async fn record_rejected(
+    pool: &PgPool,
+    rejected: &Rejected<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+             error_code, error_message, completed_at) \
+         VALUES ($1, $2, 'failed', 0, $3, $4, now()) \
+         ON CONFLICT (transaction_id) DO UPDATE SET \
+             status = 'failed', \
+             external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
+             error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, \
+             completed_at = now(), updated_at = now() \
+           WHERE relation_checks.status NOT IN ('succeeded', 'failed')",
+    )
+    .bind(rejected.transaction_id)
+    .bind(rejected.external_ref)
+    .bind(rejected.error_code)
+    .bind(rejected.error_message)
+    .execute(pool)
+    .await
+    .map_err(StoreError::query("record rejected job"))?;
+    Ok(())
+}
+
+pub(super) async fn counts_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
+    sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status")
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::query("count jobs by status"))
+}
+
+pub(super) async fn reset_to_retrying(
+    pool: &PgPool,
+    transaction_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE relation_checks SET status = 'retrying', completed_at = NULL, updated_at = now() \
+         WHERE transaction_id = $1 AND status = 'failed'",
+    )
+    .bind(transaction_id)
+    .execute(pool)
+    .await
+    .map_err(StoreError::query("reset job to retrying"))?;
+    Ok(())
+}
+
+#[derive(FromRow)]
+struct PgLedgerRow {
+    attempt: i32,
+    started_at: DateTime<Utc>,
+    duration_ms: i64,
+    http_status: Option<i32>,
+    code: Option<String>,
+    sub_code: Option<String>,
+    outcome: String,
+}
+
+pub(super) async fn calls_for(
+    pool: &PgPool,
+    transaction_id: &str,
+) -> Result<Vec<CallRecord>, StoreError> {
+    let rows: Vec<PgLedgerRow> = sqlx::query_as(
+        "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
+         FROM upstream_calls WHERE transaction_id = $1 ORDER BY attempt, started_at, id",
+    )
+    .bind(transaction_id)
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::query("list upstream calls"))?;
+    rows.into_iter()
+        .map(|row| {
+            call_from_db(LedgerRow {
+                attempt: i64::from(row.attempt),
+                started_at: row.started_at,
+                duration_ms: row.duration_ms,
+                http_status: row.http_status.map(i64::from),
+                code: row.code,
+                sub_code: row.sub_code,
+                outcome: row.outcome,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,627 @@
+//! Store tests against the real PostgreSQL server on the machine (a fresh,
+//! randomly named database per test, dropped at the end) and SQLite (a file in
+//! a temporary directory). Every behaviour is checked on both backends.
+//!
+//! `ZHIMA_TEST_POSTGRES_URL` overrides the server (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::{Connection, FromRow, PgConnection};
+
+use super::*;
+
+fn admin_url() -> String {
+    std::env::var("ZHIMA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A migrated, empty database that is removed when [`TestDb::finish`] runs.
+struct TestDb {
+    url: String,
+    store: JobStore,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Postgres { name: String },
+    Sqlite { _dir: tempfile::TempDir },
+}
+
+async fn create_postgres_database() -> (String, String) {
+    let name = format!("zhima_store_test_{:016x}", rand::random::<u64>());
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let base = admin_url();
+    let server = base
+        .rsplit_once('/')
+        .map_or(base.as_str(), |(server, _)| server);
+    (format!("{server}/{name}"), name)
+}
+
+impl TestDb {
+    async fn postgres() -> Self {
+        let (url, name) = create_postgres_database().await;
+        JobStore::migrate(&url).await.unwrap();
+        let store = JobStore::connect(&url, 4).await.unwrap();
+        Self {
+            url,
+            store,
+            cleanup: Cleanup::Postgres { name },
+        }
+    }
+
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("jobs.db").display());
+        JobStore::migrate(&url).await.unwrap();
+        let store = JobStore::connect(&url, 4).await.unwrap();
+        Self {
+            url,
+            store,
+            cleanup: Cleanup::Sqlite { _dir: dir },
+        }
+    }
+
+    async fn finish(self) {
+        match &self.store.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite(pool) => pool.close().await,
+        }
+        if let Cleanup::Postgres { name } = self.cleanup {
+            drop_postgres_database(&name).await;
+        }
+    }
+}
+
+async fn drop_postgres_database(name: &str) {
+    let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+}
+
+/// Runs one scenario on both backends, each on its own fresh database.
+macro_rules! on_both_backends {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn on_postgres() {
+                let db = super::TestDb::postgres().await;
+                super::$scenario(&db).await;
+                db.finish().await;
+            }
+
+            #[tokio::test]
+            async fn on_sqlite() {
+                let db = super::TestDb::sqlite().await;
+                super::$scenario(&db).await;
+                db.finish().await;
+            }
+        }
+    };
+}
+
+/// Every column a test looks at, read back with SQL both backends accept.
+#[derive(Debug, FromRow)]
+struct Snapshot {
+    status: String,
+    attempts: i64,
+    external_ref: Option<String>,
+    biz_no: Option<String>,
+    relation_rank: Option<String>,
+    recency: Option<String>,
+    relation_score: Option<i64>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    cert_no_masked: Option<String>,
+    name_masked: Option<String>,
+    relation_phone_masked: Option<String>,
+    relation_name_masked: Option<String>,
+    response_body: Option<String>,
+    is_completed: i64,
+    has_first_call: i64,
+}
+
+const SNAPSHOT_SQL: &str = "SELECT status, CAST(attempts AS BIGINT) AS attempts, external_ref, \
+     biz_no, relation_rank, recency, relation_score, error_code, error_message, cert_no_masked, \
+     name_masked, relation_phone_masked, relation_name_masked, response_body, \
+     CAST(CASE WHEN completed_at IS NULL THEN 0 ELSE 1 END AS BIGINT) AS is_completed, \
+     CAST(CASE WHEN first_call_at IS NULL THEN 0 ELSE 1 END AS BIGINT) AS has_first_call \
+     FROM relation_checks WHERE transaction_id = $1";
+
+async fn snapshot(store: &JobStore, transaction_id: &str) -> Snapshot {
+    match &store.backend {
+        Backend::Postgres(pool) => sqlx::query_as(SNAPSHOT_SQL)
+            .bind(transaction_id)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        Backend::Sqlite(pool) => sqlx::query_as(SNAPSHOT_SQL)
+            .bind(transaction_id)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+    }
+}
+
+async fn count_rows(store: &JobStore, table: &'static str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(format!("SELECT CAST(count(*) AS BIGINT) FROM {table}"));
+    let (count,): (i64,) = match &store.backend {
+        Backend::Postgres(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+        Backend::Sqlite(pool) => sqlx::query_as(sql).fetch_one(pool).await.unwrap(),
+    };
+    count
+}
+
+fn masked() -> PiiMasked {
+    PiiMasked {
+        cert_no: "640202********4686".into(),
+        name: "张*".into(),
+        relation_phone: "158****1158".into(),
+        relation_name: "李*".into(),
+    }
+}
+
+fn key<'a>(transaction_id: &'a str, masked: &'a PiiMasked) -> JobKey<'a> {
+    JobKey {
+        transaction_id,
+        external_ref: Some("loan-8812/contact-1"),
+        masked,
+    }
+}
+
+/// A fixed instant with whole milliseconds, which both backends keep exactly.
+fn at(seconds_after_base: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_750_000_000 + seconds_after_base, 123_000_000).unwrap()
+}
+
+fn call(attempt: u32, started_at: DateTime<Utc>, outcome: &str) -> CallRecord {
+    CallRecord {
+        attempt,
+        started_at,
+        duration_ms: 87,
+        http_status: Some(200),
+        code: Some(
+            if outcome == "succeeded" {
+                "10000"
+            } else {
+                "40004"
+            }
+            .into(),
+        ),
+        sub_code: (outcome != "succeeded").then(|| "SYSTEM_ERROR".into()),
+        outcome: outcome.into(),
+    }
+}
+
+fn success(biz_no: &str) -> RowUpdate {
+    RowUpdate::Succeeded {
+        biz_no: biz_no.into(),
+        relation_rank: "V_CT_RL_SG".into(),
+        recency: Some("V_CT_RL180D".into()),
+        relation_score: Some(99),
+        response_body: format!(
+            r#"{{"zhima_credit_relation_query_response":{{"biz_no":"{biz_no}"}},"sign":"x"}}"#
+        ),
+    }
+}
+
+fn retrying() -> RowUpdate {
+    RowUpdate::Retrying {
+        error_code: "SYSTEM_ERROR".into(),
+        error_message: "系统繁忙".into(),
+        response_body: Some("{\"retry\":1}".into()),
+    }
+}
+
+fn failed() -> RowUpdate {
+    RowUpdate::Failed {
+        error_code: "INVALID_PARAMETER".into(),
+        error_message: "参数有误".into(),
+        response_body: None,
+    }
+}
+
+async fn migrating_twice_is_a_no_op(db: &TestDb) {
+    JobStore::migrate(&db.url).await.unwrap();
+    JobStore::migrate(&db.url).await.unwrap();
+    assert_eq!(count_rows(&db.store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&db.store, "relation_checks").await, 0);
+    assert_eq!(count_rows(&db.store, "worker_leases").await, 0);
+    db.store.ping().await.unwrap();
+}
+on_both_backends!(migrating_twice_is_a_no_op);
+
+async fn a_successful_call_stores_the_answer_and_one_ledger_row(db: &TestDb) {
+    let masked = masked();
+    let job = key("loan8812_c1", &masked);
+    assert_eq!(db.store.find("loan8812_c1").await.unwrap(), None);
+
+    let first = db.store.begin_call(&job, at(0)).await.unwrap();
+    assert_eq!(first, at(0));
+    let pending = db.store.find("loan8812_c1").await.unwrap().unwrap();
+    assert_eq!(pending.status, JobStatus::Pending);
+    assert_eq!(pending.attempts, 0);
+
+    let ledger = call(1, at(1), "succeeded");
+    let status = db
+        .store
+        .record(&job, Some(&ledger), &success("ZM2016082230000002424"))
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+
+    let row = snapshot(&db.store, "loan8812_c1").await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.external_ref.as_deref(), Some("loan-8812/contact-1"));
+    assert_eq!(row.biz_no.as_deref(), Some("ZM2016082230000002424"));
+    assert_eq!(row.relation_rank.as_deref(), Some("V_CT_RL_SG"));
+    assert_eq!(row.recency.as_deref(), Some("V_CT_RL180D"));
+    assert_eq!(row.relation_score, Some(99));
+    assert_eq!(row.error_code, None);
+    assert_eq!(row.cert_no_masked.as_deref(), Some("640202********4686"));
+    assert_eq!(row.name_masked.as_deref(), Some("张*"));
+    assert_eq!(row.relation_phone_masked.as_deref(), Some("158****1158"));
+    assert_eq!(row.relation_name_masked.as_deref(), Some("李*"));
+    assert!(row.response_body.unwrap().contains("ZM2016082230000002424"));
+    assert_eq!(row.is_completed, 1);
+
+    let found = db.store.find("loan8812_c1").await.unwrap().unwrap();
+    assert_eq!(
+        found,
+        ExistingJob {
+            status: JobStatus::Succeeded,
+            attempts: 1,
+            first_call_at: Some(at(0)),
+        }
+    );
+    assert!(found.status.is_final());
+    assert_eq!(
+        db.store.calls_for("loan8812_c1").await.unwrap(),
+        vec![ledger]
+    );
+}
+on_both_backends!(a_successful_call_stores_the_answer_and_one_ledger_row);
+
+async fn a_retried_job_keeps_its_first_call_time_and_then_succeeds(db: &TestDb) {
+    let masked = masked();
+    let job = key("retry_then_ok", &masked);
+    db.store.begin_call(&job, at(0)).await.unwrap();
+    let status = db
+        .store
+        .record(&job, Some(&call(1, at(0), "retryable")), &retrying())
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Retrying);
+    let row = snapshot(&db.store, "retry_then_ok").await;
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.error_code.as_deref()),
+        ("retrying", 1, Some("SYSTEM_ERROR"))
+    );
+    assert_eq!(row.error_message.as_deref(), Some("系统繁忙"));
+    assert_eq!(row.is_completed, 0);
+
+    let first = db.store.begin_call(&job, at(600)).await.unwrap();
+    assert_eq!(first, at(0), "the first call time must not move on retry");
+    let status = db
+        .store
+        .record(
+            &job,
+            Some(&call(2, at(600), "succeeded")),
+            &success("ZM_RETRIED"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Succeeded);
+
+    let row = snapshot(&db.store, "retry_then_ok").await;
+    assert_eq!((row.status.as_str(), row.attempts), ("succeeded", 2));
+    assert_eq!((row.error_code, row.error_message), (None, None));
+    assert_eq!(row.biz_no.as_deref(), Some("ZM_RETRIED"));
+    assert_eq!(row.is_completed, 1);
+    let attempts: Vec<u32> = db
+        .store
+        .calls_for("retry_then_ok")
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.attempt)
+        .collect();
+    assert_eq!(attempts, vec![1, 2]);
+}
+on_both_backends!(a_retried_job_keeps_its_first_call_time_and_then_succeeds);
+
+async fn a_succeeded_row_is_never_downgraded(db: &TestDb) {
+    let masked = masked();
+    let job = key("done_once", &masked);
+    db.store.begin_call(&job, at(0)).await.unwrap();
+    db.store
+        .record(
+            &job,
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_FIRST"),
+        )
+        .await
+        .unwrap();
+
+    let after_failure = db
+        .store
+        .record(&job, Some(&call(2, at(5), "permanent")), &failed())
+        .await
+        .unwrap();
+    assert_eq!(after_failure, JobStatus::Succeeded);
+    let after_retry = db.store.record(&job, None, &retrying()).await.unwrap();
+    assert_eq!(after_retry, JobStatus::Succeeded);
+    let second_success = db
+        .store
+        .record(&job, None, &success("ZM_SECOND"))
+        .await
+        .unwrap();
+    assert_eq!(second_success, JobStatus::Succeeded);
+    db.store
+        .record_rejected("done_once", None, "INVALID_JSON", "body is not JSON")
+        .await
+        .unwrap();
+    db.store.reset_to_retrying("done_once").await.unwrap();
+    assert_eq!(db.store.begin_call(&job, at(900)).await.unwrap(), at(0));
+
+    let row = snapshot(&db.store, "done_once").await;
+    assert_eq!(row.status, "succeeded");
+    assert_eq!(row.biz_no.as_deref(), Some("ZM_FIRST"));
+    assert_eq!(row.error_code, None);
+    assert_eq!(row.attempts, 2, "the replayed call is still counted");
+    assert_eq!(db.store.calls_for("done_once").await.unwrap().len(), 2);
+}
+on_both_backends!(a_succeeded_row_is_never_downgraded);
+
+async fn a_biz_no_can_belong_to_one_job_only(db: &TestDb) {
+    let masked = masked();
+    let first = key("owner_of_biz_no", &masked);
+    let second = key("thief_of_biz_no", &masked);
+    db.store
+        .record(
+            &first,
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_SHARED"),
+        )
+        .await
+        .unwrap();
+    db.store
+        .record(&second, Some(&call(1, at(1), "retryable")), &retrying())
+        .await
+        .unwrap();
+
+    let err = db
+        .store
+        .record(
+            &second,
+            Some(&call(2, at(2), "succeeded")),
+            &success("ZM_SHARED"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::DuplicateBizNo { biz_no } if biz_no == "ZM_SHARED"),
+        "{err:?}"
+    );
+    assert!(!err.is_unavailable());
+    let row = snapshot(&db.store, "thief_of_biz_no").await;
+    assert_eq!((row.status.as_str(), row.attempts), ("retrying", 1));
+    assert_eq!(row.biz_no, None);
+
+    for id in ["no_biz_a", "no_biz_b"] {
+        db.store
+            .record(&key(id, &masked), None, &failed())
+            .await
+            .unwrap();
+    }
+    assert_eq!(snapshot(&db.store, "no_biz_b").await.biz_no, None);
+}
+on_both_backends!(a_biz_no_can_belong_to_one_job_only);
+
+async fn a_rejected_message_gets_a_failed_row_unless_already_final(db: &TestDb) {
+    db.store
+        .record_rejected(
+            "bad_cert",
+            Some("ref-1"),
+            "INVALID_PARAMETER",
+            "field `cert_no`: check",
+        )
+        .await
+        .unwrap();
+    let row = snapshot(&db.store, "bad_cert").await;
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.attempts, 0);
+    assert_eq!(row.external_ref.as_deref(), Some("ref-1"));
+    assert_eq!(row.error_code.as_deref(), Some("INVALID_PARAMETER"));
+    assert_eq!(row.error_message.as_deref(), Some("field `cert_no`: check"));
+    assert_eq!((row.is_completed, row.has_first_call), (1, 0));
+    assert_eq!(row.cert_no_masked, None);
+
+    db.store
+        .record_rejected("bad_cert", None, "INVALID_JSON", "second reason")
+        .await
+        .unwrap();
+    let row = snapshot(&db.store, "bad_cert").await;
+    assert_eq!(row.error_code.as_deref(), Some("INVALID_PARAMETER"));
+
+    let masked = masked();
+    let job = key("in_flight", &masked);
+    db.store.begin_call(&job, at(0)).await.unwrap();
+    db.store
+        .record_rejected("in_flight", None, "INVALID_PARAMETER", "later copy was bad")
+        .await
+        .unwrap();
+    let row = snapshot(&db.store, "in_flight").await;
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.external_ref.as_deref(), Some("loan-8812/contact-1"));
+    assert_eq!(db.store.calls_for("bad_cert").await.unwrap(), vec![]);
+}
+on_both_backends!(a_rejected_message_gets_a_failed_row_unless_already_final);
+
+async fn counts_cover_every_status_including_zero(db: &TestDb) {
+    let empty = db.store.counts_by_status().await.unwrap();
+    assert_eq!(
+        empty,
+        JobStatus::ALL.iter().map(|s| (*s, 0)).collect::<Vec<_>>()
+    );
+    let masked = masked();
+    db.store
+        .begin_call(&key("p1", &masked), at(0))
+        .await
+        .unwrap();
+    db.store
+        .begin_call(&key("p2", &masked), at(0))
+        .await
+        .unwrap();
+    db.store
+        .record(&key("s1", &masked), None, &success("ZM_S1"))
+        .await
+        .unwrap();
+    db.store
+        .record_rejected("f1", None, "INVALID_JSON", "x")
+        .await
+        .unwrap();
+    let counts = db.store.counts_by_status().await.unwrap();
+    assert_eq!(
+        counts,
+        vec![
+            (JobStatus::Pending, 2),
+            (JobStatus::Retrying, 0),
+            (JobStatus::Succeeded, 1),
+            (JobStatus::Failed, 1),
+        ]
+    );
+}
+on_both_backends!(counts_cover_every_status_including_zero);
+
+async fn requeued_dead_jobs_become_retrying_and_keep_their_history(db: &TestDb) {
+    let masked = masked();
+    let job = key("dead_one", &masked);
+    db.store.begin_call(&job, at(0)).await.unwrap();
+    db.store
+        .record(&job, Some(&call(1, at(0), "retryable")), &failed())
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&db.store, "dead_one").await.is_completed, 1);
+
+    db.store.reset_to_retrying("dead_one").await.unwrap();
+    let found = db.store.find("dead_one").await.unwrap().unwrap();
+    assert_eq!(found.status, JobStatus::Retrying);
+    assert_eq!(found.attempts, 1);
+    assert_eq!(found.first_call_at, Some(at(0)));
+    let row = snapshot(&db.store, "dead_one").await;
+    assert_eq!(row.is_completed, 0);
+    assert_eq!(row.error_code.as_deref(), Some("INVALID_PARAMETER"));
+
+    db.store.reset_to_retrying("never_stored").await.unwrap();
+    assert_eq!(db.store.find("never_stored").await.unwrap(), None);
+}
+on_both_backends!(requeued_dead_jobs_become_retrying_and_keep_their_history);
+
+async fn begin_call_leaves_a_final_row_untouched(db: &TestDb) {
+    db.store
+        .record_rejected("rejected_first", None, "INVALID_PARAMETER", "x")
+        .await
+        .unwrap();
+    let masked = masked();
+    let first = db
+        .store
+        .begin_call(&key("rejected_first", &masked), at(42))
+        .await
+        .unwrap();
+    assert_eq!(first, at(42));
+    let row = snapshot(&db.store, "rejected_first").await;
+    assert_eq!(row.status, "failed");
+    assert_eq!(row.has_first_call, 0);
+    assert_eq!(row.cert_no_masked, None);
+}
+on_both_backends!(begin_call_leaves_a_final_row_untouched);
+
+#[tokio::test]
+async fn three_replicas_migrating_one_postgres_database_at_once_all_succeed() {
+    let (url, name) = create_postgres_database().await;
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { JobStore::migrate(&url).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let store = JobStore::connect(&url, 2).await.unwrap();
+    assert_eq!(count_rows(&store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&store, "upstream_calls").await, 0);
+    if let Backend::Postgres(pool) = &store.backend {
+        pool.close().await;
+    }
+    drop_postgres_database(&name).await;
+}
+
+#[tokio::test]
+async fn sqlite_timestamps_are_fixed_width_utc_text() {
+    let db = TestDb::sqlite().await;
+    let masked = masked();
+    db.store
+        .begin_call(&key("ts", &masked), at(0) + TimeDelta::microseconds(456))
+        .await
+        .unwrap();
+    let Backend::Sqlite(pool) = &db.store.backend else {
+        panic!("not sqlite");
+    };
+    let (created, first): (String, String) =
+        sqlx::query_as("SELECT created_at, first_call_at FROM relation_checks")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(first, "2025-06-15T15:06:40.123Z");
+    assert_eq!(created.len(), first.len());
+    assert!(created.ends_with('Z') && created.as_bytes()[10] == b'T');
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn an_unknown_url_scheme_is_refused_naming_the_setting() {
+    let Err(err) = JobStore::connect("mysql://localhost/jobs", 1).await else {
+        panic!("mysql must be refused");
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("database.url") && text.contains("`mysql`"),
+        "{text}"
+    );
+    assert!(!err.is_unavailable());
+    assert!(matches!(
+        JobStore::migrate("jobs.db").await,
+        Err(StoreError::UnsupportedUrl { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_database_that_refuses_connections_is_reported_unavailable() {
+    let Err(err) = JobStore::connect("postgres://postgres@127.0.0.1:1/none", 1).await else {
+        panic!("nothing listens on port 1");
+    };
+    assert!(err.is_unavailable(), "{err:?}");
+}
+
+#[test]
+fn statuses_round_trip_through_their_text() {
+    for status in JobStatus::ALL {
+        assert_eq!(status.as_str().parse::<JobStatus>().unwrap(), status);
+    }
+    assert!("done".parse::<JobStatus>().is_err());
+    assert!(!JobStatus::Retrying.is_final());
+    assert!(JobStatus::Failed.is_final());
+}

@@ -1,0 +1,309 @@
+//! End-to-end tests of `zhima-worker run` against the real RabbitMQ, the real
+//! PostgreSQL (and SQLite), and the sandbox gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use zhima_worker::sandbox::{Faults, SystemErrorStyle};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn every_job_succeeds_billed_once(db: Db) {
+    let worker = spawn_worker(db).await;
+    for n in 0..40 {
+        worker.publish_job(&job("ok", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 40, "{:?}", count_values(&statuses));
+    for n in 0..40 {
+        assert_eq!(worker.sandbox.billed_for(&format!("ok_{n}")), 1);
+    }
+    let with_biz_no = worker
+        .count("SELECT COUNT(DISTINCT biz_no) FROM relation_checks WHERE biz_no IS NOT NULL")
+        .await;
+    assert_eq!(with_biz_no, 40);
+    let masked = worker
+        .count("SELECT COUNT(*) FROM relation_checks WHERE cert_no_masked LIKE '110101********%'")
+        .await;
+    assert_eq!(masked, 40, "cert_no is stored masked only");
+    assert_eq!(
+        worker.count("SELECT COUNT(*) FROM upstream_calls").await,
+        40
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_job_succeeds_and_is_billed_once_on_postgres() {
+    every_job_succeeds_billed_once(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn every_job_succeeds_and_is_billed_once_on_sqlite() {
+    every_job_succeeds_billed_once(Db::Sqlite).await;
+}
+
+async fn transient_faults_are_retried_with_the_same_transaction_id(db: Db) {
+    let faults = Faults {
+        system_error_rate: 0.3,
+        http_5xx_after_billing_rate: 0.2,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(db, faults).await;
+    for n in 0..30 {
+        worker.publish_job(&job("flaky", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 30, "{:?}", count_values(&statuses));
+    let stats = worker.sandbox.stats();
+    assert!(
+        stats.requests > 30,
+        "faults forced retries: {}",
+        stats.requests
+    );
+    for n in 0..30 {
+        assert_eq!(
+            worker.sandbox.billed_for(&format!("flaky_{n}")),
+            1,
+            "flaky_{n}"
+        );
+    }
+    let ledger = worker.count("SELECT COUNT(*) FROM upstream_calls").await;
+    assert_eq!(ledger, i64::try_from(stats.requests).unwrap());
+    let retried = worker
+        .count("SELECT COUNT(*) FROM relation_checks WHERE attempts > 1")
+        .await;
+    assert!(retried > 0);
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn system_errors_and_502_after_billing_end_succeeded_on_postgres() {
+    transient_faults_are_retried_with_the_same_transaction_id(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn system_errors_and_502_after_billing_end_succeeded_on_sqlite() {
+    transient_faults_are_retried_with_the_same_transaction_id(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn exhausted_attempts_end_failed_in_the_dead_queue() {
+    let faults = Faults {
+        system_error_rate: 1.0,
+        system_error_style: SystemErrorStyle::Business40004,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    worker
+        .env
+        .insert("ZHIMA__RETRY__MAX_ATTEMPTS".into(), "3".into());
+    for n in 0..3 {
+        worker.publish_job(&job("doomed", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(count_values(&statuses).get("failed"), Some(&3));
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 3);
+    assert_eq!(worker.sandbox.calls_for("doomed_0"), 3);
+    let codes = worker
+        .query_rows("SELECT transaction_id, error_code FROM relation_checks")
+        .await;
+    assert!(
+        codes.iter().all(|(_, code)| code == "SYSTEM_ERROR"),
+        "{codes:?}"
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn permanent_error_fails_after_one_call() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let mut wrong_product = job("perm", 1);
+    wrong_product["product_code"] = "w0000000000000000000".into();
+    worker.publish_job(&wrong_product).await;
+    worker.run_until_idle(LIMIT).await;
+    let rows = worker
+        .query_rows("SELECT status, error_code FROM relation_checks")
+        .await;
+    assert_eq!(
+        rows,
+        vec![("failed".into(), "API_PRODUCT_NOT_MATCH".into())]
+    );
+    assert_eq!(worker.sandbox.calls_for("perm_1"), 1);
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 0);
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalid_messages_are_dead_lettered_without_an_upstream_call() {
+    let worker = spawn_worker(Db::Postgres).await;
+    worker.publish_raw(b"not json at all").await;
+    worker.publish_raw(&vec![b' '; 70 * 1024]).await;
+    worker.publish_raw(b"[1,2,3]").await;
+    let mut bad_check_digit = job("bad", 1);
+    bad_check_digit["cert_no"] = "640202199007164687".into();
+    worker.publish_job(&bad_check_digit).await;
+    worker.publish_job(&job("good", 1)).await;
+    worker.run_until_idle(LIMIT).await;
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 4);
+    assert_eq!(
+        worker.sandbox.stats().requests,
+        1,
+        "only the valid job was sent"
+    );
+    let statuses = worker.statuses().await;
+    assert_eq!(statuses.get("bad_1").map(String::as_str), Some("failed"));
+    assert_eq!(
+        statuses.get("good_1").map(String::as_str),
+        Some("succeeded")
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn rate_limit_holds_the_highest_one_second_count() {
+    let mut worker = spawn_worker(Db::Postgres).await;
+    worker
+        .env
+        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "20".into());
+    worker
+        .env
+        .insert("ZHIMA__RATE_LIMIT__BURST".into(), "2".into());
+    for n in 0..60 {
+        worker.publish_job(&job("paced", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let stats = worker.sandbox.stats();
+    assert_eq!(stats.billed, 60);
+    assert!(
+        stats.max_requests_per_second <= 22,
+        "highest one-second count {} > qps + burst",
+        stats.max_requests_per_second
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn worker_killed_mid_batch_loses_and_double_bills_nothing() {
+    let faults = Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    worker
+        .env
+        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "100".into());
+    for n in 0..150 {
+        worker.publish_job(&job("kill", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= 30)
+        .await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+    let after_kill = succeeded(&worker.statuses().await);
+    assert!(
+        after_kill < 150,
+        "the kill landed mid-batch ({after_kill} done)"
+    );
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 150, "{:?}", count_values(&statuses));
+    for n in 0..150 {
+        assert_eq!(
+            worker.sandbox.billed_for(&format!("kill_{n}")),
+            1,
+            "kill_{n}"
+        );
+    }
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_jobs_and_exits_zero() {
+    let faults = Faults {
+        latency_ms: 200,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    for n in 0..100 {
+        worker.publish_job(&job("term", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= 10)
+        .await;
+    let pid = child.id().expect("pid");
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within the grace")
+        .expect("wait");
+    assert!(status.success(), "exit status {status}");
+    let statuses = worker.statuses().await;
+    let pending = statuses.values().filter(|s| *s == "pending").count();
+    assert_eq!(
+        pending,
+        0,
+        "no job left half-done: {:?}",
+        count_values(&statuses)
+    );
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 100);
+    for n in 0..100 {
+        assert_eq!(worker.sandbox.billed_for(&format!("term_{n}")), 1);
+    }
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn configuration_fault_pauses_without_failing_queued_jobs() {
+    let mut config = zhima_worker::sandbox::SandboxConfig::with_test_keys().unwrap();
+    for app in &mut config.apps {
+        app.has_contract = false;
+    }
+    let sandbox = zhima_worker::sandbox::start(config).await.unwrap();
+    let worker = helpers::build(Db::Postgres, sandbox).await;
+    for n in 0..20 {
+        worker.publish_job(&job("paused", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    let main_queue = worker.topology.names.queue.clone();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    // every prefetched job is handed back once the worker pauses
+    while worker.sandbox.stats().requests == 0 || worker.ready(&main_queue).await < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs were not handed back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls_when_paused = worker.sandbox.stats().requests;
+    // the paused worker probes instead of consuming
+    while worker.sandbox.stats().requests == calls_when_paused {
+        assert!(tokio::time::Instant::now() < deadline, "no probe seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(worker.ready(&main_queue).await, 20, "still paused");
+    let statuses = worker.statuses().await;
+    assert!(
+        statuses.values().all(|s| s != "failed" && s != "succeeded"),
+        "no job burnt: {:?}",
+        count_values(&statuses)
+    );
+    assert!(worker.sandbox.stats().billed == 0);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
