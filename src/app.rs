@@ -7,6 +7,7 @@
 //! `queue::consumer`. This module owns task lifecycles only.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Settings;
 use crate::control::Control;
+use crate::health::{self, Readiness};
 use crate::processor::Processor;
 use crate::queue::{self, Publisher, QueueError, Topology, consumer, short};
 use crate::rate_limit::{Rate, UpstreamLimiter};
@@ -40,6 +42,15 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));
     spawn_signal_listener(Arc::clone(&control));
     let store = open_store(&settings, &control).await?;
+    let readiness = Arc::new(Readiness {
+        broker_connected: AtomicBool::new(false),
+        store: store.clone(),
+        control: Arc::clone(&control),
+    });
+    if !settings.http.listen.is_empty() {
+        let metrics = health::install_metrics()?;
+        health::serve(&settings.http.listen, metrics, Arc::clone(&readiness)).await?;
+    }
     let client =
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
     let policy = RetryPolicy::from_settings(&settings.retry).context("retry settings")?;
@@ -62,6 +73,7 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         topology,
         processor,
         control,
+        readiness,
         tasks: JoinSet::new(),
     };
     worker.run(options).await;
@@ -114,6 +126,7 @@ struct Worker {
     topology: Arc<Topology>,
     processor: Arc<Processor>,
     control: Arc<Control>,
+    readiness: Arc<Readiness>,
     tasks: JoinSet<()>,
 }
 
@@ -127,7 +140,11 @@ impl Worker {
     async fn run(&mut self, options: RunOptions) {
         let mut backoff = Duration::from_millis(500);
         while !self.control.is_stopping() {
-            match self.session(options).await {
+            let outcome = self.session(options).await;
+            self.readiness
+                .broker_connected
+                .store(false, Ordering::Relaxed);
+            match outcome {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(error.message = %error, error.cause_chain = ?error,
@@ -164,6 +181,7 @@ impl Worker {
             )),
             false => None,
         };
+        self.readiness.broker_connected.store(true, Ordering::Relaxed);
         tracing::info!(queue = %self.topology.names.queue, prefetch, "consuming");
         loop {
             if self.control.is_paused() {

@@ -23,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod job;
 pub mod processor;
 pub mod queue;

@@ -47,6 +47,7 @@ pub async fn handle(
             throttled,
         } => {
             let queue = topology.names.delay_queue(*delay);
+            metrics::counter!("zhima_retries_scheduled_total").increment(1);
             let copy = Outgoing::to_queue(&queue, &delivery.data, message_id.as_deref())
                 .with_number_header(ATTEMPT_HEADER, *next_attempt)
                 .with_number_header(THROTTLED_HEADER, *throttled);

@@ -278,7 +278,8 @@ async fn configuration_fault_pauses_without_failing_queued_jobs() {
     for n in 0..20 {
         worker.publish_job(&job("paused", n)).await;
     }
-    let mut child = worker.start_run(&[]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let main_queue = worker.topology.names.queue.clone();
     let deadline = tokio::time::Instant::now() + LIMIT;
     // every prefetched job is handed back once the worker pauses
@@ -303,6 +304,142 @@ async fn configuration_fault_pauses_without_failing_queued_jobs() {
         count_values(&statuses)
     );
     assert!(worker.sandbox.stats().billed == 0);
+    let (ready, reason) = get_text(&format!("http://{listen}/readyz")).await;
+    assert_eq!(ready, 503, "{reason}");
+    assert!(reason.contains("NO_VALID_ARRANGEMENT"), "{reason}");
+    let (_, metrics) = get_text(&format!("http://{listen}/metrics")).await;
+    assert_eq!(sample(&metrics, "zhima_consumption_paused"), 1.0);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        if let Ok(response) = reqwest::get(url).await {
+            let status = response.status().as_u16();
+            return (status, response.text().await.unwrap());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one Prometheus sample line, e.g. `name{labels} 12`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .map(|value| value.parse().unwrap())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn metrics_count_the_jobs_processed_and_readyz_reports_ready() {
+    let faults = Faults {
+        system_error_rate: 0.25,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    for n in 0..25 {
+        worker.publish_job(&job("metered", n)).await;
+    }
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    let (status, _) = get_text(&format!("http://{listen}/healthz")).await;
+    assert_eq!(status, 200);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 25)
+        .await;
+    let (ready, _) = get_text(&format!("http://{listen}/readyz")).await;
+    assert_eq!(ready, 200);
+    let (_, metrics) = get_text(&format!("http://{listen}/metrics")).await;
+    let stats = worker.sandbox.stats();
+    assert_eq!(
+        sample(&metrics, r#"zhima_jobs_total{outcome="succeeded"}"#),
+        25.0
+    );
+    let retried = sample(&metrics, r#"zhima_jobs_total{outcome="retried"}"#);
+    assert_eq!(
+        retried as u64,
+        stats.requests - 25,
+        "every extra call was a retry"
+    );
+    assert_eq!(sample(&metrics, "zhima_retries_scheduled_total"), retried);
+    assert_eq!(
+        sample(&metrics, "zhima_upstream_latency_seconds_count") as u64,
+        stats.requests,
+        "one latency sample per call"
+    );
+    assert_eq!(sample(&metrics, "zhima_consumption_paused"), 0.0);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
+
+/// Closes the broker connection that a process opened, as a broker restart or
+/// a network cut would.
+fn close_broker_connection_of(pid: u32) -> bool {
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&listing.stdout);
+    let marker = format!("zhima-worker run pid {pid}");
+    let Some(line) = text.lines().find(|line| line.contains(&marker)) else {
+        return false;
+    };
+    let connection = line.split_whitespace().next().expect("pid column");
+    std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", connection, "test closes the connection"])
+        .status()
+        .expect("rabbitmqctl")
+        .success()
+}
+
+#[tokio::test]
+async fn worker_reconnects_after_the_broker_drops_its_connection() {
+    let faults = Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    worker
+        .env
+        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "40".into());
+    for n in 0..80 {
+        worker.publish_job(&job("reconnect", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= 10)
+        .await;
+    let pid = child.id().expect("pid");
+    assert!(
+        close_broker_connection_of(pid),
+        "the worker's connection was found and closed"
+    );
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 80)
+        .await;
+    assert_eq!(succeeded(&statuses), 80);
+    for n in 0..80 {
+        assert_eq!(worker.sandbox.billed_for(&format!("reconnect_{n}")), 1);
+    }
     let _ = child.start_kill();
     let _ = child.wait().await;
     worker.cleanup().await;
