@@ -181,7 +181,9 @@ impl Worker {
             )),
             false => None,
         };
-        self.readiness.broker_connected.store(true, Ordering::Relaxed);
+        self.readiness
+            .broker_connected
+            .store(true, Ordering::Relaxed);
         tracing::info!(queue = %self.topology.names.queue, prefetch, "consuming");
         loop {
             if self.control.is_paused() {

@@ -133,7 +133,10 @@ pub async fn serve(
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) {
     if !readiness.broker_connected.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "broker not connected\n".into());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker not connected\n".into(),
+        );
     }
     if let Err(error) = readiness.store.ping().await {
         return (
