@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zhima_worker::sandbox::{
-    self, Faults, RunningSandbox, SandboxApp, SandboxArgs, SandboxConfig, SystemErrorStyle,
+    self, Faults, RunningSandbox, SandboxApp, SandboxArgs, SandboxConfig, SandboxReply,
+    SystemErrorStyle,
 };
 use zhima_worker::upstream::signing::{Charset, PrivateKey, PublicKey, SignType, sign_params};
 
@@ -1315,4 +1316,91 @@ fn flags_set_apps_validity_and_faults() {
         .to_config()
         .unwrap_err();
     assert!(format!("{missing:#}").contains("/no/such/key.pem"));
+}
+
+// ----------------------------------------------------------- scripted replies
+
+#[tokio::test]
+async fn scripted_replies_come_in_order_before_any_rate() {
+    let harness = spawn().await;
+    let sandbox = &harness.sandbox;
+    sandbox.respond_next(2, SandboxReply::SystemError);
+    sandbox.respond_next(1, SandboxReply::Unavailable);
+    sandbox.respond_next(1, SandboxReply::Throttled);
+    sandbox.respond_next(1, SandboxReply::LostAfterBilling);
+    sandbox.respond_next(1, SandboxReply::BrokenSignature);
+    sandbox.respond_next(1, SandboxReply::Unsigned);
+    for _ in 0..2 {
+        assert_eq!(harness.query("t_script").await.code().0, "20000");
+    }
+    assert_eq!(harness.query("t_script").await.status, 503);
+    assert_eq!(
+        harness.query("t_script").await.code().1,
+        "isv.app-call-limited"
+    );
+    assert_eq!(harness.query("t_script").await.status, 502);
+    assert_eq!(sandbox.billed_for("t_script"), 1);
+    let broken = harness.query("t_script").await;
+    assert!(broken.is_signed() && !broken.is_verified());
+    let unsigned = harness.query("t_script").await;
+    assert!(!unsigned.is_signed());
+    assert_success(&harness.query("t_script").await);
+    assert_eq!(sandbox.calls_for("t_script"), 8);
+    assert_eq!(sandbox.billed_for("t_script"), 1);
+}
+
+// ------------------------------------------------------------ the binary
+
+#[tokio::test]
+async fn the_binary_prints_its_address_first_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zhima-worker"))
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let url = first.strip_prefix("listening on ").unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && !url.ends_with(":0"),
+        "{first}"
+    );
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn the_binary_rejects_a_malformed_app_flag_naming_it() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_zhima-worker"))
+        .args(["sandbox", "--app", "no-equals-sign"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--app") && stderr.contains("APP_ID=PUBLIC_KEY_FILE"),
+        "{stderr}"
+    );
 }

@@ -125,7 +125,11 @@ pub enum SandboxReply {
 impl SandboxReply {
     /// The plan this reply stands for, given the current settings.
     pub fn plan(self, faults: &Faults) -> FaultPlan {
-        let none = FaultPlan::default();
+        let latency = Duration::from_millis(faults.latency_ms);
+        let none = FaultPlan {
+            delay: latency,
+            ..FaultPlan::default()
+        };
         match self {
             Self::SystemError => FaultPlan {
                 system_error: Some(faults.system_error_style),
@@ -151,9 +155,9 @@ impl SandboxReply {
                 broken_sign: Some(SignTamper::Stripped),
                 ..none
             },
-            Self::Slow(delay) => FaultPlan {
+            Self::Slow(slow) => FaultPlan {
                 is_slow: true,
-                delay,
+                delay: latency.saturating_add(slow),
                 ..none
             },
         }

@@ -48,8 +48,13 @@ const GATEWAY_ECHO_PREFIX: &str = "网关生成的验签字符串为：";
 
 impl GatewayFault {
     /// The sub_code without its namespace (`ZMCREDIT.`, `isv.`, …), upper case,
-    /// `-` as `_`: `isv.invalid-signature` → `INVALID_SIGNATURE`.
+    /// `-` as `_`: `isv.invalid-signature` → `INVALID_SIGNATURE`. A 20000
+    /// ("service currently unavailable", 系统繁忙) is stored as `SYSTEM_ERROR`,
+    /// the business code with the same meaning; the ledger keeps the raw codes.
     pub fn normalized_code(&self) -> String {
+        if self.code == "20000" {
+            return "SYSTEM_ERROR".into();
+        }
         match &self.sub_code {
             Some(sub_code) if !sub_code.trim().is_empty() => normalize_sub_code(sub_code),
             _ => format!("GATEWAY_{}", self.code),
@@ -81,11 +86,11 @@ impl GatewayFault {
     }
 
     /// The string the gateway verified, which it echoes after rejecting our
-    /// signature.
-    pub fn gateway_string_to_sign(&self) -> Option<&str> {
+    /// signature (the real gateway writes `&` as `&amp;` there).
+    pub fn gateway_string_to_sign(&self) -> Option<String> {
         let sub_msg = self.sub_msg.as_deref()?;
         let start = sub_msg.find(GATEWAY_ECHO_PREFIX)? + GATEWAY_ECHO_PREFIX.len();
-        Some(&sub_msg[start..])
+        Some(sub_msg[start..].replace("&amp;", "&"))
     }
 }
 
@@ -349,7 +354,15 @@ mod tests {
             "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配，{GATEWAY_ECHO_PREFIX}a=1&b=2"
         ));
         assert!(rejected.is_signature_rejected());
-        assert_eq!(rejected.gateway_string_to_sign(), Some("a=1&b=2"));
+        assert_eq!(
+            rejected.gateway_string_to_sign().as_deref(),
+            Some("a=1&b=2")
+        );
+        rejected.sub_msg = Some(format!("{GATEWAY_ECHO_PREFIX}a=1&amp;b=2"));
+        assert_eq!(
+            rejected.gateway_string_to_sign().as_deref(),
+            Some("a=1&b=2")
+        );
     }
 
     #[test]

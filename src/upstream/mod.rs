@@ -275,8 +275,11 @@ impl UpstreamClient {
             report.outcome = Err(UpstreamError::SignatureRejected(Box::new(
                 SignatureMismatch {
                     ours: redactor.redact(&request.string_to_sign),
-                    theirs: redactor
-                        .redact(fault.gateway_string_to_sign().unwrap_or("(not echoed)")),
+                    theirs: redactor.redact(
+                        &fault
+                            .gateway_string_to_sign()
+                            .unwrap_or_else(|| "(not echoed)".into()),
+                    ),
                     fault,
                 },
             )));
