@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tracing::{Span, field};
+use tracing::Span;
 
 use crate::control::Control;
 use crate::job::{self, Job, RejectedJob};
@@ -69,8 +69,8 @@ const STORE_RETRY_BUDGET: Duration = Duration::from_secs(30);
 const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
 
 impl Processor {
-    #[tracing::instrument(name = "process_job", skip_all, fields(
-        transaction_id = field::Empty, attempt = attempt.number, outcome = field::Empty))]
+    /// Runs inside the consumer's `process_job` span, whose `transaction_id`
+    /// and `outcome` fields it fills in.
     pub async fn process(&self, body: &[u8], attempt: Attempt) -> Disposition {
         let job = match job::decode_job(body, &self.default_product_code) {
             Ok(job) => job,
@@ -78,7 +78,9 @@ impl Processor {
         };
         Span::current().record("transaction_id", job.query.transaction_id.as_str());
         let disposition = self.process_valid(&job, attempt).await;
-        Span::current().record("outcome", describe(&disposition));
+        let outcome = describe(&disposition);
+        Span::current().record("outcome", outcome);
+        tracing::info!(outcome, "job processed");
         disposition
     }
 

@@ -42,7 +42,7 @@ pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
         builder
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .with_span_events(FmtSpan::NONE)
             .try_init()
     } else {

@@ -8,6 +8,7 @@
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tracing::Instrument;
 
 use super::publisher::Outgoing;
 use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology, header_u32};
@@ -22,6 +23,8 @@ pub fn attempt_of(delivery: &Delivery) -> Attempt {
     }
 }
 
+/// Processes one delivery inside its `process_job` span (transaction_id,
+/// attempt, queue, outcome), so every log line of the job carries them.
 pub async fn handle(
     delivery: Delivery,
     processor: &Processor,
@@ -29,6 +32,25 @@ pub async fn handle(
     topology: &Topology,
 ) {
     let attempt = attempt_of(&delivery);
+    let span = tracing::info_span!(
+        "process_job",
+        transaction_id = tracing::field::Empty,
+        attempt = attempt.number,
+        queue = %topology.names.queue,
+        outcome = tracing::field::Empty,
+    );
+    handle_in_span(delivery, attempt, processor, publisher, topology)
+        .instrument(span)
+        .await;
+}
+
+async fn handle_in_span(
+    delivery: Delivery,
+    attempt: crate::processor::Attempt,
+    processor: &Processor,
+    publisher: &Publisher,
+    topology: &Topology,
+) {
     let disposition = processor.process(&delivery.data, attempt).await;
     let message_id = delivery
         .properties

@@ -444,3 +444,56 @@ async fn worker_reconnects_after_the_broker_drops_its_connection() {
     let _ = child.wait().await;
     worker.cleanup().await;
 }
+
+#[tokio::test]
+async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
+    let faults = Faults {
+        system_error_rate: 0.3,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    let jobs: Vec<_> = (0..10).map(|n| job("logged", n)).collect();
+    for job in &jobs {
+        worker.publish_job(job).await;
+    }
+    let mut invalid = job("logged", 99);
+    invalid["relation"] = "colleague".into();
+    worker.publish_job(&invalid).await;
+    let output = worker
+        .command(&["run", "--until-idle"])
+        .env("ZHIMA__LOG__FILTER", "debug")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let logs = String::from_utf8(output.stderr).unwrap();
+    for job in jobs.iter().chain([&invalid]) {
+        for field in ["cert_no", "relation_phone", "name", "relation_name"] {
+            let value = job[field].as_str().unwrap();
+            assert!(!logs.contains(value), "{field} leaked into the logs");
+        }
+    }
+    let processed: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["fields"]["message"] == "job processed")
+        .collect();
+    assert!(
+        processed.len() > 10,
+        "retries logged too: {}",
+        processed.len()
+    );
+    for line in &processed {
+        let span = &line["span"];
+        assert!(
+            span["transaction_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("logged_"),
+            "{line}"
+        );
+        assert!(span["attempt"].as_u64().unwrap() >= 1, "{line}");
+    }
+    worker.cleanup().await;
+}
