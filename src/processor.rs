@@ -91,9 +91,12 @@ impl Processor {
             external_ref: job.external_ref.as_deref(),
             masked: &masked,
         };
-        let existing = match self.store.find(key.transaction_id).await {
+        let existing = match self
+            .persist("look the job up", || self.store.find(key.transaction_id))
+            .await
+        {
             Ok(existing) => existing,
-            Err(error) => return store_unavailable(&error),
+            Err(disposition) => return disposition,
         };
         if let Some(existing) = &existing {
             if existing.status.is_final() {
@@ -109,8 +112,13 @@ impl Processor {
         if !self.acquire_permit().await {
             return Disposition::HandBack;
         }
-        if let Err(error) = self.store.begin_call(&key, Utc::now()).await {
-            return store_unavailable(&error);
+        let began = self
+            .persist("record the call's start", || {
+                self.store.begin_call(&key, Utc::now())
+            })
+            .await;
+        if let Err(disposition) = began {
+            return disposition;
         }
         let started_at = Utc::now();
         let report = self.client.query_relation(&job.query).await;
@@ -296,33 +304,55 @@ impl Processor {
         }
     }
 
-    /// Commits, retrying while the database is unreachable. `Err` carries the
-    /// disposition to use instead (hand back, or dead-letter corrupt data).
+    /// Commits the outcome (row and ledger entry in one transaction).
     async fn commit(
         &self,
         key: &JobKey<'_>,
         call: Option<&CallRecord>,
         update: &RowUpdate,
     ) -> Result<(), Disposition> {
+        self.persist("store the outcome", || self.store.record(key, call, update))
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs one store operation, retrying with backoff while the database is
+    /// unreachable (up to `STORE_RETRY_BUDGET`, or until shutdown), so an
+    /// outage holds deliveries instead of spinning them through the broker.
+    /// `Err` carries the disposition to use instead: hand back when the
+    /// database stays down, dead-letter when the store refuses the data.
+    async fn persist<T, F, Fut>(
+        &self,
+        what: &'static str,
+        mut operation: F,
+    ) -> Result<T, Disposition>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let deadline = tokio::time::Instant::now() + STORE_RETRY_BUDGET;
         let mut pause = Duration::from_millis(200);
         loop {
-            match self.store.record(key, call, update).await {
-                Ok(_) => return Ok(()),
+            match operation().await {
+                Ok(value) => return Ok(value),
                 Err(error) if error.is_unavailable() => {
                     if tokio::time::Instant::now() + pause > deadline || self.control.is_stopping()
                     {
                         return Err(store_unavailable(&error));
                     }
-                    tracing::warn!(error.message = %error, "database unavailable; retrying the commit");
-                    tokio::time::sleep(pause).await;
+                    tracing::warn!(error.message = %error, operation = what,
+                        "database unavailable; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {},
+                        () = self.control.stopped() => {},
+                    }
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
                     tracing::error!(error.message = %error, error.cause_chain = ?error,
-                        "could not store the outcome; dead-lettering the job");
+                        operation = what, "the store refused the job; dead-lettering it");
                     return Err(Disposition::DeadLetter {
-                        reason: format!("could not store the outcome: {error}"),
+                        reason: format!("could not {what}: {error}"),
                     });
                 }
             }
@@ -336,16 +366,17 @@ impl Processor {
         if let Some(transaction_id) = &rejected.transaction_id {
             Span::current().record("transaction_id", transaction_id.as_str());
             let stored = self
-                .store
-                .record_rejected(
-                    transaction_id.as_str(),
-                    rejected.external_ref.as_deref(),
-                    rejected.error.code(),
-                    &reason,
-                )
+                .persist("record the rejected job", || {
+                    self.store.record_rejected(
+                        transaction_id.as_str(),
+                        rejected.external_ref.as_deref(),
+                        rejected.error.code(),
+                        &reason,
+                    )
+                })
                 .await;
-            if let Err(error) = stored {
-                return store_unavailable(&error);
+            if let Err(disposition) = stored {
+                return disposition;
             }
         }
         metrics::counter!("zhima_jobs_total", "outcome" => "invalid").increment(1);

@@ -1,7 +1,9 @@
 //! Test harness for the worker: a sandbox gateway on port 0, a fresh database
 //! (PostgreSQL database or SQLite file), uniquely named queues on the real
 //! RabbitMQ, and the real `zhima-worker run` binary as a child process so that
-//! tests can SIGKILL and SIGTERM it.
+//! tests can SIGKILL and SIGTERM it. Other test binaries include it too, each
+//! using a part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::process::Stdio;

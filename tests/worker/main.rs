@@ -93,7 +93,7 @@ async fn system_errors_and_502_after_billing_end_succeeded_on_sqlite() {
 }
 
 #[tokio::test]
-async fn exhausted_attempts_end_failed_in_the_dead_queue() {
+async fn exhausted_attempts_end_failed_in_the_dead_queue_and_requeue_dead_brings_them_back() {
     let faults = Faults {
         system_error_rate: 1.0,
         system_error_style: SystemErrorStyle::Business40004,
@@ -118,6 +118,18 @@ async fn exhausted_attempts_end_failed_in_the_dead_queue() {
         codes.iter().all(|(_, code)| code == "SYSTEM_ERROR"),
         "{codes:?}"
     );
+
+    // the upstream recovers; requeue-dead brings the jobs back and they finish
+    worker.sandbox.set_faults(Faults::default());
+    let requeued = worker.command(&["requeue-dead"]).output().await.unwrap();
+    assert!(requeued.status.success(), "{requeued:?}");
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 0);
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 3, "{:?}", count_values(&statuses));
+    for n in 0..3 {
+        assert_eq!(worker.sandbox.billed_for(&format!("doomed_{n}")), 1);
+    }
     worker.cleanup().await;
 }
 
@@ -190,12 +202,21 @@ async fn rate_limit_holds_the_highest_one_second_count() {
 }
 
 #[tokio::test]
-async fn worker_killed_mid_batch_loses_and_double_bills_nothing() {
+async fn worker_killed_mid_batch_loses_and_double_bills_nothing_on_postgres() {
+    killed_mid_batch(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn worker_killed_mid_batch_loses_and_double_bills_nothing_on_sqlite() {
+    killed_mid_batch(Db::Sqlite).await;
+}
+
+async fn killed_mid_batch(db: Db) {
     let faults = Faults {
         latency_ms: 30,
         ..Faults::default()
     };
-    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    let mut worker = spawn_worker_with(db, faults).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "100".into());
@@ -227,12 +248,21 @@ async fn worker_killed_mid_batch_loses_and_double_bills_nothing() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_in_flight_jobs_and_exits_zero() {
+async fn sigterm_drains_in_flight_jobs_and_exits_zero_on_postgres() {
+    sigterm_drains(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_jobs_and_exits_zero_on_sqlite() {
+    sigterm_drains(Db::Sqlite).await;
+}
+
+async fn sigterm_drains(db: Db) {
     let faults = Faults {
         latency_ms: 200,
         ..Faults::default()
     };
-    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    let worker = spawn_worker_with(db, faults).await;
     for n in 0..100 {
         worker.publish_job(&job("term", n)).await;
     }
@@ -495,5 +525,81 @@ async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
         );
         assert!(span["attempt"].as_u64().unwrap() >= 1, "{line}");
     }
+    worker.cleanup().await;
+}
+
+/// A TCP forwarder to PostgreSQL that the test can cut (every open
+/// connection dropped, new ones refused) and restore.
+async fn cuttable_proxy_to_postgres() -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, _) = tokio::sync::watch::channel(true);
+    let switch = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if !*open.borrow() {
+                continue;
+            }
+            let mut cut = open.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
+                    _ = cut.wait_for(|open| !*open) => {},
+                }
+            });
+        }
+    });
+    (port, switch)
+}
+
+#[tokio::test]
+async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
+    let faults = Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    let (port, switch) = cuttable_proxy_to_postgres().await;
+    let via_proxy = worker
+        .database_url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
+    worker.env.insert("DATABASE_URL".into(), via_proxy);
+    worker
+        .env
+        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "40".into());
+    for n in 0..80 {
+        worker.publish_job(&job("outage", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= 10)
+        .await;
+    switch.send_replace(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker survives the outage"
+    );
+    switch.send_replace(true);
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 80)
+        .await;
+    assert_eq!(count_values(&statuses).get("failed"), None);
+    for n in 0..80 {
+        assert_eq!(
+            worker.sandbox.billed_for(&format!("outage_{n}")),
+            1,
+            "outage_{n}"
+        );
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
     worker.cleanup().await;
 }
