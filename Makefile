@@ -3,7 +3,7 @@ CARGO ?= cargo
 # Two cores: keep test binaries from starving each other.
 TEST_THREADS ?= 4
 
-.PHONY: run test test-unit test-integration bench lint fmt interop services build
+.PHONY: run test test-unit test-integration bench lint fmt interop services build chaos
 
 build:
 	$(CARGO) build --bins
@@ -32,6 +32,14 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## The fault run: 3 replicas, 2 000 jobs, faults, kill -9 every few seconds,
+## RabbitMQ and PostgreSQL restarted once (minutes; not part of `make test`).
+## It restarts the machine's services, so it waits while test binaries run,
+## and both services are left running whatever the outcome.
+chaos: services
+	$(CARGO) bench --bench chaos; status=$$?; \
+	rabbitmqctl start_app >/dev/null 2>&1; scripts/ensure-services.sh; exit $$status
 
 ## Official Alipay SDKs against the sandbox (needs npm; not part of `make test`).
 interop: build

@@ -68,6 +68,14 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         default_product_code: settings.upstream.product_code.clone(),
         safe_call_window: settings.upstream.safe_call_window(),
     });
+    // Before consuming: the other replicas must have made room for this one.
+    let lease = crate::cluster::LeaseKeeper::start(
+        processor.store.clone(),
+        Arc::clone(&processor.limiter),
+        &settings.rate_limit,
+        &control,
+    )
+    .await;
     let mut worker = Worker {
         settings,
         topology,
@@ -77,6 +85,7 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         tasks: JoinSet::new(),
     };
     worker.run(options).await;
+    lease.release().await;
     Ok(())
 }
 

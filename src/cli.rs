@@ -88,6 +88,14 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
     },
+    /// Compare the upstream's statement with stored results by biz_no; exit 3 on discrepancies.
+    Reconcile(reconciliation::ReconcileArgs),
+    /// Our side of a day as CSV (biz_no, transaction_id, external_ref, status, completed_at).
+    Export {
+        /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<String>,
+    },
 }
 
 impl Cli {
@@ -137,6 +145,8 @@ impl Command {
             } => operator::enqueue(&settings, &file, format, strict).await,
             Command::Status => operator::status(&settings).await,
             Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
+            Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
+            Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
         }
     }
 }
@@ -346,6 +356,170 @@ mod operator {
             report.requeued,
             report.invalid.len()
         );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Handlers of `reconcile` and `export`: parse the day, open files, print,
+/// choose exit codes. The work is in `crate::reconcile`.
+mod reconciliation {
+    use std::io::{IsTerminal, Write};
+    use std::path::{Path, PathBuf};
+    use std::process::ExitCode;
+
+    use anyhow::Context;
+    use indicatif::{ProgressBar, ProgressStyle};
+    use secrecy::ExposeSecret;
+
+    use crate::config::Settings;
+    use crate::reconcile::{
+        self, ColumnMap, Day, EncodingChoice, ReconcileOptions, Reconciliation, ReportFormat,
+    };
+    use crate::store::JobStore;
+
+    /// `reconcile`'s exit code when the statement and our rows disagree.
+    const EXIT_DISCREPANCIES: u8 = 3;
+
+    #[derive(Debug, clap::Args)]
+    pub struct ReconcileArgs {
+        /// The upstream's statement (CSV, UTF-8 or GBK).
+        #[arg(long, value_name = "FILE")]
+        bill: PathBuf,
+        /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: Option<String>,
+        /// Write the full report here.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Report format (default: json for a .json --out, else csv).
+        #[arg(long, value_enum)]
+        format: Option<ReportFormat>,
+        /// Header names of the statement's columns, e.g. biz_no=业务流水号,transaction_id=商户订单号,time=计费时间
+        #[arg(long, value_name = "MAP")]
+        columns: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        encoding: EncodingChoice,
+        /// Re-publish billed-but-not-stored jobs still in the dead queue (same transaction_id).
+        #[arg(long)]
+        repair: bool,
+    }
+
+    fn day(settings: &Settings, date: Option<&str>) -> anyhow::Result<Day> {
+        let hours = settings.reconcile.utc_offset_hours;
+        Ok(match date {
+            Some(text) => Day::parse(text, hours)?,
+            None => Day::yesterday(hours, chrono::Utc::now())?,
+        })
+    }
+
+    async fn open_store(settings: &Settings) -> anyhow::Result<JobStore> {
+        JobStore::connect(settings.database.url.expose_secret(), 2)
+            .await
+            .context("connecting to the database")
+    }
+
+    pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+        let columns = match &args.columns {
+            Some(text) => text.parse()?,
+            None => ColumnMap::default(),
+        };
+        let window = settings.upstream.safe_call_window();
+        let options = ReconcileOptions {
+            bill: args.bill.clone(),
+            day: day(settings, args.date.as_deref())?,
+            columns,
+            encoding: args.encoding,
+            replay_window: chrono::TimeDelta::from_std(window).unwrap_or(chrono::TimeDelta::MAX),
+            now: chrono::Utc::now(),
+        };
+        let store = open_store(settings).await?;
+        let bar = std::io::stderr().is_terminal().then(progress_bar);
+        let mut progress = |read: u64, total: u64| {
+            if let Some(bar) = &bar {
+                bar.set_length(total);
+                bar.set_position(read);
+            }
+        };
+        let outcome = reconcile::reconcile(&store, &options, &mut progress).await;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        let result = outcome.with_context(|| format!("reconciling {}", args.bill.display()))?;
+        print!("{}", result.render_summary());
+        if let Some(out) = &args.out {
+            write_report(
+                &result,
+                out,
+                args.format.unwrap_or(ReportFormat::for_path(out)),
+            )?;
+        }
+        if args.repair {
+            repair(settings, &store, &result).await?;
+        }
+        Ok(if result.is_clean() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_DISCREPANCIES)
+        })
+    }
+
+    fn write_report(
+        result: &Reconciliation,
+        out: &Path,
+        format: ReportFormat,
+    ) -> anyhow::Result<()> {
+        let file = std::fs::File::create(out)
+            .with_context(|| format!("creating --out {}", out.display()))?;
+        let mut writer = std::io::BufWriter::new(file);
+        result
+            .write_report(format, &mut writer)
+            .and_then(|()| writer.flush())
+            .with_context(|| format!("writing --out {}", out.display()))
+    }
+
+    async fn repair(
+        settings: &Settings,
+        store: &JobStore,
+        result: &Reconciliation,
+    ) -> anyhow::Result<()> {
+        let report = reconcile::repair::repair(settings, store, &result.repairable)
+            .await
+            .context("repairing from the dead queue")?;
+        for id in &report.requeued {
+            println!("repair: re-published {id} from the dead queue (same transaction_id)");
+        }
+        for id in &report.not_in_dead_queue {
+            println!(
+                "repair: {id} is not in the dead queue: re-submit it from the producer with the same transaction_id"
+            );
+        }
+        println!(
+            "repair: re-published {}, not recoverable here {}",
+            report.requeued.len(),
+            report.not_in_dead_queue.len()
+        );
+        Ok(())
+    }
+
+    fn progress_bar() -> ProgressBar {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} of the statement ({eta})")
+        {
+            bar.set_style(style);
+        }
+        bar
+    }
+
+    pub async fn export(settings: &Settings, date: Option<&str>) -> anyhow::Result<ExitCode> {
+        let day = day(settings, date)?;
+        let store = open_store(settings).await?;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        reconcile::export::export_day(&store, &day, &mut out)
+            .await
+            .context("exporting the day's rows")?;
+        out.flush().context("writing to stdout")?;
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -136,6 +136,21 @@ impl UpstreamSettings {
 pub struct RateLimitSettings {
     pub qps: NonZeroU32,
     pub burst: NonZeroU32,
+    /// How often a replica renews its lease in `worker_leases` (PostgreSQL).
+    pub heartbeat_ms: u64,
+    /// How long a lease lives without renewal: a dead replica's share is
+    /// reclaimed within about lease_ms + heartbeat_ms.
+    pub lease_ms: u64,
+}
+
+impl RateLimitSettings {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +255,14 @@ impl Settings {
         self.validate_amqp()?;
         self.validate_upstream()?;
         self.validate_retry()?;
+        if self.rate_limit.heartbeat_ms == 0
+            || self.rate_limit.lease_ms < 3 * self.rate_limit.heartbeat_ms
+        {
+            return Err(ConfigError::invalid(
+                "rate_limit.lease_ms",
+                "heartbeat_ms must be > 0 and lease_ms at least 3 × heartbeat_ms",
+            ));
+        }
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -451,6 +474,7 @@ mod tests {
             ("ZHIMA__UPSTREAM__CHARSET", "latin1", "charset"),
             ("ZHIMA__DATABASE__URL", "mysql://x", "database.url"),
             ("ZHIMA__HTTP__LISTEN", "nonsense", "http.listen"),
+            ("ZHIMA__RATE_LIMIT__LEASE_MS", "500", "rate_limit.lease_ms"),
             (
                 "ZHIMA__RETRY__INITIAL_DELAY_MS",
                 "999999999",

@@ -225,6 +225,9 @@ impl Processor {
         attempt: Attempt,
         class: ErrorClass,
     ) -> Verdict {
+        if class == ErrorClass::Throttled {
+            self.limiter.note_throttled();
+        }
         match class {
             ErrorClass::Permanent => Verdict {
                 update: failed(error, evidence(report, error)),

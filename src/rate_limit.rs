@@ -4,15 +4,27 @@
 //!
 //! The burst is always set explicitly: governor's default burst equals the
 //! rate, which lets twice the rate through in the first second. The limiter can
-//! be replaced when this process's share of the merchant's total changes; a new
-//! governor limiter starts with a full burst, so replacing happens only on a
-//! real change. No I/O here.
+//! be replaced when this process's [`Share`] of the merchant's total changes
+//! (see `cluster`) or when throttled answers make it back off; governor quotas
+//! are immutable, so that means a new limiter. A replacement is drained at
+//! once (its burst used up), so a swap never lets a fresh burst through, and it
+//! happens only when the quota in force really changes. Waiters re-check the
+//! limiter in force after every wait, so a shrunken share applies to them too.
+//!
+//! Adaptive back-off (AIMD): a throttled answer halves the local rate (at most
+//! once a second, never below one call per second or the share if smaller);
+//! every second without one adds back a tenth of the share until the share is
+//! reached. Permits can also be granted only until a deadline (the lease's
+//! validity): past it, callers wait until it is renewed. No I/O here.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
 
 /// A rate in calls per second plus a burst, both non-zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,56 +33,251 @@ pub struct Rate {
     pub burst: NonZeroU32,
 }
 
+/// One replica's part of the merchant's total: `total_per_second / replicas`
+/// calls per second, split exactly (it may be below one call per second), so
+/// the shares of all replicas add up to the total; plus a burst of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub total_per_second: NonZeroU32,
+    pub replicas: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl Share {
+    /// All of `rate`: a single replica.
+    pub fn whole(rate: Rate) -> Self {
+        Self {
+            total_per_second: rate.per_second,
+            replicas: NonZeroU32::MIN,
+            burst: rate.burst,
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.total_per_second.get()) / f64::from(self.replicas.get())
+    }
+}
+
+/// A throttled answer multiplies the local rate by this.
+const BACKOFF_FACTOR: f64 = 0.5;
+/// Each recovery step adds back this fraction of the share.
+const RECOVERY_STEP: f64 = 0.1;
+/// At most one decrease, and one recovery step, per this period: the throttled
+/// answers of one overload arrive together and deserve one halving, and
+/// limiter swaps stay rare.
+const ADJUST_PERIOD: Duration = Duration::from_secs(1);
+
 pub struct UpstreamLimiter {
-    current: RwLock<(Rate, Arc<DefaultDirectRateLimiter>)>,
+    state: Mutex<State>,
+    /// Wakes waiters when the limiter is swapped or a lapsed grant is renewed.
+    changed: Notify,
+}
+
+struct State {
+    share: Share,
+    /// The fraction of the share in force, in (0, 1]; below 1 while backing off.
+    backoff: f64,
+    last_decrease: Option<Instant>,
+    last_adjust: Instant,
+    /// Permits are given only before this instant; `None`: always.
+    granted_until: Option<Instant>,
+    quota: Quota,
+    limiter: Arc<DefaultDirectRateLimiter>,
+}
+
+/// What one look at the limiter gives a caller.
+enum Permit {
+    Granted,
+    NotBefore(Duration),
+    /// The grant lapsed: wait for a renewal.
+    Suspended,
 }
 
 impl UpstreamLimiter {
+    /// Starts with a full burst: nothing was called before.
     pub fn new(rate: Rate) -> Self {
+        let share = Share::whole(rate);
+        let quota = quota_for(share, 1.0);
         Self {
-            current: RwLock::new((rate, Arc::new(build(rate)))),
+            state: Mutex::new(State {
+                share,
+                backoff: 1.0,
+                last_decrease: None,
+                last_adjust: Instant::now(),
+                granted_until: None,
+                quota,
+                limiter: Arc::new(RateLimiter::direct(quota)),
+            }),
+            changed: Notify::new(),
         }
     }
 
     /// Waits for a permit; returns how long it waited (for the metrics).
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
-        let limiter = self.limiter();
-        limiter.until_ready().await;
-        started.elapsed()
-    }
-
-    pub fn rate(&self) -> Rate {
-        match self.current.read() {
-            Ok(guard) => guard.0,
-            Err(poisoned) => poisoned.into_inner().0,
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            match self.try_acquire(Instant::now()) {
+                Permit::Granted => return started.elapsed(),
+                Permit::NotBefore(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {},
+                        () = changed => {},
+                    }
+                }
+                Permit::Suspended => changed.await,
+            }
         }
     }
 
-    /// Swaps in a limiter for `rate`, unless it is already the rate in force.
-    /// Returns whether it changed.
+    /// The share in force, rounded down to whole calls per second (at least
+    /// one); see [`UpstreamLimiter::share`] for the exact value.
+    pub fn rate(&self) -> Rate {
+        let share = self.lock().share;
+        let per_second = share.total_per_second.get() / share.replicas.get();
+        Rate {
+            per_second: NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN),
+            burst: share.burst,
+        }
+    }
+
+    pub fn share(&self) -> Share {
+        self.lock().share
+    }
+
+    /// The calls per second allowed now: the share, less any back-off.
+    pub fn permits_per_second(&self) -> f64 {
+        effective_per_second(&self.lock())
+    }
+
+    /// Makes `rate` the whole share. Returns whether the share changed.
     pub fn set_rate(&self, rate: Rate) -> bool {
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if guard.0 == rate {
+        self.set_share(Share::whole(rate))
+    }
+
+    /// Returns whether the share changed; the limiter is swapped only if the
+    /// quota in force changes with it.
+    pub fn set_share(&self, share: Share) -> bool {
+        let mut state = self.lock();
+        if state.share == share {
             return false;
         }
-        *guard = (rate, Arc::new(build(rate)));
+        state.share = share;
+        if state.rebuild() {
+            self.changed.notify_waiters();
+        }
         true
     }
 
-    fn limiter(&self) -> Arc<DefaultDirectRateLimiter> {
-        match self.current.read() {
-            Ok(guard) => Arc::clone(&guard.1),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().1),
+    /// Permits are given only before `deadline` until the next grant: the
+    /// share belongs to this replica only while its lease is valid.
+    pub fn grant_until(&self, deadline: Instant) {
+        let mut state = self.lock();
+        let lapsed = state
+            .granted_until
+            .is_some_and(|until| until <= Instant::now());
+        state.granted_until = Some(deadline);
+        if lapsed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The upstream answered "call rate limited": back off multiplicatively.
+    pub fn note_throttled(&self) {
+        self.note_throttled_at(Instant::now());
+    }
+
+    fn note_throttled_at(&self, now: Instant) {
+        let mut state = self.lock();
+        if state
+            .last_decrease
+            .is_some_and(|at| now.saturating_duration_since(at) < ADJUST_PERIOD)
+        {
+            return;
+        }
+        state.backoff = (state.backoff * BACKOFF_FACTOR).max(floor_backoff(state.share));
+        state.last_decrease = Some(now);
+        state.last_adjust = now;
+        if state.rebuild() {
+            self.changed.notify_waiters();
+        }
+        metrics::counter!("zhima_rate_limit_backoffs_total").increment(1);
+    }
+
+    fn try_acquire(&self, now: Instant) -> Permit {
+        let mut state = self.lock();
+        if state.granted_until.is_some_and(|until| until <= now) {
+            return Permit::Suspended;
+        }
+        if state.recover_at(now) {
+            self.changed.notify_waiters();
+        }
+        match state.limiter.check() {
+            Ok(()) => Permit::Granted,
+            Err(not_until) => {
+                Permit::NotBefore(not_until.wait_time_from(state.limiter.clock().now()))
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 }
 
-fn build(rate: Rate) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(rate.per_second).allow_burst(rate.burst))
+impl State {
+    /// One additive step back towards the whole share, at most once per
+    /// [`ADJUST_PERIOD`]. Returns whether the limiter was swapped.
+    fn recover_at(&mut self, now: Instant) -> bool {
+        if self.backoff >= 1.0 || now.saturating_duration_since(self.last_adjust) < ADJUST_PERIOD {
+            return false;
+        }
+        self.backoff = (self.backoff + RECOVERY_STEP).min(1.0);
+        self.last_adjust = now;
+        self.rebuild()
+    }
+
+    /// Swaps in a drained limiter if the quota in force changed.
+    fn rebuild(&mut self) -> bool {
+        let quota = quota_for(self.share, self.backoff);
+        if quota == self.quota {
+            return false;
+        }
+        let limiter = RateLimiter::direct(quota);
+        let _ = limiter.check_n(self.share.burst);
+        self.quota = quota;
+        self.limiter = Arc::new(limiter);
+        metrics::gauge!("zhima_rate_limit_permits_per_second").set(effective_per_second(self));
+        true
+    }
+}
+
+/// The smallest back-off fraction: one call per second, or the whole share
+/// when the share is smaller than that.
+fn floor_backoff(share: Share) -> f64 {
+    (1.0 / share.per_second()).min(1.0)
+}
+
+fn effective_per_second(state: &State) -> f64 {
+    state.share.per_second() * state.backoff.max(floor_backoff(state.share))
+}
+
+/// Without back-off the period is exact integer arithmetic, so an unchanged
+/// share always yields an equal quota (and no swap).
+fn quota_for(share: Share, backoff: f64) -> Quota {
+    let period = if backoff >= 1.0 {
+        Duration::from_secs(u64::from(share.replicas.get())) / share.total_per_second.get()
+    } else {
+        let per_second = share.per_second() * backoff.max(floor_backoff(share));
+        Duration::from_secs_f64(1.0 / per_second)
+    };
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(share.total_per_second))
+        .allow_burst(share.burst)
 }
 
 #[cfg(test)]
@@ -110,5 +317,93 @@ mod tests {
         assert!(!limiter.set_rate(rate(10, 2)));
         assert!(limiter.set_rate(rate(5, 2)));
         assert_eq!(limiter.rate(), rate(5, 2));
+    }
+
+    fn share(total: u32, replicas: u32, burst: u32) -> Share {
+        Share {
+            total_per_second: NonZeroU32::new(total).unwrap(),
+            replicas: NonZeroU32::new(replicas).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    #[test]
+    fn shares_split_the_total_exactly_even_below_one_call_per_second() {
+        assert_eq!(share(30, 3, 1).per_second(), 10.0);
+        assert_eq!(share(2, 3, 1).per_second(), 2.0 / 3.0);
+        let limiter = UpstreamLimiter::new(rate(2, 1));
+        limiter.set_share(share(2, 3, 1));
+        assert!((limiter.permits_per_second() - 2.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_swapped_limiter_starts_without_a_burst() {
+        let limiter = UpstreamLimiter::new(rate(10, 5));
+        assert!(limiter.set_share(share(30, 2, 5)));
+        assert!(matches!(
+            limiter.try_acquire(Instant::now()),
+            Permit::NotBefore(_)
+        ));
+    }
+
+    #[test]
+    fn an_unchanged_quota_keeps_the_limiter() {
+        let limiter = UpstreamLimiter::new(rate(10, 5));
+        let before = Arc::clone(&limiter.lock().limiter);
+        assert!(limiter.set_share(share(20, 2, 5)), "the share changed");
+        assert!(Arc::ptr_eq(&before, &limiter.lock().limiter), "same quota");
+    }
+
+    #[test]
+    fn throttling_halves_the_rate_once_a_second_and_recovery_adds_a_tenth() {
+        let limiter = UpstreamLimiter::new(rate(40, 2));
+        let start = Instant::now();
+        limiter.note_throttled_at(start);
+        assert_eq!(limiter.permits_per_second(), 20.0);
+        limiter.note_throttled_at(start + Duration::from_millis(300));
+        assert_eq!(limiter.permits_per_second(), 20.0, "one halving per second");
+        limiter.note_throttled_at(start + Duration::from_millis(1100));
+        assert_eq!(limiter.permits_per_second(), 10.0);
+        let mut now = start + Duration::from_millis(1100);
+        let mut steps = 0;
+        while limiter.permits_per_second() < 40.0 {
+            now += ADJUST_PERIOD;
+            limiter.try_acquire(now);
+            steps += 1;
+            assert!(steps <= 8, "recovers within 8 steps");
+        }
+        assert_eq!(steps, 8, "back from a quarter in tenths of the share");
+    }
+
+    #[test]
+    fn back_off_never_goes_below_one_call_per_second() {
+        let limiter = UpstreamLimiter::new(rate(4, 1));
+        let mut now = Instant::now();
+        for _ in 0..10 {
+            limiter.note_throttled_at(now);
+            now += ADJUST_PERIOD;
+        }
+        assert_eq!(limiter.permits_per_second(), 1.0);
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_grant_suspends_permits_until_it_is_renewed() {
+        let limiter = Arc::new(UpstreamLimiter::new(rate(1000, 10)));
+        limiter.grant_until(Instant::now());
+        assert!(matches!(
+            limiter.try_acquire(Instant::now()),
+            Permit::Suspended
+        ));
+        let waiter = tokio::spawn({
+            let limiter = Arc::clone(&limiter);
+            async move { limiter.acquire().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        limiter.grant_until(Instant::now() + Duration::from_secs(60));
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the renewal wakes the waiter")
+            .unwrap();
     }
 }

@@ -16,8 +16,13 @@
 //! so lexical order equals time order and SQLite's own
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` writes the same form.
 
+mod leases;
 mod postgres;
+mod reconcile;
 mod sqlite;
+
+pub use leases::{LiveLease, Membership};
+pub use reconcile::{BillableRow, ExportRow, LedgerCount, StoredCheck};
 
 use std::fmt;
 use std::str::FromStr;
@@ -451,6 +456,35 @@ impl JobStore {
         match &self.backend {
             Backend::Postgres(pool) => postgres::reset_to_retrying(pool, transaction_id).await,
             Backend::Sqlite(pool) => sqlite::reset_to_retrying(pool, transaction_id).await,
+        }
+    }
+
+    /// Whether several replicas can share this store and so must split the
+    /// upstream rate limit (PostgreSQL); SQLite allows one writer, one replica.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Extends this replica's lease to the database's now + `lease` and
+    /// returns every live lease (this one included), judged by the
+    /// database's clock.
+    pub async fn heartbeat_lease(
+        &self,
+        worker_id: &str,
+        lease: std::time::Duration,
+    ) -> Result<Membership, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => leases::heartbeat_postgres(pool, worker_id, lease).await,
+            Backend::Sqlite(pool) => leases::heartbeat_sqlite(pool, worker_id, lease).await,
+        }
+    }
+
+    /// Deletes this replica's lease on a clean exit, so the others take its
+    /// share at their next heartbeat instead of after the lease expires.
+    pub async fn release_lease(&self, worker_id: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pool) => leases::release_postgres(pool, worker_id).await,
+            Backend::Sqlite(pool) => leases::release_sqlite(pool, worker_id).await,
         }
     }
 

@@ -268,8 +268,12 @@ mod tests {
         );
         assert_eq!(normalize_sub_code("INVALID_PARAMETER"), "INVALID_PARAMETER");
         assert_eq!(
-            fault("20000", None, true).normalized_code(),
-            "GATEWAY_20000"
+            fault("40004", None, true).normalized_code(),
+            "GATEWAY_40004"
+        );
+        assert_eq!(
+            fault("20000", Some("isp.unknow-error"), true).normalized_code(),
+            "SYSTEM_ERROR"
         );
     }
 

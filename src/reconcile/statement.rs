@@ -1,0 +1,515 @@
+//! Reading the upstream's statement: a CSV file, UTF-8 or GBK, one billed
+//! query per row, streamed row by row (memory does not grow with the file).
+//!
+//! The layout defaults to the sandbox's `/bill` (header
+//! `biz_no,transaction_id,app_id,billed_at`); other layouts name their three
+//! columns with a [`ColumnMap`]. Extra columns are ignored, lines starting
+//! with `#` (the banner and footer lines of Alipay's downloaded statements)
+//! are skipped, and cells are trimmed (Alipay pads cells with tabs). Times are
+//! `yyyy-MM-dd HH:mm:ss` (or `/` for `-`, or `T` for the space) in the
+//! reconciliation zone. A row that cannot be read is an error naming its line,
+//! never silently skipped: a skipped row could hide a billed query.
+//!
+//! The CSV is split on bytes and only the needed cells are decoded: GBK's
+//! multi-byte sequences never contain `,`, `"`, `#` or line ends, so this is
+//! safe for both encodings. This module reads the file; it knows nothing of
+//! the database.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+
+use super::ReconcileError;
+
+/// `--encoding`: `auto` reads the file once to check that it is valid UTF-8
+/// (then UTF-8, BOM stripped) and otherwise takes it as GBK.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EncodingChoice {
+    #[default]
+    Auto,
+    #[value(name = "utf-8", alias = "utf8")]
+    Utf8,
+    /// GBK, decoded as its superset GB18030 (which also covers GB2312).
+    #[value(alias = "gb18030", alias = "gb2312")]
+    Gbk,
+}
+
+/// The encoding actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoding {
+    Utf8,
+    Gbk,
+}
+
+impl TextEncoding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Utf8 => "UTF-8",
+            Self::Gbk => "GBK",
+        }
+    }
+
+    fn decode(self, bytes: &[u8]) -> Option<Cow<'_, str>> {
+        match self {
+            Self::Utf8 => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+            Self::Gbk => {
+                encoding_rs::GBK.decode_without_bom_handling_and_without_replacement(bytes)
+            }
+        }
+    }
+}
+
+/// Which header names hold the three cells reconciliation needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnMap {
+    pub biz_no: String,
+    pub transaction_id: String,
+    pub time: String,
+}
+
+impl Default for ColumnMap {
+    /// The sandbox's `/bill` header.
+    fn default() -> Self {
+        Self {
+            biz_no: "biz_no".into(),
+            transaction_id: "transaction_id".into(),
+            time: "billed_at".into(),
+        }
+    }
+}
+
+/// `biz_no=业务流水号,transaction_id=商户订单号,time=计费时间`; keys left out keep
+/// their default name. `billed_at` is accepted for `time`.
+impl FromStr for ColumnMap {
+    type Err = ReconcileError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || ReconcileError::BadColumns(text.to_owned());
+        let mut map = Self::default();
+        for pair in text.split(',').filter(|pair| !pair.trim().is_empty()) {
+            let (key, name) = pair.split_once('=').ok_or_else(bad)?;
+            let name = name.trim();
+            if name.is_empty() {
+                return Err(bad());
+            }
+            let slot = match key.trim() {
+                "biz_no" => &mut map.biz_no,
+                "transaction_id" => &mut map.transaction_id,
+                "time" | "billed_at" => &mut map.time,
+                _ => return Err(bad()),
+            };
+            *slot = name.to_owned();
+        }
+        Ok(map)
+    }
+}
+
+/// One billed query. Reused between rows to save allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRow {
+    /// 1-based line number in the file (comments and the header count).
+    pub line: u64,
+    pub biz_no: String,
+    pub transaction_id: String,
+    pub billed_at: DateTime<Utc>,
+}
+
+/// An open statement positioned after its header.
+pub struct Statement {
+    reader: csv::Reader<BufReader<File>>,
+    record: csv::ByteRecord,
+    encoding: TextEncoding,
+    /// Field indices of biz_no, transaction_id and time.
+    fields: [usize; 3],
+    names: ColumnMap,
+    offset: FixedOffset,
+    row: StatementRow,
+    total_bytes: u64,
+}
+
+impl Statement {
+    /// Opens `path`, settles the encoding and finds the mapped columns in the
+    /// header (the first line that is not a `#` comment).
+    pub fn open(
+        path: &Path,
+        choice: EncodingChoice,
+        columns: &ColumnMap,
+        offset: FixedOffset,
+    ) -> Result<Self, ReconcileError> {
+        let unreadable = |source| ReconcileError::ReadStatement {
+            path: path.to_path_buf(),
+            source,
+        };
+        let encoding = match choice {
+            EncodingChoice::Auto => detect(path)?,
+            EncodingChoice::Utf8 => TextEncoding::Utf8,
+            EncodingChoice::Gbk => TextEncoding::Gbk,
+        };
+        let file = File::open(path).map_err(unreadable)?;
+        let total_bytes = file.metadata().map_err(unreadable)?.len();
+        let reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .comment(Some(b'#'))
+            .from_reader(BufReader::with_capacity(1 << 16, file));
+        let mut statement = Self {
+            reader,
+            record: csv::ByteRecord::new(),
+            encoding,
+            fields: [0; 3],
+            names: columns.clone(),
+            offset,
+            row: StatementRow {
+                line: 0,
+                biz_no: String::new(),
+                transaction_id: String::new(),
+                billed_at: DateTime::<Utc>::MIN_UTC,
+            },
+            total_bytes,
+        };
+        statement.read_header(path)?;
+        Ok(statement)
+    }
+
+    pub fn encoding(&self) -> TextEncoding {
+        self.encoding
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.reader.position().byte()
+    }
+
+    fn read_header(&mut self, path: &Path) -> Result<(), ReconcileError> {
+        if !self.read_record()? {
+            return Err(ReconcileError::NoHeader {
+                path: path.to_path_buf(),
+            });
+        }
+        let line = self.record.position().map_or(1, csv::Position::line);
+        let mut header = Vec::with_capacity(self.record.len());
+        for (at, cell) in self.record.iter().enumerate() {
+            let cell = if at == 0 && self.encoding == TextEncoding::Utf8 {
+                cell.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(cell)
+            } else {
+                cell
+            };
+            let name = self.encoding.decode(cell).ok_or_else(|| {
+                malformed(
+                    line,
+                    format!("header is not valid {}", self.encoding.name()),
+                )
+            })?;
+            header.push(name.trim().to_owned());
+        }
+        let find = |column: &str| {
+            header
+                .iter()
+                .position(|name| name == column)
+                .ok_or_else(|| ReconcileError::MissingColumn {
+                    line,
+                    column: column.to_owned(),
+                    found: header.join(","),
+                })
+        };
+        self.fields = [
+            find(&self.names.biz_no)?,
+            find(&self.names.transaction_id)?,
+            find(&self.names.time)?,
+        ];
+        Ok(())
+    }
+
+    fn read_record(&mut self) -> Result<bool, ReconcileError> {
+        self.reader
+            .read_byte_record(&mut self.record)
+            .map_err(|e| csv_error(&e))
+    }
+
+    /// The next billed row, or `None` at the end of the file.
+    pub fn next_row(&mut self) -> Result<Option<&StatementRow>, ReconcileError> {
+        if !self.read_record()? {
+            return Ok(None);
+        }
+        let Self {
+            record,
+            encoding,
+            fields,
+            names,
+            offset,
+            row,
+            ..
+        } = self;
+        let line = record.position().map_or(0, csv::Position::line);
+        let [biz_field, transaction_field, time_field] = *fields;
+        row.line = line;
+        refill(
+            &mut row.biz_no,
+            &cell(record, *encoding, line, biz_field, &names.biz_no)?,
+        );
+        let transaction_id = cell(
+            record,
+            *encoding,
+            line,
+            transaction_field,
+            &names.transaction_id,
+        )?;
+        refill(&mut row.transaction_id, &transaction_id);
+        let time = cell(record, *encoding, line, time_field, &names.time)?;
+        row.billed_at = parse_time(&time, *offset).ok_or_else(|| {
+            malformed(
+                line,
+                format!(
+                    "`{time}` in column `{}` is not yyyy-MM-dd HH:mm:ss",
+                    names.time
+                ),
+            )
+        })?;
+        Ok(Some(&self.row))
+    }
+}
+
+/// A trimmed, non-empty cell, decoded (borrowed when it is UTF-8 already).
+fn cell<'r>(
+    record: &'r csv::ByteRecord,
+    encoding: TextEncoding,
+    line: u64,
+    field: usize,
+    name: &str,
+) -> Result<Cow<'r, str>, ReconcileError> {
+    let bytes = record.get(field).ok_or_else(|| {
+        malformed(
+            line,
+            format!(
+                "{} fields, but column `{name}` is field {}",
+                record.len(),
+                field + 1
+            ),
+        )
+    })?;
+    let text = encoding.decode(bytes).ok_or_else(|| {
+        malformed(
+            line,
+            format!("column `{name}` is not valid {}", encoding.name()),
+        )
+    })?;
+    let trimmed = match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.trim()),
+        Cow::Owned(text) => Cow::Owned(text.trim().to_owned()),
+    };
+    if trimmed.is_empty() {
+        return Err(malformed(line, format!("column `{name}` is empty")));
+    }
+    Ok(trimmed)
+}
+
+fn refill(slot: &mut String, value: &str) {
+    slot.clear();
+    slot.push_str(value);
+}
+
+fn malformed(line: u64, reason: String) -> ReconcileError {
+    ReconcileError::MalformedLine { line, reason }
+}
+
+fn csv_error(error: &csv::Error) -> ReconcileError {
+    let line = error.position().map_or(0, csv::Position::line);
+    match error.kind() {
+        csv::ErrorKind::Io(e) => ReconcileError::MalformedLine {
+            line,
+            reason: format!("read error: {e}"),
+        },
+        _ => malformed(line, error.to_string()),
+    }
+}
+
+/// The statement's local time in `offset`, as UTC.
+pub fn parse_time(text: &str, offset: FixedOffset) -> Option<DateTime<Utc>> {
+    const FORMATS: [&str; 3] = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y/%m/%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+    ];
+    let local = FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())?;
+    local
+        .checked_sub_signed(chrono::TimeDelta::seconds(i64::from(
+            offset.local_minus_utc(),
+        )))
+        .map(|utc| utc.and_utc())
+}
+
+/// Valid UTF-8 from end to end (checked in chunks, so a multi-byte sequence
+/// across a chunk boundary is carried over) means UTF-8; anything else GBK.
+fn detect(path: &Path) -> Result<TextEncoding, ReconcileError> {
+    let unreadable = |source| ReconcileError::ReadStatement {
+        path: PathBuf::from(path),
+        source,
+    };
+    let mut file = File::open(path).map_err(unreadable)?;
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut carried = 0;
+    loop {
+        let read = file.read(&mut buffer[carried..]).map_err(unreadable)?;
+        let filled = carried + read;
+        let chunk = &buffer[..filled];
+        let valid_up_to = match std::str::from_utf8(chunk) {
+            Ok(_) => filled,
+            Err(e) if e.error_len().is_none() && read > 0 => e.valid_up_to(),
+            Err(_) => return Ok(TextEncoding::Gbk),
+        };
+        if read == 0 {
+            return Ok(TextEncoding::Utf8);
+        }
+        buffer.copy_within(valid_up_to..filled, 0);
+        carried = filled - valid_up_to;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::io::Write;
+
+    use super::*;
+
+    fn utc8() -> FixedOffset {
+        FixedOffset::east_opt(8 * 3600).unwrap()
+    }
+
+    fn write(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        file
+    }
+
+    fn rows(statement: &mut Statement) -> Vec<StatementRow> {
+        let mut rows = Vec::new();
+        while let Some(row) = statement.next_row().unwrap() {
+            rows.push(row.clone());
+        }
+        rows
+    }
+
+    #[test]
+    fn the_sandbox_bill_is_read_with_times_converted_from_utc8() {
+        let file = write(
+            b"\xEF\xBB\xBFbiz_no,transaction_id,app_id,billed_at\nZM1,t1,app,2024-05-21 00:30:00\n",
+        );
+        let mut statement = Statement::open(
+            file.path(),
+            EncodingChoice::Auto,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .unwrap();
+        assert_eq!(statement.encoding(), TextEncoding::Utf8);
+        let rows = rows(&mut statement);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(
+            (rows[0].biz_no.as_str(), rows[0].transaction_id.as_str()),
+            ("ZM1", "t1")
+        );
+        assert_eq!(rows[0].billed_at.to_rfc3339(), "2024-05-20T16:30:00+00:00");
+    }
+
+    #[test]
+    fn a_gbk_statement_with_mapped_chinese_columns_comments_and_tabs_is_read() {
+        let text = "#支付宝业务明细查询\n#账号：[20881234]\n\
+                    业务流水号,商户订单号,备注,计费时间\n\
+                    ZM9\t,t9\t,联系人验证,2024/05/21 08:00:00\n\
+                    #-----业务明细列表结束-----\n";
+        let (bytes, _, _) = encoding_rs::GBK.encode(text);
+        let file = write(&bytes);
+        let columns: ColumnMap = "biz_no=业务流水号,transaction_id=商户订单号,time=计费时间"
+            .parse()
+            .unwrap();
+        let mut statement =
+            Statement::open(file.path(), EncodingChoice::Auto, &columns, utc8()).unwrap();
+        assert_eq!(statement.encoding(), TextEncoding::Gbk);
+        let rows = rows(&mut statement);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].line, 4);
+        assert_eq!(
+            (rows[0].biz_no.as_str(), rows[0].transaction_id.as_str()),
+            ("ZM9", "t9")
+        );
+        assert_eq!(rows[0].billed_at.to_rfc3339(), "2024-05-21T00:00:00+00:00");
+    }
+
+    #[test]
+    fn a_bad_row_is_an_error_naming_its_line() {
+        let file = write(
+            b"biz_no,transaction_id,billed_at\nZM1,t1,2024-05-21 00:30:00\nZM2,t2,yesterday\n",
+        );
+        let mut statement = Statement::open(
+            file.path(),
+            EncodingChoice::Utf8,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .unwrap();
+        assert!(statement.next_row().unwrap().is_some());
+        let error = statement.next_row().unwrap_err();
+        assert!(
+            matches!(error, ReconcileError::MalformedLine { line: 3, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("line 3"), "{error}");
+
+        let short = write(b"biz_no,transaction_id,billed_at\nZM1,t1\n");
+        let mut statement = Statement::open(
+            short.path(),
+            EncodingChoice::Utf8,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .unwrap();
+        let error = statement.next_row().unwrap_err();
+        assert!(error.to_string().contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_column_names_the_header_line_and_what_was_found() {
+        let file = write(b"a,b\n1,2\n");
+        let error = Statement::open(
+            file.path(),
+            EncodingChoice::Auto,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("biz_no"), "{error}");
+        assert!(error.to_string().contains("a,b"), "{error}");
+    }
+
+    #[test]
+    fn column_maps_reject_unknown_keys_and_empty_names() {
+        assert!("biz=x".parse::<ColumnMap>().is_err());
+        assert!("biz_no=".parse::<ColumnMap>().is_err());
+        let map: ColumnMap = "time=t".parse().unwrap();
+        assert_eq!((map.biz_no.as_str(), map.time.as_str()), ("biz_no", "t"));
+    }
+
+    #[test]
+    fn utf8_split_across_detection_chunks_is_still_utf8() {
+        let mut bytes = b"biz_no,transaction_id,billed_at\n".to_vec();
+        while bytes.len() < (1 << 16) - 1 {
+            bytes.push(b'#');
+        }
+        bytes.extend_from_slice("张\n".as_bytes());
+        let file = write(&bytes);
+        assert_eq!(detect(file.path()).unwrap(), TextEncoding::Utf8);
+    }
+}

@@ -1,0 +1,393 @@
+//! The SQL behind `reconcile` and `export`: our side of one day (streamed, so
+//! a large day never sits in memory as rows), exact lookups by `biz_no` and
+//! `transaction_id` for the statement rows the in-memory index cannot settle,
+//! and per-transaction counts from the `upstream_calls` ledger.
+//!
+//! Everything here only reads. "The day" is a half-open UTC interval
+//! `[start, end)` chosen by the caller (the reconcile zone's midnight to
+//! midnight); rows belong to it by `completed_at`. This module must not decide
+//! categories: that is `crate::reconcile`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::stream::{BoxStream, StreamExt};
+use sqlx::{FromRow, PgPool, SqlitePool};
+
+use super::{Backend, JobStatus, JobStore, StoreError, parse_status};
+
+/// A `succeeded` row of the day, as the statement is matched against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillableRow {
+    pub biz_no: String,
+    pub transaction_id: String,
+    /// The first upstream call was before the day: the upstream may have
+    /// billed it on the previous day's statement.
+    pub first_call_before_day: bool,
+}
+
+/// A row found by an exact lookup, whatever its day or status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheck {
+    pub transaction_id: String,
+    pub biz_no: Option<String>,
+    pub status: JobStatus,
+    pub error_code: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// How often our ledger saw a transaction_id go upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerCount {
+    pub transaction_id: String,
+    pub calls: i64,
+}
+
+/// One line of `export`: a row completed in the day, final by definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRow {
+    pub biz_no: Option<String>,
+    pub transaction_id: String,
+    pub external_ref: Option<String>,
+    pub status: JobStatus,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl JobStore {
+    /// How many `succeeded` rows completed in `[start, end)`: lets the caller
+    /// size its index once instead of growing (and briefly doubling) it.
+    pub async fn count_billable(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let count: i64 = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_scalar(PG_COUNT_BILLABLE)
+                    .bind(start)
+                    .bind(end)
+                    .fetch_one(pool)
+                    .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(SQLITE_COUNT_BILLABLE)
+                    .bind(to_text(start))
+                    .bind(to_text(end))
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .map_err(StoreError::query("count the day's succeeded rows"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The `succeeded` rows completed in `[start, end)`, streamed.
+    pub fn billable_rows(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<BillableRow, StoreError>> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres_billable(pool, start, end),
+            Backend::Sqlite(pool) => sqlite_billable(pool, start, end),
+        }
+    }
+
+    /// The rows holding any of `biz_nos` (at most one each: the column is
+    /// unique).
+    pub async fn checks_by_biz_no(
+        &self,
+        biz_nos: &[String],
+    ) -> Result<Vec<StoredCheck>, StoreError> {
+        self.checks_where("biz_no", biz_nos).await
+    }
+
+    /// The rows of any of `transaction_ids`.
+    pub async fn checks_by_transaction_id(
+        &self,
+        transaction_ids: &[String],
+    ) -> Result<Vec<StoredCheck>, StoreError> {
+        self.checks_where("transaction_id", transaction_ids).await
+    }
+
+    async fn checks_where(
+        &self,
+        column: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<StoredCheck>, StoreError> {
+        const COLUMNS: &str =
+            "SELECT transaction_id, biz_no, status, error_code, completed_at FROM relation_checks";
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let sql = format!("{COLUMNS} WHERE {column} = ANY($1)");
+                let rows: Vec<PgCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(keys)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(StoreError::query("look up rows for reconciliation"))?;
+                rows.into_iter().map(PgCheckRow::into_check).collect()
+            }
+            Backend::Sqlite(pool) => {
+                let sql = format!("{COLUMNS} WHERE {column} IN (SELECT value FROM json_each(?1))");
+                let rows: Vec<SqliteCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(json_array(keys))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(StoreError::query("look up rows for reconciliation"))?;
+                rows.into_iter().map(SqliteCheckRow::into_check).collect()
+            }
+        }
+    }
+
+    /// Calls in the `upstream_calls` ledger per transaction_id (ids never
+    /// called are absent). The ledger survives a deleted result row, so this
+    /// tells "we called and lost the row" from "we never called".
+    pub async fn ledger_counts(
+        &self,
+        transaction_ids: &[String],
+    ) -> Result<Vec<LedgerCount>, StoreError> {
+        let rows: Vec<(String, i64)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT transaction_id, count(*) FROM upstream_calls \
+                 WHERE transaction_id = ANY($1) GROUP BY transaction_id",
+                )
+                .bind(transaction_ids)
+                .fetch_all(pool)
+                .await
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT transaction_id, count(*) FROM upstream_calls \
+                 WHERE transaction_id IN (SELECT value FROM json_each(?1)) \
+                 GROUP BY transaction_id",
+                )
+                .bind(json_array(transaction_ids))
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .map_err(StoreError::query("count ledger calls"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(transaction_id, calls)| LedgerCount {
+                transaction_id,
+                calls,
+            })
+            .collect())
+    }
+
+    /// Every row completed in `[start, end)`, in completion order, streamed.
+    pub fn export_rows(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ExportRow, StoreError>> {
+        match &self.backend {
+            Backend::Postgres(pool) => postgres_export(pool, start, end),
+            Backend::Sqlite(pool) => sqlite_export(pool, start, end),
+        }
+    }
+}
+
+const PG_COUNT_BILLABLE: &str = "SELECT count(*) FROM relation_checks \
+     WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+       AND completed_at >= $1 AND completed_at < $2";
+const SQLITE_COUNT_BILLABLE: &str = "SELECT count(*) FROM relation_checks \
+     WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+       AND completed_at >= ?1 AND completed_at < ?2";
+
+/// `first_call_at IS NULL` counts as "not before": such a row never called.
+#[derive(FromRow)]
+struct BillableDbRow {
+    biz_no: String,
+    transaction_id: String,
+    before_day: bool,
+}
+
+impl From<BillableDbRow> for BillableRow {
+    fn from(row: BillableDbRow) -> Self {
+        Self {
+            biz_no: row.biz_no,
+            transaction_id: row.transaction_id,
+            first_call_before_day: row.before_day,
+        }
+    }
+}
+
+fn postgres_billable(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> BoxStream<'_, Result<BillableRow, StoreError>> {
+    sqlx::query_as::<_, BillableDbRow>(
+        "SELECT biz_no, transaction_id, COALESCE(first_call_at < $1, false) AS before_day \
+         FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+           AND completed_at >= $1 AND completed_at < $2",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch(pool)
+    .map(|row| {
+        row.map(BillableRow::from)
+            .map_err(StoreError::query("read the day's succeeded rows"))
+    })
+    .boxed()
+}
+
+fn sqlite_billable(
+    pool: &SqlitePool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> BoxStream<'_, Result<BillableRow, StoreError>> {
+    sqlx::query_as::<_, BillableDbRow>(
+        "SELECT biz_no, transaction_id, COALESCE(first_call_at < ?1, 0) AS before_day \
+         FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+           AND completed_at >= ?1 AND completed_at < ?2",
+    )
+    .bind(to_text(start))
+    .bind(to_text(end))
+    .fetch(pool)
+    .map(|row| {
+        row.map(BillableRow::from)
+            .map_err(StoreError::query("read the day's succeeded rows"))
+    })
+    .boxed()
+}
+
+#[derive(FromRow)]
+struct PgCheckRow {
+    transaction_id: String,
+    biz_no: Option<String>,
+    status: String,
+    error_code: Option<String>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl PgCheckRow {
+    fn into_check(self) -> Result<StoredCheck, StoreError> {
+        Ok(StoredCheck {
+            status: parse_status(&self.status)?,
+            transaction_id: self.transaction_id,
+            biz_no: self.biz_no,
+            error_code: self.error_code,
+            completed_at: self.completed_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct SqliteCheckRow {
+    transaction_id: String,
+    biz_no: Option<String>,
+    status: String,
+    error_code: Option<String>,
+    completed_at: Option<String>,
+}
+
+impl SqliteCheckRow {
+    fn into_check(self) -> Result<StoredCheck, StoreError> {
+        Ok(StoredCheck {
+            status: parse_status(&self.status)?,
+            completed_at: self
+                .completed_at
+                .map(|text| from_text("completed_at", &text))
+                .transpose()?,
+            transaction_id: self.transaction_id,
+            biz_no: self.biz_no,
+            error_code: self.error_code,
+        })
+    }
+}
+
+const EXPORT_COLUMNS: &str =
+    "SELECT biz_no, transaction_id, external_ref, status, completed_at FROM relation_checks";
+
+#[derive(FromRow)]
+struct PgExportRow {
+    biz_no: Option<String>,
+    transaction_id: String,
+    external_ref: Option<String>,
+    status: String,
+    completed_at: DateTime<Utc>,
+}
+
+fn postgres_export(
+    pool: &PgPool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> BoxStream<'_, Result<ExportRow, StoreError>> {
+    let sql = format!(
+        "{EXPORT_COLUMNS} WHERE completed_at >= $1 AND completed_at < $2 \
+         ORDER BY completed_at, transaction_id"
+    );
+    sqlx::query_as::<_, PgExportRow>(sqlx::AssertSqlSafe(sql))
+        .bind(start)
+        .bind(end)
+        .fetch(pool)
+        .map(|row| {
+            let row = row.map_err(StoreError::query("read the day's rows"))?;
+            Ok(ExportRow {
+                status: parse_status(&row.status)?,
+                biz_no: row.biz_no,
+                transaction_id: row.transaction_id,
+                external_ref: row.external_ref,
+                completed_at: row.completed_at,
+            })
+        })
+        .boxed()
+}
+
+#[derive(FromRow)]
+struct SqliteExportRow {
+    biz_no: Option<String>,
+    transaction_id: String,
+    external_ref: Option<String>,
+    status: String,
+    completed_at: String,
+}
+
+fn sqlite_export(
+    pool: &SqlitePool,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> BoxStream<'_, Result<ExportRow, StoreError>> {
+    let sql = format!(
+        "{EXPORT_COLUMNS} WHERE completed_at >= ?1 AND completed_at < ?2 \
+         ORDER BY completed_at, transaction_id"
+    );
+    sqlx::query_as::<_, SqliteExportRow>(sqlx::AssertSqlSafe(sql))
+        .bind(to_text(start))
+        .bind(to_text(end))
+        .fetch(pool)
+        .map(|row| {
+            let row = row.map_err(StoreError::query("read the day's rows"))?;
+            Ok(ExportRow {
+                status: parse_status(&row.status)?,
+                completed_at: from_text("completed_at", &row.completed_at)?,
+                biz_no: row.biz_no,
+                transaction_id: row.transaction_id,
+                external_ref: row.external_ref,
+            })
+        })
+        .boxed()
+}
+
+/// SQLite takes a key list as one JSON array (`json_each`), so the SQL text
+/// stays fixed whatever the batch size.
+fn json_array(keys: &[String]) -> String {
+    serde_json::Value::from(keys.to_vec()).to_string()
+}
+
+/// The fixed TEXT form SQLite rows use (see the store's module docs), so that
+/// bounds compare lexically like times.
+fn to_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn from_text(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|e| StoreError::Malformed {
+            column,
+            detail: format!("`{text}` is not an RFC 3339 timestamp: {e}"),
+        })
+}

@@ -1,0 +1,191 @@
+//! Scale-out: several `zhima-worker run` replicas on one PostgreSQL database
+//! share the merchant's `rate_limit.qps`, measured at the sandbox, while
+//! replicas die and leave.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "worker/helpers.rs"]
+mod helpers;
+
+use std::time::Duration;
+
+use helpers::{Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use tokio::process::Child;
+use zhima_worker::sandbox::Faults;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn shared_limit(qps: &'static str, burst: &'static str) -> [(&'static str, &'static str); 3] {
+    [
+        ("ZHIMA__RATE_LIMIT__QPS", qps),
+        ("ZHIMA__RATE_LIMIT__BURST", burst),
+        ("ZHIMA__WORKER__CONCURRENCY", "8"),
+    ]
+}
+
+fn terminate(child: &Child) {
+    let pid = child.id().expect("still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+async fn wait_exit_zero(child: &mut Child) {
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("replica exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "replica exited {status}");
+}
+
+/// Leases the database still counts as live (by its own clock).
+async fn live_leases(worker: &TestWorker) -> i64 {
+    worker
+        .count("SELECT COUNT(*) FROM worker_leases WHERE expires_at > now()")
+        .await
+}
+
+async fn wait_for_live_leases(worker: &TestWorker, expected: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while live_leases(worker).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {expected} live leases"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_hold_the_shared_limit_while_one_is_killed_mid_run() {
+    const JOBS: u32 = 450;
+    let worker = spawn_worker(Db::Postgres).await;
+    for n in 0..JOBS {
+        worker.publish_job(&job("scale", n)).await;
+    }
+    let env = shared_limit("30", "3");
+    let mut replicas: Vec<Child> = (0..3).map(|_| worker.start_run(&env)).collect();
+    wait_for_live_leases(&worker, 3).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= (JOBS / 3) as usize)
+        .await;
+    replicas[0].start_kill().expect("SIGKILL");
+    let killed_at = tokio::time::Instant::now();
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == JOBS as usize)
+        .await;
+    let after_kill = killed_at.elapsed();
+    let stats = worker.sandbox.stats();
+    eprintln!(
+        "3 replicas, qps 30 burst 3: highest 1-s count {} (bound 31.5 + 3); \
+         the last two thirds took {:.1} s after the kill",
+        stats.max_requests_per_second,
+        after_kill.as_secs_f64()
+    );
+    assert!(
+        stats.max_requests_per_second as f64 <= 30.0 * 1.05 + 3.0,
+        "highest one-second count {}",
+        stats.max_requests_per_second
+    );
+    assert_eq!(
+        succeeded(&statuses),
+        JOBS as usize,
+        "{:?}",
+        count_values(&statuses)
+    );
+    for n in 0..JOBS {
+        assert_eq!(
+            worker.sandbox.billed_for(&format!("scale_{n}")),
+            1,
+            "scale_{n}"
+        );
+    }
+    for replica in &replicas[1..] {
+        terminate(replica);
+    }
+    for replica in &mut replicas[1..] {
+        wait_exit_zero(replica).await;
+    }
+    assert_eq!(
+        worker.count("SELECT COUNT(*) FROM worker_leases").await,
+        1,
+        "clean exits delete their leases; only the killed replica's is left"
+    );
+    assert_eq!(live_leases(&worker).await, 0);
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replica_waits_for_its_share_and_a_leaving_one_hands_it_back() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let env = shared_limit("20", "2");
+    let mut first = worker.start_run(&env);
+    wait_for_live_leases(&worker, 1).await;
+    let mut second = worker.start_run(&env);
+    wait_for_live_leases(&worker, 2).await;
+    terminate(&second);
+    wait_exit_zero(&mut second).await;
+    assert_eq!(
+        live_leases(&worker).await,
+        1,
+        "a clean exit deletes its lease at once"
+    );
+    for n in 0..60 {
+        worker.publish_job(&job("handover", n)).await;
+    }
+    let started = tokio::time::Instant::now();
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 60)
+        .await;
+    let rate = 60.0 / started.elapsed().as_secs_f64();
+    assert!(
+        worker.sandbox.stats().max_requests_per_second <= 20 + 2,
+        "{:?}",
+        worker.sandbox.stats().max_requests_per_second
+    );
+    assert!(
+        rate > 14.0,
+        "the remaining replica took the whole share back: {rate:.1} jobs/s"
+    );
+    terminate(&first);
+    wait_exit_zero(&mut first).await;
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn throttled_answers_slow_the_replica_down_without_failing_a_job() {
+    let faults = Faults {
+        qps_cap: Some(8),
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    for n in 0..80 {
+        worker.publish_job(&job("throttled", n)).await;
+    }
+    let env = shared_limit("40", "4");
+    let mut replica = worker.start_run(&env);
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 80)
+        .await;
+    assert_eq!(count_values(&statuses).get("failed"), None);
+    let stats = worker.sandbox.stats();
+    let throttled: u64 = stats
+        .errors
+        .iter()
+        .filter(|(code, _)| code.starts_with("40005"))
+        .map(|(_, count)| count)
+        .sum();
+    eprintln!("qps 40 against a cap of 8: {throttled} throttled calls for 80 jobs");
+    assert!(throttled > 0, "the cap was hit: {:?}", stats.errors);
+    assert!(
+        throttled < 80,
+        "back-off keeps throttled calls well below the job count: {throttled}"
+    );
+    for n in 0..80 {
+        assert_eq!(worker.sandbox.billed_for(&format!("throttled_{n}")), 1);
+    }
+    terminate(&replica);
+    wait_exit_zero(&mut replica).await;
+    worker.cleanup().await;
+}
