@@ -64,7 +64,10 @@ case $status in
 esac
 
 step "zhima-worker run --until-idle"
-"$BIN" run --until-idle
+# One log line per job would bury the summary: show the worker's lifecycle
+# and any warning (set ZHIMA__LOG__FILTER=info to see every job).
+ZHIMA__LOG__FILTER=${ZHIMA__LOG__FILTER:-warn,zhima_worker::app=info,zhima_worker::cluster=info} \
+  "$BIN" run --until-idle
 
 step "zhima-worker status"
 "$BIN" status

@@ -92,6 +92,21 @@ fn register_metrics() {
         "1 while consumption is paused on a configuration fault"
     );
     metrics::gauge!("zhima_consumption_paused").set(0.0);
+    metrics::describe_gauge!(
+        "zhima_replicas_live",
+        "Replicas sharing the upstream rate limit (live leases)"
+    );
+    metrics::gauge!("zhima_replicas_live").set(0.0);
+    metrics::describe_gauge!(
+        "zhima_rate_limit_permits_per_second",
+        "This replica's current upstream rate (its share, after back-off)"
+    );
+    metrics::gauge!("zhima_rate_limit_permits_per_second").set(0.0);
+    metrics::describe_counter!(
+        "zhima_rate_limit_backoffs_total",
+        "Times the upstream's call-rate limit halved this replica's rate"
+    );
+    metrics::counter!("zhima_rate_limit_backoffs_total").increment(0);
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until
