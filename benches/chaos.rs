@@ -17,12 +17,13 @@
 
 #[path = "../tests/worker/helpers.rs"]
 mod helpers;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use helpers::{Db, TestWorker, job};
-use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::options::BasicGetOptions;
 use rand::Rng;
 use sqlx::Connection;
 use tokio::process::Child;
@@ -38,7 +39,6 @@ const REPLICAS: usize = 3;
 const QPS: u32 = 60;
 const BURST: u32 = 6;
 const DEADLINE: Duration = Duration::from_secs(600);
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const METHOD: &str = "zhima.credit.relation.query";
 
 /// Restarts RabbitMQ and PostgreSQL if they are down when dropped, even
@@ -259,13 +259,7 @@ async fn drain_and_stop(worker: &TestWorker, replicas: &mut [Child]) {
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for replica in replicas.iter() {
-        if let Some(pid) = replica.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
+    support::send_sigterm(replicas);
     for replica in replicas.iter_mut() {
         match tokio::time::timeout(Duration::from_secs(60), replica.wait()).await {
             Ok(Ok(status)) if status.success() => {}
@@ -502,28 +496,6 @@ async fn dead_letter_ids(channel: &lapin::Channel, dead_queue: &str) -> Vec<Stri
 async fn cleanup(worker: &TestWorker) {
     let connection = amqp().await;
     let channel = connection.create_channel().await.expect("channel");
-    let mut names = vec![
-        worker.topology.names.queue.clone(),
-        worker.topology.names.dead_queue.clone(),
-    ];
-    names.extend(worker.topology.delay_queues());
-    for name in names {
-        let _ = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            worker.topology.names.exchange.as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS zw_{} WITH (FORCE)",
-            worker.id
-        )))
-        .execute(&mut admin)
-        .await;
-    }
+    support::delete_topology(&channel, &worker.topology).await;
+    support::drop_pg_database(&format!("zw_{}", worker.id)).await;
 }

@@ -8,6 +8,8 @@
 //! `BENCH_JOBS` changes the number of jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::Cursor;
 use std::time::Instant;
 
@@ -19,23 +21,15 @@ use zhima_worker::queue::Topology;
 use zhima_worker::queue::enqueue::{self, EnqueueOptions, InputFormat};
 
 const DEFAULT_JOBS: usize = 50_000;
-const WEIGHTS: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-const CHECK: [char; 11] = ['1', '0', 'X', '9', '8', '7', '6', '5', '4', '3', '2'];
 
 /// An 18-digit ID with a correct check character, different per index.
 fn cert_no(index: usize) -> String {
-    let body = format!(
+    support::with_check_character(&format!(
         "1101051980{:02}{:02}{:03}",
         index % 12 + 1,
         index % 28 + 1,
         index % 1000
-    );
-    let sum: u32 = body
-        .bytes()
-        .zip(WEIGHTS)
-        .map(|(d, w)| u32::from(d - b'0') * w)
-        .sum();
-    format!("{body}{}", CHECK[(sum % 11) as usize])
+    ))
 }
 
 fn jobs(count: usize) -> Vec<u8> {

@@ -10,15 +10,16 @@
 //! (billed but not stored: database lookups), and repeated rows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const ROWS: u64 = 1_000_000;
 /// The day, in UTC+8; its rows complete from 16:00 UTC the day before.
 const DAY: &str = "2024-05-21";
@@ -50,8 +51,8 @@ async fn main() {
     );
     measure("SQLite", &sqlite_url, &bill, dir.path()).await;
 
-    let id: u32 = rand::random();
-    let pg_url = create_pg_database(id).await;
+    let pg_database = format!("zr_{}", rand::random::<u32>());
+    let pg_url = support::create_pg_database(&pg_database).await;
     let started = Instant::now();
     fill_postgres(&pg_url).await;
     println!(
@@ -59,7 +60,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
     measure("PostgreSQL", &pg_url, &bill, dir.path()).await;
-    drop_pg_database(id).await;
+    support::drop_pg_database(&pg_database).await;
 }
 
 fn biz_no(i: u64) -> String {
@@ -129,32 +130,6 @@ async fn fill_sqlite(url: &str) {
     .expect("fill sqlite");
 }
 
-async fn create_pg_database(id: u32) -> String {
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
-        .await
-        .expect("postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE zr_{id}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    let url = format!("postgres://postgres@127.0.0.1:5432/zr_{id}");
-    zhima_worker::store::JobStore::migrate(&url)
-        .await
-        .expect("migrate");
-    url
-}
-
-async fn drop_pg_database(id: u32) {
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
-        .await
-        .expect("postgres");
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS zr_{id} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await;
-}
-
 async fn fill_postgres(url: &str) {
     let mut conn = sqlx::PgConnection::connect(url).await.expect("pg");
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -210,7 +185,6 @@ async fn measure(backend: &str, url: &str, bill: &Path, dir: &Path) {
 /// Samples VmHWM until the child exits; returns its exit code, the peak in
 /// KiB and its stdout.
 async fn watch(mut child: tokio::process::Child) -> (i32, u64, String) {
-    let pid = child.id().expect("pid");
     let mut stdout = child.stdout.take().expect("stdout");
     let reader = tokio::spawn(async move {
         let mut text = String::new();
@@ -219,22 +193,7 @@ async fn watch(mut child: tokio::process::Child) -> (i32, u64, String) {
             .ok();
         text
     });
-    let mut peak = 0;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            for line in status.lines().filter(|l| l.starts_with("VmHWM:")) {
-                let kib: u64 = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                peak = peak.max(kib);
-            }
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            let text = reader.await.unwrap_or_default();
-            return (status.code().unwrap_or(-1), peak, text);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (status, usage) = support::watch_until_exit(&mut child, || {}).await;
+    let text = reader.await.unwrap_or_default();
+    (status.code().unwrap_or(-1), usage.peak_rss_kib, text)
 }

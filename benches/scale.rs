@@ -7,6 +7,7 @@
 
 #[path = "../tests/worker/helpers.rs"]
 mod helpers;
+mod support;
 
 use std::time::{Duration, Instant};
 
@@ -85,13 +86,7 @@ fn first_billed(samples: &[(Instant, u64)]) -> Instant {
 }
 
 async fn stop_all(replicas: &mut [Child]) {
-    for replica in replicas.iter() {
-        if let Some(pid) = replica.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
+    support::send_sigterm(replicas);
     for replica in replicas.iter_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(30), replica.wait()).await;
     }

@@ -8,18 +8,18 @@
 //! (the target is ≥ 97 jobs/s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+mod support;
 
-use lapin::options::{QueueDeleteOptions, QueuePurgeOptions};
+use std::time::Instant;
+
 use rand::Rng;
-use sqlx::Connection;
+use support::ProcUsage;
 use zhima_worker::config;
 use zhima_worker::queue::publisher::Outgoing;
 use zhima_worker::queue::{self, Publisher, Topology};
 use zhima_worker::sandbox::{self, Faults, SandboxConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 struct Scenario {
     name: &'static str,
@@ -68,7 +68,7 @@ async fn run(scenario: &Scenario) {
         ..Faults::default()
     };
     let sandbox = sandbox::start(sandbox_config).await.expect("sandbox");
-    let database_url = create_database(&id).await;
+    let database_url = support::create_pg_database(&format!("zb_{id}")).await;
     let mut settings = config::load(None).expect("settings");
     settings.amqp.exchange = format!("b_{id}.jobs");
     settings.amqp.queue = format!("b_{id}.verify");
@@ -118,11 +118,12 @@ async fn run(scenario: &Scenario) {
         elapsed.as_secs_f64(),
         jobs / elapsed.as_secs_f64(),
         usage.steady_rate(jobs),
-        usage.cpu_seconds * 1000.0 / jobs,
-        usage.peak_rss_kib as f64 / 1024.0,
+        usage.process.cpu_seconds * 1000.0 / jobs,
+        usage.process.peak_rss_kib as f64 / 1024.0,
         stats.max_requests_per_second,
     );
-    cleanup(&channel, &topology, &id).await;
+    support::delete_topology(&channel, &topology).await;
+    support::drop_pg_database(&format!("zb_{id}")).await;
 }
 
 async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs: u32) {
@@ -149,20 +150,11 @@ async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs:
 }
 
 fn cert_no(n: u32) -> String {
-    let body = format!("310101198805{:02}{:03}", 1 + n % 28, n % 1000);
-    let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = body
-        .chars()
-        .zip(weights)
-        .map(|(c, w)| c.to_digit(10).unwrap() * w)
-        .sum();
-    let check = ['1', '0', 'X', '9', '8', '7', '6', '5', '4', '3', '2'][(sum % 11) as usize];
-    format!("{body}{check}")
+    support::with_check_character(&format!("310101198805{:02}{:03}", 1 + n % 28, n % 1000))
 }
 
 struct Usage {
-    cpu_seconds: f64,
-    peak_rss_kib: u64,
+    process: ProcUsage,
     first_billed: Option<Instant>,
     all_billed: Option<Instant>,
 }
@@ -180,101 +172,28 @@ impl Usage {
     }
 }
 
-/// Samples /proc until the child exits; the last sample is within 20 ms of
-/// its end.
+/// Samples /proc and the sandbox's billed count until the child exits; the
+/// last sample is within 20 ms of its end.
 async fn watch(
     mut child: tokio::process::Child,
     sandbox: &sandbox::RunningSandbox,
     jobs: u64,
 ) -> Usage {
-    let pid = child.id().expect("pid");
-    let ticks_per_second = 100.0;
-    let mut usage = Usage {
-        cpu_seconds: 0.0,
-        peak_rss_kib: 0,
-        first_billed: None,
-        all_billed: None,
-    };
-    loop {
+    let (mut first_billed, mut all_billed) = (None, None);
+    let (status, process) = support::watch_until_exit(&mut child, || {
         let billed = sandbox.stats().billed;
-        if billed > 0 && usage.first_billed.is_none() {
-            usage.first_billed = Some(Instant::now());
+        if billed > 0 && first_billed.is_none() {
+            first_billed = Some(Instant::now());
         }
-        if billed >= jobs && usage.all_billed.is_none() {
-            usage.all_billed = Some(Instant::now());
+        if billed >= jobs && all_billed.is_none() {
+            all_billed = Some(Instant::now());
         }
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            let fields: Vec<&str> = stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .split_whitespace()
-                .collect();
-            if fields.len() > 13 {
-                let utime: f64 = fields[11].parse().unwrap_or(0.0);
-                let stime: f64 = fields[12].parse().unwrap_or(0.0);
-                usage.cpu_seconds = usage.cpu_seconds.max((utime + stime) / ticks_per_second);
-            }
-        }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            for line in status.lines().filter(|l| l.starts_with("VmHWM:")) {
-                let kib: u64 = line
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                usage.peak_rss_kib = usage.peak_rss_kib.max(kib);
-            }
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "worker exited {status}");
-            return usage;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn create_database(id: &str) -> String {
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
-        .await
-        .expect("postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE zb_{id}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    let url = format!("postgres://postgres@127.0.0.1:5432/zb_{id}");
-    zhima_worker::store::JobStore::migrate(&url)
-        .await
-        .expect("migrate");
-    url
-}
-
-async fn cleanup(channel: &lapin::Channel, topology: &Topology, id: &str) {
-    let mut names = vec![
-        topology.names.queue.clone(),
-        topology.names.dead_queue.clone(),
-    ];
-    names.extend(topology.delay_queues());
-    for name in names {
-        let _ = channel
-            .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-            .await;
-        let _ = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let _ = channel
-        .exchange_delete(
-            topology.names.exchange.as_str().into(),
-            lapin::options::ExchangeDeleteOptions::default(),
-        )
-        .await;
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
-        .await
-        .expect("postgres");
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS zb_{id} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
+    })
     .await;
+    assert!(status.success(), "worker exited {status}");
+    Usage {
+        process,
+        first_billed,
+        all_billed,
+    }
 }

@@ -341,7 +341,7 @@ mod operator {
         let store = JobStore::connect(settings.database.url.expose_secret(), 1)
             .await
             .context("connecting to the database")?;
-        let report = admin::requeue_dead(settings, &store, limit)
+        let report = admin::requeue_dead(settings, &store, admin::Selection::All { limit })
             .await
             .context("requeueing dead jobs")?;
         for invalid in &report.invalid {
@@ -353,7 +353,7 @@ mod operator {
         }
         println!(
             "requeued {}, left {} invalid",
-            report.requeued,
+            report.requeued.len(),
             report.invalid.len()
         );
         Ok(ExitCode::SUCCESS)

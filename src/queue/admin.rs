@@ -1,17 +1,19 @@
 //! The operator commands that look at or move queued messages: `status`
 //! (queue depths next to the stored job counts) and `requeue-dead` (dead
-//! letters back to the main queue).
+//! letters back to the main queue, all of them or, for `reconcile --repair`,
+//! only chosen transaction_ids).
 //!
 //! `status` only reads: it uses passive declares and never creates a queue.
 //! `requeue-dead` never loses a message: a dead copy is removed only after its
 //! replacement is confirmed by the broker, and a message that is still
-//! invalid stays in the dead queue. Neither runs SQL itself; rows are changed
-//! through [`JobStore`].
+//! invalid or not selected stays in the dead queue. Neither runs SQL itself;
+//! rows are changed through [`JobStore`].
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lapin::message::BasicGetMessage;
+use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{Acker, Channel, Connection, ErrorKind};
@@ -188,8 +190,52 @@ pub struct StillInvalid {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequeueReport {
-    pub requeued: u64,
+    /// The transaction_ids moved back to the main queue, in the order moved.
+    pub requeued: Vec<String>,
     pub invalid: Vec<StillInvalid>,
+}
+
+/// Which valid dead jobs a `requeue-dead` pass moves; the others are handed
+/// back to the dead queue untouched, like still-invalid messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every valid job, at most `limit` of them.
+    All { limit: Option<u64> },
+    /// Only these transaction_ids, each at most once (a second dead copy of
+    /// the same job stays dead); the pass ends once all of them are moved.
+    Only(HashSet<String>),
+}
+
+impl Selection {
+    /// The connection's role in `rabbitmqctl list_connections`.
+    fn role(&self) -> &'static str {
+        match self {
+            Self::All { .. } => "requeue-dead",
+            Self::Only(_) => "reconcile-repair",
+        }
+    }
+
+    fn is_selected(&self, transaction_id: &str) -> bool {
+        match self {
+            Self::All { .. } => true,
+            Self::Only(wanted) => wanted.contains(transaction_id),
+        }
+    }
+
+    fn mark_requeued(&mut self, transaction_id: &str) {
+        if let Self::Only(wanted) = self {
+            wanted.remove(transaction_id);
+        }
+    }
+
+    fn is_done(&self, requeued: usize) -> bool {
+        match self {
+            Self::All { limit } => {
+                limit.is_some_and(|limit| u64::try_from(requeued).is_ok_and(|n| n >= limit))
+            }
+            Self::Only(wanted) => wanted.is_empty(),
+        }
+    }
 }
 
 /// Headers a requeued job must not carry: the worker's retry bookkeeping
@@ -213,20 +259,21 @@ fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
     fresh
 }
 
-/// Moves valid jobs from the dead queue back to the main queue, at most
-/// `limit` of them, looking at each message present at the start only once.
+/// Moves the selected valid jobs from the dead queue back to the main queue,
+/// looking at each message present at the start only once.
 ///
 /// Per message: reset the row to `retrying`, publish a copy with fresh headers
-/// and wait for its confirm, then ack the dead copy. Still-invalid messages are
-/// held unacknowledged until the scan ends (so `basic.get` cannot hand the
-/// same one back) and then returned to the dead queue.
+/// and wait for its confirm, then ack the dead copy. Still-invalid and
+/// unselected messages are held unacknowledged until the scan ends (so
+/// `basic.get` cannot hand the same one back) and then returned to the dead
+/// queue.
 pub async fn requeue_dead(
     settings: &Settings,
     store: &JobStore,
-    limit: Option<u64>,
+    selection: Selection,
 ) -> Result<RequeueReport, RequeueError> {
     let topology = Topology::from_settings(settings)?;
-    let connection = super::connect(&settings.amqp, "requeue-dead").await?;
+    let connection = super::connect(&settings.amqp, selection.role()).await?;
     let publisher = Publisher::open(&connection).await?;
     topology.declare(publisher.channel()).await?;
     let getter = open_channel(&connection).await?;
@@ -237,12 +284,11 @@ pub async fn requeue_dead(
         store,
         publisher: &publisher,
         topology: &topology,
+        selection,
         held: Vec::new(),
         report: RequeueReport::default(),
     };
-    let outcome = mover
-        .scan(&getter, u64::from(depth), limit.unwrap_or(u64::MAX))
-        .await;
+    let outcome = mover.scan(&getter, depth).await;
     let returned = mover.return_held().await;
     let _ = connection.close(200, "requeue-dead done".into()).await;
     outcome?;
@@ -256,16 +302,19 @@ struct DeadMover<'a> {
     store: &'a JobStore,
     publisher: &'a Publisher,
     topology: &'a Topology,
-    /// Still-invalid messages, unacknowledged until the scan ends.
+    /// What is still to be moved.
+    selection: Selection,
+    /// Still-invalid and unselected messages, unacknowledged until the scan
+    /// ends.
     held: Vec<Acker>,
     report: RequeueReport,
 }
 
 impl DeadMover<'_> {
-    async fn scan(&mut self, getter: &Channel, depth: u64, limit: u64) -> Result<(), RequeueError> {
+    async fn scan(&mut self, getter: &Channel, depth: u32) -> Result<(), RequeueError> {
         let dead_queue = super::short(&self.topology.names.dead_queue)?;
         for _ in 0..depth {
-            if self.report.requeued >= limit {
+            if self.selection.is_done(self.report.requeued.len()) {
                 break;
             }
             let Some(message) = getter
@@ -300,6 +349,20 @@ impl DeadMover<'_> {
             }
         };
         let transaction_id = job.query.transaction_id.as_str();
+        if !self.selection.is_selected(transaction_id) {
+            self.held.push(delivery.acker);
+            return Ok(());
+        }
+        self.move_back(delivery, transaction_id).await
+    }
+
+    /// A failed republish hands the dead copy straight back, so the message
+    /// stays dead and the error ends the pass.
+    async fn move_back(
+        &mut self,
+        delivery: Delivery,
+        transaction_id: &str,
+    ) -> Result<(), RequeueError> {
         if let Err(error) = self
             .republish(
                 transaction_id,
@@ -316,7 +379,8 @@ impl DeadMover<'_> {
             .ack(BasicAckOptions::default())
             .await
             .map_err(QueueError::broker("basic.ack"))?;
-        self.report.requeued += 1;
+        self.selection.mark_requeued(transaction_id);
+        self.report.requeued.push(transaction_id.to_owned());
         Ok(())
     }
 
@@ -335,7 +399,7 @@ impl DeadMover<'_> {
         Ok(())
     }
 
-    /// Hands the still-invalid messages back to the dead queue.
+    /// Hands the still-invalid and unselected messages back to the dead queue.
     async fn return_held(&mut self) -> Result<(), QueueError> {
         for acker in self.held.drain(..) {
             acker

@@ -16,22 +16,15 @@
 //! be recovered here: the producer must re-submit it with the same
 //! transaction_id (within the validity window). Other dead messages are handed
 //! back to the dead queue untouched. Never mints a transaction_id.
+//!
+//! The queue work is [`admin::requeue_dead`]'s; this module only chooses the
+//! transaction_ids and says which of them it could not find.
 
 use std::collections::HashSet;
 
-use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
-use lapin::types::FieldTable;
-use lapin::{Acker, Channel};
-
 use super::ReconcileError;
 use crate::config::Settings;
-use crate::job::decode_job;
-use crate::queue::publisher::Outgoing;
-use crate::queue::topology::ready_messages;
-use crate::queue::{
-    self, ATTEMPT_HEADER, ERROR_HEADER, Publisher, QueueError, THROTTLED_HEADER, Topology,
-};
+use crate::queue::admin::{self, RequeueError, Selection};
 use crate::store::JobStore;
 
 /// What `--repair` did.
@@ -51,154 +44,30 @@ pub async fn repair(
     store: &JobStore,
     transaction_ids: &[String],
 ) -> Result<RepairReport, ReconcileError> {
-    let mut wanted: HashSet<&str> = transaction_ids.iter().map(String::as_str).collect();
-    let mut report = RepairReport::default();
+    let wanted: HashSet<String> = transaction_ids.iter().cloned().collect();
     if wanted.is_empty() {
-        return Ok(report);
+        return Ok(RepairReport::default());
     }
-    let topology = Topology::from_settings(settings)?;
-    let connection = queue::connect(&settings.amqp, "reconcile-repair").await?;
-    let publisher = Publisher::open(&connection).await?;
-    topology.declare(publisher.channel()).await?;
-    let getter = connection
-        .create_channel()
-        .await
-        .map_err(QueueError::broker("channel.open"))?;
-    let mut mover = Mover {
-        settings,
-        store,
-        publisher: &publisher,
-        topology: &topology,
-        held: Vec::new(),
-    };
-    let scanned = mover.scan(&getter, &mut wanted, &mut report).await;
-    let returned = mover.return_held().await;
-    let _ = connection.close(200, "repair done".into()).await;
-    scanned?;
-    returned?;
-    report.not_in_dead_queue = transaction_ids
+    let moved = admin::requeue_dead(settings, store, Selection::Only(wanted)).await?;
+    let requeued: HashSet<&str> = moved.requeued.iter().map(String::as_str).collect();
+    let not_in_dead_queue = transaction_ids
         .iter()
-        .filter(|id| wanted.contains(id.as_str()))
+        .filter(|id| !requeued.contains(id.as_str()))
         .cloned()
         .collect();
-    Ok(report)
+    Ok(RepairReport {
+        requeued: moved.requeued,
+        not_in_dead_queue,
+    })
 }
 
-struct Mover<'a> {
-    settings: &'a Settings,
-    store: &'a JobStore,
-    publisher: &'a Publisher,
-    topology: &'a Topology,
-    /// Dead messages that are not ours to move, unacknowledged until the end
-    /// so that `basic.get` does not hand them out again.
-    held: Vec<Acker>,
-}
-
-impl Mover<'_> {
-    async fn scan(
-        &mut self,
-        getter: &Channel,
-        wanted: &mut HashSet<&str>,
-        report: &mut RepairReport,
-    ) -> Result<(), ReconcileError> {
-        let dead_queue = &self.topology.names.dead_queue;
-        let depth = ready_messages(getter, dead_queue).await?;
-        for _ in 0..depth {
-            if wanted.is_empty() {
-                break;
-            }
-            let Some(message) = getter
-                .basic_get(queue::short(dead_queue)?, BasicGetOptions { no_ack: false })
-                .await
-                .map_err(QueueError::broker("basic.get"))?
-            else {
-                break;
-            };
-            if let Some(id) = self.handle(message, wanted).await? {
-                report.requeued.push(id);
-            }
+/// Repair has always reported queue and store failures as its own, so the
+/// messages an operator sees stay the same.
+impl From<RequeueError> for ReconcileError {
+    fn from(error: RequeueError) -> Self {
+        match error {
+            RequeueError::Queue(source) => Self::Queue(source),
+            RequeueError::Store(source) => Self::Store(source),
         }
-        Ok(())
-    }
-
-    /// Moves the message if it is a wanted job; returns its transaction_id then.
-    async fn handle(
-        &mut self,
-        message: BasicGetMessage,
-        wanted: &mut HashSet<&str>,
-    ) -> Result<Option<String>, ReconcileError> {
-        let delivery = message.delivery;
-        let product_code = &self.settings.upstream.product_code;
-        let transaction_id = decode_job(&delivery.data, product_code)
-            .ok()
-            .map(|job| job.query.transaction_id.as_str().to_owned());
-        let Some(id) = transaction_id.filter(|id| wanted.contains(id.as_str())) else {
-            self.held.push(delivery.acker);
-            return Ok(None);
-        };
-        if let Err(error) = self
-            .republish(&id, &delivery.data, delivery.properties.headers().as_ref())
-            .await
-        {
-            let _ = delivery.acker.nack(requeue()).await;
-            return Err(error);
-        }
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(QueueError::broker("basic.ack"))?;
-        wanted.remove(id.as_str());
-        Ok(Some(id))
-    }
-
-    async fn republish(
-        &self,
-        transaction_id: &str,
-        body: &[u8],
-        headers: Option<&FieldTable>,
-    ) -> Result<(), ReconcileError> {
-        self.store.reset_to_retrying(transaction_id).await?;
-        let mut message = Outgoing::job(&self.topology.names, body, Some(transaction_id));
-        message.headers = fresh_headers(headers);
-        self.publisher.publish(message).await?;
-        Ok(())
-    }
-
-    async fn return_held(&mut self) -> Result<(), QueueError> {
-        for acker in self.held.drain(..) {
-            acker
-                .nack(requeue())
-                .await
-                .map_err(QueueError::broker("basic.nack"))?;
-        }
-        Ok(())
-    }
-}
-
-/// The producer's own headers survive; the worker's retry bookkeeping and the
-/// broker's death records do not (a repaired job starts a fresh attempt count,
-/// its first-call time still bounds it through the row).
-fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
-    let is_stale = |name: &str| {
-        matches!(
-            name,
-            ATTEMPT_HEADER | THROTTLED_HEADER | ERROR_HEADER | "x-death"
-        ) || name.starts_with("x-first-death-")
-            || name.starts_with("x-last-death-")
-    };
-    let mut fresh = FieldTable::default();
-    for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
-        if !is_stale(name.as_str()) {
-            fresh.insert(name.clone(), value.clone());
-        }
-    }
-    fresh
-}
-
-fn requeue() -> BasicNackOptions {
-    BasicNackOptions {
-        multiple: false,
-        requeue: true,
     }
 }
