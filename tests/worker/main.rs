@@ -603,3 +603,70 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     let _ = child.wait().await;
     worker.cleanup().await;
 }
+
+#[tokio::test]
+async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unverified_is_stored() {
+    let faults = Faults {
+        broken_sign_rate: 1.0,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    worker
+        .env
+        .insert("ZHIMA__WORKER__MAX_UNVERIFIED_IN_ROW".into(), "3".into());
+    worker
+        .env
+        .insert("ZHIMA__WORKER__CONCURRENCY".into(), "2".into());
+    for n in 0..20 {
+        worker.publish_job(&job("unsigned", n)).await;
+    }
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (status, _) = get_text(&format!("http://{listen}/readyz")).await;
+        if status == 503 && worker.sandbox.stats().requests >= 3 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never paused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        succeeded(&worker.statuses().await),
+        0,
+        "nothing unverified stored"
+    );
+    worker.sandbox.set_faults(Faults::default());
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 20)
+        .await;
+    assert_eq!(succeeded(&statuses), 20);
+    let (status, _) = get_text(&format!("http://{listen}/readyz")).await;
+    assert_eq!(status, 200, "resumed");
+    for n in 0..20 {
+        assert_eq!(worker.sandbox.billed_for(&format!("unsigned_{n}")), 1);
+    }
+    let key = zhima_worker::upstream::signing::PublicKey::from_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keys/test_sandbox_public.pem"
+    )))
+    .unwrap();
+    let bodies = worker
+        .query_rows("SELECT transaction_id, response_body FROM relation_checks")
+        .await;
+    for (transaction_id, body) in bodies {
+        let verdict = zhima_worker::upstream::response::verify_response_body(
+            body.as_bytes(),
+            "zhima.credit.relation.query",
+            &key,
+            zhima_worker::upstream::response::SignTypeChoice::Rsa2,
+        );
+        assert!(
+            verdict.is_ok(),
+            "{transaction_id}: stored evidence verifies"
+        );
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
