@@ -11,7 +11,39 @@ use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn every_job_succeeds_billed_once(db: Db) {
+/// Declares each scenario as two tests, `on_postgres::NAME` and
+/// `on_sqlite::NAME`: the production store and the single-replica one.
+macro_rules! on_both_databases {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_postgres {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Postgres).await;
+            })*
+        }
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $scenario() {
+                super::$scenario(super::Db::Sqlite).await;
+            })*
+        }
+    };
+}
+
+on_both_databases!(
+    every_job_succeeds_and_is_billed_once,
+    system_errors_and_502_after_billing_end_succeeded_with_the_same_transaction_id,
+    worker_killed_mid_batch_loses_and_double_bills_nothing,
+    sigterm_drains_in_flight_jobs_and_exits_zero,
+    exhausted_attempts_end_failed_in_the_dead_queue_and_requeue_dead_brings_them_back,
+    permanent_error_fails_after_one_call,
+    invalid_messages_are_dead_lettered_without_an_upstream_call,
+    rate_limit_holds_the_highest_one_second_count,
+    configuration_fault_pauses_without_failing_queued_jobs,
+    many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unverified_is_stored,
+);
+
+async fn every_job_succeeds_and_is_billed_once(db: Db) {
     let worker = spawn_worker(db).await;
     for n in 0..40 {
         worker.publish_job(&job("ok", n)).await;
@@ -37,17 +69,7 @@ async fn every_job_succeeds_billed_once(db: Db) {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn every_job_succeeds_and_is_billed_once_on_postgres() {
-    every_job_succeeds_billed_once(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn every_job_succeeds_and_is_billed_once_on_sqlite() {
-    every_job_succeeds_billed_once(Db::Sqlite).await;
-}
-
-async fn transient_faults_are_retried_with_the_same_transaction_id(db: Db) {
+async fn system_errors_and_502_after_billing_end_succeeded_with_the_same_transaction_id(db: Db) {
     let faults = Faults {
         system_error_rate: 0.3,
         http_5xx_after_billing_rate: 0.2,
@@ -82,24 +104,13 @@ async fn transient_faults_are_retried_with_the_same_transaction_id(db: Db) {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn system_errors_and_502_after_billing_end_succeeded_on_postgres() {
-    transient_faults_are_retried_with_the_same_transaction_id(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn system_errors_and_502_after_billing_end_succeeded_on_sqlite() {
-    transient_faults_are_retried_with_the_same_transaction_id(Db::Sqlite).await;
-}
-
-#[tokio::test]
-async fn exhausted_attempts_end_failed_in_the_dead_queue_and_requeue_dead_brings_them_back() {
+async fn exhausted_attempts_end_failed_in_the_dead_queue_and_requeue_dead_brings_them_back(db: Db) {
     let faults = Faults {
         system_error_rate: 1.0,
         system_error_style: SystemErrorStyle::Business40004,
         ..Faults::default()
     };
-    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    let mut worker = spawn_worker_with(db, faults).await;
     worker
         .env
         .insert("ZHIMA__RETRY__MAX_ATTEMPTS".into(), "3".into());
@@ -133,9 +144,8 @@ async fn exhausted_attempts_end_failed_in_the_dead_queue_and_requeue_dead_brings
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn permanent_error_fails_after_one_call() {
-    let worker = spawn_worker(Db::Postgres).await;
+async fn permanent_error_fails_after_one_call(db: Db) {
+    let worker = spawn_worker(db).await;
     let mut wrong_product = job("perm", 1);
     wrong_product["product_code"] = "w0000000000000000000".into();
     worker.publish_job(&wrong_product).await;
@@ -152,9 +162,8 @@ async fn permanent_error_fails_after_one_call() {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn invalid_messages_are_dead_lettered_without_an_upstream_call() {
-    let worker = spawn_worker(Db::Postgres).await;
+async fn invalid_messages_are_dead_lettered_without_an_upstream_call(db: Db) {
+    let worker = spawn_worker(db).await;
     worker.publish_raw(b"not json at all").await;
     worker.publish_raw(&vec![b' '; 70 * 1024]).await;
     worker.publish_raw(b"[1,2,3]").await;
@@ -178,9 +187,8 @@ async fn invalid_messages_are_dead_lettered_without_an_upstream_call() {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn rate_limit_holds_the_highest_one_second_count() {
-    let mut worker = spawn_worker(Db::Postgres).await;
+async fn rate_limit_holds_the_highest_one_second_count(db: Db) {
+    let mut worker = spawn_worker(db).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "20".into());
@@ -201,17 +209,7 @@ async fn rate_limit_holds_the_highest_one_second_count() {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn worker_killed_mid_batch_loses_and_double_bills_nothing_on_postgres() {
-    killed_mid_batch(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn worker_killed_mid_batch_loses_and_double_bills_nothing_on_sqlite() {
-    killed_mid_batch(Db::Sqlite).await;
-}
-
-async fn killed_mid_batch(db: Db) {
+async fn worker_killed_mid_batch_loses_and_double_bills_nothing(db: Db) {
     let faults = Faults {
         latency_ms: 30,
         ..Faults::default()
@@ -247,17 +245,7 @@ async fn killed_mid_batch(db: Db) {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_jobs_and_exits_zero_on_postgres() {
-    sigterm_drains(Db::Postgres).await;
-}
-
-#[tokio::test]
-async fn sigterm_drains_in_flight_jobs_and_exits_zero_on_sqlite() {
-    sigterm_drains(Db::Sqlite).await;
-}
-
-async fn sigterm_drains(db: Db) {
+async fn sigterm_drains_in_flight_jobs_and_exits_zero(db: Db) {
     let faults = Faults {
         latency_ms: 200,
         ..Faults::default()
@@ -297,14 +285,13 @@ async fn sigterm_drains(db: Db) {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn configuration_fault_pauses_without_failing_queued_jobs() {
+async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
     let mut config = zhima_worker::sandbox::SandboxConfig::with_test_keys().unwrap();
     for app in &mut config.apps {
         app.has_contract = false;
     }
     let sandbox = zhima_worker::sandbox::start(config).await.unwrap();
-    let worker = helpers::build(Db::Postgres, sandbox).await;
+    let worker = helpers::build(db, sandbox).await;
     for n in 0..20 {
         worker.publish_job(&job("paused", n)).await;
     }
@@ -604,13 +591,14 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     worker.cleanup().await;
 }
 
-#[tokio::test]
-async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unverified_is_stored() {
+async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unverified_is_stored(
+    db: Db,
+) {
     let faults = Faults {
         broken_sign_rate: 1.0,
         ..Faults::default()
     };
-    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    let mut worker = spawn_worker_with(db, faults).await;
     worker
         .env
         .insert("ZHIMA__WORKER__MAX_UNVERIFIED_IN_ROW".into(), "3".into());
