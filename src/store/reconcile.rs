@@ -8,10 +8,11 @@
 //! midnight); rows belong to it by `completed_at`. This module must not decide
 //! categories: that is `crate::reconcile`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::{FromRow, PgPool, SqlitePool};
 
+use super::sqlite::{from_text, to_text};
 use super::{Backend, JobStatus, JobStore, StoreError, parse_status};
 
 /// A `succeeded` row of the day, as the statement is matched against it.
@@ -375,19 +376,4 @@ fn sqlite_export(
 /// stays fixed whatever the batch size.
 fn json_array(keys: &[String]) -> String {
     serde_json::Value::from(keys.to_vec()).to_string()
-}
-
-/// The fixed TEXT form SQLite rows use (see the store's module docs), so that
-/// bounds compare lexically like times.
-fn to_text(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn from_text(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|e| StoreError::Malformed {
-            column,
-            detail: format!("`{text}` is not an RFC 3339 timestamp: {e}"),
-        })
 }

@@ -62,12 +62,13 @@ pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
     outcome
 }
 
-/// Formats a timestamp in the one fixed form stored in SQLite.
-fn to_text(at: DateTime<Utc>) -> String {
+/// Formats a timestamp in the one fixed form stored in SQLite (fixed width,
+/// so text order is time order).
+pub(super) fn to_text(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn from_text(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn from_text(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
         .map_err(|e| StoreError::Malformed {
