@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use tracing::Span;
 
 use crate::control::Control;
@@ -265,7 +263,7 @@ impl Processor {
         };
         let throttled = attempt.throttled + u32::from(kind == FailureKind::Throttled);
         let counted = attempt.number.saturating_sub(throttled);
-        let mut rng = StdRng::from_os_rng();
+        let mut rng = rand::rng();
         match self.policy.decide(counted, kind, &mut rng) {
             Decision::RetryAfter(delay) => Verdict {
                 update: RowUpdate::Retrying {

@@ -199,7 +199,7 @@ impl UpstreamClient {
 
     /// One call of `zhima.credit.relation.query`.
     pub async fn query_relation(&self, query: &RelationQuery) -> CallReport<RelationAnswer> {
-        self.call::<RelationQueryMethod>(query, &PiiRedactor::for_query(query))
+        self.call::<RelationQueryMethod>(query, || PiiRedactor::for_query(query))
             .await
     }
 
@@ -216,9 +216,7 @@ impl UpstreamClient {
             relation_phone: "15843991158",
             relation_name: "李四",
         };
-        let report = self
-            .call::<ProbeMethod>(&probe, &PiiRedactor::default())
-            .await;
+        let report = self.call::<ProbeMethod>(&probe, PiiRedactor::default).await;
         match report.outcome {
             Ok(_) => Ok(()),
             Err(error) => match error.class() {
@@ -228,13 +226,14 @@ impl UpstreamClient {
         }
     }
 
-    /// One signed call of any method. `redactor` masks the PII in our
+    /// One signed call of any method. `redactor` (built only if the gateway
+    /// rejects our signature, so never on the hot path) masks the PII in our
     /// string-to-sign before it can reach an error message.
     #[tracing::instrument(name = "upstream_call", skip_all, fields(method = M::METHOD))]
     pub async fn call<M: GatewayMethod>(
         &self,
         biz: &M::BizContent,
-        redactor: &PiiRedactor,
+        redactor: impl FnOnce() -> PiiRedactor,
     ) -> CallReport<M::Answer> {
         let started = Instant::now();
         let request = match self.build_request::<M>(biz) {
@@ -272,6 +271,7 @@ impl UpstreamClient {
             && fault.is_signature_rejected()
         {
             let fault = (**fault).clone();
+            let redactor = redactor();
             report.outcome = Err(UpstreamError::SignatureRejected(Box::new(
                 SignatureMismatch {
                     ours: redactor.redact(&request.string_to_sign),
