@@ -40,7 +40,7 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));
-    spawn_signal_listener(Arc::clone(&control));
+    spawn_signal_listener(Arc::clone(&control))?;
     let store = open_store(&settings, &control).await?;
     let readiness = Arc::new(Readiness {
         broker_connected: AtomicBool::new(false),
@@ -111,23 +111,23 @@ async fn open_store(settings: &Settings, control: &Control) -> anyhow::Result<Jo
     }
 }
 
-fn spawn_signal_listener(control: Arc<Control>) {
+/// Installs the SIGINT/SIGTERM handlers now (a signal that arrives before a
+/// handler exists would kill the process uncleanly) and stops the worker on
+/// the first one.
+fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tokio::spawn(async move {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            () = terminate => {},
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
         tracing::info!("shutdown requested: no new deliveries, finishing in-flight jobs");
         control.stop();
     });
+    Ok(())
 }
 
 struct Worker {

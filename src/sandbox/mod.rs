@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::NaiveDate;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -414,6 +415,11 @@ impl SandboxArgs {
 /// SIGINT or SIGTERM.
 pub async fn run_cli(args: SandboxArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
+    // Handlers go in before the address is printed: whoever reads that line
+    // may signal at once, and the default action would kill us uncleanly.
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let sandbox = start(config)
         .await
         .context("starting the sandbox gateway")?;
@@ -421,16 +427,10 @@ pub async fn run_cli(args: SandboxArgs) -> anyhow::Result<()> {
     writeln!(stdout, "listening on http://{}", sandbox.addr).context("writing to stdout")?;
     stdout.flush().context("flushing stdout")?;
     drop(stdout);
-    wait_for_signal().await?;
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = interrupt.recv() => {},
+    }
     sandbox.shutdown().await;
     Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT"),
-        _ = terminate.recv() => Ok(()),
-    }
 }
