@@ -107,9 +107,9 @@ impl Processor {
                 return self.expire(&key).await;
             }
         }
-        if !self.acquire_permit().await {
-            return Disposition::HandBack;
-        }
+        // The row is written before the permit is taken, so that nothing slow
+        // stands between the permit and the request (the upstream counts
+        // arrivals, and delays after the permit bunch them up).
         let began = self
             .persist("record the call's start", || {
                 self.store.begin_call(&key, Utc::now())
@@ -117,6 +117,9 @@ impl Processor {
             .await;
         if let Err(disposition) = began {
             return disposition;
+        }
+        if !self.acquire_permit().await {
+            return Disposition::HandBack;
         }
         let started_at = Utc::now();
         let report = self.client.query_relation(&job.query).await;

@@ -373,8 +373,10 @@ impl JobStore {
         }
     }
 
-    /// Called right before an upstream call. Creates the row as `pending` if it
-    /// is new, and records `now` as the first call time if none is stored.
+    /// Called before an upstream call (just before its rate-limit permit is
+    /// taken, so the time can lead the call by the permit wait: conservative
+    /// for the validity window). Creates the row as `pending` if it is new,
+    /// and records `now` as the first call time if none is stored.
     /// Returns the stored first call time, which bounds how long the job may
     /// keep retrying under the same transaction_id. A final row is left
     /// untouched (its first call time, or `now` if it never had one, is
