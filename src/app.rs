@@ -83,10 +83,11 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         control,
         readiness,
         tasks: JoinSet::new(),
+        has_connected: false,
     };
-    worker.run(options).await;
+    let outcome = worker.run(options).await;
     lease.release().await;
-    Ok(())
+    outcome.context("connecting to the broker at start-up")
 }
 
 /// Migrates and connects, waiting out a database that is not up yet; a
@@ -137,6 +138,9 @@ struct Worker {
     control: Arc<Control>,
     readiness: Arc<Readiness>,
     tasks: JoinSet<()>,
+    /// Set once a session has consumed: from then on every broker error,
+    /// refusals included, is waited out by reconnecting.
+    has_connected: bool,
 }
 
 enum ConsumeEnd {
@@ -146,7 +150,10 @@ enum ConsumeEnd {
 }
 
 impl Worker {
-    async fn run(&mut self, options: RunOptions) {
+    /// Sessions until stopped. A broker that refuses our credentials or vhost
+    /// before the first session is an error (a configuration fault that
+    /// retrying cannot fix); any other failure is retried with backoff.
+    async fn run(&mut self, options: RunOptions) -> Result<(), QueueError> {
         let mut backoff = Duration::from_millis(500);
         while !self.control.is_stopping() {
             let outcome = self.session(options).await;
@@ -155,6 +162,10 @@ impl Worker {
                 .store(false, Ordering::Relaxed);
             match outcome {
                 Ok(()) => break,
+                Err(error) if error.is_refused() && !self.has_connected => {
+                    self.drain().await;
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::warn!(error.message = %error, error.cause_chain = ?error,
                         retry_in_ms = backoff.as_millis() as u64,
@@ -169,6 +180,7 @@ impl Worker {
         }
         self.drain().await;
         tracing::info!("worker stopped");
+        Ok(())
     }
 
     /// One broker connection: declare, consume until stopped, idle, or the
@@ -193,6 +205,7 @@ impl Worker {
         self.readiness
             .broker_connected
             .store(true, Ordering::Relaxed);
+        self.has_connected = true;
         tracing::info!(queue = %self.topology.names.queue, prefetch, "consuming");
         loop {
             if self.control.is_paused() {

@@ -117,6 +117,17 @@ impl Cli {
 }
 
 impl Command {
+    /// The log filter for this command: `status` silences the client
+    /// library's channel errors, since probing a queue that does not exist
+    /// yet closes a channel (which lapin logs at ERROR) and `status` reports
+    /// missing queues itself.
+    pub fn log_filter(&self, configured: &str) -> String {
+        match self {
+            Command::Status => format!("{configured},lapin::channel=off"),
+            _ => configured.to_owned(),
+        }
+    }
+
     pub async fn run(self, settings: Settings) -> anyhow::Result<ExitCode> {
         match self {
             Command::Run { until_idle } => {
@@ -388,10 +399,11 @@ mod reconciliation {
         /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
         #[arg(long, value_name = "YYYY-MM-DD")]
         date: Option<String>,
-        /// Write the full report here.
+        /// Write the full report here; `-` is stdout (the summary then goes to stderr).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Report format (default: json for a .json --out, else csv).
+        /// Report format (default: json for a .json --out, else csv). Without
+        /// --out, the report in this format goes to stdout.
         #[arg(long, value_enum)]
         format: Option<ReportFormat>,
         /// Header names of the statement's columns, e.g. biz_no=业务流水号,transaction_id=商户订单号,time=计费时间
@@ -445,22 +457,55 @@ mod reconciliation {
             bar.finish_and_clear();
         }
         let result = outcome.with_context(|| format!("reconciling {}", args.bill.display()))?;
-        print!("{}", result.render_summary());
-        if let Some(out) = &args.out {
-            write_report(
-                &result,
-                out,
-                args.format.unwrap_or(ReportFormat::for_path(out)),
-            )?;
+        let target = report_target(&args);
+        // With the report on stdout, everything meant for people goes to stderr.
+        let mut human: Box<dyn Write> = match target {
+            Some((ReportTo::Stdout, _)) => Box::new(std::io::stderr()),
+            _ => Box::new(std::io::stdout()),
+        };
+        write!(human, "{}", result.render_summary()).context("writing the summary")?;
+        match target {
+            Some((ReportTo::Stdout, format)) => {
+                let stdout = std::io::stdout();
+                let mut writer = std::io::BufWriter::new(stdout.lock());
+                result
+                    .write_report(format, &mut writer)
+                    .and_then(|()| writer.flush())
+                    .context("writing the report to stdout")?;
+            }
+            Some((ReportTo::File(out), format)) => write_report(&result, out, format)?,
+            None => {}
         }
         if args.repair {
-            repair(settings, &store, &result).await?;
+            repair(settings, &store, &result, &mut *human).await?;
         }
         Ok(if result.is_clean() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(EXIT_DISCREPANCIES)
         })
+    }
+
+    /// Where the full report goes.
+    enum ReportTo<'a> {
+        Stdout,
+        File(&'a Path),
+    }
+
+    /// `--out -` or `--format` alone: stdout; `--out FILE`: that file;
+    /// neither: no report (the summary only).
+    fn report_target(args: &ReconcileArgs) -> Option<(ReportTo<'_>, ReportFormat)> {
+        match (&args.out, args.format) {
+            (Some(out), format) if out.as_os_str() == "-" => {
+                Some((ReportTo::Stdout, format.unwrap_or(ReportFormat::Csv)))
+            }
+            (Some(out), format) => Some((
+                ReportTo::File(out),
+                format.unwrap_or(ReportFormat::for_path(out)),
+            )),
+            (None, Some(format)) => Some((ReportTo::Stdout, format)),
+            (None, None) => None,
+        }
     }
 
     fn write_report(
@@ -481,24 +526,30 @@ mod reconciliation {
         settings: &Settings,
         store: &JobStore,
         result: &Reconciliation,
+        out: &mut dyn Write,
     ) -> anyhow::Result<()> {
         let report = reconcile::repair::repair(settings, store, &result.repairable)
             .await
             .context("repairing from the dead queue")?;
+        let mut lines = String::new();
         for id in &report.requeued {
-            println!("repair: re-published {id} from the dead queue (same transaction_id)");
+            lines.push_str(&format!(
+                "repair: re-published {id} from the dead queue (same transaction_id)\n"
+            ));
         }
         for id in &report.not_in_dead_queue {
-            println!(
-                "repair: {id} is not in the dead queue: re-submit it from the producer with the same transaction_id"
-            );
+            lines.push_str(&format!(
+                "repair: {id} is not in the dead queue: re-submit it from the producer with the same transaction_id\n"
+            ));
         }
-        println!(
-            "repair: re-published {}, not recoverable here {}",
+        lines.push_str(&format!(
+            "repair: re-published {}, not recoverable here {}\n",
             report.requeued.len(),
             report.not_in_dead_queue.len()
-        );
-        Ok(())
+        ));
+        out.write_all(lines.as_bytes())
+            .and_then(|()| out.flush())
+            .context("writing the repair lines")
     }
 
     fn progress_bar() -> ProgressBar {

@@ -5,9 +5,11 @@
 //! Off unless `http.listen` is set, so replicas on one host never collide.
 //! It only reads state; it never changes how jobs are processed.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -137,13 +139,74 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(readiness);
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(error.message = %error, "the metrics endpoint stopped");
-        }
-    });
+    tokio::spawn(serve_http(
+        listener,
+        app,
+        HEADER_READ_TIMEOUT,
+        std::future::pending(),
+    ));
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(addr)
+}
+
+/// How long a connection may take to send a complete request header (also
+/// between requests on a kept-alive connection) before it is dropped, so that
+/// idle or trickling clients cannot hold connections (and file descriptors)
+/// open forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` over HTTP/1.1 on `listener` until `shutdown` completes, then
+/// lets requests in progress finish (idle kept-alive connections close at
+/// once). Connections that send no complete request header within
+/// `header_timeout` are dropped. Used by both HTTP servers of the crate
+/// (`http.listen` and the sandbox): axum's own `serve` has no such timeout.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error.message = %error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop_seen = stop_seen.clone();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stop_seen.wait_for(|stop| *stop) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = stopping.send(true);
+    while connections.join_next().await.is_some() {}
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) {
@@ -166,4 +229,71 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) 
         );
     }
     (StatusCode::OK, "ready\n".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn server(header_timeout: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+        tokio::spawn(serve_http(
+            listener,
+            app,
+            header_timeout,
+            std::future::pending(),
+        ));
+        addr
+    }
+
+    /// Reads until the server closes the connection (or a deadline passes).
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut buffer = [0u8; 512];
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buffer[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection was left open");
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_connection_without_a_complete_request_header_is_dropped() {
+        let addr = server(Duration::from_millis(300)).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = read_to_close(&mut silent).await;
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
+
+        let mut trickling = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trickling
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut trickling).await;
+        assert!(!answer.contains("ok\n"), "{answer}");
+
+        let mut complete = tokio::net::TcpStream::connect(addr).await.unwrap();
+        complete
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut complete).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+    }
 }

@@ -20,6 +20,8 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = config::load(cli.config.as_deref()).context("loading configuration")?;
-    telemetry::init(&settings.log)?;
+    let mut log = settings.log.clone();
+    log.filter = cli.command.log_filter(&log.filter);
+    telemetry::init(&log)?;
     cli.command.run(settings).await
 }

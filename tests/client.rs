@@ -447,3 +447,31 @@ async fn probe_passes_on_a_good_setup_without_billing_and_fails_without_contract
     let reason = client.probe("w1010100001000001200").await.unwrap_err();
     assert!(reason.contains("NO_VALID_ARRANGEMENT"), "{reason}");
 }
+
+#[tokio::test]
+async fn isv_mode_with_a_registered_app_auth_token_succeeds_against_the_sandbox() {
+    const TOKEN: &str = "201510BB0c409dd5758b4d939d4008a525463X18";
+    let sandbox = sandbox_with(|config| {
+        config.app_auth_tokens.push(sandbox::AppAuthToken {
+            app_id: sandbox::DEFAULT_APP_ID.into(),
+            token: TOKEN.into(),
+        });
+    })
+    .await;
+    let mut upstream = settings(&sandbox.gateway_url());
+    upstream.app_auth_token = TOKEN.to_owned().into();
+    let client = UpstreamClient::new(&upstream).unwrap();
+    let report = client.query_relation(&query("isv_1")).await;
+    let answer = report.outcome.expect("the ISV call succeeds");
+    assert!(answer.biz_no.starts_with("ZM"));
+    assert_eq!(sandbox.billed_for("isv_1"), 1);
+
+    let error = failure(
+        &sandbox,
+        |upstream| upstream.app_auth_token = "201510BBunknown".to_owned().into(),
+        query("isv_2"),
+    )
+    .await;
+    assert_eq!(error.error_code(), "INVALID_APP_AUTH_TOKEN", "{error}");
+    assert!(error.to_string().contains("20001"), "{error}");
+}

@@ -386,3 +386,123 @@ async fn a_malformed_statement_line_a_bad_date_or_a_missing_file_exits_1_naming_
     assert!(no_file.stderr.contains("missing.csv"), "{}", no_file.stderr);
     worker.cleanup().await;
 }
+
+/// A statement billing `rows` queries on `date` (UTC+8), none of them ours.
+fn statement_for(date: &str, rows: u32) -> String {
+    let mut out = String::from("biz_no,transaction_id,app_id,billed_at\n");
+    for n in 0..rows {
+        out.push_str(&format!(
+            "ZM{}{n:022},other_{n},2014072300007148,{date} 10:{:02}:00\n",
+            date.replace('-', ""),
+            n % 60
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn reconcile_of_a_day_the_statement_does_not_cover_exits_1_naming_both_days() {
+    let worker = spawn_worker(Db::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(&bill, statement_for("2024-05-22", 40)).unwrap();
+    let bill_text = bill.display().to_string();
+    let wrong_day = zhima(
+        &worker,
+        &["reconcile", "--bill", &bill_text, "--date", "2024-05-21"],
+    )
+    .await;
+    assert_eq!(
+        wrong_day.code, 1,
+        "{}\n{}",
+        wrong_day.stdout, wrong_day.stderr
+    );
+    assert!(
+        wrong_day.stderr.contains("2024-05-22"),
+        "{}",
+        wrong_day.stderr
+    );
+    assert!(
+        wrong_day.stderr.contains("2024-05-21"),
+        "{}",
+        wrong_day.stderr
+    );
+
+    // Without --date the day checked is yesterday, whatever the clock says:
+    // a statement of 2099 is never that day.
+    std::fs::write(&bill, statement_for("2099-01-01", 3)).unwrap();
+    let default_day = zhima(&worker, &["reconcile", "--bill", &bill_text]).await;
+    assert_eq!(default_day.code, 1, "{}", default_day.stdout);
+    assert!(
+        default_day.stderr.contains("2099-01-01"),
+        "{}",
+        default_day.stderr
+    );
+
+    // One row in the day among 200 is still the wrong statement (< 1 %).
+    let mut mostly_other = statement_for("2024-05-22", 200);
+    mostly_other.push_str(&statement_for("2024-05-21", 1).lines().nth(1).unwrap());
+    mostly_other.push('\n');
+    std::fs::write(&bill, mostly_other).unwrap();
+    let few = zhima(
+        &worker,
+        &["reconcile", "--bill", &bill_text, "--date", "2024-05-21"],
+    )
+    .await;
+    assert_eq!(few.code, 1, "{}\n{}", few.stdout, few.stderr);
+    assert!(few.stderr.contains("2024-05-22"), "{}", few.stderr);
+
+    // The right day goes through (its rows are not ours: exit 3).
+    std::fs::write(&bill, statement_for("2024-05-21", 5)).unwrap();
+    let right_day = zhima(
+        &worker,
+        &["reconcile", "--bill", &bill_text, "--date", "2024-05-21"],
+    )
+    .await;
+    assert_eq!(
+        right_day.code, 3,
+        "{}\n{}",
+        right_day.stdout, right_day.stderr
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_report_goes_to_stdout_with_out_dash_or_format_json_alone() {
+    let worker = spawn_worker(Db::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(&bill, statement_for("2024-05-21", 2)).unwrap();
+    let bill_text = bill.display().to_string();
+    let base = ["reconcile", "--bill", &bill_text, "--date", "2024-05-21"];
+
+    let json = zhima(&worker, &[&base[..], &["--format", "json"]].concat()).await;
+    assert_eq!(json.code, 3, "{}", json.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&json.stdout).expect("stdout is the JSON report alone");
+    assert_eq!(report["summary"]["billed_not_stored"], 2);
+    assert!(json.stderr.contains("2 discrepancies"), "{}", json.stderr);
+
+    let csv = zhima(&worker, &[&base[..], &["--out", "-"]].concat()).await;
+    assert_eq!(csv.code, 3, "{}", csv.stderr);
+    assert!(
+        csv.stdout
+            .starts_with("category,biz_no,transaction_id,detail\n"),
+        "{}",
+        csv.stdout
+    );
+    assert_eq!(csv.stdout.lines().count(), 3, "{}", csv.stdout);
+    let stray = Path::new(env!("CARGO_MANIFEST_DIR")).join("-");
+    let created = stray.exists();
+    let _ = std::fs::remove_file(&stray);
+    assert!(!created, "--out - created a file named `-`");
+
+    let json_dash = zhima(
+        &worker,
+        &[&base[..], &["--out", "-", "--format", "json"]].concat(),
+    )
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&json_dash.stdout).expect("JSON");
+    assert_eq!(report["date"], "2024-05-21");
+    worker.cleanup().await;
+}

@@ -1097,8 +1097,9 @@ async fn stats_count_requests_billing_errors_windows_and_concurrency() {
         json!({"calls": 2, "billed": 1})
     );
     assert_eq!(
-        stats["transactions"]["t_stats_x"],
-        json!({"calls": 1, "billed": 0})
+        stats["transactions"].get("t_stats_x"),
+        None,
+        "a refused request is not recorded per id"
     );
     assert!(stats["max_requests_per_second"].as_u64().unwrap() >= 6);
     assert!(stats["max_in_flight"].as_u64().unwrap() >= 2);
@@ -1403,4 +1404,151 @@ async fn the_binary_rejects_a_malformed_app_flag_naming_it() {
         stderr.contains("--app") && stderr.contains("APP_ID=PUBLIC_KEY_FILE"),
         "{stderr}"
     );
+}
+
+// ------------------------------------------------------------ edges (issue 9)
+
+const ISV_TOKEN: &str = "201510BB0c409dd5758b4d939d4008a525463X18";
+
+#[tokio::test]
+async fn a_registered_app_auth_token_is_accepted_and_unknown_ones_still_get_20001() {
+    let harness = spawn_with(|config| {
+        config.app_auth_tokens.push(sandbox::AppAuthToken {
+            app_id: APP_ID.into(),
+            token: ISV_TOKEN.into(),
+        });
+    })
+    .await;
+    let granted = harness
+        .send(&TestRequest::new("t_isv_1").set("app_auth_token", ISV_TOKEN))
+        .await;
+    assert_success(&granted);
+    let unknown = harness
+        .send(&TestRequest::new("t_isv_2").set("app_auth_token", "201510BBother"))
+        .await;
+    assert_eq!(unknown.code().0, "20001");
+    let other_app = harness
+        .send(
+            &TestRequest::new("t_isv_3")
+                .set("app_id", APP_WITHOUT_CONTRACT)
+                .set("app_auth_token", ISV_TOKEN),
+        )
+        .await;
+    assert_eq!(other_app.code().0, "20001", "a token is granted to one app");
+}
+
+#[test]
+fn the_app_auth_token_flag_registers_tokens_without_printing_them() {
+    let args = parse(&[
+        "--app-auth-token",
+        &format!("{APP_ID}={ISV_TOKEN}"),
+        "--app-auth-token",
+        "2021000000000002=second",
+    ])
+    .unwrap();
+    let config = args.to_config().unwrap();
+    assert_eq!(config.app_auth_tokens.len(), 2);
+    assert_eq!(config.app_auth_tokens[0].app_id, APP_ID);
+    assert_eq!(config.app_auth_tokens[0].token, ISV_TOKEN);
+    assert!(
+        !format!("{config:?}").contains(ISV_TOKEN),
+        "tokens are not printed"
+    );
+    let error = parse(&["--app-auth-token", "secret-without-app"]).unwrap_err();
+    assert!(error.contains("APP_ID=TOKEN"), "{error}");
+}
+
+#[tokio::test]
+async fn put_admin_faults_merges_the_given_fields_into_the_current_ones() {
+    let harness = spawn_with(|config| {
+        config.faults.latency_ms = 7;
+        config.faults.qps_cap = Some(50);
+    })
+    .await;
+    let url = format!("{}/admin/faults", harness.sandbox.base_url());
+    let put = |body: Value| {
+        let request = harness.http.put(&url).body(body.to_string());
+        async move { request.send().await.unwrap() }
+    };
+    let response = put(json!({"system_error_rate": 0.25})).await;
+    assert_eq!(response.status(), 200);
+    let answered: Faults = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let expected = Faults {
+        system_error_rate: 0.25,
+        latency_ms: 7,
+        qps_cap: Some(50),
+        ..Faults::default()
+    };
+    assert_eq!(answered, expected);
+    assert_eq!(harness.sandbox.faults(), expected);
+
+    assert_eq!(put(json!({"slow_rate": 3.0})).await.status(), 400);
+    assert_eq!(put(json!({"latency_ms": 1, "nope": 1})).await.status(), 400);
+    assert_eq!(put(json!([1])).await.status(), 400);
+    assert_eq!(
+        harness.sandbox.faults(),
+        expected,
+        "a refused change changes nothing"
+    );
+
+    assert_eq!(put(json!({"qps_cap": null})).await.status(), 200);
+    assert_eq!(harness.sandbox.faults().qps_cap, None);
+    assert_eq!(harness.sandbox.faults().latency_ms, 7);
+}
+
+#[tokio::test]
+async fn unsigned_or_refused_requests_do_not_grow_the_per_id_stats() {
+    let harness = spawn().await;
+    let huge_id = "x".repeat(200 * 1024);
+    let requests = [
+        TestRequest::new(&huge_id).without("sign"),
+        TestRequest::new(&huge_id).set("sign", "YWJj"),
+        TestRequest::new(&huge_id).set("app_id", "2099000000000000"),
+        TestRequest::new("t_refused").without("sign_type"),
+    ];
+    for (n, request) in requests.iter().cycle().take(20).enumerate() {
+        let mut request = request.clone();
+        if n % 4 != 3 {
+            request.sign_override = Some(String::new());
+        }
+        let answer = harness.send(&request).await;
+        assert_ne!(answer.code().0, "10000");
+    }
+    let stats = harness.get("/stats").await.bytes().await.unwrap();
+    assert!(stats.len() < 4096, "/stats grew to {} bytes", stats.len());
+    let stats: Value = serde_json::from_slice(&stats).unwrap();
+    assert_eq!(stats["requests"], 20);
+    assert_eq!(stats["transactions"], json!({}));
+    // A signed call still counts per id, failures included.
+    harness
+        .send(&with_field("t_counted", "relation_phone", json!("1")))
+        .await;
+    assert_eq!(harness.sandbox.calls_for("t_counted"), 1);
+}
+
+#[tokio::test]
+async fn a_connection_without_a_complete_request_header_is_dropped() {
+    let harness =
+        spawn_with(|config| config.header_read_timeout = Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect(harness.sandbox.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: sandbox\r\n")
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut buffer))
+        .await
+        .expect("the sandbox dropped the connection in time");
+    // Closed (0 bytes) or answered with a 408 before closing: never left open.
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(n) => {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+    // A complete request on a fresh connection is still served.
+    assert_eq!(harness.get("/healthz").await.status(), 200);
 }

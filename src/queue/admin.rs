@@ -56,13 +56,29 @@ impl QueueDepths {
     }
 }
 
-/// Counts ready messages with passive declares on a fresh connection.
+/// Counts ready messages with passive declares on a fresh connection. When
+/// the main queue does not exist, nothing has declared the topology yet and
+/// the other queues are not probed (each miss closes a channel, which the
+/// client library logs as an error).
 pub async fn queue_depths(settings: &Settings) -> Result<QueueDepths, QueueError> {
     let topology = Topology::from_settings(settings)?;
     let connection = super::connect(&settings.amqp, "status").await?;
     let mut prober = DepthProber::open(&connection).await?;
     let names = &topology.names;
     let main = prober.depth(&names.queue).await?;
+    let unprobed = |name: String| QueueDepth { name, ready: None };
+    if main.ready.is_none() {
+        let _ = connection.close(200, "status done".into()).await;
+        return Ok(QueueDepths {
+            main,
+            delays: topology
+                .delays
+                .iter()
+                .map(|delay| (*delay, unprobed(names.delay_queue(*delay))))
+                .collect(),
+            dead: unprobed(names.dead_queue.clone()),
+        });
+    }
     let mut delays = Vec::with_capacity(topology.delays.len());
     for delay in &topology.delays {
         delays.push((*delay, prober.depth(&names.delay_queue(*delay)).await?));
@@ -116,7 +132,8 @@ fn is_not_found(error: &lapin::Error) -> bool {
 }
 
 /// The `status` table: job counts (every status, zeros included), then queue
-/// depths, numbers right-aligned. A missing queue shows `-`.
+/// depths, numbers right-aligned. A missing queue shows `-`; a missing main
+/// queue adds a line saying how to create the topology.
 pub fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> String {
     let mut rows: Vec<(String, String, String)> =
         vec![("JOBS".into(), String::new(), "COUNT".into())];
@@ -143,7 +160,15 @@ pub fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> Strin
         rows.push(depth_row(&format!("  {}ms", delay.as_millis()), depth));
     }
     rows.push(depth_row("dead", &depths.dead));
-    align(&rows)
+    let mut out = align(&rows);
+    if depths.main.ready.is_none() {
+        let _ = writeln!(
+            out,
+            "\nqueue {} does not exist yet: run `zhima-worker run` or `enqueue` once",
+            depths.main.name
+        );
+    }
+    out
 }
 
 fn depth_row(label: &str, depth: &QueueDepth) -> (String, String, String) {
@@ -490,5 +515,23 @@ mod tests {
             .map(|l| l.chars().count())
             .collect();
         assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
+        assert!(!table.contains("does not exist yet"), "{table}");
+    }
+
+    #[test]
+    fn status_before_the_topology_exists_says_how_to_create_it() {
+        let counts: Vec<(JobStatus, i64)> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let depths = QueueDepths {
+            main: depth("zhima.relation.verify", None),
+            delays: vec![(Duration::from_secs(1), depth("q.delay.1000", None))],
+            dead: depth("q.dead", None),
+        };
+        let table = render_status(&counts, &depths);
+        assert!(
+            table.contains(
+                "queue zhima.relation.verify does not exist yet: run `zhima-worker run` or `enqueue` once"
+            ),
+            "{table}"
+        );
     }
 }

@@ -35,6 +35,13 @@ pub const ERROR_HEADER: &str = "x-zhima-error";
 pub enum QueueError {
     #[error("could not connect to the broker at amqp.url")]
     Connect(#[source] lapin::Error),
+    /// The broker answered but will not have us: retrying cannot help.
+    #[error("the broker refused the connection: {reason}")]
+    Refused {
+        reason: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
     #[error("broker operation {operation} failed")]
     Broker {
         operation: &'static str,
@@ -52,6 +59,35 @@ pub enum QueueError {
 impl QueueError {
     pub(crate) fn broker(operation: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| Self::Broker { operation, source }
+    }
+
+    /// Our credentials or vhost are wrong: fatal at start-up (a worker that
+    /// has been connected keeps reconnecting, as for any other loss).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+}
+
+/// AMQP reply codes of a broker that will not have us.
+const ACCESS_REFUSED: u16 = 403;
+const NOT_ALLOWED: u16 = 530;
+
+/// Why the broker refused a connection, when it did (as opposed to being
+/// unreachable or failing): wrong user or password, no permission on the
+/// vhost, or a vhost that does not exist.
+fn refusal(error: &lapin::Error) -> Option<&'static str> {
+    let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return None;
+    };
+    match amqp.get_id() {
+        ACCESS_REFUSED => Some(
+            "ACCESS_REFUSED: check the user and password in amqp.url \
+             and the user's permissions on its vhost",
+        ),
+        NOT_ALLOWED => {
+            Some("NOT_ALLOWED: the vhost in amqp.url does not exist or is not open to this user")
+        }
+        _ => None,
     }
 }
 
@@ -94,7 +130,10 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, 
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(settings.url.expose_secret(), properties)
         .await
-        .map_err(QueueError::Connect)
+        .map_err(|source| match refusal(&source) {
+            Some(reason) => QueueError::Refused { reason, source },
+            None => QueueError::Connect(source),
+        })
 }
 
 pub(crate) fn short(name: &str) -> Result<ShortString, QueueError> {

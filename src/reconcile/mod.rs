@@ -23,7 +23,10 @@
 //!
 //! Statement rows billed outside the day are counted separately
 //! (`statement_rows_outside_day`) and not checked: a statement covering
-//! several days is reconciled one day at a time.
+//! several days is reconciled one day at a time. A statement with rows of
+//! which none (or under 1 %) fall in the day is the wrong statement for it
+//! (or the wrong `--date`): that is an error naming the statement's days,
+//! never a clean report.
 //!
 //! This module decides categories; it runs no SQL of its own (that is
 //! `store`) and speaks AMQP only through `crate::queue` for `--repair`.
@@ -35,7 +38,7 @@ pub mod repair;
 pub mod report;
 pub mod statement;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, TimeDelta, Utc};
@@ -75,6 +78,16 @@ pub enum ReconcileError {
     BadColumns(String),
     #[error("reconcile.utc_offset_hours {0} is not a valid offset")]
     BadOffset(i8),
+    #[error(
+        "the statement bills {statement_days}, but the day checked is {checked} \
+         ({in_day} of its {rows} rows in it): pass --date with the statement's day"
+    )]
+    WrongDay {
+        checked: String,
+        statement_days: String,
+        in_day: u64,
+        rows: u64,
+    },
     #[error("could not write the report's temporary files")]
     Spill(#[source] std::io::Error),
     #[error("could not write the output")]
@@ -208,13 +221,22 @@ pub async fn reconcile(
     let mut index = load_index(store, start, end).await?;
     let mut pass = Pass::new(store, options)?;
     pass.findings.summary.stored_rows = u64::try_from(index.rows()).unwrap_or(u64::MAX);
+    let mut other_days = StatementDays::default();
     while let Some(row) = statement.next_row()? {
+        if !options.day.contains(row.billed_at) {
+            other_days.add(
+                row.billed_at
+                    .with_timezone(&options.day.offset)
+                    .date_naive(),
+            );
+        }
         pass.check(&mut index, row).await?;
         if pass.findings.summary.statement_rows % PROGRESS_EVERY == 0 {
             progress(statement.bytes_read(), statement.total_bytes());
         }
     }
     progress(statement.total_bytes(), statement.total_bytes());
+    check_day_covered(&options.day, &pass.findings.summary, &other_days)?;
     pass.settle().await?;
     if index.unseen() > 0 {
         pass.report_unbilled(&index, start, end).await?;
@@ -225,6 +247,79 @@ pub async fn reconcile(
         encoding: statement.encoding(),
         findings: pass.findings,
         repairable: pass.repairable,
+    })
+}
+
+/// Under this share of its rows in the day (1 %), a statement is taken as
+/// another day's.
+const MIN_IN_DAY_PERCENT: u64 = 1;
+/// Days listed one by one in the wrong-day error; more are shown as a range.
+const DAYS_LISTED: usize = 8;
+
+/// The local days of the statement rows outside the day checked: a count per
+/// day for the first few days, then only the range (bounded memory).
+#[derive(Debug, Default)]
+struct StatementDays {
+    counts: BTreeMap<NaiveDate, u64>,
+    first: Option<NaiveDate>,
+    last: Option<NaiveDate>,
+    is_truncated: bool,
+}
+
+impl StatementDays {
+    fn add(&mut self, date: NaiveDate) {
+        self.first = Some(self.first.map_or(date, |first| first.min(date)));
+        self.last = Some(self.last.map_or(date, |last| last.max(date)));
+        if let Some(count) = self.counts.get_mut(&date) {
+            *count += 1;
+        } else if self.counts.len() < DAYS_LISTED {
+            self.counts.insert(date, 1);
+        } else {
+            self.is_truncated = true;
+        }
+    }
+}
+
+/// Refuses a statement that does not cover the day: without this, the wrong
+/// `--date` (or the default, yesterday, run on today's statement) would
+/// report every row "outside the day" and exit 0, a false all-clear. An
+/// empty statement (a day without billed queries) is not refused.
+fn check_day_covered(
+    day: &Day,
+    summary: &Summary,
+    other_days: &StatementDays,
+) -> Result<(), ReconcileError> {
+    let rows = summary.statement_rows;
+    let in_day = rows.saturating_sub(summary.statement_rows_outside_day);
+    if rows == 0 || in_day.saturating_mul(100) >= rows.saturating_mul(MIN_IN_DAY_PERCENT) {
+        return Ok(());
+    }
+    let plural = |n: u64| if n == 1 { "row" } else { "rows" };
+    let mut listed: Vec<String> = other_days
+        .counts
+        .iter()
+        .map(|(date, count)| format!("{date} ({count} {})", plural(*count)))
+        .collect();
+    if other_days.is_truncated
+        && let (Some(first), Some(last)) = (other_days.first, other_days.last)
+    {
+        listed.push(format!("and other days between {first} and {last}"));
+    }
+    let header = day.header();
+    let sign = if header.utc_offset_hours < 0 {
+        '-'
+    } else {
+        '+'
+    };
+    Err(ReconcileError::WrongDay {
+        checked: format!(
+            "{} (UTC{sign}{:02}:00)",
+            header.date,
+            header.utc_offset_hours.unsigned_abs()
+        ),
+        statement_days: listed.join(", "),
+        in_day,
+        rows,
     })
 }
 
@@ -471,6 +566,37 @@ mod tests {
         assert!(!day.contains(day.end()));
         assert!(Day::parse("2024-02-30", 8).is_err());
         assert!(Day::parse("yesterday", 8).is_err());
+    }
+
+    #[test]
+    fn a_statement_mostly_of_other_days_is_refused_naming_them() {
+        let day = Day::parse("2024-05-21", 8).unwrap();
+        let mut days = StatementDays::default();
+        let next = NaiveDate::from_ymd_opt(2024, 5, 22).unwrap();
+        for _ in 0..199 {
+            days.add(next);
+        }
+        let summary = |rows, outside| Summary {
+            statement_rows: rows,
+            statement_rows_outside_day: outside,
+            ..Summary::default()
+        };
+        let error = check_day_covered(&day, &summary(200, 199), &days).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("2024-05-22 (199 rows)"), "{text}");
+        assert!(text.contains("2024-05-21 (UTC+08:00)"), "{text}");
+        assert!(text.contains("1 of its 200 rows"), "{text}");
+        assert!(check_day_covered(&day, &summary(100, 99), &days).is_ok());
+        assert!(check_day_covered(&day, &summary(0, 0), &days).is_ok());
+
+        let mut many = StatementDays::default();
+        for offset in 0..30 {
+            many.add(next + TimeDelta::days(offset));
+        }
+        let text = check_day_covered(&day, &summary(30, 30), &many)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("between 2024-05-22 and 2024-06-20"), "{text}");
     }
 
     #[test]

@@ -11,9 +11,12 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use super::export::spreadsheet_safe;
 
 /// A kind of discrepancy; each has its own array in the JSON report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,20 +119,26 @@ pub struct Findings {
 }
 
 impl Findings {
+    /// The directory is created 0700 and its files 0600 (whatever the
+    /// umask): the entries name our customers' transactions.
     pub fn create() -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "zhima-reconcile-{}-{:016x}",
             std::process::id(),
             rand::random::<u64>()
         ));
-        fs::create_dir(&dir)?;
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let mut findings = Self {
             dir,
             writers: Vec::with_capacity(Category::ALL.len()),
             summary: Summary::default(),
         };
         for category in Category::ALL {
-            let file = File::create(findings.path_of(category))?;
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(findings.path_of(category))?;
             findings.writers.push(BufWriter::new(file));
         }
         Ok(findings)
@@ -187,7 +196,8 @@ impl Findings {
     }
 
     /// The CSV report: `category,biz_no,transaction_id,detail`, grouped by
-    /// category.
+    /// category; cells that would start a spreadsheet formula get a leading
+    /// `'` (see `export`).
     pub fn write_csv(&self, out: &mut dyn Write) -> io::Result<()> {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(["category", "biz_no", "transaction_id", "detail"])?;
@@ -196,9 +206,9 @@ impl Findings {
                 let entry = entry?;
                 writer.write_record([
                     category.as_str(),
-                    &entry.biz_no,
-                    &entry.transaction_id,
-                    &entry.detail,
+                    &spreadsheet_safe(&entry.biz_no),
+                    &spreadsheet_safe(&entry.transaction_id),
+                    &spreadsheet_safe(&entry.detail),
                 ])?;
             }
         }
@@ -336,6 +346,36 @@ mod tests {
         let dir = findings.dir.clone();
         drop(findings);
         assert!(!dir.exists(), "spill files are removed");
+    }
+
+    #[test]
+    fn the_spill_directory_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let findings = Findings::create().unwrap();
+        let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&findings.dir), 0o700, "the work directory");
+        for category in Category::ALL {
+            assert_eq!(mode(&findings.path_of(category)), 0o600, "{category:?}");
+        }
+    }
+
+    #[test]
+    fn report_csv_cells_cannot_start_a_spreadsheet_formula() {
+        let mut findings = Findings::create().unwrap();
+        let hostile = Entry {
+            biz_no: "=cmd|' /C calc'!A0".into(),
+            transaction_id: "t1".into(),
+            detail: "plain".into(),
+        };
+        findings.add(Category::BilledNotStored, &hostile).unwrap();
+        findings.flush().unwrap();
+        let mut csv = Vec::new();
+        findings.write_csv(&mut csv).unwrap();
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(
+            csv.contains("billed_not_stored,'=cmd|' /C calc'!A0,t1,plain"),
+            "{csv}"
+        );
     }
 
     #[test]

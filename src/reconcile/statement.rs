@@ -12,18 +12,34 @@
 //!
 //! The CSV is split on bytes and only the needed cells are decoded: GBK's
 //! multi-byte sequences never contain `,`, `"`, `#` or line ends, so this is
-//! safe for both encodings. This module reads the file; it knows nothing of
-//! the database.
+//! safe for both encodings (a UTF-8 statement is still checked whole, line by
+//! line, so one stray byte is reported at its line). This module reads the
+//! file; it knows nothing of the database.
+//!
+//! Bounds: a record (a line, or a quoted cell spanning lines) over
+//! [`MAX_RECORD_BYTES`] is an error naming its line, found without reading
+//! more than that of it, and each of the three cells read is at most
+//! [`MAX_CELL_BYTES`].
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use super::ReconcileError;
+
+/// The longest record (header included) read: real statement lines are a
+/// few hundred bytes.
+pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// The longest biz_no, transaction_id or time cell.
+pub const MAX_CELL_BYTES: usize = 1024;
+/// The CSV reader's buffer.
+const READ_BUFFER: usize = 1 << 16;
 
 /// `--encoding`: `auto` reads the file once to check that it is valid UTF-8
 /// (then UTF-8, BOM stripped) and otherwise takes it as GBK.
@@ -118,9 +134,59 @@ pub struct StatementRow {
     pub billed_at: DateTime<Utc>,
 }
 
+/// The file as the CSV reader sees it: reading stops with [`RecordTooLong`]
+/// once the record being read reaches `MAX_RECORD_BYTES`.
+///
+/// The CSV reader asks for more bytes only when it has consumed every byte
+/// it was given, so when the reads reach `limit` (the current record's start
+/// plus the maximum, moved forward after each record), the current record
+/// holds all of them.
+struct CappedFile {
+    file: File,
+    /// Bytes handed to the CSV reader so far.
+    handed: u64,
+    /// Line ends among them, to name the line where the limit is reached.
+    line_ends: u64,
+    /// Where reading stops; set by [`Statement`] after each record.
+    limit: Arc<AtomicU64>,
+}
+
+/// The io error a [`CappedFile`] returns at its limit; carries the line.
+#[derive(Debug, thiserror::Error)]
+#[error("a record longer than {} KiB at line {line}", MAX_RECORD_BYTES / 1024)]
+struct RecordTooLong {
+    line: u64,
+}
+
+impl Read for CappedFile {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let room = self
+            .limit
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.handed);
+        if room == 0 {
+            return Err(std::io::Error::other(RecordTooLong {
+                line: self.line_ends + 1,
+            }));
+        }
+        let wanted = buffer
+            .len()
+            .min(usize::try_from(room).unwrap_or(usize::MAX));
+        let Some(slice) = buffer.get_mut(..wanted) else {
+            return Ok(0);
+        };
+        let read = self.file.read(slice)?;
+        let got = slice.get(..read).unwrap_or_default();
+        self.line_ends += u64::try_from(got.iter().filter(|b| **b == b'\n').count()).unwrap_or(0);
+        self.handed += u64::try_from(read).unwrap_or(0);
+        Ok(read)
+    }
+}
+
 /// An open statement positioned after its header.
 pub struct Statement {
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<CappedFile>,
+    limit: Arc<AtomicU64>,
     record: csv::ByteRecord,
     encoding: TextEncoding,
     /// Field indices of biz_no, transaction_id and time.
@@ -151,13 +217,22 @@ impl Statement {
         };
         let file = File::open(path).map_err(unreadable)?;
         let total_bytes = file.metadata().map_err(unreadable)?.len();
+        let limit = Arc::new(AtomicU64::new(MAX_RECORD_BYTES));
+        let capped = CappedFile {
+            file,
+            handed: 0,
+            line_ends: 0,
+            limit: Arc::clone(&limit),
+        };
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .comment(Some(b'#'))
-            .from_reader(BufReader::with_capacity(1 << 16, file));
+            .buffer_capacity(READ_BUFFER)
+            .from_reader(capped);
         let mut statement = Self {
             reader,
+            limit,
             record: csv::ByteRecord::new(),
             encoding,
             fields: [0; 3],
@@ -228,9 +303,19 @@ impl Statement {
     }
 
     fn read_record(&mut self) -> Result<bool, ReconcileError> {
-        self.reader
+        let more = self
+            .reader
             .read_byte_record(&mut self.record)
-            .map_err(|e| csv_error(&e))
+            .map_err(|e| csv_error(&e))?;
+        let next_start = self.reader.position().byte();
+        self.limit.store(
+            next_start.saturating_add(MAX_RECORD_BYTES),
+            Ordering::Relaxed,
+        );
+        if more && self.encoding == TextEncoding::Utf8 {
+            check_utf8(&self.record)?;
+        }
+        Ok(more)
     }
 
     /// The next billed row, or `None` at the end of the file.
@@ -294,6 +379,15 @@ fn cell<'r>(
             ),
         )
     })?;
+    if bytes.len() > MAX_CELL_BYTES {
+        return Err(malformed(
+            line,
+            format!(
+                "column `{name}` is {} bytes, over the limit of {MAX_CELL_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
     let text = encoding.decode(bytes).ok_or_else(|| {
         malformed(
             line,
@@ -310,6 +404,32 @@ fn cell<'r>(
     Ok(trimmed)
 }
 
+/// A UTF-8 statement is checked record by record (not only the cells read),
+/// so one stray byte is reported at its line.
+fn check_utf8(record: &csv::ByteRecord) -> Result<(), ReconcileError> {
+    let Err(error) = std::str::from_utf8(record.as_slice()) else {
+        return Ok(());
+    };
+    let line = record.position().map_or(0, csv::Position::line);
+    let bad_at = error.valid_up_to();
+    let mut field_end = 0;
+    let field = record
+        .iter()
+        .position(|cell| {
+            field_end += cell.len();
+            bad_at < field_end
+        })
+        .map_or(0, |at| at + 1);
+    let byte = record.as_slice().get(bad_at).copied().unwrap_or(0);
+    Err(malformed(
+        line,
+        format!(
+            "byte 0x{byte:02X} in field {field} is not valid UTF-8 (the statement is read as \
+             UTF-8; fix the line, or pass --encoding gbk if the file is GBK)"
+        ),
+    ))
+}
+
 fn refill(slot: &mut String, value: &str) {
     slot.clear();
     slot.push_str(value);
@@ -322,9 +442,18 @@ fn malformed(line: u64, reason: String) -> ReconcileError {
 fn csv_error(error: &csv::Error) -> ReconcileError {
     let line = error.position().map_or(0, csv::Position::line);
     match error.kind() {
-        csv::ErrorKind::Io(e) => ReconcileError::MalformedLine {
-            line,
-            reason: format!("read error: {e}"),
+        csv::ErrorKind::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref()) {
+            Some(RecordTooLong { line }) => malformed(
+                *line,
+                format!(
+                    "line (or quoted cell) longer than {} KiB: not a statement row",
+                    MAX_RECORD_BYTES / 1024
+                ),
+            ),
+            None => ReconcileError::MalformedLine {
+                line,
+                reason: format!("read error: {e}"),
+            },
         },
         _ => malformed(line, error.to_string()),
     }
@@ -347,9 +476,15 @@ pub fn parse_time(text: &str, offset: FixedOffset) -> Option<DateTime<Utc>> {
         .map(|utc| utc.and_utc())
 }
 
-/// Valid UTF-8 from end to end (checked in chunks, so a multi-byte sequence
-/// across a chunk boundary is carried over) means UTF-8; anything else GBK.
+/// UTF-8 when the file is valid UTF-8 from end to end, starts with a UTF-8
+/// BOM, or has many valid multi-byte UTF-8 sequences for each invalid one (a
+/// UTF-8 file with a stray byte: its line is then reported by the reader);
+/// anything else GBK (GBK text holds few sequences that happen to be valid
+/// UTF-8, and many that are not). Read in chunks, so a multi-byte sequence
+/// across a chunk boundary is carried over.
 fn detect(path: &Path) -> Result<TextEncoding, ReconcileError> {
+    /// Valid multi-byte sequences needed per invalid one to call it UTF-8.
+    const VALID_PER_INVALID: u64 = 16;
     let unreadable = |source| ReconcileError::ReadStatement {
         path: PathBuf::from(path),
         source,
@@ -357,20 +492,54 @@ fn detect(path: &Path) -> Result<TextEncoding, ReconcileError> {
     let mut file = File::open(path).map_err(unreadable)?;
     let mut buffer = vec![0u8; 1 << 16];
     let mut carried = 0;
+    let (mut valid, mut invalid) = (0u64, 0u64);
+    let mut is_start = true;
     loop {
         let read = file.read(&mut buffer[carried..]).map_err(unreadable)?;
         let filled = carried + read;
-        let chunk = &buffer[..filled];
-        let valid_up_to = match std::str::from_utf8(chunk) {
-            Ok(_) => filled,
-            Err(e) if e.error_len().is_none() && read > 0 => e.valid_up_to(),
-            Err(_) => return Ok(TextEncoding::Gbk),
+        let mut chunk = &buffer[..filled];
+        if is_start && chunk.len() >= 3 {
+            if chunk.starts_with(b"\xEF\xBB\xBF") {
+                return Ok(TextEncoding::Utf8);
+            }
+            is_start = false;
+        }
+        let count_leads =
+            |bytes: &[u8]| u64::try_from(bytes.iter().filter(|b| **b >= 0xC0).count()).unwrap_or(0);
+        let kept = loop {
+            match std::str::from_utf8(chunk) {
+                Ok(text) => {
+                    valid += count_leads(text.as_bytes());
+                    break 0;
+                }
+                Err(e) => {
+                    let (good, rest) = chunk.split_at(e.valid_up_to());
+                    valid += count_leads(good);
+                    match e.error_len() {
+                        Some(bad) => {
+                            invalid += 1;
+                            chunk = rest.get(bad..).unwrap_or_default();
+                        }
+                        // Cut at the chunk's end: carried over to the next read.
+                        None if read > 0 => break rest.len(),
+                        None => {
+                            invalid += 1;
+                            break 0;
+                        }
+                    }
+                }
+            }
         };
         if read == 0 {
-            return Ok(TextEncoding::Utf8);
+            let is_utf8 = invalid == 0 || valid >= invalid.saturating_mul(VALID_PER_INVALID);
+            return Ok(if is_utf8 {
+                TextEncoding::Utf8
+            } else {
+                TextEncoding::Gbk
+            });
         }
-        buffer.copy_within(valid_up_to..filled, 0);
-        carried = filled - valid_up_to;
+        buffer.copy_within(filled - kept..filled, 0);
+        carried = kept;
     }
 }
 
@@ -500,6 +669,101 @@ mod tests {
         assert!("biz_no=".parse::<ColumnMap>().is_err());
         let map: ColumnMap = "time=t".parse().unwrap();
         assert_eq!((map.biz_no.as_str(), map.time.as_str()), ("biz_no", "t"));
+    }
+
+    #[test]
+    fn a_giant_cell_is_an_error_naming_its_line() {
+        let mut bytes =
+            b"biz_no,transaction_id,app_id,billed_at\nZM1,t1,a,2024-05-21 00:30:00\nZM2,t2,"
+                .to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 300 * 1024));
+        bytes.extend_from_slice(b",2024-05-21 00:30:00\nZM3,t3,a,2024-05-21 00:30:00\n");
+        let file = write(&bytes);
+        let mut statement = Statement::open(
+            file.path(),
+            EncodingChoice::Utf8,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .unwrap();
+        assert!(statement.next_row().unwrap().is_some());
+        let error = statement.next_row().unwrap_err();
+        assert!(
+            matches!(error, ReconcileError::MalformedLine { line: 3, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("KiB"), "{error}");
+    }
+
+    #[test]
+    fn a_giant_quoted_cell_over_many_lines_and_a_giant_header_are_errors_too() {
+        let mut bytes = b"biz_no,transaction_id,app_id,billed_at\nZM2,t2,\"".to_vec();
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(b"ab\n");
+        }
+        bytes.extend_from_slice(b"\",2024-05-21 00:30:00\n");
+        let file = write(&bytes);
+        let mut statement = Statement::open(
+            file.path(),
+            EncodingChoice::Utf8,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .unwrap();
+        let error = statement.next_row().unwrap_err();
+        assert!(
+            matches!(error, ReconcileError::MalformedLine { .. }),
+            "{error}"
+        );
+
+        let header = write(&vec![b'h'; 1 << 20]);
+        let error = Statement::open(
+            header.path(),
+            EncodingChoice::Utf8,
+            &ColumnMap::default(),
+            utc8(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("line 1"), "{error}");
+    }
+
+    #[test]
+    fn one_stray_invalid_byte_in_a_utf8_statement_is_reported_at_its_line() {
+        let mut bytes = "业务流水号,商户订单号,备注,计费时间\n\
+                         ZM1,t1,联系人验证,2024-05-21 08:00:00\n\
+                         ZM2,t2,联系人验证,2024-05-21 08:00:00\n"
+            .as_bytes()
+            .to_vec();
+        bytes.extend_from_slice(b"ZM3,t3,\xFF,2024-05-21 08:00:00\n");
+        bytes.extend_from_slice("ZM4,t4,联系人验证,2024-05-21 08:00:00\n".as_bytes());
+        let file = write(&bytes);
+        let columns: ColumnMap = "biz_no=业务流水号,transaction_id=商户订单号,time=计费时间"
+            .parse()
+            .unwrap();
+        let mut statement =
+            Statement::open(file.path(), EncodingChoice::Auto, &columns, utc8()).unwrap();
+        assert_eq!(statement.encoding(), TextEncoding::Utf8);
+        assert!(statement.next_row().unwrap().is_some());
+        assert!(statement.next_row().unwrap().is_some());
+        let error = statement.next_row().unwrap_err();
+        assert!(
+            matches!(error, ReconcileError::MalformedLine { line: 4, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn a_gbk_statement_is_still_taken_as_gbk() {
+        let mut text = String::from("业务流水号,商户订单号,备注,计费时间\n");
+        for n in 0..50 {
+            text.push_str(&format!(
+                "ZM{n},t{n},联系人验证张三李四,2024-05-21 08:00:00\n"
+            ));
+        }
+        let file = write(&encoding_rs::GBK.encode(&text).0);
+        assert_eq!(detect(file.path()).unwrap(), TextEncoding::Gbk);
     }
 
     #[test]

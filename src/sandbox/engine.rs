@@ -19,7 +19,7 @@ use super::gateway::{self, Call, Query, Reply};
 use super::ledger::{self, BillRow, Ledger, Recorded, SlidingWindow, Stats};
 use super::params::RequestParams;
 use super::reply::render;
-use super::{SandboxApp, SandboxConfig};
+use super::{AppAuthToken, SandboxApp, SandboxConfig};
 use crate::upstream::signing::{Charset, PrivateKey};
 
 /// What the HTTP layer sends back.
@@ -92,6 +92,7 @@ impl Decision {
 
 pub struct Engine {
     apps: Vec<SandboxApp>,
+    tokens: Vec<AppAuthToken>,
     private_key: PrivateKey,
     product_code: String,
     validity: Duration,
@@ -130,6 +131,7 @@ impl Engine {
         };
         Self {
             apps: config.apps,
+            tokens: config.app_auth_tokens,
             private_key: config.private_key,
             product_code: config.product_code,
             validity: config.validity,
@@ -149,16 +151,19 @@ impl Engine {
     pub async fn handle(&self, query: &[u8], body: &[u8]) -> HttpAnswer {
         let _in_flight = InFlight::enter(self);
         let params = RequestParams::parse(query, body);
-        let plan = self.admit_request(&params);
-        let answer = self.answer(&params, &plan);
+        let checked = gateway::check_request(&params, &self.apps, &self.tokens);
+        let plan = self.admit_request(checked.as_ref().ok());
+        let answer = self.answer(checked, &plan);
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
         }
         answer
     }
 
-    fn admit_request(&self, params: &RequestParams) -> FaultPlan {
-        let transaction_id = gateway::peek_transaction_id(params);
+    /// Counts the request (and, for a call that passed the gateway's checks,
+    /// its transaction_id) and draws its fate.
+    fn admit_request(&self, call: Option<&Call>) -> FaultPlan {
+        let transaction_id = call.and_then(gateway::peek_transaction_id);
         let mut state = self.lock();
         state.ledger.count_request(Instant::now(), transaction_id);
         let faults = state.faults.clone();
@@ -173,11 +178,11 @@ impl Engine {
         plan
     }
 
-    fn answer(&self, params: &RequestParams, plan: &FaultPlan) -> HttpAnswer {
+    fn answer(&self, checked: Result<Call, Box<Reply>>, plan: &FaultPlan) -> HttpAnswer {
         if let Some(status) = plan.http_5xx_before {
             return self.outage(status);
         }
-        let decision = self.decide(params, plan, Instant::now(), Utc::now());
+        let decision = self.decide(checked, plan, Instant::now(), Utc::now());
         let tamper = plan
             .broken_sign
             .filter(|_| decision.reply.sign_type.is_some());
@@ -208,12 +213,12 @@ impl Engine {
 
     fn decide(
         &self,
-        params: &RequestParams,
+        checked: Result<Call, Box<Reply>>,
         plan: &FaultPlan,
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Decision {
-        let call = match gateway::check_request(params, &self.apps) {
+        let call = match checked {
             Ok(call) => call,
             Err(reply) => return Decision::unbilled(*reply),
         };
@@ -281,6 +286,18 @@ impl Engine {
 
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
+    }
+
+    /// Applies `change` to the current faults under the lock (so two
+    /// concurrent changes both take effect) and keeps the result if it is Ok.
+    pub fn update_faults<E>(
+        &self,
+        change: impl FnOnce(&Faults) -> Result<Faults, E>,
+    ) -> Result<Faults, E> {
+        let mut state = self.lock();
+        let faults = change(&state.faults)?;
+        state.faults = faults.clone();
+        Ok(faults)
     }
 
     pub fn respond_next(&self, count: usize, reply: SandboxReply) {

@@ -8,9 +8,9 @@
 use chrono::{NaiveDateTime, Timelike};
 use serde_json::{Map, Value};
 
-use super::SandboxApp;
 use super::codes::{BusinessError, GatewayError, Node};
 use super::params::{RequestCharset, RequestParams};
+use super::{AppAuthToken, SandboxApp};
 use crate::job::{self, TransactionId};
 use crate::upstream::signing::{Charset, SignType, string_to_sign};
 
@@ -75,7 +75,11 @@ pub struct ContactFields {
 }
 
 /// Runs the gateway's checks up to and including `biz_content` parsing.
-pub fn check_request(params: &RequestParams, apps: &[SandboxApp]) -> Result<Call, Box<Reply>> {
+pub fn check_request(
+    params: &RequestParams,
+    apps: &[SandboxApp],
+    tokens: &[AppAuthToken],
+) -> Result<Call, Box<Reply>> {
     let charset = params.charset.effective();
     let app = identify_app(params, apps).map_err(|(node_name, error)| {
         Box::new(Reply {
@@ -99,7 +103,7 @@ pub fn check_request(params: &RequestParams, apps: &[SandboxApp]) -> Result<Call
     };
     let sign_type = check_system_params(params).map_err(signed)?;
     check_signature(params, app, sign_type, charset).map_err(signed)?;
-    let biz = check_extras(params).map_err(signed)?;
+    let biz = check_extras(params, app, tokens).map_err(signed)?;
     Ok(Call {
         app_id: app.app_id.clone(),
         has_contract: app.has_contract,
@@ -191,10 +195,19 @@ fn check_signature(
         .map_err(|_| GatewayError::InvalidSignature { verified })
 }
 
-/// app_auth_token (the sandbox knows none, so any is invalid), then biz_content.
-fn check_extras(params: &RequestParams) -> Result<Option<Map<String, Value>>, GatewayError> {
-    if params.get("app_auth_token").is_some() {
-        return Err(GatewayError::InvalidAppAuthToken);
+/// app_auth_token (valid only when registered for this app), then biz_content.
+fn check_extras(
+    params: &RequestParams,
+    app: &SandboxApp,
+    tokens: &[AppAuthToken],
+) -> Result<Option<Map<String, Value>>, GatewayError> {
+    if let Some(token) = params.get("app_auth_token") {
+        let is_granted = tokens
+            .iter()
+            .any(|granted| granted.app_id == app.app_id && granted.token == token);
+        if !is_granted {
+            return Err(GatewayError::InvalidAppAuthToken);
+        }
     }
     let Some(biz_content) = params.get("biz_content") else {
         return Ok(None);
@@ -300,11 +313,14 @@ fn canonical(biz: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-/// The transaction_id a request names, if any, for per-id call counts; read
-/// before any check so that rejected and failed calls are counted too.
-pub fn peek_transaction_id(params: &RequestParams) -> Option<String> {
-    let biz: Value = serde_json::from_str(params.get("biz_content")?).ok()?;
-    Some(biz.get("transaction_id")?.as_str()?.to_owned())
+/// The transaction_id a signed call names, for per-id call counts: read
+/// before the business checks so that failed calls are counted too, but only
+/// from calls that passed the gateway's checks (signature included) and only
+/// when it is a valid id, so that hostile requests cannot grow the counts.
+pub fn peek_transaction_id(call: &Call) -> Option<String> {
+    let id = call.biz.as_ref()?.get("transaction_id")?.as_str()?;
+    id.parse::<TransactionId>().ok()?;
+    Some(id.to_owned())
 }
 
 #[cfg(test)]
@@ -377,7 +393,7 @@ mod tests {
                 }
             }
             let params = RequestParams::parse(query.as_bytes(), b"");
-            if let Ok(call) = check_request(&params, &apps) {
+            if let Ok(call) = check_request(&params, &apps, &[]) {
                 let _ = check_business(&call, "w1010100001000001200");
             }
         }

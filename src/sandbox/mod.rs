@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 
 pub use faults::{Faults, FaultsError, SandboxReply, SystemErrorStyle};
 pub use ledger::{BillRow, Stats, TransactionStats};
+pub use server::MergeFaultsError;
 
 use crate::upstream::signing::{KeyError, PrivateKey, PublicKey};
 use engine::Engine;
@@ -64,6 +65,30 @@ pub struct SandboxConfig {
     pub faults: Faults,
     /// Makes fault decisions reproducible.
     pub seed: Option<u64>,
+    /// ISV tokens the gateway accepts in `app_auth_token`; any other token is
+    /// 20001 `aop.invalid-app-auth-token`.
+    pub app_auth_tokens: Vec<AppAuthToken>,
+    /// A connection that sends no complete request header within this is
+    /// dropped ([`crate::health::HEADER_READ_TIMEOUT`], 10 s, unless a test
+    /// needs a shorter one).
+    pub header_read_timeout: Duration,
+}
+
+/// An `app_auth_token` the gateway accepts when `app_id` presents it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppAuthToken {
+    pub app_id: String,
+    pub token: String,
+}
+
+/// The token itself is a credential: never printed.
+impl std::fmt::Debug for AppAuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppAuthToken")
+            .field("app_id", &self.app_id)
+            .field("token", &"[redacted]")
+            .finish()
+    }
 }
 
 /// An app the gateway knows, with the key that verifies its requests.
@@ -93,6 +118,8 @@ impl SandboxConfig {
             validity: DEFAULT_VALIDITY,
             faults: Faults::default(),
             seed: None,
+            app_auth_tokens: Vec::new(),
+            header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
         })
     }
 }
@@ -137,7 +164,7 @@ pub struct RunningSandbox {
     pub addr: SocketAddr,
     engine: Arc<Engine>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    task: Option<JoinHandle<()>>,
 }
 
 /// Binds (port 0 allowed) and serves on the current tokio runtime.
@@ -153,16 +180,18 @@ pub async fn start(config: SandboxConfig) -> Result<RunningSandbox, SandboxError
         addr: config.listen,
         source,
     })?;
+    let header_read_timeout = config.header_read_timeout;
     let engine = Arc::new(Engine::new(config));
     let (stop, stopped) = oneshot::channel::<()>();
     let app = server::router(Arc::clone(&engine));
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(crate::health::serve_http(
+        listener,
+        app,
+        header_read_timeout,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     Ok(RunningSandbox {
         addr,
         engine,
@@ -277,6 +306,18 @@ fn parse_app_flag(value: &str) -> Result<AppFlag, String> {
     }
 }
 
+fn parse_token_flag(value: &str) -> Result<AppAuthToken, String> {
+    match value.split_once('=') {
+        Some((app_id, token)) if !app_id.trim().is_empty() && !token.trim().is_empty() => {
+            Ok(AppAuthToken {
+                app_id: app_id.trim().to_owned(),
+                token: token.trim().to_owned(),
+            })
+        }
+        _ => Err("expects APP_ID=TOKEN".to_owned()),
+    }
+}
+
 fn parse_rate(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
@@ -305,6 +346,10 @@ pub struct SandboxArgs {
     /// A known app without a product contract (repeatable): NO_VALID_ARRANGEMENT.
     #[arg(long = "app-without-contract", value_name = "APP_ID=PUBLIC_KEY_FILE", value_parser = parse_app_flag)]
     pub apps_without_contract: Vec<AppFlag>,
+    /// An ISV token the gateway accepts from APP_ID in `app_auth_token`
+    /// (repeatable); any other token is answered 20001.
+    #[arg(long = "app-auth-token", value_name = "APP_ID=TOKEN", value_parser = parse_token_flag)]
+    pub app_auth_tokens: Vec<AppAuthToken>,
     /// The sandbox's own private key, which signs its answers.
     #[arg(long, value_name = "FILE", default_value = TEST_SANDBOX_PRIVATE_KEY)]
     pub private_key: PathBuf,
@@ -370,6 +415,8 @@ impl SandboxArgs {
             validity: self.validity,
             faults: self.faults(),
             seed: self.seed,
+            app_auth_tokens: self.app_auth_tokens.clone(),
+            header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
         })
     }
 

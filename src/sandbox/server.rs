@@ -125,21 +125,37 @@ async fn get_faults(State(engine): State<Arc<Engine>>) -> Response {
     axum::Json(engine.faults()).into_response()
 }
 
-/// Replaces the fault settings whole; fields left out are zero.
-async fn put_faults(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
-    let faults: Faults = match serde_json::from_slice(&body) {
-        Ok(faults) => faults,
-        Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid faults JSON: {error}\n"),
-            )
-                .into_response();
-        }
+/// Why a `PUT /admin/faults` body was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeFaultsError {
+    #[error("invalid faults JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the faults must be a JSON object of fields to change")]
+    NotAnObject,
+    #[error(transparent)]
+    Invalid(#[from] super::faults::FaultsError),
+}
+
+/// `current` with the fields of `changes` (a JSON object) replaced; unknown
+/// fields and out-of-range rates are refused and change nothing.
+pub fn merge_faults(current: &Faults, changes: &[u8]) -> Result<Faults, MergeFaultsError> {
+    let serde_json::Value::Object(changes) = serde_json::from_slice(changes)? else {
+        return Err(MergeFaultsError::NotAnObject);
     };
-    if let Err(error) = faults.validate() {
-        return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+    let serde_json::Value::Object(mut merged) = serde_json::to_value(current)? else {
+        return Err(MergeFaultsError::NotAnObject);
+    };
+    merged.extend(changes);
+    let faults: Faults = serde_json::from_value(serde_json::Value::Object(merged))?;
+    faults.validate()?;
+    Ok(faults)
+}
+
+/// Merges the given fields into the current fault settings (the others keep
+/// their values) and answers the result.
+async fn put_faults(State(engine): State<Arc<Engine>>, body: Bytes) -> Response {
+    match engine.update_faults(|current| merge_faults(current, &body)) {
+        Ok(faults) => axum::Json(faults).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
     }
-    engine.set_faults(faults.clone());
-    axum::Json(faults).into_response()
 }
