@@ -441,7 +441,7 @@ async fn reconcile_of_a_day_the_statement_does_not_cover_exits_1_naming_both_day
 
     // One row in the day among 200 is still the wrong statement (< 1 %).
     let mut mostly_other = statement_for("2024-05-22", 200);
-    mostly_other.push_str(&statement_for("2024-05-21", 1).lines().nth(1).unwrap());
+    mostly_other.push_str(statement_for("2024-05-21", 1).lines().nth(1).unwrap());
     mostly_other.push('\n');
     std::fs::write(&bill, mostly_other).unwrap();
     let few = zhima(

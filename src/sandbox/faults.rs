@@ -25,7 +25,8 @@ pub enum SystemErrorStyle {
 }
 
 /// Fault settings; rates are probabilities per request in `0.0..=1.0`. The
-/// admin endpoint reads and replaces them whole (missing fields are zero).
+/// admin endpoint reads them whole and merges the fields a `PUT` gives into
+/// the current ones; fields missing from a whole settings object are zero.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
