@@ -324,7 +324,8 @@ impl Processor {
     /// unreachable (up to `STORE_RETRY_BUDGET`, or until shutdown), so an
     /// outage holds deliveries instead of spinning them through the broker.
     /// `Err` carries the disposition to use instead: hand back when the
-    /// database stays down, dead-letter when the store refuses the data.
+    /// database stays down, dead-letter (with the database's own reason) when
+    /// it refuses the data, which no retry would change.
     async fn persist<T, F, Fut>(
         &self,
         what: &'static str,
@@ -355,9 +356,11 @@ impl Processor {
                 Err(error) => {
                     tracing::error!(error.message = %error, error.cause_chain = ?error,
                         operation = what, "the store refused the job; dead-lettering it");
-                    return Err(Disposition::DeadLetter {
-                        reason: format!("could not {what}: {error}"),
-                    });
+                    let reason = match error.database_reason() {
+                        Some(said) => format!("could not {what}: {error}: {said}"),
+                        None => format!("could not {what}: {error}"),
+                    };
+                    return Err(Disposition::DeadLetter { reason });
                 }
             }
         }

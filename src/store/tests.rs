@@ -625,3 +625,65 @@ fn statuses_round_trip_through_their_text() {
     assert!(!JobStatus::Retrying.is_final());
     assert!(JobStatus::Failed.is_final());
 }
+
+#[test]
+fn postgres_connection_resource_and_serialization_errors_are_transient() {
+    for code in [
+        "08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03", "57P04", "53000",
+        "53100", "53200", "53300", "53400", "40001", "40P01",
+    ] {
+        assert!(
+            is_transient_postgres_code(code),
+            "{code} should be transient"
+        );
+    }
+}
+
+#[test]
+fn postgres_data_constraint_and_syntax_errors_are_permanent() {
+    // 22021 is the NUL-in-text error; 22021 & 0xff == 5 made it look like
+    // SQLite's BUSY when one rule served both backends.
+    for code in [
+        "22021", "22001", "22P02", "23505", "23502", "23514", "42P01", "42703", "40002", "57014",
+        "XX000", "00005", "00006",
+    ] {
+        assert!(
+            !is_transient_postgres_code(code),
+            "{code} should be permanent"
+        );
+    }
+}
+
+#[test]
+fn sqlite_busy_and_locked_are_transient_and_everything_else_is_permanent() {
+    // Primary codes 5 (BUSY) and 6 (LOCKED) and their extended codes.
+    for code in ["5", "6", "261", "517", "773", "262", "518"] {
+        assert!(is_transient_sqlite_code(code), "{code} should be transient");
+    }
+    // CONSTRAINT (19, 2067 unique), ERROR (1), TOOBIG (18), MISMATCH (20),
+    // and PostgreSQL-looking codes that an old rule read as BUSY.
+    for code in [
+        "1", "18", "19", "20", "2067", "1555", "22021", "53300", "08006",
+    ] {
+        assert!(
+            !is_transient_sqlite_code(code),
+            "{code} should be permanent"
+        );
+    }
+}
+
+async fn a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason(db: &TestDb) {
+    let mut masked = masked();
+    masked.name = "\0*".into();
+    let job = key("nul_name", &masked);
+    match db.store.begin_call(&job, at(0)).await {
+        // SQLite stores the NUL like any other character.
+        Ok(_) => assert!(!db.store.is_shared(), "PostgreSQL must refuse a NUL"),
+        Err(error) => {
+            assert!(!error.is_unavailable(), "{error:?} must not be retried");
+            let reason = error.database_reason().unwrap_or_default();
+            assert!(reason.contains("22021"), "{reason}");
+        }
+    }
+}
+on_both_backends!(a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason);

@@ -472,6 +472,27 @@ async fn worker_reconnects_after_the_broker_drops_its_connection() {
     worker.cleanup().await;
 }
 
+/// PostgreSQL refuses U+0000 in text (SQLSTATE 22021); the job must end in
+/// the dead queue at once, not loop through the broker as "database down".
+#[tokio::test]
+async fn a_nul_in_a_name_is_dead_lettered_promptly_and_run_until_idle_ends() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let mut nul_name = job("nul", 1);
+    nul_name["name"] = "\u{0}张三".into();
+    worker.publish_job(&nul_name).await;
+    worker.publish_job(&job("after_nul", 1)).await;
+    worker.run_until_idle(LIMIT).await;
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 1);
+    assert_eq!(worker.sandbox.calls_for("nul_1"), 0);
+    let statuses = worker.statuses().await;
+    assert_eq!(statuses.get("nul_1").map(String::as_str), Some("failed"));
+    assert_eq!(
+        statuses.get("after_nul_1").map(String::as_str),
+        Some("succeeded")
+    );
+    worker.cleanup().await;
+}
+
 #[tokio::test]
 async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
     let faults = Faults {
