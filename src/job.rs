@@ -183,6 +183,40 @@ impl RelationQuery {
     }
 }
 
+impl RelationQuery {
+    /// The fields that say what this transaction_id asks about, by name, in a
+    /// fixed order, normalized so that spellings the upstream treats alike
+    /// compare equal: surrounding whitespace trimmed, the ID number's check
+    /// character upper-cased, absent optional fields as `""`. The input of the
+    /// job's fingerprint ([`crate::pii::PiiKey::fingerprint`]); never stored
+    /// or logged as such, since it is personal data.
+    pub fn business_fields(&self) -> [(&'static str, String); 8] {
+        let trimmed = |v: &str| v.trim().to_owned();
+        [
+            ("transaction_id", self.transaction_id.as_str().to_owned()),
+            ("product_code", trimmed(&self.product_code)),
+            ("cert_no", self.cert_no.trim().to_ascii_uppercase()),
+            ("name", trimmed(&self.name)),
+            ("relation_phone", trimmed(&self.relation_phone)),
+            ("relation_name", trimmed(&self.relation_name)),
+            (
+                "relation",
+                self.relation
+                    .map(Relation::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            (
+                "linked_merchant_id",
+                self.linked_merchant_id
+                    .as_deref()
+                    .map(trimmed)
+                    .unwrap_or_default(),
+            ),
+        ]
+    }
+}
+
 /// A decoded, validated job. The attempt counter is not here: it lives in the
 /// AMQP headers, owned by the queue layer.
 #[derive(Debug, Clone, PartialEq, Eq)]

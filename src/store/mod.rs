@@ -111,6 +111,15 @@ pub enum StoreError {
     /// claiming one already stored means corrupt data, not a retryable fault.
     #[error("biz_no {biz_no} is already stored for another transaction_id")]
     DuplicateBizNo { biz_no: String },
+    /// The transaction_id is stored for different business fields (another
+    /// contact, ID number or product): the stored job stays as it is and this
+    /// one must not be sent under that id.
+    #[error(
+        "TRANSACTION_ID_CONFLICT: transaction_id {transaction_id} is already stored for \
+         different business fields; the stored job is left as it is: send this contact again \
+         under a new transaction_id"
+    )]
+    TransactionIdConflict { transaction_id: String },
     #[error("stored value in column `{column}` is malformed: {detail}")]
     Malformed {
         column: &'static str,
@@ -225,6 +234,9 @@ pub struct JobKey<'a> {
     pub transaction_id: &'a str,
     pub external_ref: Option<&'a str>,
     pub masked: &'a PiiMasked,
+    /// The keyed hash of the job's business fields
+    /// ([`crate::pii::PiiKey::fingerprint`]), stored when the row is created.
+    pub fingerprint: &'a str,
 }
 
 /// One upstream HTTP call for the ledger that billing is checked against.
@@ -337,6 +349,19 @@ pub struct ExistingJob {
     /// When the first upstream call was made: the upstream honours the same
     /// transaction_id for about 24 h from then.
     pub first_call_at: Option<DateTime<Utc>>,
+    /// The business-field fingerprint stored when the job was first seen;
+    /// None for rows from before fingerprints and for rejected messages.
+    pub fingerprint: Option<String>,
+}
+
+impl ExistingJob {
+    /// True when the row belongs to a job with other business fields than
+    /// `fingerprint`. A row without a fingerprint conflicts with nothing.
+    pub fn conflicts_with(&self, fingerprint: &str) -> bool {
+        self.fingerprint
+            .as_deref()
+            .is_some_and(|f| f != fingerprint)
+    }
 }
 
 /// Handle to the job database; cheap to clone (it wraps a pool).
@@ -430,6 +455,12 @@ impl JobStore {
     /// keep retrying under the same transaction_id. A final row is left
     /// untouched (its first call time, or `now` if it never had one, is
     /// returned): a concurrent replica finished the job meanwhile.
+    ///
+    /// The row's fingerprint and masked fields are written only when absent,
+    /// so a redelivery never rewrites them; a row whose fingerprint differs
+    /// from the job's is left untouched and the call fails with
+    /// [`StoreError::TransactionIdConflict`] (checked in the same statement,
+    /// so two replicas racing with different jobs cannot both begin).
     pub async fn begin_call(
         &self,
         job: &JobKey<'_>,

@@ -93,6 +93,7 @@ pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
 struct ExistingRow {
     status: String,
     attempts: i64,
+    business_fingerprint: Option<String>,
     first_call_at: Option<String>,
 }
 
@@ -101,7 +102,8 @@ pub(super) async fn find(
     transaction_id: &str,
 ) -> Result<Option<ExistingJob>, StoreError> {
     let row: Option<ExistingRow> = sqlx::query_as(
-        "SELECT status, attempts, first_call_at FROM relation_checks WHERE transaction_id = ?1",
+        "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
+         WHERE transaction_id = ?1",
     )
     .bind(transaction_id)
     .fetch_optional(pool)
@@ -115,6 +117,7 @@ pub(super) async fn find(
                 .first_call_at
                 .map(|text| from_text("first_call_at", &text))
                 .transpose()?,
+            fingerprint: row.business_fingerprint,
         })
     })
     .transpose()
@@ -128,17 +131,23 @@ pub(super) async fn begin_call(
     let started: Option<(Option<String>,)> = sqlx::query_as(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
              cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, first_call_at) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+             created_at, updated_at, first_call_at, business_fingerprint) \
+         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
          ON CONFLICT (transaction_id) DO UPDATE SET \
              first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
              external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
-             cert_no_masked = excluded.cert_no_masked, \
-             name_masked = excluded.name_masked, \
-             relation_phone_masked = excluded.relation_phone_masked, \
-             relation_name_masked = excluded.relation_name_masked, \
+             cert_no_masked = COALESCE(relation_checks.cert_no_masked, excluded.cert_no_masked), \
+             name_masked = COALESCE(relation_checks.name_masked, excluded.name_masked), \
+             relation_phone_masked = \
+                 COALESCE(relation_checks.relation_phone_masked, excluded.relation_phone_masked), \
+             relation_name_masked = \
+                 COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
+             business_fingerprint = \
+                 COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
              updated_at = excluded.updated_at \
            WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+             AND (relation_checks.business_fingerprint IS NULL \
+                  OR relation_checks.business_fingerprint = excluded.business_fingerprint) \
          RETURNING first_call_at",
     )
     .bind(job.transaction_id)
@@ -148,6 +157,7 @@ pub(super) async fn begin_call(
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
     .bind(to_text(now))
+    .bind(job.fingerprint)
     .fetch_optional(pool)
     .await
     .map_err(StoreError::query("begin call"))?;
@@ -155,7 +165,15 @@ pub(super) async fn begin_call(
         return from_text("first_call_at", &first_call_at);
     }
     let existing = find(pool, job.transaction_id).await?;
-    Ok(existing.and_then(|job| job.first_call_at).unwrap_or(now))
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.conflicts_with(job.fingerprint))
+    {
+        return Err(StoreError::TransactionIdConflict {
+            transaction_id: job.transaction_id.to_owned(),
+        });
+    }
+    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
 }
 
 /// The transaction writes first (ledger or row insert), so SQLite takes the
@@ -214,8 +232,8 @@ async fn ensure_row(tx: &mut Transaction<'_, Sqlite>, job: &JobKey<'_>) -> Resul
     sqlx::query(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
              cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7) \
+             created_at, updated_at, business_fingerprint) \
+         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
          ON CONFLICT (transaction_id) DO NOTHING",
     )
     .bind(job.transaction_id)
@@ -225,6 +243,7 @@ async fn ensure_row(tx: &mut Transaction<'_, Sqlite>, job: &JobKey<'_>) -> Resul
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
     .bind(now_text())
+    .bind(job.fingerprint)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::query("create job row"))?;

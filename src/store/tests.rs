@@ -176,6 +176,7 @@ fn key<'a>(transaction_id: &'a str, masked: &'a PiiMasked) -> JobKey<'a> {
         transaction_id,
         external_ref: Some("loan-8812/contact-1"),
         masked,
+        fingerprint: "fp_first_contact",
     }
 }
 
@@ -234,7 +235,7 @@ fn failed() -> RowUpdate {
 async fn migrating_twice_is_a_no_op(db: &TestDb) {
     JobStore::migrate(&db.url).await.unwrap();
     JobStore::migrate(&db.url).await.unwrap();
-    assert_eq!(count_rows(&db.store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&db.store, "_sqlx_migrations").await, 2);
     assert_eq!(count_rows(&db.store, "relation_checks").await, 0);
     assert_eq!(count_rows(&db.store, "worker_leases").await, 0);
     db.store.ping().await.unwrap();
@@ -283,6 +284,7 @@ async fn a_successful_call_stores_the_answer_and_one_ledger_row(db: &TestDb) {
             status: JobStatus::Succeeded,
             attempts: 1,
             first_call_at: Some(at(0)),
+            fingerprint: Some("fp_first_contact".into()),
         }
     );
     assert!(found.status.is_final());
@@ -561,7 +563,7 @@ async fn three_replicas_migrating_one_postgres_database_at_once_all_succeed() {
         task.await.unwrap().unwrap();
     }
     let store = JobStore::connect(&url, 2).await.unwrap();
-    assert_eq!(count_rows(&store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&store, "_sqlx_migrations").await, 2);
     assert_eq!(count_rows(&store, "upstream_calls").await, 0);
     if let Backend::Postgres(pool) = &store.backend {
         pool.close().await;
@@ -687,3 +689,59 @@ async fn a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason(
     }
 }
 on_both_backends!(a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason);
+
+async fn a_transaction_id_reused_for_other_business_fields_is_refused_and_the_row_untouched(
+    db: &TestDb,
+) {
+    let first_masked = masked();
+    let first = key("reused_id", &first_masked);
+    assert_eq!(db.store.begin_call(&first, at(0)).await.unwrap(), at(0));
+    let other_masked = PiiMasked {
+        name: "王*".into(),
+        relation_phone: "139****0000".into(),
+        ..masked()
+    };
+    let other = JobKey {
+        fingerprint: "fp_second_contact",
+        external_ref: Some("loan-9/contact-2"),
+        ..key("reused_id", &other_masked)
+    };
+    let before = snapshot(&db.store, "reused_id").await;
+    let Err(error) = db.store.begin_call(&other, at(60)).await else {
+        panic!("a different fingerprint must be refused");
+    };
+    assert!(
+        matches!(error, StoreError::TransactionIdConflict { .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_unavailable());
+    assert!(
+        error.to_string().starts_with("TRANSACTION_ID_CONFLICT"),
+        "{error}"
+    );
+    let after = snapshot(&db.store, "reused_id").await;
+    assert_eq!(format!("{before:?}"), format!("{after:?}"));
+    assert_eq!(after.name_masked.as_deref(), Some("张*"));
+    let found = db.store.find("reused_id").await.unwrap().unwrap();
+    assert_eq!(found.fingerprint.as_deref(), Some("fp_first_contact"));
+    assert!(found.conflicts_with("fp_second_contact"));
+
+    // The same job again stays idempotent; a finished row still refuses others.
+    assert_eq!(db.store.begin_call(&first, at(90)).await.unwrap(), at(0));
+    db.store
+        .record(
+            &first,
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_REUSED"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.store.begin_call(&other, at(120)).await,
+        Err(StoreError::TransactionIdConflict { .. })
+    ));
+    assert_eq!(snapshot(&db.store, "reused_id").await.status, "succeeded");
+}
+on_both_backends!(
+    a_transaction_id_reused_for_other_business_fields_is_refused_and_the_row_untouched
+);
