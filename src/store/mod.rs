@@ -97,6 +97,20 @@ pub enum StoreError {
          (DATABASE_URL or ZHIMA__DATABASE__URL)"
     )]
     UnsupportedUrl { scheme: String },
+    /// The worker does not guess where data belongs: the SQLite file's
+    /// directory must exist (`make run` makes `data/` with mode 0700).
+    #[error(
+        "the directory {} of the SQLite database (database.url) does not exist; \
+         create it with `mkdir -m 700 {0}` or point database.url elsewhere",
+        .path.display()
+    )]
+    MissingDirectory { path: std::path::PathBuf },
+    #[error("could not create the SQLite database file {}", .path.display())]
+    CreateFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not connect to the database at database.url")]
     Connect(#[source] sqlx::Error),
     #[error("applying database migrations failed")]

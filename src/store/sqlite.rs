@@ -7,6 +7,7 @@
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`, so they sort lexically in time
 //! order. Only this file speaks SQLite's SQL dialect.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,17 +38,66 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .busy_timeout(BUSY_TIMEOUT))
 }
 
+/// Creates a missing database file here, empty and with mode 0600, before
+/// SQLite opens it: SQLite would create it with the umask's mode (often world-
+/// readable), and it gives its WAL and shared-memory files the main file's
+/// mode. A missing directory is reported with its path rather than created.
+/// In-memory and read-only databases are left to SQLite.
+fn create_private_file(url: &str, options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .into_iter()
+        .flat_map(|query| form_urlencoded::parse(query.as_bytes()))
+        .find(|(key, _)| key == "mode")
+        .map(|(_, value)| value.into_owned());
+    let path = options.get_filename();
+    let in_memory = mode.as_deref() == Some("memory")
+        || path.as_os_str() == ":memory:"
+        || path.to_string_lossy().starts_with("file:sqlx-in-memory");
+    if in_memory || mode.as_deref() == Some("ro") || path.exists() {
+        return Ok(());
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !directory.is_dir() {
+        return Err(StoreError::MissingDirectory {
+            path: directory.to_path_buf(),
+        });
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let options = options(url)?;
+    create_private_file(url, &options)?;
     SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options(url)?)
+        .connect_with(options)
         .await
         .map_err(StoreError::Connect)
 }
 
 pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
-    let mut conn = SqliteConnection::connect_with(&options(url)?)
+    let options = options(url)?;
+    create_private_file(url, &options)?;
+    let mut conn = SqliteConnection::connect_with(&options)
         .await
         .map_err(StoreError::Connect)?;
     // `run_direct` is what `run` calls after acquiring; calling it directly

@@ -745,3 +745,41 @@ async fn a_transaction_id_reused_for_other_business_fields_is_refused_and_the_ro
 on_both_backends!(
     a_transaction_id_reused_for_other_business_fields_is_refused_and_the_row_untouched
 );
+
+#[tokio::test]
+async fn a_new_sqlite_database_and_its_wal_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    let url = format!("sqlite:{}?mode=rwc", path.display());
+    JobStore::migrate(&url).await.unwrap();
+    let store = JobStore::connect(&url, 1).await.unwrap();
+    store.ping().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("jobs.sqlite{suffix}"));
+        if let Ok(metadata) = std::fs::metadata(&file) {
+            let mode = metadata.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+        } else {
+            assert!(!suffix.is_empty(), "the database file exists");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_directory_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("data");
+    let url = format!("sqlite:{}/zhima.sqlite?mode=rwc", missing.display());
+    for outcome in [
+        JobStore::migrate(&url).await.err(),
+        JobStore::connect(&url, 1).await.err(),
+    ] {
+        let error = outcome.expect("a missing directory must be refused");
+        let text = error.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("database.url"), "{text}");
+        assert!(!error.is_unavailable(), "not worth waiting for: {error:?}");
+    }
+    assert!(!missing.exists(), "the directory is reported, not created");
+}
