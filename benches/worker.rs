@@ -81,9 +81,13 @@ async fn run(scenario: &Scenario) {
     topology.declare(&channel).await.expect("declare");
     publish_jobs(&connection, &topology, scenario.jobs).await;
 
+    let key_dir = tempfile::tempdir().expect("tempdir");
+    let key_path = key_dir.path().join("pii_hmac.key");
+    std::fs::write(&key_path, rand::random::<[u8; 32]>()).expect("PII key");
     let started = Instant::now();
     let child = tokio::process::Command::new(BIN)
         .args(["run", "--until-idle"])
+        .env("ZHIMA__PII__HMAC_KEY_PATH", &key_path)
         .env("ZHIMA__UPSTREAM__GATEWAY_URL", sandbox.gateway_url())
         .env("DATABASE_URL", &database_url)
         .env("ZHIMA__AMQP__EXCHANGE", &settings.amqp.exchange)

@@ -2,7 +2,7 @@
 # `make run`: the main job end to end on the default configuration (SQLite
 # under data/, RabbitMQ on localhost, the sandbox gateway instead of Alipay).
 #
-#   migrate -> sandbox (background) -> enqueue examples/contacts.jsonl
+#   data/ (0700) and its PII key (0600) if absent -> migrate -> sandbox (background) -> enqueue examples/contacts.jsonl
 #   -> run --until-idle -> status
 #
 # The example file plants a few invalid records, so `enqueue` exits 2 after
@@ -24,7 +24,16 @@ step() { printf '\n== %s\n' "$*"; }
 fail() { echo "demo: $*" >&2; exit 1; }
 
 [[ -x $BIN ]] || fail "$BIN is missing; run \`make build\` (or \`make run\`)"
-mkdir -p data
+# The SQLite database lives in data/ (the worker refuses a missing directory
+# rather than guess); private to this user, like the files in it.
+mkdir -p -m 700 data
+# The PII key (pii.hmac_key_path): made once, kept across runs (every replica
+# must share it, so the worker never makes one itself).
+PII_KEY=${ZHIMA__PII__HMAC_KEY_PATH:-data/pii_hmac.key}
+if [[ ! -e $PII_KEY ]]; then
+  (umask 077 && head -c 32 /dev/urandom >"$PII_KEY")
+  echo "made the PII key $PII_KEY (32 random bytes, mode 600)"
+fi
 
 step "zhima-worker migrate"
 "$BIN" migrate

@@ -39,6 +39,8 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+    let pii_key =
+        crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));
     spawn_signal_listener(Arc::clone(&control))?;
     let store = open_store(&settings, &control).await?;
@@ -66,6 +68,7 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         policy,
         control: Arc::clone(&control),
         default_product_code: settings.upstream.product_code.clone(),
+        pii_key,
         safe_call_window: settings.upstream.safe_call_window(),
     });
     // Before consuming: the other replicas must have made room for this one.

@@ -57,6 +57,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub reconcile: ReconcileSettings,
+    pub pii: PiiSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -207,6 +208,16 @@ pub struct ReconcileSettings {
     pub utc_offset_hours: i8,
 }
 
+/// Keys for personal data. Only the path is checked here: the file is read by
+/// the commands that need it (`run`), see [`crate::pii::PiiKey::load`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiSettings {
+    /// The PII key: >= 32 random bytes shared by every replica (job
+    /// fingerprints today, the PIPL blind index later).
+    pub hmac_key_path: PathBuf,
+}
+
 /// Loads the layered settings and validates them.
 pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
     let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
@@ -278,6 +289,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "http.listen",
                 "must be empty (off) or host:port, e.g. 127.0.0.1:9187",
+            ));
+        }
+        if self.pii.hmac_key_path.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "pii.hmac_key_path",
+                "must name the PII key file (make one with `head -c 32 /dev/urandom > FILE`)",
             ));
         }
         if !(-12..=14).contains(&self.reconcile.utc_offset_hours) {

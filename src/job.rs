@@ -26,8 +26,13 @@ const NAME_MAX_CHARS: usize = 64;
 const CODE_MAX_CHARS: usize = 32;
 /// `external_ref` is the producer's free text, bounded so rows stay small.
 const EXTERNAL_REF_MAX_CHARS: usize = 256;
-/// Characters the seed forbids in names (`/u0001` in the seed means U+0001).
-const FORBIDDEN_NAME_CHARS: [char; 6] = [',', '\u{1}', '|', '&', '^', '\\'];
+/// Characters forbidden in names besides control characters: the seed's set
+/// (`/u0001` in the seed means U+0001) is a floor; a quote is not part of a
+/// real name either, and both `"` and `\` only invite escaping bugs downstream.
+const FORBIDDEN_NAME_CHARS: [char; 7] = [',', '\u{1}', '|', '&', '^', '\\', '"'];
+/// Why a control character is refused: PostgreSQL cannot store U+0000 at all,
+/// and the others are invisible in every report that shows the value.
+const NO_CONTROL_CHARS: &str = "must not contain control characters (U+0000 to U+001F, U+007F)";
 /// First two digits of a mainland resident ID (province-level division).
 const PROVINCE_PREFIXES: [u8; 36] = [
     11, 12, 13, 14, 15, // north
@@ -175,6 +180,40 @@ impl RelationQuery {
             validate_linked_merchant_id(id)?;
         }
         Ok(())
+    }
+}
+
+impl RelationQuery {
+    /// The fields that say what this transaction_id asks about, by name, in a
+    /// fixed order, normalized so that spellings the upstream treats alike
+    /// compare equal: surrounding whitespace trimmed, the ID number's check
+    /// character upper-cased, absent optional fields as `""`. The input of the
+    /// job's fingerprint ([`crate::pii::PiiKey::fingerprint`]); never stored
+    /// or logged as such, since it is personal data.
+    pub fn business_fields(&self) -> [(&'static str, String); 8] {
+        let trimmed = |v: &str| v.trim().to_owned();
+        [
+            ("transaction_id", self.transaction_id.as_str().to_owned()),
+            ("product_code", trimmed(&self.product_code)),
+            ("cert_no", self.cert_no.trim().to_ascii_uppercase()),
+            ("name", trimmed(&self.name)),
+            ("relation_phone", trimmed(&self.relation_phone)),
+            ("relation_name", trimmed(&self.relation_name)),
+            (
+                "relation",
+                self.relation
+                    .map(Relation::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            (
+                "linked_merchant_id",
+                self.linked_merchant_id
+                    .as_deref()
+                    .map(trimmed)
+                    .unwrap_or_default(),
+            ),
+        ]
     }
 }
 
@@ -371,7 +410,15 @@ fn validate_external_ref(v: &str) -> Result<(), FieldError> {
             "must be at most 256 characters",
         ));
     }
+    if has_control_char(v) {
+        return Err(FieldError::new("external_ref", NO_CONTROL_CHARS));
+    }
     Ok(())
+}
+
+/// U+0000 to U+001F and U+007F: exactly the ASCII control characters.
+fn has_control_char(v: &str) -> bool {
+    v.chars().any(|c| c.is_ascii_control())
 }
 
 /// Validates a mainland resident ID number against today's date in UTC+8
@@ -473,14 +520,18 @@ fn check_check_char(body: &[u8], check: u8) -> Result<(), FieldError> {
 }
 
 /// Validates `name` or `relation_name` (pass the field name for the error):
-/// 1–64 characters counted as code points, not blank, none of the characters
-/// the seed forbids (they are separators in the upstream's own records).
+/// 1–64 characters counted as code points, not blank, no control character,
+/// none of the characters the seed forbids (they are separators in the
+/// upstream's own records) and no `"` or `\`.
 pub fn validate_person_name(field: &'static str, v: &str) -> Result<(), FieldError> {
     if v.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty or blank"));
     }
     if v.chars().count() > NAME_MAX_CHARS {
         return Err(FieldError::new(field, "must be at most 64 characters"));
+    }
+    if has_control_char(v) {
+        return Err(FieldError::new(field, NO_CONTROL_CHARS));
     }
     if let Some(c) = v.chars().find(|c| FORBIDDEN_NAME_CHARS.contains(c)) {
         return Err(FieldError::new(
@@ -731,6 +782,51 @@ mod tests {
             assert!(err.rule.contains("must not contain"), "{err}");
         }
         assert!(validate_person_name("name", "张，三").is_ok());
+    }
+
+    #[test]
+    fn nul_and_control_characters_are_rejected_in_names_and_external_ref() {
+        let controls = ('\u{0}'..='\u{1f}').chain(['\u{7f}']);
+        for c in controls {
+            for field in ["name", "relation_name"] {
+                let err = validate_person_name(field, &format!("{c}张三")).unwrap_err();
+                assert_eq!(err.field, field, "{c:?}");
+                assert!(err.rule.contains("control characters"), "{c:?}: {err}");
+            }
+            let err = validate_external_ref(&format!("loan-1{c}")).unwrap_err();
+            assert_eq!(err.field, "external_ref", "{c:?}");
+        }
+        assert!(validate_external_ref("loan-8812/contact-1 第一").is_ok());
+    }
+
+    #[test]
+    fn quotes_and_backslashes_are_rejected_in_names() {
+        for c in ['"', '\\'] {
+            let err = validate_person_name("relation_name", &format!("李{c}四")).unwrap_err();
+            assert_eq!(err.field, "relation_name");
+            assert!(err.rule.contains("must not contain"), "{err}");
+        }
+        assert!(validate_person_name("name", "欧阳·娜娜").is_ok());
+    }
+
+    #[test]
+    fn a_message_with_a_nul_in_a_name_is_rejected_naming_the_field() {
+        let body = r#"{"transaction_id":"nul_1","cert_no":"640202199007164686",
+            "name":"\u0000张三","relation_phone":"15843991158","relation_name":"李四"}"#;
+        let rejected = decode(body.as_bytes()).unwrap_err();
+        assert_eq!(rejected.error.code(), "INVALID_PARAMETER");
+        assert!(
+            rejected.to_string().starts_with("field `name`"),
+            "{rejected}"
+        );
+        assert_eq!(
+            rejected.transaction_id.as_ref().map(TransactionId::as_str),
+            Some("nul_1")
+        );
+        let err = field_error(&body_with(|o| {
+            o.insert("external_ref".into(), Value::from("ref\u{0}"));
+        }));
+        assert_eq!(err.field, "external_ref");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod job;
+pub mod pii;
 pub mod processor;
 pub mod queue;
 pub mod rate_limit;

@@ -15,6 +15,7 @@ use tracing::Span;
 
 use crate::control::Control;
 use crate::job::{self, Job, RejectedJob};
+use crate::pii::PiiKey;
 use crate::rate_limit::UpstreamLimiter;
 use crate::retry::{Decision, FailureKind, RetryPolicy};
 use crate::store::{CallRecord, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
@@ -56,6 +57,9 @@ pub struct Processor {
     pub policy: RetryPolicy,
     pub control: Arc<Control>,
     pub default_product_code: String,
+    /// Fingerprints each job's business fields, so a transaction_id reused
+    /// for another contact is refused before any call.
+    pub pii_key: PiiKey,
     /// How long after a job's first call another call is still safely inside
     /// the upstream's transaction_id validity.
     pub safe_call_window: Duration,
@@ -84,10 +88,12 @@ impl Processor {
 
     async fn process_valid(&self, job: &Job, attempt: Attempt) -> Disposition {
         let masked = mask(job);
+        let fingerprint = self.pii_key.fingerprint(&job.query);
         let key = JobKey {
             transaction_id: job.query.transaction_id.as_str(),
             external_ref: job.external_ref.as_deref(),
             masked: &masked,
+            fingerprint: &fingerprint,
         };
         let existing = match self
             .persist("look the job up", || self.store.find(key.transaction_id))
@@ -97,6 +103,11 @@ impl Processor {
             Err(disposition) => return disposition,
         };
         if let Some(existing) = &existing {
+            if existing.conflicts_with(&fingerprint) {
+                return refused(&StoreError::TransactionIdConflict {
+                    transaction_id: key.transaction_id.to_owned(),
+                });
+            }
             if existing.status.is_final() {
                 metrics::counter!("zhima_jobs_total", "outcome" => "duplicate").increment(1);
                 return Disposition::Ack;
@@ -324,7 +335,8 @@ impl Processor {
     /// unreachable (up to `STORE_RETRY_BUDGET`, or until shutdown), so an
     /// outage holds deliveries instead of spinning them through the broker.
     /// `Err` carries the disposition to use instead: hand back when the
-    /// database stays down, dead-letter when the store refuses the data.
+    /// database stays down, dead-letter (with the database's own reason) when
+    /// it refuses the data, which no retry would change.
     async fn persist<T, F, Fut>(
         &self,
         what: &'static str,
@@ -352,12 +364,17 @@ impl Processor {
                     }
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
+                Err(error @ StoreError::TransactionIdConflict { .. }) => {
+                    return Err(refused(&error));
+                }
                 Err(error) => {
                     tracing::error!(error.message = %error, error.cause_chain = ?error,
                         operation = what, "the store refused the job; dead-lettering it");
-                    return Err(Disposition::DeadLetter {
-                        reason: format!("could not {what}: {error}"),
-                    });
+                    let reason = match error.database_reason() {
+                        Some(said) => format!("could not {what}: {error}: {said}"),
+                        None => format!("could not {what}: {error}"),
+                    };
+                    return Err(Disposition::DeadLetter { reason });
                 }
             }
         }
@@ -464,6 +481,17 @@ fn configuration_advice(error: &UpstreamError) -> String {
         _ => "check the upstream section of the configuration",
     };
     format!("{error}: {advice}")
+}
+
+/// A job whose transaction_id belongs to another job's business fields: never
+/// sent, never written (the stored job stays as it is), dead-lettered so the
+/// producer sees it and re-sends the contact under a new transaction_id.
+fn refused(conflict: &StoreError) -> Disposition {
+    metrics::counter!("zhima_jobs_total", "outcome" => "conflict").increment(1);
+    tracing::warn!(error.message = %conflict, "transaction_id reused for another job; dead-lettered");
+    Disposition::DeadLetter {
+        reason: conflict.to_string(),
+    }
 }
 
 fn store_unavailable(error: &StoreError) -> Disposition {

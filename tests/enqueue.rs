@@ -243,6 +243,42 @@ async fn jsonl_with_invalid_lines_exits_2_names_them_and_publishes_only_the_vali
 }
 
 #[tokio::test]
+async fn a_reused_transaction_id_exits_2_naming_both_lines_and_an_oversized_line_is_skipped() {
+    let fixture = Fixture::new().await;
+    let other_contact = VALID_1.replace("李四", "王五");
+    let oversized = format!("\u{feff}{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024));
+    let input = fixture.write_input(
+        "jobs.jsonl",
+        &[&oversized, VALID_1, VALID_2, &other_contact],
+    );
+
+    let outcome = fixture.run(&["enqueue", path_arg(&input)]).await;
+
+    assert_eq!(outcome.code, 2, "stderr: {}", outcome.stderr);
+    assert!(
+        outcome
+            .stderr
+            .contains("line 1: invalid: line is over the 65536-byte"),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stderr.contains(
+            "line 4: invalid: field `transaction_id`: t_valid_1 is already used on line 2"
+        ),
+        "{}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stdout.contains("enqueued 2, invalid 2"),
+        "{}",
+        outcome.stdout
+    );
+    fixture.wait_for_depth(&fixture.queue, 2).await;
+    fixture.cleanup().await;
+}
+
+#[tokio::test]
 async fn strict_mode_publishes_nothing_when_a_line_is_invalid() {
     let fixture = Fixture::new().await;
     let input = fixture.write_input("jobs.ndjson", &[VALID_1, BAD_CHECK_DIGIT, VALID_2]);

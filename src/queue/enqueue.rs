@@ -1,7 +1,10 @@
 //! `enqueue`: reads job records (JSON Lines, or CSV with a header), validates
 //! each one with the worker's own rules ([`crate::job::decode_job`]), gives a
 //! fresh transaction_id to records that carry none, and publishes the valid
-//! ones, persistent, to the jobs exchange with publisher confirms.
+//! ones, persistent, to the jobs exchange with publisher confirms. A JSON
+//! Lines record longer than the message limit (64 KiB) is refused without
+//! being buffered, and a transaction_id used twice in one input is refused on
+//! its second line, naming the first.
 //!
 //! Reading and validating run on a blocking thread that feeds the publisher
 //! through a bounded channel, so parsing overlaps with waiting for confirms.
@@ -12,7 +15,7 @@
 //! data): it reports invalid lines, assigned ids and progress through
 //! [`EnqueueEvent`]s and leaves the presentation to the caller.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::path::Path;
 
@@ -284,31 +287,163 @@ fn invalid(line: u64, error: &JobError) -> Checked {
 /// Reads JSON Lines; blank lines are skipped but still counted, so reported
 /// line numbers match an editor's. Stops early if the publisher has gone.
 fn read_jsonl(
-    mut input: Box<dyn BufRead + Send>,
+    input: Box<dyn BufRead + Send>,
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
 ) -> Result<(), EnqueueError> {
-    let mut buffer = Vec::new();
+    let mut lines = LineReader::new(input, MAX_BODY_BYTES);
+    let mut guard = DuplicateGuard::default();
     let mut line = 0u64;
-    loop {
-        buffer.clear();
-        if input
-            .read_until(b'\n', &mut buffer)
-            .map_err(EnqueueError::Read)?
-            == 0
-        {
-            return Ok(());
-        }
+    while let Some(read) = lines.next_line().map_err(EnqueueError::Read)? {
         line += 1;
-        let record = buffer.trim_ascii();
-        if record.is_empty() {
-            continue;
-        }
-        if sender
-            .blocking_send(validator.check_json(line, record))
-            .is_err()
-        {
+        let checked = match read {
+            LineRead::TooLong => Checked::Invalid {
+                line,
+                reason: format!(
+                    "line is over the {MAX_BODY_BYTES}-byte message limit (skipped unread)"
+                ),
+            },
+            LineRead::Complete => {
+                let record = lines.line().trim_ascii();
+                if record.is_empty() {
+                    continue;
+                }
+                guard.check(validator.check_json(line, record))
+            }
+        };
+        if sender.blocking_send(checked).is_err() {
             return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// How a line ended up in a [`LineReader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineRead {
+    /// The whole line (without its `\n`) is in [`LineReader::line`].
+    Complete,
+    /// The line was longer than the limit: it was read through and dropped.
+    TooLong,
+}
+
+/// Reads lines of at most `limit` bytes. Only that much is ever buffered: the
+/// rest of a longer line is consumed and dropped, so a file without newlines
+/// (or `/dev/zero`) cannot grow memory. A UTF-8 byte-order mark at the start
+/// of the input is skipped, as spreadsheets write one.
+struct LineReader<R> {
+    input: R,
+    limit: usize,
+    buffer: Vec<u8>,
+    at_start: bool,
+}
+
+impl<R: BufRead> LineReader<R> {
+    fn new(input: R, limit: usize) -> Self {
+        Self {
+            input,
+            limit,
+            buffer: Vec::new(),
+            at_start: true,
+        }
+    }
+
+    /// The line last read [`LineRead::Complete`].
+    fn line(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    fn next_line(&mut self) -> std::io::Result<Option<LineRead>> {
+        self.buffer.clear();
+        if std::mem::take(&mut self.at_start) {
+            self.skip_byte_order_mark()?;
+        }
+        let mut started = false;
+        let mut too_long = false;
+        loop {
+            let available = self.input.fill_buf()?;
+            if available.is_empty() {
+                return Ok(started.then_some(Self::outcome(too_long)));
+            }
+            started = true;
+            let newline = available.iter().position(|&b| b == b'\n');
+            let content = &available[..newline.unwrap_or(available.len())];
+            if !too_long && self.buffer.len() + content.len() <= self.limit {
+                self.buffer.extend_from_slice(content);
+            } else {
+                too_long = true;
+                self.buffer.clear();
+            }
+            let used = content.len() + usize::from(newline.is_some());
+            self.input.consume(used);
+            if newline.is_some() {
+                return Ok(Some(Self::outcome(too_long)));
+            }
+        }
+    }
+
+    fn outcome(too_long: bool) -> LineRead {
+        if too_long {
+            LineRead::TooLong
+        } else {
+            LineRead::Complete
+        }
+    }
+
+    fn skip_byte_order_mark(&mut self) -> std::io::Result<()> {
+        const BOM: &[u8] = b"\xEF\xBB\xBF";
+        let mut seen = 0;
+        while seen < BOM.len() {
+            let available = self.input.fill_buf()?;
+            if available.is_empty() {
+                break;
+            }
+            let take = (BOM.len() - seen).min(available.len());
+            if available[..take] != BOM[seen..seen + take] {
+                // Not a BOM: keep what was matched so far as line content.
+                self.buffer.extend_from_slice(&BOM[..seen]);
+                return Ok(());
+            }
+            self.input.consume(take);
+            seen += take;
+        }
+        if seen < BOM.len() {
+            self.buffer.extend_from_slice(&BOM[..seen]);
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a record whose transaction_id an earlier record of the same input
+/// already carries: two contacts under one id would be one job upstream (and
+/// the worker refuses the second as TRANSACTION_ID_CONFLICT anyway). Minted
+/// ids are fresh, so only producer-given ones are remembered.
+#[derive(Default)]
+struct DuplicateGuard {
+    first_lines: HashMap<TransactionId, u64>,
+}
+
+impl DuplicateGuard {
+    fn check(&mut self, checked: Checked) -> Checked {
+        let Checked::Valid(record) = checked else {
+            return checked;
+        };
+        if record.assigned {
+            return Checked::Valid(record);
+        }
+        let id = &record.job.query.transaction_id;
+        match self.first_lines.get(id) {
+            Some(first) => Checked::Invalid {
+                line: record.line,
+                reason: format!(
+                    "field `transaction_id`: {id} is already used on line {first}; \
+                     one transaction_id per job"
+                ),
+            },
+            None => {
+                self.first_lines.insert(id.clone(), record.line);
+                Checked::Valid(record)
+            }
         }
     }
 }
@@ -327,13 +462,14 @@ fn read_csv(
         .has_headers(true)
         .from_reader(input);
     let headers = csv_headers(&mut reader)?;
+    let mut guard = DuplicateGuard::default();
     let mut record = csv::StringRecord::new();
     loop {
         let checked = match reader.read_record(&mut record) {
             Ok(false) => return Ok(()),
             Ok(true) => {
                 let line = record.position().map_or(0, csv::Position::line);
-                validator.check_object(line, csv_object(&headers, &record))
+                guard.check(validator.check_object(line, csv_object(&headers, &record)))
             }
             Err(error) => csv_row_error(error)?,
         };
@@ -486,6 +622,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+    use std::io::Read;
 
     const VALID: &str = r#"{"transaction_id": "t_1", "cert_no": "640202199007164686",
         "name": "张三", "relation_phone": "15843991158", "relation_name": "李四"}"#;
@@ -606,6 +743,119 @@ mod tests {
         };
         assert_eq!(*line, 3);
         assert!(reason.contains("relation_phone"), "{reason}");
+    }
+
+    fn collect_from(input: Box<dyn BufRead + Send>) -> Vec<Checked> {
+        let (sender, mut receiver) = mpsc::channel(100);
+        read_jsonl(input, &validator(), &sender).unwrap();
+        drop(sender);
+        let mut all = Vec::new();
+        while let Ok(checked) = receiver.try_recv() {
+            all.push(checked);
+        }
+        all
+    }
+
+    fn lines_and_reasons(all: &[Checked]) -> Vec<(u64, String)> {
+        all.iter()
+            .map(|checked| match checked {
+                Checked::Invalid { line, reason } => (*line, reason.clone()),
+                Checked::Valid(record) => (record.line, "valid".to_owned()),
+            })
+            .collect()
+    }
+
+    fn one_line(record: &str) -> String {
+        format!("{}\n", record.replace('\n', " "))
+    }
+
+    #[test]
+    fn a_line_over_64_kib_is_rejected_naming_it_without_buffering_it() {
+        let huge = 32 * 1024 * 1024;
+        let input = std::io::repeat(b' ')
+            .take(huge)
+            .chain(std::io::Cursor::new(format!("\n{}", one_line(VALID))));
+        let mut lines = LineReader::new(std::io::BufReader::new(input), MAX_BODY_BYTES);
+        assert_eq!(lines.next_line().unwrap(), Some(LineRead::TooLong));
+        assert!(
+            lines.buffer.capacity() <= 2 * (MAX_BODY_BYTES + 1),
+            "buffered {} bytes of a {huge}-byte line",
+            lines.buffer.capacity()
+        );
+        assert_eq!(lines.next_line().unwrap(), Some(LineRead::Complete));
+        assert_eq!(lines.line(), one_line(VALID).trim_end().as_bytes());
+        assert_eq!(lines.next_line().unwrap(), None);
+
+        let input = std::io::repeat(b'{')
+            .take(MAX_BODY_BYTES as u64 + 1)
+            .chain(std::io::Cursor::new(format!("\n{}", one_line(VALID))));
+        let all = lines_and_reasons(&collect_from(Box::new(std::io::BufReader::new(input))));
+        assert_eq!(all.len(), 2, "{all:?}");
+        assert_eq!(all[0].0, 1);
+        assert!(all[0].1.contains("65536-byte"), "{}", all[0].1);
+        assert_eq!(all[1], (2, "valid".to_owned()));
+    }
+
+    #[test]
+    fn a_line_of_exactly_64_kib_is_read() {
+        let record = one_line(VALID);
+        let padded = format!(
+            "{}{}\n",
+            record.trim_end(),
+            " ".repeat(MAX_BODY_BYTES - record.len() + 1)
+        );
+        assert_eq!(padded.len(), MAX_BODY_BYTES + 1);
+        let all = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(padded))));
+        assert_eq!(all, [(1, "valid".to_owned())]);
+    }
+
+    #[test]
+    fn a_utf8_bom_at_the_start_of_a_jsonl_file_is_skipped() {
+        let text = format!("\u{feff}{}", one_line(VALID));
+        let all = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(text))));
+        assert_eq!(all, [(1, "valid".to_owned())]);
+        // Read one byte at a time, and a lone first byte of a BOM is content.
+        let text = format!("\u{feff}{}", one_line(VALID));
+        let slow = std::io::BufReader::with_capacity(1, std::io::Cursor::new(text));
+        let all = lines_and_reasons(&collect_from(Box::new(slow)));
+        assert_eq!(all, [(1, "valid".to_owned())]);
+        let mut lines = LineReader::new(&b"\xEF{}\n"[..], 100);
+        assert_eq!(lines.next_line().unwrap(), Some(LineRead::Complete));
+        assert_eq!(lines.line(), b"\xEF{}");
+    }
+
+    #[test]
+    fn duplicate_transaction_ids_in_one_input_are_refused_naming_both_lines() {
+        let other_contact = VALID.replace("李四", "王五");
+        let text = format!(
+            "{}\n{}{}",
+            one_line(VALID),
+            one_line(&other_contact),
+            one_line(&VALID.replace("t_1", "t_2"))
+        );
+        let all = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(text))));
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[0], (1, "valid".to_owned()));
+        assert_eq!(all[1].0, 3);
+        assert!(
+            all[1].1.contains("t_1") && all[1].1.contains("line 1"),
+            "{}",
+            all[1].1
+        );
+        assert_eq!(all[2], (4, "valid".to_owned()));
+
+        let csv = "transaction_id,name,cert_no,relation_phone,relation_name\n\
+                   c_1,张三,640202199007164686,15843991158,李四\n\
+                   ,张三,640202199007164686,15843991158,李四\n\
+                   c_1,王五,640202199007164686,15843991158,李四\n";
+        let all = lines_and_reasons(&collect(InputFormat::Csv, csv));
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all[2].0, 4);
+        assert!(
+            all[2].1.contains("c_1") && all[2].1.contains("line 2"),
+            "{}",
+            all[2].1
+        );
     }
 
     #[test]

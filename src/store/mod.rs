@@ -97,6 +97,20 @@ pub enum StoreError {
          (DATABASE_URL or ZHIMA__DATABASE__URL)"
     )]
     UnsupportedUrl { scheme: String },
+    /// The worker does not guess where data belongs: the SQLite file's
+    /// directory must exist (`make run` makes `data/` with mode 0700).
+    #[error(
+        "the directory {} of the SQLite database (database.url) does not exist; \
+         create it with `mkdir -m 700 {0}` or point database.url elsewhere",
+        .path.display()
+    )]
+    MissingDirectory { path: std::path::PathBuf },
+    #[error("could not create the SQLite database file {}", .path.display())]
+    CreateFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not connect to the database at database.url")]
     Connect(#[source] sqlx::Error),
     #[error("applying database migrations failed")]
@@ -111,6 +125,15 @@ pub enum StoreError {
     /// claiming one already stored means corrupt data, not a retryable fault.
     #[error("biz_no {biz_no} is already stored for another transaction_id")]
     DuplicateBizNo { biz_no: String },
+    /// The transaction_id is stored for different business fields (another
+    /// contact, ID number or product): the stored job stays as it is and this
+    /// one must not be sent under that id.
+    #[error(
+        "TRANSACTION_ID_CONFLICT: transaction_id {transaction_id} is already stored for \
+         different business fields; the stored job is left as it is: send this contact again \
+         under a new transaction_id"
+    )]
+    TransactionIdConflict { transaction_id: String },
     #[error("stored value in column `{column}` is malformed: {detail}")]
     Malformed {
         column: &'static str,
@@ -130,13 +153,38 @@ impl StoreError {
         }
     }
 
+    /// The database's own words for a statement it refused (its error code and
+    /// message), for the dead-letter reason of a job it will never accept. The
+    /// message names the rule broken, e.g. `invalid byte sequence for encoding
+    /// "UTF8": 0x00`; the values bound to a statement are masked or ids, so it
+    /// carries no personal data. None when the database said nothing.
+    pub fn database_reason(&self) -> Option<String> {
+        let source = match self {
+            Self::Connect(e) | Self::Query { source: e, .. } => e,
+            Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
+            _ => return None,
+        };
+        let db = source.as_database_error()?;
+        let message: String = db.message().chars().take(MAX_REASON_CHARS).collect();
+        Some(match db.code() {
+            Some(code) => format!("database error {code}: {message}"),
+            None => format!("database error: {message}"),
+        })
+    }
+
     fn query(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Query { operation, source }
     }
 }
 
+/// The longest database message quoted in a dead-letter reason.
+const MAX_REASON_CHARS: usize = 300;
+
 /// Connection loss, pool exhaustion, server shutdown, lock contention and
-/// serialization conflicts all clear by themselves; everything else does not.
+/// serialization conflicts all clear by themselves; everything else (bad
+/// data, a broken constraint, a schema mismatch) fails the same way on every
+/// attempt, so the job is dead-lettered instead of looped. Codes are judged by
+/// the backend that produced them: the two code spaces overlap as numbers.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -144,20 +192,44 @@ fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                is_transient_postgres_code(&code)
+            } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                is_transient_sqlite_code(&code)
+            } else {
+                false
+            }
+        }
         _ => false,
     }
 }
 
-fn is_transient_code(code: &str) -> bool {
-    const POSTGRES: [&str; 6] = ["57P01", "57P02", "57P03", "53300", "40001", "40P01"];
-    const SQLITE_BUSY: i64 = 5;
-    const SQLITE_LOCKED: i64 = 6;
-    if code.starts_with("08") || POSTGRES.contains(&code) {
-        return true;
-    }
-    code.parse::<i64>()
-        .is_ok_and(|n| matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+/// PostgreSQL SQLSTATEs that clear by themselves: connection exceptions
+/// (class 08), operator intervention by shutdown or recovery (57P0x),
+/// insufficient resources (class 53), serialization failure (40001) and
+/// deadlock (40P01).
+fn is_transient_postgres_code(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P0")
+        || code.starts_with("53")
+        || code == "40001"
+        || code == "40P01"
+}
+
+/// SQLite result codes (sqlx reports the extended code) for BUSY (5) and
+/// LOCKED (6): BUSY_RECOVERY 261, BUSY_SNAPSHOT 517, BUSY_TIMEOUT 773,
+/// LOCKED_SHAREDCACHE 262, LOCKED_VTAB 518. Listed rather than masked, so a
+/// code that is not SQLite's never passes for one.
+fn is_transient_sqlite_code(code: &str) -> bool {
+    const BUSY_OR_LOCKED: [&str; 7] = ["5", "261", "517", "773", "6", "262", "518"];
+    BUSY_OR_LOCKED.contains(&code)
 }
 
 /// Personal data as stored: already masked by the caller (see `job::mask_*`).
@@ -176,6 +248,9 @@ pub struct JobKey<'a> {
     pub transaction_id: &'a str,
     pub external_ref: Option<&'a str>,
     pub masked: &'a PiiMasked,
+    /// The keyed hash of the job's business fields
+    /// ([`crate::pii::PiiKey::fingerprint`]), stored when the row is created.
+    pub fingerprint: &'a str,
 }
 
 /// One upstream HTTP call for the ledger that billing is checked against.
@@ -288,6 +363,19 @@ pub struct ExistingJob {
     /// When the first upstream call was made: the upstream honours the same
     /// transaction_id for about 24 h from then.
     pub first_call_at: Option<DateTime<Utc>>,
+    /// The business-field fingerprint stored when the job was first seen;
+    /// None for rows from before fingerprints and for rejected messages.
+    pub fingerprint: Option<String>,
+}
+
+impl ExistingJob {
+    /// True when the row belongs to a job with other business fields than
+    /// `fingerprint`. A row without a fingerprint conflicts with nothing.
+    pub fn conflicts_with(&self, fingerprint: &str) -> bool {
+        self.fingerprint
+            .as_deref()
+            .is_some_and(|f| f != fingerprint)
+    }
 }
 
 /// Handle to the job database; cheap to clone (it wraps a pool).
@@ -381,6 +469,12 @@ impl JobStore {
     /// keep retrying under the same transaction_id. A final row is left
     /// untouched (its first call time, or `now` if it never had one, is
     /// returned): a concurrent replica finished the job meanwhile.
+    ///
+    /// The row's fingerprint and masked fields are written only when absent,
+    /// so a redelivery never rewrites them; a row whose fingerprint differs
+    /// from the job's is left untouched and the call fails with
+    /// [`StoreError::TransactionIdConflict`] (checked in the same statement,
+    /// so two replicas racing with different jobs cannot both begin).
     pub async fn begin_call(
         &self,
         job: &JobKey<'_>,

@@ -62,6 +62,7 @@ pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
 struct ExistingRow {
     status: String,
     attempts: i32,
+    business_fingerprint: Option<String>,
     first_call_at: Option<DateTime<Utc>>,
 }
 
@@ -70,7 +71,8 @@ pub(super) async fn find(
     transaction_id: &str,
 ) -> Result<Option<ExistingJob>, StoreError> {
     let row: Option<ExistingRow> = sqlx::query_as(
-        "SELECT status, attempts, first_call_at FROM relation_checks WHERE transaction_id = $1",
+        "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
+         WHERE transaction_id = $1",
     )
     .bind(transaction_id)
     .fetch_optional(pool)
@@ -81,6 +83,7 @@ pub(super) async fn find(
             status: parse_status(&row.status)?,
             attempts: attempts_from_db(i64::from(row.attempts))?,
             first_call_at: row.first_call_at,
+            fingerprint: row.business_fingerprint,
         })
     })
     .transpose()
@@ -94,17 +97,23 @@ pub(super) async fn begin_call(
     let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
              cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, first_call_at) \
-         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7) \
+             created_at, updated_at, first_call_at, business_fingerprint) \
+         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8) \
          ON CONFLICT (transaction_id) DO UPDATE SET \
              first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
              external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
-             cert_no_masked = EXCLUDED.cert_no_masked, \
-             name_masked = EXCLUDED.name_masked, \
-             relation_phone_masked = EXCLUDED.relation_phone_masked, \
-             relation_name_masked = EXCLUDED.relation_name_masked, \
+             cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
+             name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
+             relation_phone_masked = \
+                 COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
+             relation_name_masked = \
+                 COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
+             business_fingerprint = \
+                 COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
              updated_at = EXCLUDED.updated_at \
            WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+             AND (relation_checks.business_fingerprint IS NULL \
+                  OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint) \
          RETURNING first_call_at",
     )
     .bind(job.transaction_id)
@@ -114,6 +123,7 @@ pub(super) async fn begin_call(
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
     .bind(now)
+    .bind(job.fingerprint)
     .fetch_optional(pool)
     .await
     .map_err(StoreError::query("begin call"))?;
@@ -121,7 +131,15 @@ pub(super) async fn begin_call(
         return Ok(first_call_at);
     }
     let existing = find(pool, job.transaction_id).await?;
-    Ok(existing.and_then(|job| job.first_call_at).unwrap_or(now))
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.conflicts_with(job.fingerprint))
+    {
+        return Err(StoreError::TransactionIdConflict {
+            transaction_id: job.transaction_id.to_owned(),
+        });
+    }
+    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
 }
 
 pub(super) async fn record(
@@ -180,8 +198,9 @@ async fn ensure_row(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked) \
-         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6) \
+             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+             business_fingerprint) \
+         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7) \
          ON CONFLICT (transaction_id) DO NOTHING",
     )
     .bind(job.transaction_id)
@@ -190,6 +209,7 @@ async fn ensure_row(
     .bind(&job.masked.name)
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
+    .bind(job.fingerprint)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::query("create job row"))?;

@@ -7,6 +7,7 @@
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`, so they sort lexically in time
 //! order. Only this file speaks SQLite's SQL dialect.
 
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -37,17 +38,66 @@ fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
         .busy_timeout(BUSY_TIMEOUT))
 }
 
+/// Creates a missing database file here, empty and with mode 0600, before
+/// SQLite opens it: SQLite would create it with the umask's mode (often world-
+/// readable), and it gives its WAL and shared-memory files the main file's
+/// mode. A missing directory is reported with its path rather than created.
+/// In-memory and read-only databases are left to SQLite.
+fn create_private_file(url: &str, options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = url
+        .split_once('?')
+        .map(|(_, query)| query)
+        .into_iter()
+        .flat_map(|query| form_urlencoded::parse(query.as_bytes()))
+        .find(|(key, _)| key == "mode")
+        .map(|(_, value)| value.into_owned());
+    let path = options.get_filename();
+    let in_memory = mode.as_deref() == Some("memory")
+        || path.as_os_str() == ":memory:"
+        || path.to_string_lossy().starts_with("file:sqlx-in-memory");
+    if in_memory || mode.as_deref() == Some("ro") || path.exists() {
+        return Ok(());
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !directory.is_dir() {
+        return Err(StoreError::MissingDirectory {
+            path: directory.to_path_buf(),
+        });
+    }
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::CreateFile {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlitePool, StoreError> {
+    let options = options(url)?;
+    create_private_file(url, &options)?;
     SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options(url)?)
+        .connect_with(options)
         .await
         .map_err(StoreError::Connect)
 }
 
 pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
-    let mut conn = SqliteConnection::connect_with(&options(url)?)
+    let options = options(url)?;
+    create_private_file(url, &options)?;
+    let mut conn = SqliteConnection::connect_with(&options)
         .await
         .map_err(StoreError::Connect)?;
     // `run_direct` is what `run` calls after acquiring; calling it directly
@@ -93,6 +143,7 @@ pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
 struct ExistingRow {
     status: String,
     attempts: i64,
+    business_fingerprint: Option<String>,
     first_call_at: Option<String>,
 }
 
@@ -101,7 +152,8 @@ pub(super) async fn find(
     transaction_id: &str,
 ) -> Result<Option<ExistingJob>, StoreError> {
     let row: Option<ExistingRow> = sqlx::query_as(
-        "SELECT status, attempts, first_call_at FROM relation_checks WHERE transaction_id = ?1",
+        "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
+         WHERE transaction_id = ?1",
     )
     .bind(transaction_id)
     .fetch_optional(pool)
@@ -115,6 +167,7 @@ pub(super) async fn find(
                 .first_call_at
                 .map(|text| from_text("first_call_at", &text))
                 .transpose()?,
+            fingerprint: row.business_fingerprint,
         })
     })
     .transpose()
@@ -128,17 +181,23 @@ pub(super) async fn begin_call(
     let started: Option<(Option<String>,)> = sqlx::query_as(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
              cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, first_call_at) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7) \
+             created_at, updated_at, first_call_at, business_fingerprint) \
+         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
          ON CONFLICT (transaction_id) DO UPDATE SET \
              first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
              external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
-             cert_no_masked = excluded.cert_no_masked, \
-             name_masked = excluded.name_masked, \
-             relation_phone_masked = excluded.relation_phone_masked, \
-             relation_name_masked = excluded.relation_name_masked, \
+             cert_no_masked = COALESCE(relation_checks.cert_no_masked, excluded.cert_no_masked), \
+             name_masked = COALESCE(relation_checks.name_masked, excluded.name_masked), \
+             relation_phone_masked = \
+                 COALESCE(relation_checks.relation_phone_masked, excluded.relation_phone_masked), \
+             relation_name_masked = \
+                 COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
+             business_fingerprint = \
+                 COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
              updated_at = excluded.updated_at \
            WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+             AND (relation_checks.business_fingerprint IS NULL \
+                  OR relation_checks.business_fingerprint = excluded.business_fingerprint) \
          RETURNING first_call_at",
     )
     .bind(job.transaction_id)
@@ -148,6 +207,7 @@ pub(super) async fn begin_call(
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
     .bind(to_text(now))
+    .bind(job.fingerprint)
     .fetch_optional(pool)
     .await
     .map_err(StoreError::query("begin call"))?;
@@ -155,7 +215,15 @@ pub(super) async fn begin_call(
         return from_text("first_call_at", &first_call_at);
     }
     let existing = find(pool, job.transaction_id).await?;
-    Ok(existing.and_then(|job| job.first_call_at).unwrap_or(now))
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.conflicts_with(job.fingerprint))
+    {
+        return Err(StoreError::TransactionIdConflict {
+            transaction_id: job.transaction_id.to_owned(),
+        });
+    }
+    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
 }
 
 /// The transaction writes first (ledger or row insert), so SQLite takes the
@@ -214,8 +282,8 @@ async fn ensure_row(tx: &mut Transaction<'_, Sqlite>, job: &JobKey<'_>) -> Resul
     sqlx::query(
         "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
              cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7) \
+             created_at, updated_at, business_fingerprint) \
+         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
          ON CONFLICT (transaction_id) DO NOTHING",
     )
     .bind(job.transaction_id)
@@ -225,6 +293,7 @@ async fn ensure_row(tx: &mut Transaction<'_, Sqlite>, job: &JobKey<'_>) -> Resul
     .bind(&job.masked.relation_phone)
     .bind(&job.masked.relation_name)
     .bind(now_text())
+    .bind(job.fingerprint)
     .execute(&mut **tx)
     .await
     .map_err(StoreError::query("create job row"))?;

@@ -176,6 +176,7 @@ fn key<'a>(transaction_id: &'a str, masked: &'a PiiMasked) -> JobKey<'a> {
         transaction_id,
         external_ref: Some("loan-8812/contact-1"),
         masked,
+        fingerprint: "fp_first_contact",
     }
 }
 
@@ -234,7 +235,7 @@ fn failed() -> RowUpdate {
 async fn migrating_twice_is_a_no_op(db: &TestDb) {
     JobStore::migrate(&db.url).await.unwrap();
     JobStore::migrate(&db.url).await.unwrap();
-    assert_eq!(count_rows(&db.store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&db.store, "_sqlx_migrations").await, 2);
     assert_eq!(count_rows(&db.store, "relation_checks").await, 0);
     assert_eq!(count_rows(&db.store, "worker_leases").await, 0);
     db.store.ping().await.unwrap();
@@ -283,6 +284,7 @@ async fn a_successful_call_stores_the_answer_and_one_ledger_row(db: &TestDb) {
             status: JobStatus::Succeeded,
             attempts: 1,
             first_call_at: Some(at(0)),
+            fingerprint: Some("fp_first_contact".into()),
         }
     );
     assert!(found.status.is_final());
@@ -561,7 +563,7 @@ async fn three_replicas_migrating_one_postgres_database_at_once_all_succeed() {
         task.await.unwrap().unwrap();
     }
     let store = JobStore::connect(&url, 2).await.unwrap();
-    assert_eq!(count_rows(&store, "_sqlx_migrations").await, 1);
+    assert_eq!(count_rows(&store, "_sqlx_migrations").await, 2);
     assert_eq!(count_rows(&store, "upstream_calls").await, 0);
     if let Backend::Postgres(pool) = &store.backend {
         pool.close().await;
@@ -624,4 +626,160 @@ fn statuses_round_trip_through_their_text() {
     assert!("done".parse::<JobStatus>().is_err());
     assert!(!JobStatus::Retrying.is_final());
     assert!(JobStatus::Failed.is_final());
+}
+
+#[test]
+fn postgres_connection_resource_and_serialization_errors_are_transient() {
+    for code in [
+        "08000", "08003", "08006", "08001", "08004", "57P01", "57P02", "57P03", "57P04", "53000",
+        "53100", "53200", "53300", "53400", "40001", "40P01",
+    ] {
+        assert!(
+            is_transient_postgres_code(code),
+            "{code} should be transient"
+        );
+    }
+}
+
+#[test]
+fn postgres_data_constraint_and_syntax_errors_are_permanent() {
+    // 22021 is the NUL-in-text error; 22021 & 0xff == 5 made it look like
+    // SQLite's BUSY when one rule served both backends.
+    for code in [
+        "22021", "22001", "22P02", "23505", "23502", "23514", "42P01", "42703", "40002", "57014",
+        "XX000", "00005", "00006",
+    ] {
+        assert!(
+            !is_transient_postgres_code(code),
+            "{code} should be permanent"
+        );
+    }
+}
+
+#[test]
+fn sqlite_busy_and_locked_are_transient_and_everything_else_is_permanent() {
+    // Primary codes 5 (BUSY) and 6 (LOCKED) and their extended codes.
+    for code in ["5", "6", "261", "517", "773", "262", "518"] {
+        assert!(is_transient_sqlite_code(code), "{code} should be transient");
+    }
+    // CONSTRAINT (19, 2067 unique), ERROR (1), TOOBIG (18), MISMATCH (20),
+    // and PostgreSQL-looking codes that an old rule read as BUSY.
+    for code in [
+        "1", "18", "19", "20", "2067", "1555", "22021", "53300", "08006",
+    ] {
+        assert!(
+            !is_transient_sqlite_code(code),
+            "{code} should be permanent"
+        );
+    }
+}
+
+async fn a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason(db: &TestDb) {
+    let mut masked = masked();
+    masked.name = "\0*".into();
+    let job = key("nul_name", &masked);
+    match db.store.begin_call(&job, at(0)).await {
+        // SQLite stores the NUL like any other character.
+        Ok(_) => assert!(!db.store.is_shared(), "PostgreSQL must refuse a NUL"),
+        Err(error) => {
+            assert!(!error.is_unavailable(), "{error:?} must not be retried");
+            let reason = error.database_reason().unwrap_or_default();
+            assert!(reason.contains("22021"), "{reason}");
+        }
+    }
+}
+on_both_backends!(a_nul_in_a_stored_value_is_a_permanent_error_with_the_databases_reason);
+
+async fn a_transaction_id_reused_for_other_business_fields_is_refused_and_the_row_untouched(
+    db: &TestDb,
+) {
+    let first_masked = masked();
+    let first = key("reused_id", &first_masked);
+    assert_eq!(db.store.begin_call(&first, at(0)).await.unwrap(), at(0));
+    let other_masked = PiiMasked {
+        name: "王*".into(),
+        relation_phone: "139****0000".into(),
+        ..masked()
+    };
+    let other = JobKey {
+        fingerprint: "fp_second_contact",
+        external_ref: Some("loan-9/contact-2"),
+        ..key("reused_id", &other_masked)
+    };
+    let before = snapshot(&db.store, "reused_id").await;
+    let Err(error) = db.store.begin_call(&other, at(60)).await else {
+        panic!("a different fingerprint must be refused");
+    };
+    assert!(
+        matches!(error, StoreError::TransactionIdConflict { .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_unavailable());
+    assert!(
+        error.to_string().starts_with("TRANSACTION_ID_CONFLICT"),
+        "{error}"
+    );
+    let after = snapshot(&db.store, "reused_id").await;
+    assert_eq!(format!("{before:?}"), format!("{after:?}"));
+    assert_eq!(after.name_masked.as_deref(), Some("张*"));
+    let found = db.store.find("reused_id").await.unwrap().unwrap();
+    assert_eq!(found.fingerprint.as_deref(), Some("fp_first_contact"));
+    assert!(found.conflicts_with("fp_second_contact"));
+
+    // The same job again stays idempotent; a finished row still refuses others.
+    assert_eq!(db.store.begin_call(&first, at(90)).await.unwrap(), at(0));
+    db.store
+        .record(
+            &first,
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_REUSED"),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        db.store.begin_call(&other, at(120)).await,
+        Err(StoreError::TransactionIdConflict { .. })
+    ));
+    assert_eq!(snapshot(&db.store, "reused_id").await.status, "succeeded");
+}
+on_both_backends!(
+    a_transaction_id_reused_for_other_business_fields_is_refused_and_the_row_untouched
+);
+
+#[tokio::test]
+async fn a_new_sqlite_database_and_its_wal_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite");
+    let url = format!("sqlite:{}?mode=rwc", path.display());
+    JobStore::migrate(&url).await.unwrap();
+    let store = JobStore::connect(&url, 1).await.unwrap();
+    store.ping().await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("jobs.sqlite{suffix}"));
+        if let Ok(metadata) = std::fs::metadata(&file) {
+            let mode = metadata.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", file.display());
+        } else {
+            assert!(!suffix.is_empty(), "the database file exists");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_directory_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("data");
+    let url = format!("sqlite:{}/zhima.sqlite?mode=rwc", missing.display());
+    for outcome in [
+        JobStore::migrate(&url).await.err(),
+        JobStore::connect(&url, 1).await.err(),
+    ] {
+        let error = outcome.expect("a missing directory must be refused");
+        let text = error.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("database.url"), "{text}");
+        assert!(!error.is_unavailable(), "not worth waiting for: {error:?}");
+    }
+    assert!(!missing.exists(), "the directory is reported, not created");
 }

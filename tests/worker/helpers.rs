@@ -81,7 +81,12 @@ pub async fn build(db: Db, sandbox: RunningSandbox) -> TestWorker {
         Db::Postgres => create_pg_database(&id).await,
         Db::Sqlite => format!("sqlite:{}/jobs.sqlite?mode=rwc", dir.path().display()),
     };
-    let env = base_env(&id, &sandbox.gateway_url(), &database_url);
+    let mut env = base_env(&id, &sandbox.gateway_url(), &database_url);
+    let key_path = write_pii_key(dir.path());
+    env.insert(
+        "ZHIMA__PII__HMAC_KEY_PATH".into(),
+        key_path.display().to_string(),
+    );
     let settings = settings_for(&env);
     let connection = queue::connect(&settings.amqp, "test")
         .await
@@ -116,6 +121,23 @@ fn settings_for(env: &BTreeMap<String, String>) -> Settings {
     settings.retry.initial_delay_ms = env["ZHIMA__RETRY__INITIAL_DELAY_MS"].parse().expect("ms");
     settings.retry.max_delay_ms = env["ZHIMA__RETRY__MAX_DELAY_MS"].parse().expect("ms");
     settings
+}
+
+/// A fresh PII key (32 random bytes, mode 0600) in `dir`, as an operator
+/// would make one; every worker of one test shares it, like replicas do.
+pub fn write_pii_key(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("pii_hmac.key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("create the PII key");
+    let key: [u8; 32] = rand::rng().random();
+    file.write_all(&key).expect("write the PII key");
+    path
 }
 
 fn random_id() -> String {

@@ -41,6 +41,7 @@ on_both_databases!(
     rate_limit_holds_the_highest_one_second_count,
     configuration_fault_pauses_without_failing_queued_jobs,
     many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unverified_is_stored,
+    a_transaction_id_reused_for_another_contact_is_dead_lettered_without_a_call,
 );
 
 async fn every_job_succeeds_and_is_billed_once(db: Db) {
@@ -469,6 +470,102 @@ async fn worker_reconnects_after_the_broker_drops_its_connection() {
     }
     let _ = child.start_kill();
     let _ = child.wait().await;
+    worker.cleanup().await;
+}
+
+async fn a_transaction_id_reused_for_another_contact_is_dead_lettered_without_a_call(db: Db) {
+    let worker = spawn_worker(db).await;
+    let first = job("reused", 1);
+    worker.publish_job(&first).await;
+    worker.run_until_idle(LIMIT).await;
+    let before = worker
+        .query_rows("SELECT name_masked, relation_phone_masked FROM relation_checks")
+        .await;
+
+    let mut other_contact = first.clone();
+    other_contact["name"] = "王五".into();
+    other_contact["relation_phone"] = "13900000000".into();
+    worker.publish_job(&other_contact).await;
+    worker.publish_job(&first).await;
+    worker.run_until_idle(LIMIT).await;
+
+    assert_eq!(worker.sandbox.calls_for("reused_1"), 1);
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 1);
+    let after = worker
+        .query_rows("SELECT name_masked, relation_phone_masked FROM relation_checks")
+        .await;
+    assert_eq!(before, after, "the stored job is left as it was");
+    assert_eq!(after, vec![("张*".into(), "138****0001".into())]);
+    let statuses = worker.statuses().await;
+    assert_eq!(
+        statuses.get("reused_1").map(String::as_str),
+        Some("succeeded")
+    );
+    let fingerprints = worker
+        .query_rows(
+            "SELECT transaction_id, business_fingerprint FROM relation_checks \
+             WHERE business_fingerprint IS NOT NULL",
+        )
+        .await;
+    assert_eq!(fingerprints.len(), 1);
+    assert_eq!(
+        fingerprints[0].1.len(),
+        64,
+        "a hex HMAC-SHA256, not plaintext"
+    );
+    worker.cleanup().await;
+}
+
+/// The key must be shared by every replica, so `run` never makes one: a
+/// missing file stops it at start-up with advice; other commands need no key.
+#[tokio::test]
+async fn run_without_the_pii_key_fails_at_start_up_and_other_commands_do_not_need_it() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let missing = [("ZHIMA__PII__HMAC_KEY_PATH", "/nonexistent/pii_hmac.key")];
+    let output = worker
+        .command(&["run", "--until-idle"])
+        .envs(missing)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for part in [
+        "pii.hmac_key_path",
+        "/nonexistent/pii_hmac.key",
+        "head -c 32 /dev/urandom",
+    ] {
+        assert!(stderr.contains(part), "{part} missing from: {stderr}");
+    }
+    let status = worker
+        .command(&["status"])
+        .envs(missing)
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success(), "status must not need the PII key");
+    worker.cleanup().await;
+}
+
+/// PostgreSQL refuses U+0000 in text (SQLSTATE 22021); the job must end in
+/// the dead queue at once, not loop through the broker as "database down".
+#[tokio::test]
+async fn a_nul_in_a_name_is_dead_lettered_promptly_and_run_until_idle_ends() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let mut nul_name = job("nul", 1);
+    nul_name["name"] = "\u{0}张三".into();
+    worker.publish_job(&nul_name).await;
+    worker.publish_job(&job("after_nul", 1)).await;
+    worker.run_until_idle(LIMIT).await;
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 1);
+    assert_eq!(worker.sandbox.calls_for("nul_1"), 0);
+    let statuses = worker.statuses().await;
+    assert_eq!(statuses.get("nul_1").map(String::as_str), Some("failed"));
+    assert_eq!(
+        statuses.get("after_nul_1").map(String::as_str),
+        Some("succeeded")
+    );
     worker.cleanup().await;
 }
 
