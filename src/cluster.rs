@@ -59,11 +59,14 @@ pub fn share_for<'a>(
     let count = u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1);
     let index = ids.iter().position(|id| *id == me).unwrap_or(0);
     let index = u32::try_from(index).unwrap_or(u32::MAX);
-    let burst = total.burst.get() / count + u32::from(index < total.burst.get() % count);
+    let split = |whole: u32| whole / count + u32::from(index < whole % count);
+    let burst = split(total.burst.get());
+    let cap = split(total.per_second.get().saturating_add(total.burst.get()));
     Share {
         total_per_second: total.per_second,
         replicas: std::num::NonZeroU32::new(count).unwrap_or(std::num::NonZeroU32::MIN),
         burst: std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN),
+        cap: std::num::NonZeroU32::new(cap).unwrap_or(std::num::NonZeroU32::MIN),
     }
 }
 
@@ -360,6 +363,8 @@ mod tests {
         assert!((rate - 31.0).abs() < 1e-9);
         let burst: u32 = shares.iter().map(|s| s.burst.get()).sum();
         assert_eq!(burst, 5);
+        let cap: u32 = shares.iter().map(|s| s.cap.get()).sum();
+        assert_eq!(cap, 31 + 5, "the caps add up to the rate plus the burst");
         assert_eq!(share_for(total(31, 5), ["b", "a", "c"], "a").burst.get(), 2);
         assert_eq!(share_for(total(31, 5), ["b", "a", "c"], "c").burst.get(), 1);
     }
