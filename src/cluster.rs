@@ -7,12 +7,14 @@
 //! database's `now()` + `lease_ms`, so host clocks never matter) and reads the
 //! live leases in the same round trip. The share is deterministic: the total
 //! rate divided exactly by the number of live replicas (below one call per
-//! second if need be, so every replica keeps making progress), the burst split
-//! by sorted worker_id with at least one each.
+//! second if need be, so every replica keeps making progress), the burst and
+//! the cap (rate + burst) split by sorted worker_id with at least one each.
 //!
 //! Safety rules, in the order a replica meets them:
 //! - joining: it makes no call until the others have heartbeated since it
-//!   registered (so they have already shrunk their shares);
+//!   registered (so they have already shrunk their shares), and then for one
+//!   more second (the limiter reopens a renewed grant a window later, so the
+//!   others' calls under their old shares are out of the window);
 //! - member: permits are granted only until the last successful heartbeat's
 //!   send time + `lease_ms`, the earliest moment its lease can expire in the
 //!   others' view; a replica cut off from the database stops calling by then,

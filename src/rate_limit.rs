@@ -306,15 +306,17 @@ impl UpstreamLimiter {
     /// quota in force changes with it.
     pub fn set_share(&self, share: Share) -> bool {
         let mut state = self.lock();
-        if state.share == share {
-            return false;
+        let changed = state.share != share;
+        if changed {
+            state.share = share;
+            state.window.set_cap(share.cap, Instant::now());
+            if state.rebuild() {
+                self.changed.notify_waiters();
+            }
         }
-        state.share = share;
-        state.window.set_cap(share.cap, Instant::now());
-        if state.rebuild() {
-            self.changed.notify_waiters();
-        }
-        true
+        // Also when nothing changed: the gauge starts at zero.
+        metrics::gauge!("zhima_rate_limit_permits_per_second").set(effective_per_second(&state));
+        changed
     }
 
     /// Permits are given only before `deadline` until the next grant: the
