@@ -306,12 +306,18 @@ impl Worker {
                 () = tokio::time::sleep(interval) => {},
                 () = self.control.stopped() => return,
             }
-            match self
+            // The probe reaches the upstream too: it takes a permit.
+            let permit = tokio::select! {
+                permit = self.processor.limiter.acquire() => permit,
+                () = self.control.stopped() => return,
+            };
+            let probed = self
                 .processor
                 .client
                 .probe(&self.settings.upstream.product_code)
-                .await
-            {
+                .await;
+            drop(permit);
+            match probed {
                 Ok(()) => {
                     tracing::info!("configuration probe passed: resuming consumption");
                     self.control.resume();

@@ -7,12 +7,14 @@
 //! database's `now()` + `lease_ms`, so host clocks never matter) and reads the
 //! live leases in the same round trip. The share is deterministic: the total
 //! rate divided exactly by the number of live replicas (below one call per
-//! second if need be, so every replica keeps making progress), the burst split
-//! by sorted worker_id with at least one each.
+//! second if need be, so every replica keeps making progress), the burst and
+//! the cap (rate + burst) split by sorted worker_id with at least one each.
 //!
 //! Safety rules, in the order a replica meets them:
 //! - joining: it makes no call until the others have heartbeated since it
-//!   registered (so they have already shrunk their shares);
+//!   registered (so they have already shrunk their shares), and then for one
+//!   more second (the limiter reopens a renewed grant a window later, so the
+//!   others' calls under their old shares are out of the window);
 //! - member: permits are granted only until the last successful heartbeat's
 //!   send time + `lease_ms`, the earliest moment its lease can expire in the
 //!   others' view; a replica cut off from the database stops calling by then,
@@ -59,11 +61,14 @@ pub fn share_for<'a>(
     let count = u32::try_from(ids.len()).unwrap_or(u32::MAX).max(1);
     let index = ids.iter().position(|id| *id == me).unwrap_or(0);
     let index = u32::try_from(index).unwrap_or(u32::MAX);
-    let burst = total.burst.get() / count + u32::from(index < total.burst.get() % count);
+    let split = |whole: u32| whole / count + u32::from(index < whole % count);
+    let burst = split(total.burst.get());
+    let cap = split(total.per_second.get().saturating_add(total.burst.get()));
     Share {
         total_per_second: total.per_second,
         replicas: std::num::NonZeroU32::new(count).unwrap_or(std::num::NonZeroU32::MIN),
         burst: std::num::NonZeroU32::new(burst).unwrap_or(std::num::NonZeroU32::MIN),
+        cap: std::num::NonZeroU32::new(cap).unwrap_or(std::num::NonZeroU32::MIN),
     }
 }
 
@@ -360,6 +365,8 @@ mod tests {
         assert!((rate - 31.0).abs() < 1e-9);
         let burst: u32 = shares.iter().map(|s| s.burst.get()).sum();
         assert_eq!(burst, 5);
+        let cap: u32 = shares.iter().map(|s| s.cap.get()).sum();
+        assert_eq!(cap, 31 + 5, "the caps add up to the rate plus the burst");
         assert_eq!(share_for(total(31, 5), ["b", "a", "c"], "a").burst.get(), 2);
         assert_eq!(share_for(total(31, 5), ["b", "a", "c"], "c").burst.get(), 1);
     }

@@ -16,7 +16,7 @@ use tracing::Span;
 use crate::control::Control;
 use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;
-use crate::rate_limit::UpstreamLimiter;
+use crate::rate_limit::{CallPermit, UpstreamLimiter};
 use crate::retry::{Decision, FailureKind, RetryPolicy};
 use crate::store::{CallRecord, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
 use crate::upstream::{CallReport, ErrorClass, RelationAnswer, UpstreamClient, UpstreamError};
@@ -129,27 +129,29 @@ impl Processor {
         if let Err(disposition) = began {
             return disposition;
         }
-        if !self.acquire_permit().await {
+        let Some(permit) = self.acquire_permit().await else {
             return Disposition::HandBack;
-        }
+        };
         let started_at = Utc::now();
         let report = self.client.query_relation(&job.query).await;
+        // The call counts against the rate window until a second after this.
+        drop(permit);
         self.settle(&key, attempt, started_at, report).await
     }
 
-    /// Waits for a permit unless shutdown or a pause intervenes; false means
+    /// Waits for a permit unless shutdown or a pause intervenes; `None` means
     /// hand the delivery back.
-    async fn acquire_permit(&self) -> bool {
+    async fn acquire_permit(&self) -> Option<CallPermit<'_>> {
         if self.control.is_stopping() || self.control.is_paused() {
-            return false;
+            return None;
         }
-        let waited = tokio::select! {
-            waited = self.limiter.acquire() => waited,
-            () = self.control.stopped() => return false,
-            () = self.control.paused() => return false,
+        let permit = tokio::select! {
+            permit = self.limiter.acquire() => permit,
+            () = self.control.stopped() => return None,
+            () = self.control.paused() => return None,
         };
-        metrics::histogram!("zhima_rate_limit_wait_seconds").record(waited.as_secs_f64());
-        !(self.control.is_stopping() || self.control.is_paused())
+        metrics::histogram!("zhima_rate_limit_wait_seconds").record(permit.waited().as_secs_f64());
+        (!(self.control.is_stopping() || self.control.is_paused())).then_some(permit)
     }
 
     fn outlived_window(&self, first_call_at: chrono::DateTime<Utc>) -> bool {

@@ -16,7 +16,23 @@
 //! every second without one adds back a tenth of the share until the share is
 //! reached. Permits can also be granted only until a deadline (the lease's
 //! validity): past it, callers wait until it is renewed. No I/O here.
+//!
+//! The upstream counts arrivals, not permits, and a call can reach it any
+//! time between its permit and its answer (a new connection, a stalled
+//! thread, a slow network). Pacing permits alone therefore bounds nothing at
+//! the upstream: calls held up on the way land together with later ones. So a
+//! permit is a [`CallPermit`] held for the whole call, and a call counts
+//! against [`Share::cap`] from its permit until [`WINDOW`] after its answer.
+//! The latest-permitted call of any one-second window of arrivals found every
+//! other call of that window still counted (each was permitted before it and
+//! answered after the window began, so after its own permit minus a second),
+//! so no window holds more than the cap, however the calls were delayed. A
+//! larger cap applies only [`WINDOW`] after it is set (a smaller one at once),
+//! and a lapsed grant, when renewed, reopens only after [`WINDOW`]: the calls
+//! the other replicas made under the old shares are out of any window that
+//! holds calls made under the new ones.
 
+use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,12 +51,16 @@ pub struct Rate {
 
 /// One replica's part of the merchant's total: `total_per_second / replicas`
 /// calls per second, split exactly (it may be below one call per second), so
-/// the shares of all replicas add up to the total; plus a burst of its own.
+/// the shares of all replicas add up to the total; plus a burst of its own,
+/// and a cap on its calls that may reach the upstream within one second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     pub total_per_second: NonZeroU32,
     pub replicas: NonZeroU32,
     pub burst: NonZeroU32,
+    /// The most calls of this replica in any one-second window at the
+    /// upstream; the caps of all replicas add up to the rate plus the burst.
+    pub cap: NonZeroU32,
 }
 
 impl Share {
@@ -50,6 +70,7 @@ impl Share {
             total_per_second: rate.per_second,
             replicas: NonZeroU32::MIN,
             burst: rate.burst,
+            cap: rate.per_second.saturating_add(rate.burst.get()),
         }
     }
 
@@ -66,11 +87,36 @@ const RECOVERY_STEP: f64 = 0.1;
 /// answers of one overload arrive together and deserve one halving, and
 /// limiter swaps stay rare.
 const ADJUST_PERIOD: Duration = Duration::from_secs(1);
+/// The window the upstream counts calls in.
+pub const WINDOW: Duration = Duration::from_secs(1);
 
 pub struct UpstreamLimiter {
     state: Mutex<State>,
-    /// Wakes waiters when the limiter is swapped or a lapsed grant is renewed.
+    /// Wakes waiters when the limiter is swapped, a lapsed grant is renewed
+    /// or a call ends while the window is full of calls in flight.
     changed: Notify,
+}
+
+/// Permission for one upstream call: hold it until the call is over (answer,
+/// error or cancellation). Dropping it ends the call; it still counts against
+/// the cap for [`WINDOW`].
+#[must_use = "the call counts as in flight only while the permit is held"]
+pub struct CallPermit<'a> {
+    limiter: &'a UpstreamLimiter,
+    waited: Duration,
+}
+
+impl CallPermit<'_> {
+    /// How long the caller waited for it (for the metrics).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for CallPermit<'_> {
+    fn drop(&mut self) {
+        self.limiter.finish(Instant::now());
+    }
 }
 
 struct State {
@@ -83,14 +129,108 @@ struct State {
     granted_until: Option<Instant>,
     quota: Quota,
     limiter: Arc<DefaultDirectRateLimiter>,
+    window: CallWindow,
 }
 
 /// What one look at the limiter gives a caller.
 enum Permit {
     Granted,
     NotBefore(Duration),
-    /// The grant lapsed: wait for a renewal.
+    /// The grant lapsed, or every call of the window is still in flight: wait
+    /// for a renewal or a call's end.
     Suspended,
+}
+
+/// The calls that may still share a one-second window at the upstream with
+/// a call permitted now: those in flight, and those answered less than
+/// [`WINDOW`] ago.
+#[derive(Debug)]
+struct CallWindow {
+    in_flight: u32,
+    /// When the recent calls ended, oldest first.
+    ended: VecDeque<Instant>,
+    cap: u32,
+    /// A larger cap and the instant from which it applies.
+    raise: Option<(u32, Instant)>,
+}
+
+/// Whether the window has room for one more call.
+#[derive(Debug, PartialEq, Eq)]
+enum Room {
+    Yes,
+    NotBefore(Instant),
+    /// Full of calls in flight: the first to end frees a place a second later.
+    WhenACallEnds,
+}
+
+impl CallWindow {
+    fn new(cap: NonZeroU32) -> Self {
+        Self {
+            in_flight: 0,
+            ended: VecDeque::new(),
+            cap: cap.get(),
+            raise: None,
+        }
+    }
+
+    fn room(&mut self, now: Instant) -> Room {
+        if let Some((cap, at)) = self.raise
+            && at <= now
+        {
+            self.cap = cap;
+            self.raise = None;
+        }
+        while let Some(ended) = self.ended.front() {
+            if now.saturating_duration_since(*ended) < WINDOW {
+                break;
+            }
+            self.ended.pop_front();
+        }
+        if self.counted() < u64::from(self.cap) {
+            return Room::Yes;
+        }
+        let freed = self.ended.front().map(|ended| *ended + WINDOW);
+        let raised = self.raise.map(|(_, at)| at);
+        match (freed, raised) {
+            (Some(a), Some(b)) => Room::NotBefore(a.min(b)),
+            (Some(at), None) | (None, Some(at)) => Room::NotBefore(at),
+            (None, None) => Room::WhenACallEnds,
+        }
+    }
+
+    fn counted(&self) -> u64 {
+        u64::from(self.in_flight) + self.ended.len() as u64
+    }
+
+    fn start(&mut self) {
+        self.in_flight = self.in_flight.saturating_add(1);
+    }
+
+    /// Returns whether a caller may be waiting for exactly this.
+    fn end(&mut self, now: Instant) -> bool {
+        let waited_on = self.ended.is_empty() && self.counted() >= u64::from(self.cap);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.ended.push_back(now);
+        waited_on
+    }
+
+    /// A smaller cap applies at once, a larger one a window later.
+    fn set_cap(&mut self, cap: NonZeroU32, now: Instant) {
+        let cap = cap.get();
+        if cap <= self.cap {
+            self.cap = cap;
+            self.raise = None;
+        } else if self.raise.is_none_or(|(pending, _)| pending != cap) {
+            self.raise = Some((cap, now + WINDOW));
+        }
+    }
+
+    /// No call for a window, then `cap`: what a replica that had no share
+    /// gets when it gains one.
+    fn reopen(&mut self, cap: NonZeroU32, now: Instant) {
+        self.cap = 0;
+        self.raise = Some((cap.get(), now + WINDOW));
+    }
 }
 
 impl UpstreamLimiter {
@@ -107,19 +247,25 @@ impl UpstreamLimiter {
                 granted_until: None,
                 quota,
                 limiter: Arc::new(RateLimiter::direct(quota)),
+                window: CallWindow::new(share.cap),
             }),
             changed: Notify::new(),
         }
     }
 
-    /// Waits for a permit; returns how long it waited (for the metrics).
-    pub async fn acquire(&self) -> Duration {
+    /// Waits for a permit for one call; hold it until the call is over.
+    pub async fn acquire(&self) -> CallPermit<'_> {
         let started = Instant::now();
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();
             match self.try_acquire(Instant::now()) {
-                Permit::Granted => return started.elapsed(),
+                Permit::Granted => {
+                    return CallPermit {
+                        limiter: self,
+                        waited: started.elapsed(),
+                    };
+                }
                 Permit::NotBefore(wait) => {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {},
@@ -160,25 +306,30 @@ impl UpstreamLimiter {
     /// quota in force changes with it.
     pub fn set_share(&self, share: Share) -> bool {
         let mut state = self.lock();
-        if state.share == share {
-            return false;
+        let changed = state.share != share;
+        if changed {
+            state.share = share;
+            state.window.set_cap(share.cap, Instant::now());
+            if state.rebuild() {
+                self.changed.notify_waiters();
+            }
         }
-        state.share = share;
-        if state.rebuild() {
-            self.changed.notify_waiters();
-        }
-        true
+        // Also when nothing changed: the gauge starts at zero.
+        metrics::gauge!("zhima_rate_limit_permits_per_second").set(effective_per_second(&state));
+        changed
     }
 
     /// Permits are given only before `deadline` until the next grant: the
     /// share belongs to this replica only while its lease is valid.
+    /// Renewing a lapsed grant reopens the window only after [`WINDOW`].
     pub fn grant_until(&self, deadline: Instant) {
+        let now = Instant::now();
         let mut state = self.lock();
-        let lapsed = state
-            .granted_until
-            .is_some_and(|until| until <= Instant::now());
+        let lapsed = state.granted_until.is_some_and(|until| until <= now);
         state.granted_until = Some(deadline);
         if lapsed {
+            let cap = state.share.cap;
+            state.window.reopen(cap, now);
             self.changed.notify_waiters();
         }
     }
@@ -213,11 +364,25 @@ impl UpstreamLimiter {
         if state.recover_at(now) {
             self.changed.notify_waiters();
         }
+        match state.window.room(now) {
+            Room::Yes => {}
+            Room::NotBefore(at) => return Permit::NotBefore(at.saturating_duration_since(now)),
+            Room::WhenACallEnds => return Permit::Suspended,
+        }
         match state.limiter.check() {
-            Ok(()) => Permit::Granted,
+            Ok(()) => {
+                state.window.start();
+                Permit::Granted
+            }
             Err(not_until) => {
                 Permit::NotBefore(not_until.wait_time_from(state.limiter.clock().now()))
             }
+        }
+    }
+
+    fn finish(&self, now: Instant) {
+        if self.lock().window.end(now) {
+            self.changed.notify_waiters();
         }
     }
 
@@ -297,11 +462,11 @@ mod tests {
         let limiter = UpstreamLimiter::new(rate(20, 3));
         let started = Instant::now();
         for _ in 0..3 {
-            limiter.acquire().await;
+            drop(limiter.acquire().await);
         }
         assert!(started.elapsed() < Duration::from_millis(40));
         for _ in 0..4 {
-            limiter.acquire().await;
+            drop(limiter.acquire().await);
         }
         // four more permits at 20/s need at least ~150 ms after the burst
         assert!(
@@ -324,6 +489,7 @@ mod tests {
             total_per_second: NonZeroU32::new(total).unwrap(),
             replicas: NonZeroU32::new(replicas).unwrap(),
             burst: NonZeroU32::new(burst).unwrap(),
+            cap: NonZeroU32::new((total + burst) / replicas).unwrap(),
         }
     }
 
@@ -396,7 +562,7 @@ mod tests {
         ));
         let waiter = tokio::spawn({
             let limiter = Arc::clone(&limiter);
-            async move { limiter.acquire().await }
+            async move { limiter.acquire().await.waited() }
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
@@ -405,5 +571,90 @@ mod tests {
             .await
             .expect("the renewal wakes the waiter")
             .unwrap();
+    }
+
+    fn cap(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_call_counts_against_the_cap_until_a_second_after_it_ends() {
+        let mut window = CallWindow::new(cap(2));
+        let t = Instant::now();
+        assert_eq!(window.room(t), Room::Yes);
+        window.start();
+        window.start();
+        assert_eq!(window.room(t), Room::WhenACallEnds, "both still in flight");
+        let ended = t + Duration::from_millis(300);
+        assert!(window.end(ended), "a waiter may be waiting for this end");
+        assert_eq!(window.room(ended), Room::NotBefore(ended + WINDOW));
+        assert_eq!(
+            window.room(ended + WINDOW - Duration::from_millis(1)),
+            Room::NotBefore(ended + WINDOW)
+        );
+        assert_eq!(window.room(ended + WINDOW), Room::Yes);
+    }
+
+    #[test]
+    fn a_larger_cap_applies_a_window_later_and_a_smaller_one_at_once() {
+        let mut window = CallWindow::new(cap(1));
+        let t = Instant::now();
+        window.start();
+        window.set_cap(cap(3), t);
+        assert_eq!(window.room(t), Room::NotBefore(t + WINDOW));
+        assert_eq!(window.room(t + WINDOW), Room::Yes);
+        window.start();
+        window.start();
+        assert_eq!(window.room(t + WINDOW), Room::WhenACallEnds);
+        window.set_cap(cap(2), t + WINDOW);
+        window.end(t + WINDOW);
+        assert_eq!(
+            window.room(t + WINDOW),
+            Room::NotBefore(t + WINDOW + WINDOW),
+            "three counted, the smaller cap of two is in force at once"
+        );
+        window.end(t + WINDOW);
+        window.end(t + WINDOW);
+        window.reopen(cap(2), t + WINDOW * 3);
+        assert_eq!(window.room(t + WINDOW * 3), Room::NotBefore(t + WINDOW * 4));
+        assert_eq!(window.room(t + WINDOW * 4), Room::Yes);
+    }
+
+    #[tokio::test]
+    async fn calls_in_flight_hold_back_permits_beyond_the_cap_whatever_the_rate() {
+        let limiter = UpstreamLimiter::new(rate(1000, 3));
+        assert!(limiter.set_share(Share {
+            cap: cap(3),
+            ..Share::whole(rate(1000, 3))
+        }));
+        let mut held = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while held.len() < 3 {
+            assert!(Instant::now() < deadline, "three permits within the burst");
+            held.push(limiter.acquire().await);
+        }
+        assert!(matches!(
+            limiter.try_acquire(Instant::now()),
+            Permit::Suspended
+        ));
+        drop(held.pop());
+        let now = Instant::now();
+        match limiter.try_acquire(now) {
+            Permit::NotBefore(wait) => assert!(wait > WINDOW / 2, "{wait:?}"),
+            _ => panic!("an ended call still counts for a second"),
+        }
+    }
+
+    #[test]
+    fn a_renewed_grant_lets_calls_through_only_a_window_later() {
+        let limiter = UpstreamLimiter::new(rate(1000, 10));
+        limiter.grant_until(Instant::now());
+        limiter.grant_until(Instant::now() + Duration::from_secs(60));
+        match limiter.try_acquire(Instant::now()) {
+            Permit::NotBefore(wait) => assert!(wait > WINDOW / 2, "{wait:?}"),
+            _ => {
+                panic!("the other replicas' calls under the old shares may still be in the window")
+            }
+        }
     }
 }
