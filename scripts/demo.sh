@@ -25,6 +25,8 @@ fail() { echo "demo: $*" >&2; exit 1; }
 
 [[ -x $BIN ]] || fail "$BIN is missing; run \`make build\` (or \`make run\`)"
 mkdir -p data
+# The default key is the published test key (0644 on a fresh clone): not secret.
+[[ -n ${ZHIMA__UPSTREAM__PRIVATE_KEY_PATH:-} ]] || export ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE=true
 
 step "zhima-worker migrate"
 "$BIN" migrate
