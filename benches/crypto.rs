@@ -3,7 +3,9 @@
 //! `cargo bench --bench crypto` prints how many requests one core signs per
 //! second and how many responses it verifies (extract + verify, as the worker
 //! does), for RSA2 and legacy RSA, with the backend that did the work. These
-//! numbers bound the useful `rate_limit.qps` per replica. Uses the test keys in
+//! numbers bound the useful `rate_limit.qps` per replica. It also times the
+//! judgement of a hostile answer: a 1 MiB body with 100 000 members (target
+//! < 50 ms; the repeated-key guard must stay linear). Uses the test keys in
 //! `tests/vectors/keys/`; no network, no files written.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -93,6 +95,70 @@ fn bench_verifying(key: &PrivateKey, public: &PublicKey, sign_type: SignType) {
     );
 }
 
+const HOSTILE_MEMBERS: usize = 100_000;
+const HOSTILE_RUNS: usize = 20;
+
+/// `{"code":"10000","0000":0,"0001":0,...}`: `count` members (4-character
+/// base-36 names, 10 bytes each) and a last one padded to `target_bytes`.
+fn many_members(count: usize, target_bytes: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut text = String::with_capacity(target_bytes);
+    text.push_str(r#"{"code":"10000""#);
+    for index in 0..count - 1 {
+        let name: String = [46_656, 1_296, 36, 1]
+            .iter()
+            .map(|place| char::from(DIGITS[index / place % 36]))
+            .collect();
+        text.push_str(&format!(r#","{name}":0"#));
+    }
+    let padding = target_bytes.saturating_sub(text.len() + r#","last":""}"#.len());
+    text.push_str(&format!(r#","last":"{}"}}"#, "x".repeat(padding)));
+    text
+}
+
+/// Extract + repeated-key guard + verify, as the worker judges an answer, on
+/// a 1 MiB body whose 100 000 members sit in the signed node or at the top level.
+fn bench_hostile_body(key: &PrivateKey, public: &PublicKey) {
+    let node = "zhima_credit_relation_query_response";
+    let inside = many_members(HOSTILE_MEMBERS, (1 << 20) - 512);
+    let sign = key.sign(SignType::Rsa2, inside.as_bytes()).unwrap();
+    let in_node = format!(r#"{{"{node}":{inside},"sign":"{sign}"}}"#).into_bytes();
+    let small = r#"{"code":"10000"}"#;
+    let small_sign = key.sign(SignType::Rsa2, small.as_bytes()).unwrap();
+    let top_members = many_members(HOSTILE_MEMBERS, (1 << 20) - 512);
+    let at_top = format!(
+        r#"{{"{node}":{small},"sign":"{small_sign}",{}"#,
+        &top_members[1..]
+    )
+    .into_bytes();
+    for (label, body) in [
+        ("in the signed node", &in_node),
+        ("at the top level", &at_top),
+    ] {
+        let mut times: Vec<f64> = (0..HOSTILE_RUNS)
+            .map(|_| {
+                let started = Instant::now();
+                let report = response::verify_response_body(
+                    body,
+                    "zhima.credit.relation.query",
+                    public,
+                    SignTypeChoice::Rsa2,
+                );
+                assert!(black_box(report).is_ok());
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let worst = times[times.len() - 1];
+        println!(
+            "crypto: hostile body judged in {median:.1} ms median, {worst:.1} ms worst \
+             ({} bytes, {HOSTILE_MEMBERS} members {label}, {HOSTILE_RUNS} runs; target < 50 ms)",
+            body.len()
+        );
+    }
+}
+
 fn main() {
     let key = PrivateKey::from_pem_or_base64(&key_text("merchant_private_pkcs8.pem")).unwrap();
     let public = PublicKey::from_pem_or_base64(&key_text("merchant_public.pem")).unwrap();
@@ -102,4 +168,6 @@ fn main() {
     println!("crypto: responses verified per second per core, single thread");
     bench_verifying(&key, &public, SignType::Rsa2);
     bench_verifying(&key, &public, SignType::Rsa);
+    println!("crypto: a 1 MiB answer with 100 000 members, single thread");
+    bench_hostile_body(&key, &public);
 }

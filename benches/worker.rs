@@ -89,6 +89,7 @@ async fn run(scenario: &Scenario) {
         .args(["run", "--until-idle"])
         .env("ZHIMA__PII__HMAC_KEY_PATH", &key_path)
         .env("ZHIMA__UPSTREAM__GATEWAY_URL", sandbox.gateway_url())
+        .env("ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE", "true")
         .env("DATABASE_URL", &database_url)
         .env("ZHIMA__AMQP__EXCHANGE", &settings.amqp.exchange)
         .env("ZHIMA__AMQP__QUEUE", &settings.amqp.queue)

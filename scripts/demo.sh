@@ -34,6 +34,8 @@ if [[ ! -e $PII_KEY ]]; then
   (umask 077 && head -c 32 /dev/urandom >"$PII_KEY")
   echo "made the PII key $PII_KEY (32 random bytes, mode 600)"
 fi
+# The default key is the published test key (0644 on a fresh clone): not secret.
+[[ -n ${ZHIMA__UPSTREAM__PRIVATE_KEY_PATH:-} ]] || export ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE=true
 
 step "zhima-worker migrate"
 "$BIN" migrate

@@ -10,13 +10,19 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use std::collections::BTreeSet;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
 use crate::upstream::signing::{Charset, SignType};
+
+/// Upper bound of `rate_limit.heartbeat_ms` and `rate_limit.lease_ms`.
+const MAX_LEASE_MS: u64 = 24 * 3600 * 1000;
 
 /// The documented defaults, compiled in so that the file and the behaviour
 /// cannot drift apart.
@@ -101,6 +107,11 @@ pub struct UpstreamSettings {
     pub proxy: String,
     pub transaction_validity_s: u64,
     pub transaction_margin_s: u64,
+    /// An answer longer than this fails the call (retryable) after reading
+    /// at most this many bytes.
+    pub max_response_bytes: u64,
+    /// Accept a private key file that group or others can read (ssh refuses it).
+    pub allow_shared_key_file: bool,
 }
 
 impl UpstreamSettings {
@@ -235,17 +246,106 @@ pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
             "DATABASE_URL" => "database.url".into(),
             _ => "amqp.url".into(),
         });
+    let string_keys = string_keys();
     let settings: Settings = figment
-        .merge(shortcuts)
-        .merge(Env::prefixed("ZHIMA__").split("__"))
+        .merge(EnvLayer::new(shortcuts, &string_keys))
+        .merge(EnvLayer::new(
+            Env::prefixed("ZHIMA__").split("__"),
+            &string_keys,
+        ))
         .extract()
         .map_err(parse_error)?;
     settings.validate()?;
     Ok(settings)
 }
 
+/// The keys whose default (in `config/default.toml`) is a string: the text of
+/// their environment variable is taken as written. Derived from the defaults so
+/// that a new string key needs no second list.
+fn string_keys() -> BTreeSet<String> {
+    fn walk(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
+        for (name, value) in dict {
+            let path = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value {
+                Value::String(..) => {
+                    keys.insert(path);
+                }
+                Value::Dict(_, inner) => walk(&path, inner, keys),
+                _ => {}
+            }
+        }
+    }
+    let mut keys = BTreeSet::new();
+    if let Ok(data) = Toml::string(DEFAULT_TOML).data() {
+        for dict in data.values() {
+            walk("", dict, &mut keys);
+        }
+    }
+    keys
+}
+
+/// Environment variables as configuration values. figment's `Env` reads
+/// `2014072300007148` as a number and `true` as a boolean, which a string key
+/// (an app id, a queue name, a token) then refuses; here a string key keeps
+/// the text exactly as written (leading zeros included), and every other key
+/// is parsed as `Env` would.
+struct EnvLayer {
+    env: Env,
+    string_keys: BTreeSet<String>,
+}
+
+impl EnvLayer {
+    fn new(env: Env, string_keys: &BTreeSet<String>) -> Self {
+        Self {
+            env,
+            string_keys: string_keys.clone(),
+        }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        self.env.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut values = Figment::new();
+        for (key, text) in self.env.iter() {
+            let key = key.as_str();
+            let value = if self.string_keys.contains(key) {
+                Value::from(text)
+            } else {
+                match text.parse::<Value>() {
+                    Ok(value) => value,
+                    Err(never) => match never {},
+                }
+            };
+            values = values.merge(Serialized::default(key, value));
+        }
+        values.data()
+    }
+}
+
+/// Keys whose value must never be shown, even in an error about that value.
+const SECRET_KEYS: [&str; 3] = ["amqp.url", "database.url", "upstream.app_auth_token"];
+
+fn is_secret_key(key: &str) -> bool {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    SECRET_KEYS.contains(&key)
+        || ["token", "secret", "password"]
+            .iter()
+            .any(|word| last.contains(word))
+        || last == "key"
+        || last.ends_with("_key")
+}
+
 /// Names the key in the file's spelling (`rate_limit.qps`) whichever layer
-/// supplied it.
+/// supplied it. For a secret key the detail says what was expected, never
+/// what was found.
 fn parse_error(error: figment::Error) -> ConfigError {
     let key = error.path.join(".").to_lowercase();
     let source_name = error
@@ -253,10 +353,28 @@ fn parse_error(error: figment::Error) -> ConfigError {
         .as_ref()
         .map(|metadata| format!(" (from {})", metadata.name))
         .unwrap_or_default();
+    let detail = if is_secret_key(&key) {
+        secret_safe_detail(&error.kind)
+    } else {
+        error.kind.to_string()
+    };
     ConfigError::Parse {
         key,
-        detail: error.kind.to_string(),
+        detail,
         source_name,
+    }
+}
+
+fn secret_safe_detail(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) | Kind::InvalidValue(_, expected) => {
+            format!("invalid value (not shown: secret), expected {expected}")
+        }
+        Kind::MissingField(_) | Kind::UnknownField(..) | Kind::DuplicateField(_) => {
+            kind.to_string()
+        }
+        _ => "invalid value (not shown: secret)".to_owned(),
     }
 }
 
@@ -266,14 +384,7 @@ impl Settings {
         self.validate_amqp()?;
         self.validate_upstream()?;
         self.validate_retry()?;
-        if self.rate_limit.heartbeat_ms == 0
-            || self.rate_limit.lease_ms < 3 * self.rate_limit.heartbeat_ms
-        {
-            return Err(ConfigError::invalid(
-                "rate_limit.lease_ms",
-                "heartbeat_ms must be > 0 and lease_ms at least 3 × heartbeat_ms",
-            ));
-        }
+        self.validate_lease()?;
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -301,6 +412,32 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "reconcile.utc_offset_hours",
                 "must be between -12 and 14",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease times feed `Instant`/`Duration` arithmetic and i64
+    /// milliseconds in SQL: a bound of one day keeps all of it far from
+    /// overflow (a lease is a liveness timeout, seconds in practice).
+    fn validate_lease(&self) -> Result<(), ConfigError> {
+        let limit = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.heartbeat_ms", limit.heartbeat_ms),
+            ("rate_limit.lease_ms", limit.lease_ms),
+        ] {
+            if value > MAX_LEASE_MS {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be at most {MAX_LEASE_MS} (one day)"),
+                ));
+            }
+        }
+        let minimum_lease = limit.heartbeat_ms.checked_mul(3);
+        if limit.heartbeat_ms == 0 || minimum_lease.is_none_or(|minimum| limit.lease_ms < minimum) {
+            return Err(ConfigError::invalid(
+                "rate_limit.lease_ms",
+                "heartbeat_ms must be > 0 and lease_ms at least 3 × heartbeat_ms",
             ));
         }
         Ok(())
@@ -344,6 +481,12 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "upstream.app_id",
                 "must be 1 to 32 characters",
+            ));
+        }
+        if up.max_response_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "upstream.max_response_bytes",
+                "must be > 0",
             ));
         }
         if up.connect_timeout_ms == 0 || up.timeout_ms == 0 {
@@ -516,6 +659,152 @@ mod tests {
             jail.set_env("ZHIMA__RETRY__MAX_DELAY_MS", "3600000");
             let error = load(None).unwrap_err().to_string();
             assert!(error.contains("retry.max_attempts"), "{error}");
+            Ok(())
+        });
+    }
+
+    /// 12-factor deployments set everything from the environment, and real app
+    /// ids, product codes, tokens and queue names can be all digits.
+    #[test]
+    fn string_keys_accept_numbers_and_booleans_from_the_environment() {
+        Jail::expect_with(|jail| {
+            type Read = fn(&Settings) -> String;
+            let cases: [(&str, &str, Read); 10] = [
+                ("ZHIMA__UPSTREAM__APP_ID", "2014072300007148", |s| {
+                    s.upstream.app_id.clone()
+                }),
+                (
+                    "ZHIMA__UPSTREAM__PRODUCT_CODE",
+                    "01010100001000001200",
+                    |s| s.upstream.product_code.clone(),
+                ),
+                (
+                    "ZHIMA__UPSTREAM__APP_AUTH_TOKEN",
+                    "201509000000000000000000000001",
+                    |s| s.upstream.app_auth_token.expose_secret().to_owned(),
+                ),
+                ("ZHIMA__UPSTREAM__PRIVATE_KEY_PATH", "0600", |s| {
+                    s.upstream.private_key_path.display().to_string()
+                }),
+                ("ZHIMA__UPSTREAM__ALIPAY_PUBLIC_KEY_PATH", "1.50", |s| {
+                    s.upstream.alipay_public_key_path.display().to_string()
+                }),
+                ("ZHIMA__AMQP__EXCHANGE", "true", |s| s.amqp.exchange.clone()),
+                ("ZHIMA__AMQP__QUEUE", "007", |s| s.amqp.queue.clone()),
+                ("ZHIMA__AMQP__DEAD_QUEUE", "1e3", |s| {
+                    s.amqp.dead_queue.clone()
+                }),
+                ("ZHIMA__LOG__FILTER", "false", |s| s.log.filter.clone()),
+                ("ZHIMA__HTTP__LISTEN", "", |s| s.http.listen.clone()),
+            ];
+            for (var, value, _) in &cases {
+                jail.set_env(var, value);
+            }
+            let settings = load(None).expect("all values are valid strings");
+            for (var, value, read) in &cases {
+                assert_eq!(read(&settings), *value, "{var}");
+            }
+            Ok(())
+        });
+    }
+
+    /// Every string key of the defaults, set to text that looks like a number
+    /// or a boolean: the value may break a rule of that key (a URL, an enum),
+    /// but it is never refused for its type.
+    #[test]
+    fn no_string_key_refuses_a_numeric_or_boolean_text_for_its_type() {
+        let keys = string_keys();
+        assert!(
+            keys.contains("upstream.app_id") && keys.contains("amqp.queue"),
+            "{keys:?}"
+        );
+        for key in &keys {
+            for value in ["12345", "true", "0.5"] {
+                let var = format!("ZHIMA__{}", key.replace('.', "__").to_uppercase());
+                Jail::expect_with(|jail| {
+                    jail.set_env(&var, value);
+                    if let Err(error) = load(None) {
+                        let text = error.to_string();
+                        assert!(!text.contains("invalid type"), "{var}={value}: {text}");
+                        assert!(text.contains(key.as_str()), "{var}={value}: {text}");
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn config_errors_never_show_the_value_of_a_secret_key() {
+        let cases = [
+            (
+                "c.toml",
+                "[upstream]\napp_auth_token = 98765432123\n",
+                "98765432123",
+            ),
+            ("c.toml", "[database]\nurl = 98765432123\n", "98765432123"),
+            ("c.toml", "[amqp]\nurl = true\n", "true"),
+        ];
+        for (file, text, secret) in cases {
+            Jail::expect_with(|jail| {
+                jail.create_file(file, text)?;
+                let error = load(Some(Path::new(file))).unwrap_err().to_string();
+                assert!(
+                    error.contains("url") || error.contains("app_auth_token"),
+                    "{error}"
+                );
+                assert!(!error.contains(secret), "{error}");
+                Ok(())
+            });
+        }
+        for (var, value) in [
+            ("ZHIMA__DATABASE__URL", "mysql://app:hunter2@db/x"),
+            ("ZHIMA__AMQP__URL", "http://app:hunter2@mq/"),
+            (
+                "ZHIMA__UPSTREAM__APP_AUTH_TOKEN",
+                "hunter2hunter2hunter2hunter2hunter2hunter2",
+            ),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(None).unwrap_err().to_string();
+                assert!(!error.contains("hunter2"), "{error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn lease_times_that_would_overflow_are_refused_naming_the_key() {
+        let cases = [
+            (
+                "ZHIMA__RATE_LIMIT__LEASE_MS",
+                "18446744073709551615",
+                "rate_limit.lease_ms",
+            ),
+            (
+                "ZHIMA__RATE_LIMIT__HEARTBEAT_MS",
+                "6148914691236517206",
+                "rate_limit.heartbeat_ms",
+            ),
+            (
+                "ZHIMA__RATE_LIMIT__LEASE_MS",
+                "86400001",
+                "rate_limit.lease_ms",
+            ),
+        ];
+        for (var, value, key) in cases {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(None).expect_err(var).to_string();
+                assert!(error.contains(key), "{var}={value}: {error}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("ZHIMA__RATE_LIMIT__LEASE_MS", "86400000");
+            jail.set_env("ZHIMA__RATE_LIMIT__HEARTBEAT_MS", "28800000");
+            load(None).expect("one day is the bound, inclusive");
             Ok(())
         });
     }

@@ -38,8 +38,34 @@ fn setup(amqp_url: &str) -> Setup {
         ("ZHIMA__AMQP__QUEUE".to_owned(), format!("b_{id}.verify")),
         ("ZHIMA__AMQP__DEAD_QUEUE".to_owned(), format!("b_{id}.dead")),
         ("ZHIMA__LOG__FORMAT".to_owned(), "pretty".to_owned()),
+        // `run` needs the PII key, and the published test key is 0644 on a
+        // fresh clone: the broker is what these tests are about.
+        (
+            "ZHIMA__PII__HMAC_KEY_PATH".to_owned(),
+            write_pii_key(dir.path()).display().to_string(),
+        ),
+        (
+            "ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE".to_owned(),
+            "true".to_owned(),
+        ),
     ];
     Setup { _dir: dir, env }
+}
+
+/// 32 random bytes, mode 0600, as an operator makes `pii.hmac_key_path`.
+fn write_pii_key(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join("pii_hmac.key");
+    let key: [u8; 32] = rand::rng().random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    file.write_all(&key).unwrap();
+    path
 }
 
 async fn zhima(setup: &Setup, args: &[&str]) -> Outcome {

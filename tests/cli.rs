@@ -130,3 +130,77 @@ fn a_public_key_given_as_private_key_is_a_clear_error() {
     let stderr = String::from_utf8(output.stderr).unwrap().to_lowercase();
     assert!(stderr.contains("public key"), "{stderr}");
 }
+
+/// `run` with a throwaway SQLite database and `env` on top: it stops at the
+/// upstream client's set-up, before any broker is needed (the broker URL
+/// points nowhere, so a regression cannot consume the machine's real queue).
+fn run_worker_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite:{}/jobs.sqlite?mode=rwc", dir.path().display());
+    let output = Command::new(BIN)
+        .args(["run", "--until-idle"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env("ZHIMA__DATABASE__URL", database)
+        .env("ZHIMA__AMQP__URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("ZHIMA__LOG__FILTER", "off")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn an_error_at_exit_shows_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_directory = dir.path().join("plain_file");
+    std::fs::write(&not_a_directory, "x").unwrap();
+    let unreachable = not_a_directory.join("app_private.pem");
+    for path in [
+        "/nonexistent/app_private.pem",
+        unreachable.to_str().unwrap(),
+    ] {
+        let (code, stderr) = run_worker_with(&[
+            ("ZHIMA__UPSTREAM__PRIVATE_KEY_PATH", path),
+            ("ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE", "true"),
+        ]);
+        assert_eq!(code, Some(1), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|line| line.starts_with("error:"))
+            .unwrap_or_else(|| panic!("no error line: {stderr}"));
+        assert!(line.contains("upstream.private_key_path"), "{line}");
+        assert_eq!(line.matches(path).count(), 1, "{line}");
+        let causes: Vec<&str> = line.trim_start_matches("error: ").split(": ").collect();
+        for (index, cause) in causes.iter().enumerate() {
+            assert!(
+                !causes[index + 1..]
+                    .iter()
+                    .any(|later| later.contains(cause)),
+                "{cause:?} is repeated in {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn run_refuses_a_private_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app_private.pem");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/keys/test_merchant_private.pem"),
+        &key,
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) =
+        run_worker_with(&[("ZHIMA__UPSTREAM__PRIVATE_KEY_PATH", key.to_str().unwrap())]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(stderr.contains("allow_shared_key_file"), "{stderr}");
+}

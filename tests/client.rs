@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,9 +12,10 @@ use axum::body::Bytes;
 use axum::extract::Request;
 use zhima_worker::config::{self, UpstreamSettings};
 use zhima_worker::job::{Relation, RelationQuery, TransactionId};
+use zhima_worker::job::{mask_cert_no, mask_name, mask_phone};
 use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxConfig, SystemErrorStyle};
 use zhima_worker::upstream::signing::{self, Charset, PublicKey, SignType};
-use zhima_worker::upstream::{ErrorClass, UpstreamClient, UpstreamError};
+use zhima_worker::upstream::{ClientSetupError, ErrorClass, UpstreamClient, UpstreamError};
 
 fn key_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -27,6 +29,9 @@ fn settings(gateway_url: &str) -> UpstreamSettings {
     upstream.private_key_path = key_path("test_merchant_private.pem");
     upstream.alipay_public_key_path = key_path("test_sandbox_public.pem");
     upstream.timeout_ms = 2000;
+    // The test keys are published in the repository (mode 0644 on a fresh
+    // clone): not secret, so the shared-file rule does not apply to them.
+    upstream.allow_shared_key_file = true;
     upstream
 }
 
@@ -474,4 +479,250 @@ async fn isv_mode_with_a_registered_app_auth_token_succeeds_against_the_sandbox(
     .await;
     assert_eq!(error.error_code(), "INVALID_APP_AUTH_TOKEN", "{error}");
     assert!(error.to_string().contains("20001"), "{error}");
+}
+
+/// The ways a value can be written in JSON or plain text: as is, with
+/// serde_json's escapes, with every non-ASCII or special character as
+/// `\uXXXX` (either hex case), and with `/` escaped.
+fn spellings(text: &str) -> Vec<String> {
+    let json = serde_json::to_string(text).unwrap();
+    let json = json[1..json.len() - 1].to_owned();
+    let all_escaped = |upper: bool| -> String {
+        text.encode_utf16()
+            .map(|unit| match char::from_u32(u32::from(unit)) {
+                Some(c) if c.is_ascii_alphanumeric() => c.to_string(),
+                _ if upper => format!("\\u{unit:04X}"),
+                _ => format!("\\u{unit:04x}"),
+            })
+            .collect()
+    };
+    vec![
+        text.to_owned(),
+        json.clone(),
+        json.replace('/', "\\/"),
+        all_escaped(false),
+        all_escaped(true),
+    ]
+}
+
+/// Fails if any substring (2 characters or more) of a personal value that is
+/// neither part of its mask nor present in `neutral` appears in `shown`, in
+/// any spelling.
+fn assert_no_pii(shown: &str, values: &[(&str, String)], neutral: &str) {
+    let masks: Vec<&str> = values.iter().map(|(_, mask)| mask.as_str()).collect();
+    for (value, _) in values {
+        let chars: Vec<char> = value.chars().collect();
+        for start in 0..chars.len() {
+            for end in start + 2..=chars.len() {
+                let piece: String = chars[start..end].iter().collect();
+                if masks.iter().any(|mask| mask.contains(&piece)) || neutral.contains(&piece) {
+                    continue;
+                }
+                for spelling in spellings(&piece) {
+                    assert!(
+                        !shown.contains(&spelling),
+                        "{piece:?} of {value:?} appears as {spelling:?} in:\n{shown}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Each character JSON escapes (quote, backslash, controls) and the ones a
+/// Java or JavaScript encoder escapes (U+2028, U+2029, DEL, `/`, non-ASCII),
+/// in every personal field: validation refuses some of them, but the masking
+/// must not rely on it.
+#[tokio::test]
+async fn a_rejected_signature_never_shows_any_spelling_of_personal_values() {
+    let sandbox = sandbox_with(|_| {}).await;
+    let wrong_key = |upstream: &mut UpstreamSettings| {
+        upstream.private_key_path = key_path("test_sandbox_private.pem");
+    };
+    let mut hostile = query("sig_pii");
+    hostile.cert_no = "ABCDEF\"\\\t\n\u{1}\u{1f}\u{7f}\u{2028}\u{2029}éQRST".into();
+    hostile.name = "欧\"阳\\娜\t丽\n芳\u{8}\u{c}\r\u{2028}婷\u{2029}/&=".into();
+    hostile.relation_phone = "电话\t\"\\\n\u{2028}号码".into();
+    hostile.relation_name = "李\u{7f}四\u{1}五\u{1f}六\u{e000}七".into();
+    let values = [
+        (hostile.cert_no.as_str(), mask_cert_no(&hostile.cert_no)),
+        (hostile.name.as_str(), mask_name(&hostile.name)),
+        (
+            hostile.relation_phone.as_str(),
+            mask_phone(&hostile.relation_phone),
+        ),
+        (
+            hostile.relation_name.as_str(),
+            mask_name(&hostile.relation_name),
+        ),
+    ];
+    let neutral = failure(&sandbox, wrong_key, query("sig_neutral")).await;
+    let neutral = format!("{neutral}\n{neutral:?}");
+    let error = failure(&sandbox, wrong_key, hostile.clone()).await;
+    assert_eq!(error.error_code(), "INVALID_SIGNATURE", "{error}");
+    let UpstreamError::SignatureRejected(mismatch) = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        mismatch.theirs.contains("biz_content={"),
+        "{}",
+        mismatch.theirs
+    );
+    assert_eq!(mismatch.ours, mismatch.theirs, "same string, different key");
+    assert_no_pii(&error.to_string(), &values, &neutral);
+    assert_no_pii(&format!("{error:?}"), &values, &neutral);
+}
+
+/// Serves one 307 to `location` for every request.
+async fn redirect_server(location: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let location = location.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/gateway.do")
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_origin_is_not_followed_and_is_retryable() {
+    let (other_origin, seen_by_other) = capture_server().await;
+    let redirecting = redirect_server(other_origin).await;
+    let client = UpstreamClient::new(&settings(&redirecting)).unwrap();
+    let report = client.query_relation(&query("redirect_1")).await;
+    assert_eq!(report.http_status, Some(307));
+    let error = report.outcome.expect_err("a redirect is a failure");
+    assert!(
+        matches!(error, UpstreamError::Redirect { status: 307 }),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), ErrorClass::Retryable);
+    assert_eq!(error.error_code(), "HTTP_307");
+    assert!(error.to_string().contains("307"), "{error}");
+    assert!(
+        seen_by_other.lock().unwrap().is_none(),
+        "the other origin received the request (with the plaintext PII)"
+    );
+}
+
+/// Answers every request with an endless chunked body and counts the bytes
+/// it managed to send; the count is final once the task ends.
+async fn endless_body_server() -> (String, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 64 * 1024];
+        let _ = socket.read(&mut request).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+        // At most 64 MiB: enough to exceed any sane limit, small enough that
+        // a client that buffers everything fails by timeout, not by OOM.
+        for _ in 0..1024 {
+            if socket.write_all(chunk.as_bytes()).await.is_err() {
+                return;
+            }
+            counter.fetch_add(0x10000, Ordering::SeqCst);
+        }
+        std::future::pending::<()>().await;
+    });
+    (format!("http://{addr}/gateway.do"), sent, task)
+}
+
+#[tokio::test]
+async fn an_endless_answer_fails_as_retryable_after_max_response_bytes() {
+    let (url, sent, server) = endless_body_server().await;
+    let mut upstream = settings(&url);
+    upstream.timeout_ms = 20_000;
+    let client = UpstreamClient::new(&upstream).unwrap();
+    let report = client.query_relation(&query("endless_1")).await;
+    let error = report.outcome.expect_err("too long");
+    assert!(
+        matches!(error, UpstreamError::TooLarge { limit: 1_048_576 }),
+        "{error:?}"
+    );
+    assert_eq!(error.class(), ErrorClass::Retryable);
+    assert_eq!(error.error_code(), "RESPONSE_TOO_LARGE");
+    assert!(report.raw_body.is_none());
+    drop(client);
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("the server sees the connection close")
+        .unwrap();
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 32 << 20,
+        "the client kept reading: {sent} bytes sent before it hung up"
+    );
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_fails_before_reading_and_a_smaller_limit_applies() {
+    let sandbox = sandbox_with(|_| {}).await;
+    let mut upstream = settings(&sandbox.gateway_url());
+    upstream.max_response_bytes = 64;
+    let client = UpstreamClient::new(&upstream).unwrap();
+    let error = client
+        .query_relation(&query("small_limit_1"))
+        .await
+        .outcome
+        .expect_err("every real answer is over 64 bytes");
+    assert!(
+        matches!(error, UpstreamError::TooLarge { limit: 64 }),
+        "{error:?}"
+    );
+    upstream.max_response_bytes = 1 << 20;
+    let client = UpstreamClient::new(&upstream).unwrap();
+    client
+        .query_relation(&query("small_limit_2"))
+        .await
+        .outcome
+        .expect("the default limit holds a real answer");
+}
+
+#[tokio::test]
+async fn a_private_key_file_others_can_read_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app_private.pem");
+    std::fs::copy(key_path("test_merchant_private.pem"), &key).unwrap();
+    let mut upstream = settings("http://127.0.0.1:9/gateway.do");
+    upstream.private_key_path = key.clone();
+    upstream.allow_shared_key_file = false;
+    for mode in [0o644, 0o640, 0o604, 0o660] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let Err(error) = UpstreamClient::new(&upstream) else {
+            panic!("mode {mode:o} accepted");
+        };
+        assert!(
+            matches!(error, ClientSetupError::SharedKeyFile { .. }),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(text.contains(key.to_str().unwrap()), "{text}");
+        assert!(
+            text.contains("chmod 600") && text.contains("allow_shared_key_file"),
+            "{text}"
+        );
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    upstream.allow_shared_key_file = true;
+    assert!(UpstreamClient::new(&upstream).is_ok());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    upstream.allow_shared_key_file = false;
+    assert!(UpstreamClient::new(&upstream).is_ok());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400)).unwrap();
+    assert!(UpstreamClient::new(&upstream).is_ok());
 }

@@ -121,7 +121,11 @@ pub fn normalize_sub_code(sub_code: &str) -> String {
 impl UpstreamError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Timeout | Self::Connect(_) | Self::Malformed { .. } => ErrorClass::Retryable,
+            Self::Timeout
+            | Self::Connect(_)
+            | Self::Malformed { .. }
+            | Self::Redirect { .. }
+            | Self::TooLarge { .. } => ErrorClass::Retryable,
             Self::Http { status: 429 } => ErrorClass::Throttled,
             Self::Http { status } if *status >= 500 => ErrorClass::Retryable,
             Self::Http { .. } => ErrorClass::Configuration,
@@ -137,7 +141,8 @@ impl UpstreamError {
         match self {
             Self::Timeout => "TIMEOUT".into(),
             Self::Connect(_) => "CONNECT_ERROR".into(),
-            Self::Http { status } => format!("HTTP_{status}"),
+            Self::Http { status } | Self::Redirect { status } => format!("HTTP_{status}"),
+            Self::TooLarge { .. } => "RESPONSE_TOO_LARGE".into(),
             Self::Malformed { .. } => "MALFORMED_RESPONSE".into(),
             Self::Unverified { .. } => "UNVERIFIED_RESPONSE".into(),
             Self::Gateway(fault) => fault.normalized_code(),

@@ -10,8 +10,10 @@ pub mod response;
 pub mod signing;
 
 mod classify;
+mod redact;
 mod wire;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -24,6 +26,7 @@ use crate::job::RelationQuery;
 use signing::{Charset, KeyError, PrivateKey, PublicKey, SignType, SigningError};
 
 pub use classify::{ErrorClass, GatewayFault};
+pub use redact::PiiRedactor;
 pub use wire::timestamp_utc8;
 
 /// One OpenAPI method: its name and the shapes of its business parameters and
@@ -97,6 +100,13 @@ pub enum UpstreamError {
     Connect(#[source] reqwest::Error),
     #[error("the gateway answered HTTP {status}")]
     Http { status: u16 },
+    #[error("the gateway answered HTTP {status}, a redirect; not followed")]
+    Redirect { status: u16 },
+    #[error(
+        "the gateway's answer is longer than upstream.max_response_bytes ({limit} bytes); \
+         the rest was not read"
+    )]
+    TooLarge { limit: u64 },
     #[error("the gateway's answer could not be read: {reason}")]
     Malformed { reason: String },
     #[error("the answer's signature is {reason} (code {code:?}); its content was not used")]
@@ -114,8 +124,8 @@ pub enum UpstreamError {
     Encode(#[source] serde_json::Error),
 }
 
-/// The gateway refused our signature; both strings to sign, PII masked, so a
-/// human can spot the difference.
+/// The gateway refused our signature; both strings to sign, rebuilt from
+/// masked values, so a human can spot the difference without seeing PII.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the gateway rejected our request signature: check upstream.private_key_path against \
@@ -128,12 +138,39 @@ pub struct SignatureMismatch {
     pub theirs: String,
 }
 
+impl SignatureMismatch {
+    /// Both strings rebuilt from masked values; the gateway's message, which
+    /// quotes its string verbatim, is masked too (it reaches `Debug` output).
+    fn masked(fault: &GatewayFault, ours: &str, redactor: &PiiRedactor) -> Self {
+        let theirs = fault.gateway_string_to_sign().map_or_else(
+            || "(not echoed)".into(),
+            |text| redactor.mask_string_to_sign(&text),
+        );
+        let mut fault = fault.clone();
+        fault.sub_msg = fault
+            .sub_msg
+            .map(|message| redactor.mask_string_to_sign(&message));
+        Self {
+            fault,
+            ours: redactor.mask_string_to_sign(ours),
+            theirs,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
-    #[error("upstream.private_key_path: {0}")]
+    #[error("upstream.private_key_path is unusable")]
     PrivateKey(#[source] KeyError),
-    #[error("upstream.alipay_public_key_path: {0}")]
+    #[error("upstream.alipay_public_key_path is unusable")]
     PublicKey(#[source] KeyError),
+    #[error(
+        "upstream.private_key_path {} is accessible by group or others (mode {mode:03o}): \
+         run `chmod 600` on it, or set upstream.allow_shared_key_file = true if the key is \
+         not secret",
+        path.display()
+    )]
+    SharedKeyFile { path: PathBuf, mode: u32 },
     #[error("upstream.proxy is not a usable proxy URL")]
     Proxy(#[source] reqwest::Error),
     #[error("could not build the HTTP client")]
@@ -163,11 +200,15 @@ pub struct UpstreamClient {
     sign_type: SignType,
     charset: Charset,
     app_auth_token: Option<SecretString>,
+    max_response_bytes: u64,
 }
 
 impl UpstreamClient {
     /// Loads both keys now, so a wrong key is a start-up error, not a failed job.
     pub fn new(settings: &UpstreamSettings) -> Result<Self, ClientSetupError> {
+        if !settings.allow_shared_key_file {
+            refuse_shared_key_file(&settings.private_key_path)?;
+        }
         let private_key = PrivateKey::from_file(&settings.private_key_path)
             .map_err(ClientSetupError::PrivateKey)?;
         let alipay_key = PublicKey::from_file(&settings.alipay_public_key_path)
@@ -176,6 +217,7 @@ impl UpstreamClient {
             .connect_timeout(settings.connect_timeout())
             .timeout(settings.timeout())
             .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("zhima-worker/", env!("CARGO_PKG_VERSION")));
         builder = match settings.proxy() {
             Some(proxy) => {
@@ -194,6 +236,7 @@ impl UpstreamClient {
             app_auth_token: settings
                 .app_auth_token()
                 .map(|token| SecretString::from(token.to_owned())),
+            max_response_bytes: settings.max_response_bytes,
         })
     }
 
@@ -253,9 +296,24 @@ impl UpstreamClient {
         };
         let status = reply.status().as_u16();
         log_trace_id(&reply);
-        let body = match reply.bytes().await {
+        if reply.status().is_redirection() {
+            return CallReport::refused_before_reading(
+                status,
+                UpstreamError::Redirect { status },
+                started.elapsed(),
+            );
+        }
+        let body = match read_body(reply, self.max_response_bytes).await {
             Ok(body) => body,
-            Err(error) => return CallReport::transport(error, started.elapsed()),
+            Err(BodyError::Transport(error)) => {
+                return CallReport::transport(error, started.elapsed());
+            }
+            Err(BodyError::TooLarge) => {
+                let error = UpstreamError::TooLarge {
+                    limit: self.max_response_bytes,
+                };
+                return CallReport::refused_before_reading(status, error, started.elapsed());
+            }
         };
         let elapsed = started.elapsed();
         let mut report = classify::read_answer::<M::Answer>(
@@ -270,19 +328,9 @@ impl UpstreamClient {
         if let Err(UpstreamError::Gateway(fault)) = &report.outcome
             && fault.is_signature_rejected()
         {
-            let fault = (**fault).clone();
-            let redactor = redactor();
-            report.outcome = Err(UpstreamError::SignatureRejected(Box::new(
-                SignatureMismatch {
-                    ours: redactor.redact(&request.string_to_sign),
-                    theirs: redactor.redact(
-                        &fault
-                            .gateway_string_to_sign()
-                            .unwrap_or_else(|| "(not echoed)".into()),
-                    ),
-                    fault,
-                },
-            )));
+            let mismatch = SignatureMismatch::masked(fault, &request.string_to_sign, &redactor());
+            report.outcome = Err(UpstreamError::SignatureRejected(Box::new(mismatch)));
+            report.raw_body = None;
         }
         report
     }
@@ -318,6 +366,15 @@ impl<A> CallReport<A> {
         }
     }
 
+    /// An HTTP answer whose body we chose not to read (a redirect, or too long).
+    fn refused_before_reading(status: u16, error: UpstreamError, elapsed: Duration) -> Self {
+        Self {
+            http_status: Some(status),
+            elapsed,
+            ..Self::failed_before_sending(error)
+        }
+    }
+
     fn transport(error: reqwest::Error, elapsed: Duration) -> Self {
         let error = if error.is_timeout() {
             UpstreamError::Timeout
@@ -331,6 +388,52 @@ impl<A> CallReport<A> {
     }
 }
 
+/// ssh's rule for identity files: a private key that group or others can
+/// access is treated as already leaked. A file that cannot be inspected is
+/// left for the key loader to report.
+fn refuse_shared_key_file(path: &Path) -> Result<(), ClientSetupError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ClientSetupError::SharedKeyFile {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads the body chunk by chunk and gives up (dropping the connection) as
+/// soon as it would exceed `limit`, so a hostile or broken gateway cannot make
+/// us buffer an endless answer. A declared Content-Length over the limit fails
+/// before reading anything.
+async fn read_body(mut reply: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let declared = reply.content_length().unwrap_or(0);
+    if declared > limit {
+        return Err(BodyError::TooLarge);
+    }
+    let capacity = usize::try_from(declared.min(limit).min(64 * 1024)).unwrap_or(0);
+    let mut body = Vec::with_capacity(capacity);
+    while let Some(chunk) = reply.chunk().await.map_err(BodyError::Transport)? {
+        let length = u64::try_from(body.len() + chunk.len()).unwrap_or(u64::MAX);
+        if length > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn log_trace_id(reply: &reqwest::Response) {
     let headers = reply.headers();
     let trace_id = headers
@@ -342,38 +445,5 @@ fn log_trace_id(reply: &reqwest::Response) {
             gateway.trace_id = trace_id,
             http.status = reply.status().as_u16()
         );
-    }
-}
-
-/// Replaces a job's personal data by its masked form in text meant for humans
-/// (the string-to-sign comparison of a signature mismatch).
-#[derive(Debug, Default)]
-pub struct PiiRedactor {
-    replacements: Vec<(String, String)>,
-}
-
-impl PiiRedactor {
-    pub fn for_query(query: &RelationQuery) -> Self {
-        use crate::job::{mask_cert_no, mask_name, mask_phone};
-        let mut replacements = vec![
-            (query.cert_no.clone(), mask_cert_no(&query.cert_no)),
-            (
-                query.relation_phone.clone(),
-                mask_phone(&query.relation_phone),
-            ),
-            (query.name.clone(), mask_name(&query.name)),
-            (query.relation_name.clone(), mask_name(&query.relation_name)),
-        ];
-        replacements.retain(|(raw, _)| !raw.is_empty());
-        replacements.sort_by_key(|(raw, _)| std::cmp::Reverse(raw.len()));
-        Self { replacements }
-    }
-
-    pub fn redact(&self, text: &str) -> String {
-        self.replacements
-            .iter()
-            .fold(text.to_owned(), |text, (raw, masked)| {
-                text.replace(raw, masked)
-            })
     }
 }

@@ -214,6 +214,32 @@ pub enum KeyError {
     Certificate,
     #[error("not an RSA key in PKCS#1 or PKCS#8 (PEM or bare base64): {reason}")]
     Malformed { reason: String },
+    #[error(
+        "the key has {bits} bits; at least {MIN_KEY_BITS} are required \
+         (generate a 2048-bit key with the Alipay key tool and register its public half)"
+    )]
+    TooShort { bits: usize },
+    #[error(
+        "the key file {} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file",
+        path.display()
+    )]
+    FileTooLarge { path: PathBuf },
+    #[error("the key file {} is not text (PEM or base64)", path.display())]
+    NotText { path: PathBuf },
+}
+
+/// Alipay issues 2048-bit keys; anything shorter is refused when loaded.
+pub const MIN_KEY_BITS: usize = 2048;
+
+/// A PEM key is a few KiB; the bound keeps `/dev/zero` or a log file given by
+/// mistake from being read whole.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+fn check_key_bits(modulus_bits: usize) -> Result<(), KeyError> {
+    if modulus_bits < MIN_KEY_BITS {
+        return Err(KeyError::TooShort { bits: modulus_bits });
+    }
+    Ok(())
 }
 
 /// Why signing or verification could not be done (or did not succeed).
@@ -281,6 +307,8 @@ impl PrivateKey {
         der: &[u8],
         format: backend::PrivateFormat,
     ) -> Result<Self, KeyError> {
+        use rsa::traits::PublicKeyParts as _;
+        check_key_bits(key.n().bits())?;
         let keys = backend::SigningKeys::new(key, der, format)
             .map_err(|reason| KeyError::Malformed { reason })?;
         Ok(Self {
@@ -318,6 +346,8 @@ impl PublicKey {
         let der = der_from_text(text)?;
         match classify_der(&der)? {
             KeyDer::Public(key) => {
+                use rsa::traits::PublicKeyParts as _;
+                check_key_bits(key.n().bits())?;
                 let keys = backend::VerifyingKeys::new(key)
                     .map_err(|reason| KeyError::Malformed { reason })?;
                 Ok(Self {
@@ -354,10 +384,26 @@ impl PublicKey {
     }
 }
 
+/// Reads at most one byte more than [`MAX_KEY_FILE_BYTES`], so an endless
+/// or huge file is refused without being read whole.
 fn read_key_file(path: &Path) -> Result<String, KeyError> {
-    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+    use std::io::Read as _;
+    let read_error = |source| KeyError::Read {
         path: path.to_owned(),
         source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_KEY_FILE_BYTES {
+        return Err(KeyError::FileTooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| KeyError::NotText {
+        path: path.to_owned(),
     })
 }
 
@@ -864,6 +910,76 @@ mod tests {
         };
         assert!(matches!(*source, KeyError::PublicKeyInPrivateSlot));
         PublicKey::from_file(&public_as_private).unwrap();
+    }
+
+    /// Generated with `openssl genrsa 1024` for this test only.
+    const PRIVATE_1024: &str = "-----BEGIN PRIVATE KEY-----
+MIICdwIBADANBgkqhkiG9w0BAQEFAASCAmEwggJdAgEAAoGBAL/tTFrLbRG4xSH3
+jZRWYG9SUAc2w4av3ys0Z+vu0wtQEOcZ2lPGrHisaxUtaE85qgkx1qErqghdn16k
+1KnhzMzkgEJeCFk++ubWDw05BHHI/J00/d+m6OHYAuZ4Tzlp+28TuGs4T3wsQ/ja
+SKilmPag0HgRQZmRxL80HBNvBht1AgMBAAECgYBoqyRR+9D+sjKoJJaMyFKNQ2mr
+lX0qje16ZXkrXTKxX7foINxFhfr3UKiRgxL46ezGWOzBNsvjBhPtDJ2CDEegn6lT
+1aZ9Opkflhw905pm9kMYPWE3Gfr+CHwhJlgVkg30MwH97mGiYGY/UpMQAjIbysdh
+xjCoGlBoBUT+wcj/oQJBAO66jBbRUXzRbbf2hahtjuukLm4OlyQcKOm2BKg9eF+N
+im3k9vwTEQzGIX+XFCIsP914p0+2SgNhXsOzMkOat7kCQQDNz/Gimc3TjOV8li1U
+uO7vo2+ympa2FWMly5lYTRcKpcY2xmd2LYAaJqNXJw6/ymMVLMrr6lBfefVH+COu
++GedAkEAsBFXprCEaAlR4X7o/tqmsPZq4/LQ1+oI5q2+65JCiD6s3PYkjq9FQOWT
+6TU0vStjguUsiKbKGYojyTQNmzytyQJBAISVoBlasbDFxJS0/jDlDe/Mvsk1Mz/L
+mVqgxYGP7/cJAh8JQ19rQmoWWAVuAN9m1tuuRm8iPHK1U2DwprQyDDUCQEBOaOHQ
++QG5HCDryoWkEIYpCKewYEi/1GROlyIfwKC2zWxry2fP/0WlyOkoHGFUV4AjsiI1
+2yFyC/Hx+pjRnRw=
+-----END PRIVATE KEY-----";
+    const PUBLIC_1024: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC/7Uxay20RuMUh942UVmBvUlAH
+NsOGr98rNGfr7tMLUBDnGdpTxqx4rGsVLWhPOaoJMdahK6oIXZ9epNSp4czM5IBC
+XghZPvrm1g8NOQRxyPydNP3fpujh2ALmeE85aftvE7hrOE98LEP42kiopZj2oNB4
+EUGZkcS/NBwTbwYbdQIDAQAB
+-----END PUBLIC KEY-----";
+
+    #[test]
+    fn keys_under_2048_bits_are_refused_on_both_sides() {
+        assert!(matches!(
+            PrivateKey::from_pem_or_base64(PRIVATE_1024),
+            Err(KeyError::TooShort { bits: 1024 })
+        ));
+        assert!(matches!(
+            PublicKey::from_pem_or_base64(PUBLIC_1024),
+            Err(KeyError::TooShort { bits: 1024 })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.pem");
+        std::fs::write(&path, PRIVATE_1024).unwrap();
+        let error = PrivateKey::from_file(&path).unwrap_err();
+        let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+        assert!(
+            chain.contains("1024 bits") && chain.contains("2048"),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn an_endless_key_file_is_refused_after_64_kib() {
+        let error = PrivateKey::from_file(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(error, KeyError::FileTooLarge { .. }), "{error:?}");
+        assert!(error.to_string().contains("/dev/zero"), "{error}");
+        let error = PublicKey::from_file(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(matches!(error, KeyError::FileTooLarge { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn a_key_file_of_exactly_64_kib_is_read_and_judged_on_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("padded.pem");
+        let key =
+            std::fs::read_to_string(vectors_dir().join("keys/merchant_private_pkcs8.pem")).unwrap();
+        let padding = usize::try_from(MAX_KEY_FILE_BYTES).unwrap() - key.len();
+        std::fs::write(&path, format!("{key}{}", "\n".repeat(padding))).unwrap();
+        PrivateKey::from_file(&path).unwrap();
+        std::fs::write(&path, format!("{key}{}", "\n".repeat(padding + 1))).unwrap();
+        assert!(matches!(
+            PrivateKey::from_file(&path),
+            Err(KeyError::FileTooLarge { .. })
+        ));
     }
 
     #[test]
