@@ -6,18 +6,23 @@ TEST_THREADS ?= 4
 .PHONY: run test test-unit test-integration bench lint fmt interop services build chaos
 
 build:
+	@scripts/first-build-note.sh debug/zhima-worker
 	$(CARGO) build --bins
 
+## RabbitMQ and PostgreSQL, installed and started when missing.
 services:
 	@scripts/ensure-services.sh
 
-## The main job end to end on the default config (sandbox gateway, SQLite).
-run: build services
+## The main job end to end on the default config (sandbox gateway, SQLite):
+## needs RabbitMQ only.
+run: build
+	@scripts/ensure-services.sh rabbitmq
 	@scripts/demo.sh
 
 ## Every test: both crypto backends, then the integration suites against the
 ## real RabbitMQ and PostgreSQL.
 test: services
+	@scripts/first-build-note.sh debug/deps
 	$(CARGO) test --no-default-features --lib
 	$(CARGO) test -- --test-threads=$(TEST_THREADS)
 

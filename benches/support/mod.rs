@@ -15,7 +15,9 @@ use sqlx::Connection;
 use tokio::process::Child;
 use zhima_worker::queue::Topology;
 
-pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The role `scripts/ensure-services.sh` creates (CREATEDB, not superuser).
+pub const PG_SERVER: &str = "postgres://zhima_test:zhima_test@127.0.0.1:5432";
+pub const PG_ADMIN_URL: &str = "postgres://zhima_test:zhima_test@127.0.0.1:5432/postgres";
 
 /// /proc/{pid}/stat counts CPU time in clock ticks, USER_HZ = 100 on Linux.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -107,7 +109,7 @@ pub async fn create_pg_database(name: &str) -> String {
         .execute(&mut admin)
         .await
         .expect("create database");
-    let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let url = format!("{PG_SERVER}/{name}");
     zhima_worker::store::JobStore::migrate(&url)
         .await
         .expect("migrate");

@@ -3,7 +3,8 @@
 //! a temporary directory). Every behaviour is checked on both backends.
 //!
 //! `ZHIMA_TEST_POSTGRES_URL` overrides the server (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`).
+//! `postgres://zhima_test:zhima_test@127.0.0.1:5432/postgres`, the role
+//! `scripts/ensure-services.sh` creates).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -13,7 +14,7 @@ use super::*;
 
 fn admin_url() -> String {
     std::env::var("ZHIMA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+        .unwrap_or_else(|_| "postgres://zhima_test:zhima_test@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A migrated, empty database that is removed when [`TestDb::finish`] runs.

@@ -19,7 +19,16 @@ use zhima_worker::queue::{self, Publisher, Topology};
 use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
-const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The role `scripts/ensure-services.sh` creates (CREATEDB, not superuser);
+/// `ZHIMA_TEST_POSTGRES_URL` names another server or role.
+pub const PG_SERVER: &str = "postgres://zhima_test:zhima_test@127.0.0.1:5432";
+
+fn pg_url(database: &str) -> String {
+    let server = std::env::var("ZHIMA_TEST_POSTGRES_URL")
+        .map(|url| url.trim_end_matches("/postgres").to_owned())
+        .unwrap_or_else(|_| PG_SERVER.to_owned());
+    format!("{server}/{database}")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -150,14 +159,14 @@ fn random_id() -> String {
 }
 
 async fn create_pg_database(id: &str) -> String {
-    let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
+    let mut admin = sqlx::PgConnection::connect(&pg_url("postgres"))
         .await
         .expect("postgres");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE zw_{id}")))
         .execute(&mut admin)
         .await
         .expect("create database");
-    format!("postgres://postgres@127.0.0.1:5432/zw_{id}")
+    pg_url(&format!("zw_{id}"))
 }
 
 impl TestWorker {
@@ -312,7 +321,7 @@ impl TestWorker {
             )
             .await;
         if self.db == Db::Postgres {
-            let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
+            let mut admin = sqlx::PgConnection::connect(&pg_url("postgres"))
                 .await
                 .expect("postgres");
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
