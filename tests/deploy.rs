@@ -68,6 +68,7 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
 
 /// Loads the settings a container would see: the built-in defaults plus the
 /// service's environment, through the real loader.
+#[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
 fn settings_of(service_name: &str, service: &Value) -> Settings {
     let env = environment(service);
     let mut loaded = None;
@@ -230,7 +231,7 @@ fn the_dockerfile_builds_with_the_crate_rust_version_and_runs_unprivileged() {
     let user = dockerfile
         .lines()
         .filter_map(|line| line.strip_prefix("USER "))
-        .last()
+        .next_back()
         .expect("the runtime stage sets USER");
     assert_ne!(user.trim(), "root");
     assert_ne!(user.trim(), "0");
