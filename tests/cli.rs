@@ -134,9 +134,12 @@ fn a_public_key_given_as_private_key_is_a_clear_error() {
 /// `run` with a throwaway SQLite database and `env` on top: it stops at the
 /// upstream client's set-up, before any broker is needed (the broker URL
 /// points nowhere, so a regression cannot consume the machine's real queue).
+/// It brings its own PII key: a fresh clone has no `data/pii_hmac.key`.
 fn run_worker_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite:{}/jobs.sqlite?mode=rwc", dir.path().display());
+    let pii_key = dir.path().join("pii_hmac.key");
+    std::fs::write(&pii_key, [7u8; 32]).unwrap();
     let output = Command::new(BIN)
         .args(["run", "--until-idle"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -145,6 +148,7 @@ fn run_worker_with(env: &[(&str, &str)]) -> (Option<i32>, String) {
         .env("ZHIMA__DATABASE__URL", database)
         .env("ZHIMA__AMQP__URL", "amqp://guest:guest@127.0.0.1:1/%2f")
         .env("ZHIMA__LOG__FILTER", "off")
+        .env("ZHIMA__PII__HMAC_KEY_PATH", &pii_key)
         .envs(env.iter().copied())
         .output()
         .unwrap();
