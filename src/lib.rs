@@ -20,6 +20,7 @@
 //! the library.
 
 pub mod app;
+mod capped;
 pub mod cli;
 pub mod cluster;
 pub mod config;

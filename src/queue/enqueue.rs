@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::publisher::{Outgoing, describe};
 use super::{Publisher, QueueError, QueueNames, Topology};
+use crate::capped::{CappedRecords, RecordTooLong};
 use crate::config::Settings;
 use crate::job::{Job, JobError, MAX_BODY_BYTES, TransactionId, decode_job};
 
@@ -112,6 +113,13 @@ pub enum EnqueueError {
     Read(#[source] std::io::Error),
     #[error("reading the CSV input failed")]
     Csv(#[source] csv::Error),
+    /// A CSV record cannot be skipped without reading it whole (a quoted
+    /// cell may span lines), so the input stops there.
+    #[error(
+        "line {line}: a CSV record longer than {max_kib} KiB (the message limit); \
+         stopped there without reading the rest of it"
+    )]
+    CsvRecordTooLong { line: u64, max_kib: u64 },
     #[error("preparing the broker (connect, declare the topology) failed")]
     Setup(#[source] QueueError),
     /// Jobs confirmed before the failure stay queued; re-running the same
@@ -457,15 +465,20 @@ fn read_csv(
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
 ) -> Result<(), EnqueueError> {
+    let max_record = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
+    let (capped, limit) = CappedRecords::new(input, max_record);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
-        .from_reader(input);
+        .from_reader(capped);
     let headers = csv_headers(&mut reader)?;
+    limit.next_record_at(reader.position().byte());
     let mut guard = DuplicateGuard::default();
     let mut record = csv::StringRecord::new();
     loop {
-        let checked = match reader.read_record(&mut record) {
+        let read = reader.read_record(&mut record);
+        limit.next_record_at(reader.position().byte());
+        let checked = match read {
             Ok(false) => return Ok(()),
             Ok(true) => {
                 let line = record.position().map_or(0, csv::Position::line);
@@ -480,10 +493,8 @@ fn read_csv(
 }
 
 /// Header names, trimmed, with a spreadsheet's byte-order mark removed.
-fn csv_headers(
-    reader: &mut csv::Reader<Box<dyn BufRead + Send>>,
-) -> Result<Vec<String>, EnqueueError> {
-    let headers = reader.headers().map_err(EnqueueError::Csv)?;
+fn csv_headers<R: std::io::Read>(reader: &mut csv::Reader<R>) -> Result<Vec<String>, EnqueueError> {
+    let headers = reader.headers().map_err(csv_fatal)?;
     Ok(headers
         .iter()
         .map(|name| name.trim_start_matches('\u{feff}').trim().to_owned())
@@ -505,7 +516,17 @@ fn csv_row_error(error: csv::Error) -> Result<Checked, EnqueueError> {
             line: pos.as_ref().map_or(0, csv::Position::line),
             reason: "row is not valid UTF-8".to_owned(),
         }),
-        _ => Err(EnqueueError::Csv(error)),
+        _ => Err(csv_fatal(error)),
+    }
+}
+
+fn csv_fatal(error: csv::Error) -> EnqueueError {
+    match RecordTooLong::within(&error) {
+        Some(too_long) => EnqueueError::CsvRecordTooLong {
+            line: too_long.line,
+            max_kib: too_long.max_kib,
+        },
+        None => EnqueueError::Csv(error),
     }
 }
 
@@ -794,6 +815,63 @@ mod tests {
         assert_eq!(all[0].0, 1);
         assert!(all[0].1.contains("65536-byte"), "{}", all[0].1);
         assert_eq!(all[1], (2, "valid".to_owned()));
+    }
+
+    /// Counts the bytes taken from it, to show a reader stopped early.
+    struct Counted<R> {
+        inner: R,
+        taken: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl<R: std::io::Read> std::io::Read for Counted<R> {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            let read = self.inner.read(buffer)?;
+            self.taken
+                .fetch_add(read as u64, std::sync::atomic::Ordering::SeqCst);
+            Ok(read)
+        }
+    }
+
+    #[test]
+    fn a_csv_record_over_64_kib_stops_the_input_naming_its_line_without_reading_it_whole() {
+        let head = "name,cert_no,relation_phone,relation_name,transaction_id\n\
+                    张三,640202199007164686,15843991158,李四,c_1\n\
+                    张三,640202199007164686,15843991158,\"";
+        let huge = 32 * 1024 * 1024;
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = Counted {
+            inner: std::io::Cursor::new(head)
+                .chain(std::io::repeat(b'x').take(huge))
+                .chain(std::io::Cursor::new("\",c_2\n")),
+            taken: std::sync::Arc::clone(&taken),
+        };
+        let (sender, mut receiver) = mpsc::channel(100);
+        let error = read_csv(
+            Box::new(std::io::BufReader::new(input)),
+            &validator(),
+            &sender,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                EnqueueError::CsvRecordTooLong {
+                    line: 3,
+                    max_kib: 64
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("line 3"), "{error}");
+        let taken = taken.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            taken < 1024 * 1024,
+            "read {taken} bytes of a {huge}-byte record"
+        );
+        let Ok(Checked::Valid(first)) = receiver.try_recv() else {
+            panic!("the record before it was checked")
+        };
+        assert_eq!(first.line, 2);
     }
 
     #[test]

@@ -21,17 +21,15 @@
 //! more than that of it, and each of the three cells read is at most
 //! [`MAX_CELL_BYTES`].
 
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
 
 use super::ReconcileError;
+use crate::capped::{CappedRecords, RecordLimit, RecordTooLong};
 
 /// The longest record (header included) read: real statement lines are a
 /// few hundred bytes.
@@ -134,59 +132,10 @@ pub struct StatementRow {
     pub billed_at: DateTime<Utc>,
 }
 
-/// The file as the CSV reader sees it: reading stops with [`RecordTooLong`]
-/// once the record being read reaches `MAX_RECORD_BYTES`.
-///
-/// The CSV reader asks for more bytes only when it has consumed every byte
-/// it was given, so when the reads reach `limit` (the current record's start
-/// plus the maximum, moved forward after each record), the current record
-/// holds all of them.
-struct CappedFile {
-    file: File,
-    /// Bytes handed to the CSV reader so far.
-    handed: u64,
-    /// Line ends among them, to name the line where the limit is reached.
-    line_ends: u64,
-    /// Where reading stops; set by [`Statement`] after each record.
-    limit: Arc<AtomicU64>,
-}
-
-/// The io error a [`CappedFile`] returns at its limit; carries the line.
-#[derive(Debug, thiserror::Error)]
-#[error("a record longer than {} KiB at line {line}", MAX_RECORD_BYTES / 1024)]
-struct RecordTooLong {
-    line: u64,
-}
-
-impl Read for CappedFile {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        let room = self
-            .limit
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.handed);
-        if room == 0 {
-            return Err(std::io::Error::other(RecordTooLong {
-                line: self.line_ends + 1,
-            }));
-        }
-        let wanted = buffer
-            .len()
-            .min(usize::try_from(room).unwrap_or(usize::MAX));
-        let Some(slice) = buffer.get_mut(..wanted) else {
-            return Ok(0);
-        };
-        let read = self.file.read(slice)?;
-        let got = slice.get(..read).unwrap_or_default();
-        self.line_ends += u64::try_from(got.iter().filter(|b| **b == b'\n').count()).unwrap_or(0);
-        self.handed += u64::try_from(read).unwrap_or(0);
-        Ok(read)
-    }
-}
-
 /// An open statement positioned after its header.
 pub struct Statement {
-    reader: csv::Reader<CappedFile>,
-    limit: Arc<AtomicU64>,
+    reader: csv::Reader<CappedRecords<File>>,
+    limit: RecordLimit,
     record: csv::ByteRecord,
     encoding: TextEncoding,
     /// Field indices of biz_no, transaction_id and time.
@@ -217,13 +166,7 @@ impl Statement {
         };
         let file = File::open(path).map_err(unreadable)?;
         let total_bytes = file.metadata().map_err(unreadable)?.len();
-        let limit = Arc::new(AtomicU64::new(MAX_RECORD_BYTES));
-        let capped = CappedFile {
-            file,
-            handed: 0,
-            line_ends: 0,
-            limit: Arc::clone(&limit),
-        };
+        let (capped, limit) = CappedRecords::new(file, MAX_RECORD_BYTES);
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -308,10 +251,7 @@ impl Statement {
             .read_byte_record(&mut self.record)
             .map_err(|e| csv_error(&e))?;
         let next_start = self.reader.position().byte();
-        self.limit.store(
-            next_start.saturating_add(MAX_RECORD_BYTES),
-            Ordering::Relaxed,
-        );
+        self.limit.next_record_at(next_start);
         if more && self.encoding == TextEncoding::Utf8 {
             check_utf8(&self.record)?;
         }
@@ -441,19 +381,19 @@ fn malformed(line: u64, reason: String) -> ReconcileError {
 
 fn csv_error(error: &csv::Error) -> ReconcileError {
     let line = error.position().map_or(0, csv::Position::line);
-    match error.kind() {
-        csv::ErrorKind::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref()) {
-            Some(RecordTooLong { line }) => malformed(
-                *line,
-                format!(
-                    "line (or quoted cell) longer than {} KiB: not a statement row",
-                    MAX_RECORD_BYTES / 1024
-                ),
+    if let Some(too_long) = RecordTooLong::within(error) {
+        return malformed(
+            too_long.line,
+            format!(
+                "line (or quoted cell) longer than {} KiB: not a statement row",
+                too_long.max_kib
             ),
-            None => ReconcileError::MalformedLine {
-                line,
-                reason: format!("read error: {e}"),
-            },
+        );
+    }
+    match error.kind() {
+        csv::ErrorKind::Io(e) => ReconcileError::MalformedLine {
+            line,
+            reason: format!("read error: {e}"),
         },
         _ => malformed(line, error.to_string()),
     }
