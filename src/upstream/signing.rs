@@ -636,6 +636,35 @@ mod tests {
     }
 
     #[test]
+    fn the_bytes_signed_are_the_string_to_sign_in_the_request_charset() {
+        use base64::Engine as _;
+        let vectors = vectors();
+        let recorded: Vec<_> = vectors
+            .request_vectors
+            .iter()
+            .filter_map(|vector| Some((vector, vector.string_to_sign_bytes_b64.as_ref()?)))
+            .collect();
+        assert!(
+            recorded
+                .iter()
+                .any(|(vector, _)| vector.id == "v13_gbk_chinese"),
+            "v13 records its GBK bytes"
+        );
+        for (vector, b64) in recorded {
+            let expected = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            let charset: Charset = vector.param("charset").parse().unwrap();
+            assert_eq!(
+                charset.encode(&vector.string_to_sign).as_ref(),
+                expected.as_slice(),
+                "{}",
+                vector.id
+            );
+        }
+    }
+
+    #[test]
     fn the_repository_copy_of_the_vectors_matches_the_shared_original() {
         let shared = shared_vectors_dir();
         if !shared.exists() {

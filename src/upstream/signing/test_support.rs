@@ -29,6 +29,8 @@ pub(crate) struct RequestVector {
     pub id: String,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub string_to_sign: String,
+    /// The exact bytes signed, where a vector records them (v13: GBK).
+    pub string_to_sign_bytes_b64: Option<String>,
     pub sign: String,
 }
 
