@@ -378,6 +378,26 @@ impl ExistingJob {
     }
 }
 
+/// The end of `begin_call` on either backend, when its upsert changed no
+/// row: the existing row either belongs to other business fields (refused,
+/// untouched) or already holds the job's first call time.
+fn first_call_of(
+    existing: Option<ExistingJob>,
+    transaction_id: &str,
+    fingerprint: &str,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, StoreError> {
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.conflicts_with(fingerprint))
+    {
+        return Err(StoreError::TransactionIdConflict {
+            transaction_id: transaction_id.to_owned(),
+        });
+    }
+    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
+}
+
 /// Handle to the job database; cheap to clone (it wraps a pool).
 #[derive(Clone)]
 pub struct JobStore {

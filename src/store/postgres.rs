@@ -131,15 +131,7 @@ pub(super) async fn begin_call(
         return Ok(first_call_at);
     }
     let existing = find(pool, job.transaction_id).await?;
-    if existing
-        .as_ref()
-        .is_some_and(|row| row.conflicts_with(job.fingerprint))
-    {
-        return Err(StoreError::TransactionIdConflict {
-            transaction_id: job.transaction_id.to_owned(),
-        });
-    }
-    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
+    super::first_call_of(existing, job.transaction_id, job.fingerprint, now)
 }
 
 pub(super) async fn record(

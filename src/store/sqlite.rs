@@ -215,15 +215,7 @@ pub(super) async fn begin_call(
         return from_text("first_call_at", &first_call_at);
     }
     let existing = find(pool, job.transaction_id).await?;
-    if existing
-        .as_ref()
-        .is_some_and(|row| row.conflicts_with(job.fingerprint))
-    {
-        return Err(StoreError::TransactionIdConflict {
-            transaction_id: job.transaction_id.to_owned(),
-        });
-    }
-    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
+    super::first_call_of(existing, job.transaction_id, job.fingerprint, now)
 }
 
 /// The transaction writes first (ledger or row insert), so SQLite takes the
