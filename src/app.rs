@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::config::Settings;
 use crate::control::Control;
 use crate::health::{self, Readiness};
-use crate::processor::Processor;
+use crate::processor::{Processor, ProcessorParts};
 use crate::queue::{self, Publisher, QueueError, Topology, consumer, short};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::retry::RetryPolicy;
@@ -57,24 +57,25 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
     let policy = RetryPolicy::from_settings(&settings.retry).context("retry settings")?;
     let topology = Arc::new(Topology::from_settings(&settings)?);
-    let limiter = UpstreamLimiter::new(Rate {
+    let client = Arc::new(client);
+    let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,
         burst: settings.rate_limit.burst,
-    });
-    let processor = Arc::new(Processor {
-        store,
-        client: Arc::new(client),
-        limiter: Arc::new(limiter),
+    }));
+    let processor = Arc::new(Processor::new(ProcessorParts {
+        store: store.clone(),
+        client: Arc::clone(&client),
+        limiter: Arc::clone(&limiter),
         policy,
         control: Arc::clone(&control),
         default_product_code: settings.upstream.product_code.clone(),
         pii_key,
         safe_call_window: settings.upstream.safe_call_window(),
-    });
+    }));
     // Before consuming: the other replicas must have made room for this one.
     let lease = crate::cluster::LeaseKeeper::start(
-        processor.store.clone(),
-        Arc::clone(&processor.limiter),
+        store,
+        Arc::clone(&limiter),
         &settings.rate_limit,
         &control,
     )
@@ -83,6 +84,8 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
         settings,
         topology,
         processor,
+        client,
+        limiter,
         control,
         readiness,
         tasks: JoinSet::new(),
@@ -138,6 +141,8 @@ struct Worker {
     settings: Settings,
     topology: Arc<Topology>,
     processor: Arc<Processor>,
+    client: Arc<UpstreamClient>,
+    limiter: Arc<UpstreamLimiter>,
     control: Arc<Control>,
     readiness: Arc<Readiness>,
     tasks: JoinSet<()>,
@@ -308,11 +313,10 @@ impl Worker {
             }
             // The probe reaches the upstream too: it takes a permit.
             let permit = tokio::select! {
-                permit = self.processor.limiter.acquire() => permit,
+                permit = self.limiter.acquire() => permit,
                 () = self.control.stopped() => return,
             };
             let probed = self
-                .processor
                 .client
                 .probe(&self.settings.upstream.product_code)
                 .await;

@@ -50,7 +50,9 @@ pub struct Attempt {
     pub throttled: u32,
 }
 
-pub struct Processor {
+/// What a [`Processor`] works with; the caller (`app`, or a test harness)
+/// builds and owns the shared parts and hands clones in.
+pub struct ProcessorParts {
     pub store: JobStore,
     pub client: Arc<UpstreamClient>,
     pub limiter: Arc<UpstreamLimiter>,
@@ -65,12 +67,46 @@ pub struct Processor {
     pub safe_call_window: Duration,
 }
 
+pub struct Processor {
+    store: JobStore,
+    client: Arc<UpstreamClient>,
+    limiter: Arc<UpstreamLimiter>,
+    policy: RetryPolicy,
+    control: Arc<Control>,
+    default_product_code: String,
+    pii_key: PiiKey,
+    safe_call_window: Duration,
+}
+
 /// How long to keep retrying a commit while the database is unreachable
 /// before handing the delivery back.
 const STORE_RETRY_BUDGET: Duration = Duration::from_secs(30);
 const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
 
 impl Processor {
+    pub fn new(parts: ProcessorParts) -> Self {
+        let ProcessorParts {
+            store,
+            client,
+            limiter,
+            policy,
+            control,
+            default_product_code,
+            pii_key,
+            safe_call_window,
+        } = parts;
+        Self {
+            store,
+            client,
+            limiter,
+            policy,
+            control,
+            default_product_code,
+            pii_key,
+            safe_call_window,
+        }
+    }
+
     /// Runs inside the consumer's `process_job` span, whose `transaction_id`
     /// and `outcome` fields it fills in.
     pub async fn process(&self, body: &[u8], attempt: Attempt) -> Disposition {
