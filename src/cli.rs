@@ -1,4 +1,5 @@
-//! The subcommands of DESIGN.md, each a thin call into the library.
+//! The subcommands (README "Commands", or `zhima-worker --help`), each a
+//! thin call into the library.
 //!
 //! Exit codes: 0 success, 1 error, 2 `enqueue` found invalid records,
 //! 3 `reconcile` found discrepancies, 64 usage error. Logs go to stderr,
