@@ -24,7 +24,6 @@ use crate::health::{self, Readiness};
 use crate::processor::{Processor, ProcessorParts};
 use crate::queue::{self, Publisher, QueueError, Topology, consumer, short};
 use crate::rate_limit::{Rate, UpstreamLimiter};
-use crate::retry::RetryPolicy;
 use crate::store::JobStore;
 use crate::upstream::UpstreamClient;
 
@@ -55,8 +54,8 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
     }
     let client =
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
-    let policy = RetryPolicy::from_settings(&settings.retry).context("retry settings")?;
-    let topology = Arc::new(Topology::from_settings(&settings)?);
+    let policy = settings.retry_policy().context("retry settings")?;
+    let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
     let client = Arc::new(client);
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,

@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::retry::{RetryPolicy, RetryPolicyError};
 use crate::upstream::signing::{Charset, SignType};
 
 /// Upper bound of `rate_limit.heartbeat_ms` and `rate_limit.lease_ms`.
@@ -383,7 +384,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_amqp()?;
         self.validate_upstream()?;
-        self.validate_retry()?;
+        self.retry_policy()?;
         self.validate_lease()?;
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
@@ -520,23 +521,20 @@ impl Settings {
         Ok(())
     }
 
-    fn validate_retry(&self) -> Result<(), ConfigError> {
+    /// The retry policy of the `[retry]` section, checked against the
+    /// upstream's transaction_id validity. [`load`] calls it, so it cannot
+    /// fail for loaded settings. Built from the section on each call (settings
+    /// edited after loading are honoured), so a caller builds it once and
+    /// hands the same policy to every component that needs it.
+    pub fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
         let retry = &self.retry;
-        if retry.initial_delay_ms == 0 {
-            return Err(ConfigError::invalid(
-                "retry.initial_delay_ms",
-                "must be > 0",
-            ));
-        }
-        if retry.initial_delay_ms > retry.max_delay_ms {
-            return Err(ConfigError::invalid(
-                "retry.max_delay_ms",
-                "must be ≥ retry.initial_delay_ms",
-            ));
-        }
-        let worst_case = crate::retry::RetryPolicy::from_settings(retry)
-            .map_err(|e| ConfigError::invalid("retry", e.to_string()))?
-            .worst_case_schedule();
+        let policy = RetryPolicy::new(
+            Duration::from_millis(retry.initial_delay_ms),
+            Duration::from_millis(retry.max_delay_ms),
+            retry.max_attempts.get(),
+        )
+        .map_err(retry_policy_error)?;
+        let worst_case = policy.worst_case_schedule();
         let budget = Duration::from_secs(self.upstream.transaction_validity_s) / 2;
         if worst_case > budget {
             return Err(ConfigError::invalid(
@@ -549,7 +547,22 @@ impl Settings {
                 ),
             ));
         }
-        Ok(())
+        Ok(policy)
+    }
+}
+
+/// Names the `[retry]` key that [`RetryPolicy::new`] refused.
+fn retry_policy_error(error: RetryPolicyError) -> ConfigError {
+    match error {
+        RetryPolicyError::ZeroInitialDelay => {
+            ConfigError::invalid("retry.initial_delay_ms", "must be > 0")
+        }
+        RetryPolicyError::MinAboveMax { .. } => {
+            ConfigError::invalid("retry.max_delay_ms", "must be ≥ retry.initial_delay_ms")
+        }
+        RetryPolicyError::NoAttempts => {
+            ConfigError::invalid("retry.max_attempts", error.to_string())
+        }
     }
 }
 

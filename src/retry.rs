@@ -5,13 +5,12 @@
 //! TTL in one queue blocks at the head), so every delay this policy returns is
 //! one of its [`RetryPolicy::tiers`]: the initial delay doubled up to the cap.
 //! Jitter is "full jitter" drawn in `[initial, cap(attempt)]` and rounded down to
-//! a tier. This module does no I/O and knows nothing of AMQP.
+//! a tier. This module does no I/O and knows nothing of AMQP or of the
+//! configuration: `config` builds the one policy from its `[retry]` section.
 
 use std::time::Duration;
 
 use rand::Rng;
-
-use crate::config::RetrySettings;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetryPolicyError {
@@ -75,14 +74,6 @@ impl RetryPolicy {
             max_attempts,
             tiers,
         })
-    }
-
-    pub fn from_settings(settings: &RetrySettings) -> Result<Self, RetryPolicyError> {
-        Self::new(
-            Duration::from_millis(settings.initial_delay_ms),
-            Duration::from_millis(settings.max_delay_ms),
-            settings.max_attempts.get(),
-        )
     }
 
     /// Every delay `decide` can return, ascending: one delay queue each.

@@ -54,6 +54,9 @@ pub enum QueueError {
     ConsumerCancelled,
     #[error("invalid queue name {0:?}")]
     InvalidName(String),
+    /// Only for settings edited after [`crate::config::load`], which checks them.
+    #[error("the settings do not describe a valid topology")]
+    Settings(#[from] crate::config::ConfigError),
 }
 
 impl QueueError {

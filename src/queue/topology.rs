@@ -14,7 +14,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 use super::{QueueError, QueueNames, short};
-use crate::config::QueueType;
+use crate::config::{AmqpSettings, QueueType, Settings};
+use crate::retry::RetryPolicy;
 
 /// The declared names plus the delay tiers they were declared for.
 #[derive(Debug, Clone)]
@@ -33,13 +34,14 @@ impl Topology {
 
     /// The topology `run` and `enqueue` declare for these settings: one delay
     /// queue per retry tier.
-    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, QueueError> {
-        let policy = crate::retry::RetryPolicy::from_settings(&settings.retry)
-            .map_err(|error| QueueError::InvalidName(error.to_string()))?;
-        Ok(Self::new(
-            QueueNames::from_settings(&settings.amqp),
-            policy.tiers(),
-        ))
+    pub fn from_settings(settings: &Settings) -> Result<Self, QueueError> {
+        Ok(Self::for_policy(&settings.amqp, &settings.retry_policy()?))
+    }
+
+    /// The topology for the policy the caller already built (`run` shares
+    /// the same policy with the processor).
+    pub fn for_policy(settings: &AmqpSettings, policy: &RetryPolicy) -> Self {
+        Self::new(QueueNames::from_settings(settings), policy.tiers())
     }
 
     pub fn delay_queues(&self) -> Vec<String> {
