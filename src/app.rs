@@ -1,20 +1,17 @@
-//! `zhima-worker run`: builds the worker's components, consumes the main queue
-//! with a bounded number of jobs in flight, reconnects when the broker goes
-//! away, pauses on configuration faults (probing until fixed), and drains on
-//! SIGINT/SIGTERM.
+//! `zhima-worker run`: builds the worker's components and owns the lifetimes
+//! of its tasks: the jobs in flight (bounded, drained on SIGINT/SIGTERM within
+//! `worker.shutdown_grace_s`), the lease keeper, the readiness flag, and the
+//! configuration probe that ends a pause.
 //!
-//! The per-job logic is in `processor`; the per-delivery broker work in
-//! `queue::consumer`. This module owns task lifecycles only.
+//! The per-job logic is in `processor`; everything on the broker (sessions,
+//! reconnects, hand-back, `--until-idle`) in `queue::session`. This module
+//! speaks no AMQP and decides no outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 
@@ -22,7 +19,8 @@ use crate::config::Settings;
 use crate::control::Control;
 use crate::health::{self, Readiness};
 use crate::processor::{Processor, ProcessorParts};
-use crate::queue::{self, Publisher, QueueError, Topology, consumer, short};
+use crate::queue::Topology;
+use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::store::JobStore;
 use crate::upstream::UpstreamClient;
@@ -33,8 +31,7 @@ pub struct RunOptions {
     pub until_idle: bool,
 }
 
-/// How long `--until-idle` waits between its two emptiness checks.
-const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts to reach the database at start-up.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
@@ -80,17 +77,23 @@ pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> 
     )
     .await;
     let mut worker = Worker {
-        settings,
-        topology,
         processor,
+        tasks: JoinSet::new(),
+        shutdown_grace: settings.worker.shutdown_grace(),
         client,
         limiter,
-        control,
+        product_code: settings.upstream.product_code.clone(),
+        probe_interval: settings.worker.probe_interval(),
+        control: Arc::clone(&control),
         readiness,
-        tasks: JoinSet::new(),
-        has_connected: false,
     };
-    let outcome = worker.run(options).await;
+    let options = ConsumeOptions {
+        concurrency: settings.worker.concurrency,
+        until_idle: options.until_idle,
+    };
+    let outcome =
+        session::consume_until_stopped(&settings.amqp, topology, options, &control, &mut worker)
+            .await;
     lease.release().await;
     outcome.context("connecting to the broker at start-up")
 }
@@ -136,202 +139,35 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The jobs in flight and the probe that ends a pause: the [`JobRunner`] the
+/// broker sessions hand their deliveries to.
 struct Worker {
-    settings: Settings,
-    topology: Arc<Topology>,
     processor: Arc<Processor>,
+    tasks: JoinSet<()>,
+    shutdown_grace: Duration,
     client: Arc<UpstreamClient>,
     limiter: Arc<UpstreamLimiter>,
+    product_code: String,
+    probe_interval: Duration,
     control: Arc<Control>,
     readiness: Arc<Readiness>,
-    tasks: JoinSet<()>,
-    /// Set once a session has consumed: from then on every broker error,
-    /// refusals included, is waited out by reconnecting.
-    has_connected: bool,
 }
 
-enum ConsumeEnd {
-    Stopped,
-    Paused,
-    Idle,
-}
-
-impl Worker {
-    /// Sessions until stopped. A broker that refuses our credentials or vhost
-    /// before the first session is an error (a configuration fault that
-    /// retrying cannot fix); any other failure is retried with backoff.
-    async fn run(&mut self, options: RunOptions) -> Result<(), QueueError> {
-        let mut backoff = Duration::from_millis(500);
-        while !self.control.is_stopping() {
-            let outcome = self.session(options).await;
-            self.readiness
-                .broker_connected
-                .store(false, Ordering::Relaxed);
-            match outcome {
-                Ok(()) => break,
-                Err(error) if error.is_refused() && !self.has_connected => {
-                    self.drain().await;
-                    return Err(error);
-                }
-                Err(error) => {
-                    tracing::warn!(error.message = %error, error.cause_chain = ?error,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "broker connection lost or refused; reconnecting");
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {},
-                        () = self.control.stopped() => {},
-                    }
-                    backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
-                }
-            }
-        }
-        self.drain().await;
-        tracing::info!("worker stopped");
-        Ok(())
+impl JobRunner for Worker {
+    fn in_flight(&self) -> usize {
+        self.tasks.len()
     }
 
-    /// One broker connection: declare, consume until stopped, idle, or the
-    /// connection fails. In-flight jobs are drained before it closes.
-    async fn session(&mut self, options: RunOptions) -> Result<(), QueueError> {
-        let connection = queue::connect(&self.settings.amqp, "run").await?;
-        let channel = open_channel(&connection).await?;
-        self.topology.declare(&channel).await?;
-        let publisher = Publisher::open(&connection).await?;
-        let prefetch = u16::try_from(self.settings.worker.concurrency.get()).unwrap_or(u16::MAX);
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(QueueError::broker("basic.qos"))?;
-        let mut idle = match options.until_idle {
-            true => Some(IdleDetector::new(
-                open_channel(&connection).await?,
-                &self.topology,
-            )),
-            false => None,
-        };
-        self.readiness
-            .broker_connected
-            .store(true, Ordering::Relaxed);
-        self.has_connected = true;
-        tracing::info!(queue = %self.topology.names.queue, prefetch, "consuming");
-        loop {
-            if self.control.is_paused() {
-                self.wait_for_resume().await;
-            }
-            if self.control.is_stopping() {
-                break;
-            }
-            match self.consume(&channel, &publisher, idle.as_mut()).await? {
-                ConsumeEnd::Paused => continue,
-                ConsumeEnd::Stopped => break,
-                ConsumeEnd::Idle => {
-                    tracing::info!("queues empty and nothing in flight: exiting (--until-idle)");
-                    self.control.stop();
-                    break;
-                }
-            }
-        }
-        self.drain().await;
-        let _ = connection.close(200, "worker stopping".into()).await;
-        Ok(())
-    }
-
-    async fn consume(
-        &mut self,
-        channel: &Channel,
-        publisher: &Publisher,
-        mut idle: Option<&mut IdleDetector>,
-    ) -> Result<ConsumeEnd, QueueError> {
-        let mut consumer = channel
-            .basic_consume(
-                short(&self.topology.names.queue)?,
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(QueueError::broker("basic.consume"))?;
-        let concurrency = self.settings.worker.concurrency.get() as usize;
-        let mut idle_tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
-        loop {
-            metrics::gauge!("zhima_jobs_in_flight").set(self.tasks.len() as f64);
-            tokio::select! {
-                biased;
-                () = self.control.stopped() => {
-                    stop_consuming(channel, &mut consumer).await;
-                    return Ok(ConsumeEnd::Stopped);
-                }
-                () = self.control.paused() => {
-                    stop_consuming(channel, &mut consumer).await;
-                    self.drain().await;
-                    return Ok(ConsumeEnd::Paused);
-                }
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Err(error) = joined {
-                        tracing::error!(error.message = %error, "job task failed");
-                    }
-                }
-                _ = idle_tick.tick(), if idle.is_some() => {
-                    if let Some(detector) = idle.as_deref_mut()
-                        && detector.is_idle(self.tasks.len()).await?
-                    {
-                        stop_consuming(channel, &mut consumer).await;
-                        return Ok(ConsumeEnd::Idle);
-                    }
-                }
-                next = consumer.next(), if self.tasks.len() < concurrency => match next {
-                    Some(Ok(delivery)) => {
-                        if let Some(detector) = idle.as_deref_mut() {
-                            detector.reset();
-                        }
-                        self.spawn(delivery, publisher.clone());
-                    }
-                    Some(Err(error)) => return Err(QueueError::broker("consume")(error)),
-                    None => return Err(QueueError::ConsumerCancelled),
-                },
-            }
-        }
-    }
-
-    fn spawn(&mut self, delivery: lapin::message::Delivery, publisher: Publisher) {
+    fn start(&mut self, job: Inbound) {
         let processor = Arc::clone(&self.processor);
-        let topology = Arc::clone(&self.topology);
         self.tasks.spawn(async move {
-            consumer::handle(delivery, &processor, &publisher, &topology).await;
+            job.handle(&processor).await;
         });
     }
 
-    /// Probes the gateway every `worker.probe_interval_s` with a request that
-    /// cannot be billed, until it passes or shutdown begins.
-    async fn wait_for_resume(&self) {
-        let interval = self.settings.worker.probe_interval();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {},
-                () = self.control.stopped() => return,
-            }
-            // The probe reaches the upstream too: it takes a permit.
-            let permit = tokio::select! {
-                permit = self.limiter.acquire() => permit,
-                () = self.control.stopped() => return,
-            };
-            let probed = self
-                .client
-                .probe(&self.settings.upstream.product_code)
-                .await;
-            drop(permit);
-            match probed {
-                Ok(()) => {
-                    tracing::info!("configuration probe passed: resuming consumption");
-                    self.control.resume();
-                    metrics::gauge!("zhima_consumption_paused").set(0.0);
-                    return;
-                }
-                Err(reason) => {
-                    tracing::error!(error.message = %reason,
-                        "configuration probe still failing; consumption stays paused");
-                }
-            }
+    async fn join_one(&mut self) {
+        if let Some(Err(error)) = self.tasks.join_next().await {
+            tracing::error!(error.message = %error, "job task failed");
         }
     }
 
@@ -342,7 +178,7 @@ impl Worker {
         if self.tasks.is_empty() {
             return;
         }
-        let grace = tokio::time::sleep(self.settings.worker.shutdown_grace());
+        let grace = tokio::time::sleep(self.shutdown_grace);
         tokio::pin!(grace);
         loop {
             tokio::select! {
@@ -363,67 +199,43 @@ impl Worker {
             }
         }
     }
-}
 
-async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(QueueError::broker("channel.open"))
-}
-
-/// Cancels the consumer and hands back whatever it had already buffered.
-async fn stop_consuming(channel: &Channel, consumer: &mut Consumer) {
-    let tag = consumer.tag();
-    if let Err(error) = channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
-    {
-        tracing::debug!(error.message = %error, "basic.cancel failed");
-        return;
-    }
-    while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(Duration::from_millis(200), consumer.next()).await
-    {
-        consumer::hand_back(&delivery).await;
-    }
-}
-
-/// `--until-idle`: two checks at least 0.5 s apart that both find every queue
-/// we feed from empty and nothing in flight here.
-struct IdleDetector {
-    channel: Channel,
-    queues: Vec<String>,
-    quiet_checks: u32,
-}
-
-impl IdleDetector {
-    fn new(channel: Channel, topology: &Topology) -> Self {
-        let mut queues = vec![topology.names.queue.clone()];
-        queues.extend(topology.delay_queues());
-        Self {
-            channel,
-            queues,
-            quiet_checks: 0,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.quiet_checks = 0;
-    }
-
-    async fn is_idle(&mut self, in_flight: usize) -> Result<bool, QueueError> {
-        if in_flight > 0 {
-            self.reset();
-            return Ok(false);
-        }
-        for queue in &self.queues {
-            if queue::topology::ready_messages(&self.channel, queue).await? > 0 {
-                self.reset();
-                return Ok(false);
+    /// A configuration fault paused consumption: the session has cancelled
+    /// its consumer, handed back what it had buffered and drained the jobs in
+    /// flight, then calls this before consuming again. Probes the gateway every `worker.probe_interval_s` with a
+    /// request that cannot be billed, and resumes once one passes; returns
+    /// early when shutdown begins.
+    async fn wait_for_resume(&mut self) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.probe_interval) => {},
+                () = self.control.stopped() => return,
+            }
+            // The probe reaches the upstream too: it takes a permit.
+            let permit = tokio::select! {
+                permit = self.limiter.acquire() => permit,
+                () = self.control.stopped() => return,
+            };
+            let probed = self.client.probe(&self.product_code).await;
+            drop(permit);
+            match probed {
+                Ok(()) => {
+                    tracing::info!("configuration probe passed: resuming consumption");
+                    self.control.resume();
+                    metrics::gauge!("zhima_consumption_paused").set(0.0);
+                    return;
+                }
+                Err(reason) => {
+                    tracing::error!(error.message = %reason,
+                        "configuration probe still failing; consumption stays paused");
+                }
             }
         }
-        self.quiet_checks += 1;
-        Ok(self.quiet_checks >= 2)
+    }
+
+    fn set_broker_connected(&self, connected: bool) {
+        self.readiness
+            .broker_connected
+            .store(connected, Ordering::Relaxed);
     }
 }

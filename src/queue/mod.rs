@@ -1,6 +1,7 @@
 //! Everything that speaks AMQP: the topology, the confirmed publisher, the
-//! consumer's delivery handling, and the operator commands that move messages
-//! (`enqueue`, `status`, `requeue-dead`).
+//! consume sessions of `run` (reconnects, pause hand-back, `--until-idle`),
+//! the consumer's delivery handling, and the operator commands that move
+//! messages (`enqueue`, `status`, `requeue-dead`).
 //!
 //! This module knows queue names and headers; it does not decide outcomes
 //! (that is `processor`) and runs no SQL.
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod consumer;
 pub mod enqueue;
 pub mod publisher;
+pub mod session;
 pub mod topology;
 
 use std::time::Duration;
