@@ -8,8 +8,10 @@
 //! once over this trait in [`super`]. A method here runs its statement and
 //! decides nothing: a rule that holds on every backend belongs there.
 //!
-//! A new backend implements this trait with [`LeaseSql`] and [`ReconcileSql`]
-//! and gets one arm in `JobStore::connect`, `JobStore::migrate` and `with_pool!`.
+//! A new backend implements this trait with [`LeaseSql`] and [`ReconcileSql`],
+//! and gets a `Backend` variant in `store/mod.rs` with its arm in `with_pool!`,
+//! `scheme_of`, `connect`, `migrate`, `Debug` and `is_shared`, and its
+//! transient error codes in `is_transient`.
 
 use std::future::Future;
 
