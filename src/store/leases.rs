@@ -9,12 +9,29 @@
 //!
 //! This module stores and reads leases; deciding shares is `cluster`'s job.
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgPool, SqlitePool};
+use sqlx::{Database, FromRow, PgPool, Pool, Postgres, Sqlite, SqlitePool};
 
 use super::StoreError;
+
+/// The lease statements of one backend (part of [`super::dialect::Dialect`]).
+pub(super) trait LeaseSql: Database {
+    /// One heartbeat, as described at the top of this file.
+    fn heartbeat(
+        pool: &Pool<Self>,
+        worker_id: &str,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Membership, StoreError>> + Send;
+
+    /// Deletes this replica's lease.
+    fn release(
+        pool: &Pool<Self>,
+        worker_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
 /// A replica whose lease had not expired when the heartbeat ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +81,26 @@ WHERE expires_at > now() AND worker_id <> $1
 UNION ALL
 SELECT worker_id, heartbeat_at, now() AS db_now FROM me";
 
-pub(super) async fn heartbeat_postgres(
+impl LeaseSql for Postgres {
+    async fn heartbeat(
+        pool: &PgPool,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Membership, StoreError> {
+        heartbeat_postgres(pool, worker_id, lease).await
+    }
+
+    async fn release(pool: &PgPool, worker_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM worker_leases WHERE worker_id = $1")
+            .bind(worker_id)
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("lease release"))?;
+        Ok(())
+    }
+}
+
+async fn heartbeat_postgres(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
@@ -93,20 +129,30 @@ pub(super) async fn heartbeat_postgres(
     Ok(Membership { now, live })
 }
 
-pub(super) async fn release_postgres(pool: &PgPool, worker_id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM worker_leases WHERE worker_id = $1")
-        .bind(worker_id)
-        .execute(pool)
-        .await
-        .map_err(StoreError::query("lease release"))?;
-    Ok(())
-}
-
 const SQLITE_NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+impl LeaseSql for Sqlite {
+    async fn heartbeat(
+        pool: &SqlitePool,
+        worker_id: &str,
+        lease: Duration,
+    ) -> Result<Membership, StoreError> {
+        heartbeat_sqlite(pool, worker_id, lease).await
+    }
+
+    async fn release(pool: &SqlitePool, worker_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM worker_leases WHERE worker_id = ?1")
+            .bind(worker_id)
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("lease release"))?;
+        Ok(())
+    }
+}
 
 /// SQLite has no data-modifying CTEs, so the same steps run as three
 /// statements in one transaction.
-pub(super) async fn heartbeat_sqlite(
+async fn heartbeat_sqlite(
     pool: &SqlitePool,
     worker_id: &str,
     lease: Duration,
@@ -174,13 +220,4 @@ fn parse_text(column: &'static str, text: &str) -> Result<DateTime<Utc>, StoreEr
             column,
             detail: format!("{text:?}: {e}"),
         })
-}
-
-pub(super) async fn release_sqlite(pool: &SqlitePool, worker_id: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM worker_leases WHERE worker_id = ?1")
-        .bind(worker_id)
-        .execute(pool)
-        .await
-        .map_err(StoreError::query("lease release"))?;
-    Ok(())
 }

@@ -4,7 +4,10 @@
 //!
 //! PostgreSQL (production, several replicas) and SQLite (one machine) sit
 //! behind one interface, each with its own SQL in [`postgres`] and [`sqlite`]
-//! (the `Any` driver translates neither placeholders nor types). Writes are
+//! (the `Any` driver translates neither placeholders nor types), one method
+//! per statement of the [`dialect::Dialect`] trait. What holds on every backend
+//! is written once here, over that trait: the `record` transaction, the frozen
+//! `succeeded` row, the end of `begin_call` and the biz_no conflict. Writes are
 //! idempotent per `transaction_id`, so a redelivery after a crash does no harm,
 //! and a `succeeded` row is never downgraded.
 //!
@@ -16,6 +19,19 @@
 //! so lexical order equals time order and SQLite's own
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')` writes the same form.
 
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it
+/// is: the one place (with `connect` and `migrate`) that lists the backends.
+/// `$body` is written once, generic over [`dialect::Dialect`].
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.backend {
+            $crate::store::Backend::Postgres($pool) => $body,
+            $crate::store::Backend::Sqlite($pool) => $body,
+        }
+    };
+}
+
+mod dialect;
 mod leases;
 mod postgres;
 mod reconcile;
@@ -28,7 +44,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{PgPool, Pool, SqlitePool};
+
+use dialect::Dialect;
+use leases::LeaseSql;
 
 /// Where a job stands. `succeeded` and `failed` are final: the worker acks a
 /// redelivered final job without calling the upstream again.
@@ -378,26 +397,6 @@ impl ExistingJob {
     }
 }
 
-/// The end of `begin_call` on either backend, when its upsert changed no
-/// row: the existing row either belongs to other business fields (refused,
-/// untouched) or already holds the job's first call time.
-fn first_call_of(
-    existing: Option<ExistingJob>,
-    transaction_id: &str,
-    fingerprint: &str,
-    now: DateTime<Utc>,
-) -> Result<DateTime<Utc>, StoreError> {
-    if existing
-        .as_ref()
-        .is_some_and(|row| row.conflicts_with(fingerprint))
-    {
-        return Err(StoreError::TransactionIdConflict {
-            transaction_id: transaction_id.to_owned(),
-        });
-    }
-    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
-}
-
 /// Handle to the job database; cheap to clone (it wraps a pool).
 #[derive(Clone)]
 pub struct JobStore {
@@ -466,19 +465,13 @@ impl JobStore {
 
     /// Round-trips a trivial query; used by readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::ping(pool).await,
-            Backend::Sqlite(pool) => sqlite::ping(pool).await,
-        }
+        with_pool!(self, pool => Dialect::ping(pool).await)
     }
 
     /// The job's row, if any; a final one means a redelivery that must be acked
     /// without a new upstream call.
     pub async fn find(&self, transaction_id: &str) -> Result<Option<ExistingJob>, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::find(pool, transaction_id).await,
-            Backend::Sqlite(pool) => sqlite::find(pool, transaction_id).await,
-        }
+        with_pool!(self, pool => Dialect::find(pool, transaction_id).await)
     }
 
     /// Called before an upstream call (just before its rate-limit permit is
@@ -500,10 +493,7 @@ impl JobStore {
         job: &JobKey<'_>,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::begin_call(pool, job, now).await,
-            Backend::Sqlite(pool) => sqlite::begin_call(pool, job, now).await,
-        }
+        with_pool!(self, pool => begin_call_in(pool, job, now).await)
     }
 
     /// In one transaction: appends `call` to the ledger (if any) and moves the
@@ -519,10 +509,7 @@ impl JobStore {
         update: &RowUpdate,
     ) -> Result<JobStatus, StoreError> {
         let values = RowValues::from(update);
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::record(pool, job, call, &values).await,
-            Backend::Sqlite(pool) => sqlite::record(pool, job, call, &values).await,
-        }
+        with_pool!(self, pool => record_in(pool, job, call, &values).await)
     }
 
     /// For an invalid message that still carries a valid transaction_id: a
@@ -540,18 +527,12 @@ impl JobStore {
             error_code,
             error_message,
         };
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::record_rejected(pool, &rejected).await,
-            Backend::Sqlite(pool) => sqlite::record_rejected(pool, &rejected).await,
-        }
+        with_pool!(self, pool => Dialect::record_rejected(pool, &rejected).await)
     }
 
     /// Job counts for every status (zero included), in [`JobStatus::ALL`] order.
     pub async fn counts_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
-        let stored = match &self.backend {
-            Backend::Postgres(pool) => postgres::counts_by_status(pool).await?,
-            Backend::Sqlite(pool) => sqlite::counts_by_status(pool).await?,
-        };
+        let stored = with_pool!(self, pool => Dialect::counts_by_status(pool).await)?;
         let mut counts: Vec<(JobStatus, i64)> = JobStatus::ALL
             .into_iter()
             .map(|status| (status, 0))
@@ -569,10 +550,7 @@ impl JobStore {
     /// first call time are kept, so the 24 h window still applies). Any other
     /// row, or none, is left as it is.
     pub async fn reset_to_retrying(&self, transaction_id: &str) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::reset_to_retrying(pool, transaction_id).await,
-            Backend::Sqlite(pool) => sqlite::reset_to_retrying(pool, transaction_id).await,
-        }
+        with_pool!(self, pool => Dialect::reset_to_retrying(pool, transaction_id).await)
     }
 
     /// Whether several replicas can share this store and so must split the
@@ -589,27 +567,88 @@ impl JobStore {
         worker_id: &str,
         lease: std::time::Duration,
     ) -> Result<Membership, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => leases::heartbeat_postgres(pool, worker_id, lease).await,
-            Backend::Sqlite(pool) => leases::heartbeat_sqlite(pool, worker_id, lease).await,
-        }
+        with_pool!(self, pool => LeaseSql::heartbeat(pool, worker_id, lease).await)
     }
 
     /// Deletes this replica's lease on a clean exit, so the others take its
     /// share at their next heartbeat instead of after the lease expires.
     pub async fn release_lease(&self, worker_id: &str) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => leases::release_postgres(pool, worker_id).await,
-            Backend::Sqlite(pool) => leases::release_sqlite(pool, worker_id).await,
-        }
+        with_pool!(self, pool => LeaseSql::release(pool, worker_id).await)
     }
 
     /// The ledger rows of one job, by attempt then start time.
     pub async fn calls_for(&self, transaction_id: &str) -> Result<Vec<CallRecord>, StoreError> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::calls_for(pool, transaction_id).await,
-            Backend::Sqlite(pool) => sqlite::calls_for(pool, transaction_id).await,
+        let rows = with_pool!(self, pool => Dialect::calls_for(pool, transaction_id).await)?;
+        rows.into_iter().map(call_from_db).collect()
+    }
+}
+
+/// [`JobStore::begin_call`] on any backend. When its one statement changed no
+/// row, the existing row either belongs to other business fields (refused,
+/// untouched) or is final and already holds the job's first call time (or
+/// never had one: `now` is returned).
+async fn begin_call_in<D: Dialect>(
+    pool: &Pool<D>,
+    job: &JobKey<'_>,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, StoreError> {
+    if let Some(first_call_at) = D::start_call(pool, job, now).await? {
+        return Ok(first_call_at);
+    }
+    let existing = D::find(pool, job.transaction_id).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|row| row.conflicts_with(job.fingerprint))
+    {
+        return Err(StoreError::TransactionIdConflict {
+            transaction_id: job.transaction_id.to_owned(),
+        });
+    }
+    Ok(existing.and_then(|row| row.first_call_at).unwrap_or(now))
+}
+
+/// [`JobStore::record`] on any backend, in one transaction. The statements
+/// that write come first (ledger, then the row if missing), so SQLite takes
+/// its writer lock at once and never has to upgrade a read lock, which could
+/// fail as busy without waiting; PostgreSQL locks the row on reading it.
+async fn record_in<D: Dialect>(
+    pool: &Pool<D>,
+    job: &JobKey<'_>,
+    call: Option<&CallRecord>,
+    values: &RowValues<'_>,
+) -> Result<JobStatus, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
+    if let Some(call) = call {
+        D::append_call(&mut tx, job.transaction_id, call).await?;
+    }
+    D::ensure_row(&mut tx, job).await?;
+    let current = D::lock_status(&mut tx, job.transaction_id).await?;
+    let attempts_added = u8::from(call.is_some());
+    let status = if current == JobStatus::Succeeded {
+        D::count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
+        current
+    } else {
+        D::apply_update(&mut tx, job.transaction_id, attempts_added, values)
+            .await
+            .map_err(|e| update_error(e, values))?;
+        values.status
+    };
+    tx.commit().await.map_err(StoreError::query("commit"))?;
+    Ok(status)
+}
+
+/// The row update never changes the primary key, so the only unique
+/// constraint it can break is `biz_no`'s.
+fn update_error(e: sqlx::Error, values: &RowValues<'_>) -> StoreError {
+    let is_unique_violation = e
+        .as_database_error()
+        .is_some_and(|db| db.is_unique_violation());
+    if is_unique_violation {
+        StoreError::DuplicateBizNo {
+            biz_no: values.biz_no.unwrap_or_default().to_owned(),
         }
+    } else {
+        StoreError::query("update job row")(e)
     }
 }
 

@@ -2,8 +2,9 @@
 //! that several replicas share. Row updates lock the job's row (`FOR UPDATE`)
 //! inside one transaction, so concurrent deliveries of one job serialize.
 //!
-//! Only this file speaks PostgreSQL's SQL dialect; it holds no policy beyond
-//! the row transitions documented on `JobStore`.
+//! Only this file speaks PostgreSQL's SQL dialect (with `leases` and
+//! `reconcile` for their tables). It implements [`Dialect`]'s statements and
+//! holds no policy: the transaction and the row rules are in `store/mod.rs`.
 
 use std::time::Duration;
 
@@ -12,9 +13,10 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
 
+use super::dialect::Dialect;
 use super::{
     CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
-    attempts_from_db, call_from_db, parse_status, saturating_i64,
+    attempts_from_db, parse_status, saturating_i64,
 };
 
 /// The PostgreSQL migrations, embedded so the binary carries its schema.
@@ -50,12 +52,202 @@ pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
     outcome
 }
 
-pub(super) async fn ping(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query("SELECT 1")
+impl Dialect for Postgres {
+    async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+
+    async fn find(pool: &PgPool, transaction_id: &str) -> Result<Option<ExistingJob>, StoreError> {
+        let row: Option<ExistingRow> = sqlx::query_as(
+            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
+             WHERE transaction_id = $1",
+        )
+        .bind(transaction_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::query("find job"))?;
+        row.map(|row| {
+            Ok(ExistingJob {
+                status: parse_status(&row.status)?,
+                attempts: attempts_from_db(i64::from(row.attempts))?,
+                first_call_at: row.first_call_at,
+                fingerprint: row.business_fingerprint,
+            })
+        })
+        .transpose()
+    }
+
+    async fn start_call(
+        pool: &PgPool,
+        job: &JobKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(START_CALL)
+            .bind(job.transaction_id)
+            .bind(job.external_ref)
+            .bind(&job.masked.cert_no)
+            .bind(&job.masked.name)
+            .bind(&job.masked.relation_phone)
+            .bind(&job.masked.relation_name)
+            .bind(now)
+            .bind(job.fingerprint)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::query("begin call"))?;
+        Ok(started.and_then(|(first_call_at,)| first_call_at))
+    }
+
+    async fn append_call(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+        call: &CallRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
+                 http_status, code, sub_code, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(transaction_id)
+        .bind(i32::try_from(call.attempt).unwrap_or(i32::MAX))
+        .bind(call.started_at)
+        .bind(saturating_i64(call.duration_ms))
+        .bind(call.http_status.map(i32::from))
+        .bind(call.code.as_deref())
+        .bind(call.sub_code.as_deref())
+        .bind(&call.outcome)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("append upstream call"))?;
+        Ok(())
+    }
+
+    /// `created_at` and `updated_at` take the table's default, `now()`.
+    async fn ensure_row(
+        tx: &mut Transaction<'_, Postgres>,
+        job: &JobKey<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+                 cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+                 business_fingerprint) \
+             VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7) \
+             ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(job.transaction_id)
+        .bind(job.external_ref)
+        .bind(&job.masked.cert_no)
+        .bind(&job.masked.name)
+        .bind(&job.masked.relation_phone)
+        .bind(&job.masked.relation_name)
+        .bind(job.fingerprint)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("create job row"))?;
+        Ok(())
+    }
+
+    /// `FOR UPDATE`: concurrent deliveries of one job wait here for each other.
+    async fn lock_status(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+    ) -> Result<JobStatus, StoreError> {
+        let (status,): (String,) = sqlx::query_as(
+            "SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE",
+        )
+        .bind(transaction_id)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(StoreError::query("lock job row"))?;
+        parse_status(&status)
+    }
+
+    async fn count_attempt(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+        attempts_added: u8,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE relation_checks SET attempts = attempts + $2, updated_at = now() \
+             WHERE transaction_id = $1",
+        )
+        .bind(transaction_id)
+        .bind(i32::from(attempts_added))
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("count attempt"))?;
+        Ok(())
+    }
+
+    async fn apply_update(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(APPLY_UPDATE)
+            .bind(transaction_id)
+            .bind(i32::from(attempts_added))
+            .bind(values.status.as_str())
+            .bind(values.status.is_final())
+            .bind(values.biz_no)
+            .bind(values.relation_rank)
+            .bind(values.recency)
+            .bind(values.relation_score)
+            .bind(values.error_code)
+            .bind(values.error_message)
+            .bind(values.response_body)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_rejected(pool: &PgPool, rejected: &Rejected<'_>) -> Result<(), StoreError> {
+        sqlx::query(RECORD_REJECTED)
+            .bind(rejected.transaction_id)
+            .bind(rejected.external_ref)
+            .bind(rejected.error_code)
+            .bind(rejected.error_message)
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("record rejected job"))?;
+        Ok(())
+    }
+
+    async fn counts_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status")
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query("count jobs by status"))
+    }
+
+    async fn reset_to_retrying(pool: &PgPool, transaction_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE relation_checks SET status = 'retrying', completed_at = NULL, \
+                 updated_at = now() \
+             WHERE transaction_id = $1 AND status = 'failed'",
+        )
+        .bind(transaction_id)
         .execute(pool)
         .await
-        .map_err(StoreError::query("ping"))?;
-    Ok(())
+        .map_err(StoreError::query("reset job to retrying"))?;
+        Ok(())
+    }
+
+    async fn calls_for(pool: &PgPool, transaction_id: &str) -> Result<Vec<LedgerRow>, StoreError> {
+        let rows: Vec<PgLedgerRow> = sqlx::query_as(
+            "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
+             FROM upstream_calls WHERE transaction_id = $1 ORDER BY attempt, started_at, id",
+        )
+        .bind(transaction_id)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::query("list upstream calls"))?;
+        Ok(rows.into_iter().map(LedgerRow::from).collect())
+    }
 }
 
 #[derive(FromRow)]
@@ -66,269 +258,55 @@ struct ExistingRow {
     first_call_at: Option<DateTime<Utc>>,
 }
 
-pub(super) async fn find(
-    pool: &PgPool,
-    transaction_id: &str,
-) -> Result<Option<ExistingJob>, StoreError> {
-    let row: Option<ExistingRow> = sqlx::query_as(
-        "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-         WHERE transaction_id = $1",
-    )
-    .bind(transaction_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::query("find job"))?;
-    row.map(|row| {
-        Ok(ExistingJob {
-            status: parse_status(&row.status)?,
-            attempts: attempts_from_db(i64::from(row.attempts))?,
-            first_call_at: row.first_call_at,
-            fingerprint: row.business_fingerprint,
-        })
-    })
-    .transpose()
-}
+/// The first call time and absent columns are filled, never overwritten; a
+/// final row or one with another fingerprint is left as it is (no row
+/// returned).
+const START_CALL: &str = "\
+    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+        created_at, updated_at, first_call_at, business_fingerprint) \
+    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8) \
+    ON CONFLICT (transaction_id) DO UPDATE SET \
+        first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
+        external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
+        cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
+        name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
+        relation_phone_masked = \
+            COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
+        relation_name_masked = \
+            COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
+        business_fingerprint = \
+            COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
+        updated_at = EXCLUDED.updated_at \
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+        AND (relation_checks.business_fingerprint IS NULL \
+             OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint) \
+    RETURNING first_call_at";
 
-pub(super) async fn begin_call(
-    pool: &PgPool,
-    job: &JobKey<'_>,
-    now: DateTime<Utc>,
-) -> Result<DateTime<Utc>, StoreError> {
-    let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, first_call_at, business_fingerprint) \
-         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8) \
-         ON CONFLICT (transaction_id) DO UPDATE SET \
-             first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
-             external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
-             cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
-             name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
-             relation_phone_masked = \
-                 COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
-             relation_name_masked = \
-                 COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
-             business_fingerprint = \
-                 COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
-             updated_at = EXCLUDED.updated_at \
-           WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
-             AND (relation_checks.business_fingerprint IS NULL \
-                  OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint) \
-         RETURNING first_call_at",
-    )
-    .bind(job.transaction_id)
-    .bind(job.external_ref)
-    .bind(&job.masked.cert_no)
-    .bind(&job.masked.name)
-    .bind(&job.masked.relation_phone)
-    .bind(&job.masked.relation_name)
-    .bind(now)
-    .bind(job.fingerprint)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::query("begin call"))?;
-    if let Some((Some(first_call_at),)) = started {
-        return Ok(first_call_at);
-    }
-    let existing = find(pool, job.transaction_id).await?;
-    super::first_call_of(existing, job.transaction_id, job.fingerprint, now)
-}
+/// A NULL value keeps the stored one, except for the error columns, which
+/// describe the latest attempt only.
+const APPLY_UPDATE: &str = "\
+    UPDATE relation_checks SET \
+        status = $3, attempts = attempts + $2, updated_at = now(), \
+        completed_at = CASE WHEN $4 THEN now() ELSE NULL END, \
+        biz_no = COALESCE($5, biz_no), \
+        relation_rank = COALESCE($6, relation_rank), \
+        recency = COALESCE($7, recency), \
+        relation_score = COALESCE($8, relation_score), \
+        error_code = $9, error_message = $10, \
+        response_body = COALESCE($11, response_body) \
+    WHERE transaction_id = $1";
 
-pub(super) async fn record(
-    pool: &PgPool,
-    job: &JobKey<'_>,
-    call: Option<&CallRecord>,
-    values: &RowValues<'_>,
-) -> Result<JobStatus, StoreError> {
-    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
-    if let Some(call) = call {
-        append_call(&mut tx, job.transaction_id, call).await?;
-    }
-    ensure_row(&mut tx, job).await?;
-    let current = lock_status(&mut tx, job.transaction_id).await?;
-    let attempts_added = i32::from(call.is_some());
-    let status = if current == JobStatus::Succeeded {
-        count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
-        current
-    } else {
-        apply_update(&mut tx, job.transaction_id, attempts_added, values).await?;
-        values.status
-    };
-    tx.commit().await.map_err(StoreError::query("commit"))?;
-    Ok(status)
-}
-
-async fn append_call(
-    tx: &mut Transaction<'_, Postgres>,
-    transaction_id: &str,
-    call: &CallRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
-             http_status, code, sub_code, outcome) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(transaction_id)
-    .bind(i32::try_from(call.attempt).unwrap_or(i32::MAX))
-    .bind(call.started_at)
-    .bind(saturating_i64(call.duration_ms))
-    .bind(call.http_status.map(i32::from))
-    .bind(call.code.as_deref())
-    .bind(call.sub_code.as_deref())
-    .bind(&call.outcome)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("append upstream call"))?;
-    Ok(())
-}
-
-/// Creates the row if `begin_call` never did (e.g. an update recorded without
-/// a call), so the locking read below always finds it.
-async fn ensure_row(
-    tx: &mut Transaction<'_, Postgres>,
-    job: &JobKey<'_>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             business_fingerprint) \
-         VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7) \
-         ON CONFLICT (transaction_id) DO NOTHING",
-    )
-    .bind(job.transaction_id)
-    .bind(job.external_ref)
-    .bind(&job.masked.cert_no)
-    .bind(&job.masked.name)
-    .bind(&job.masked.relation_phone)
-    .bind(&job.masked.relation_name)
-    .bind(job.fingerprint)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("create job row"))?;
-    Ok(())
-}
-
-async fn lock_status(
-    tx: &mut Transaction<'_, Postgres>,
-    transaction_id: &str,
-) -> Result<JobStatus, StoreError> {
-    let (status,): (String,) =
-        sqlx::query_as("SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE")
-            .bind(transaction_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(StoreError::query("lock job row"))?;
-    parse_status(&status)
-}
-
-async fn count_attempt(
-    tx: &mut Transaction<'_, Postgres>,
-    transaction_id: &str,
-    attempts_added: i32,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE relation_checks SET attempts = attempts + $2, updated_at = now() \
-         WHERE transaction_id = $1",
-    )
-    .bind(transaction_id)
-    .bind(attempts_added)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("count attempt"))?;
-    Ok(())
-}
-
-async fn apply_update(
-    tx: &mut Transaction<'_, Postgres>,
-    transaction_id: &str,
-    attempts_added: i32,
-    values: &RowValues<'_>,
-) -> Result<(), StoreError> {
-    let result = sqlx::query(
-        "UPDATE relation_checks SET \
-             status = $3, attempts = attempts + $2, updated_at = now(), \
-             completed_at = CASE WHEN $4 THEN now() ELSE NULL END, \
-             biz_no = COALESCE($5, biz_no), \
-             relation_rank = COALESCE($6, relation_rank), \
-             recency = COALESCE($7, recency), \
-             relation_score = COALESCE($8, relation_score), \
-             error_code = $9, error_message = $10, \
-             response_body = COALESCE($11, response_body) \
-         WHERE transaction_id = $1",
-    )
-    .bind(transaction_id)
-    .bind(attempts_added)
-    .bind(values.status.as_str())
-    .bind(values.status.is_final())
-    .bind(values.biz_no)
-    .bind(values.relation_rank)
-    .bind(values.recency)
-    .bind(values.relation_score)
-    .bind(values.error_code)
-    .bind(values.error_message)
-    .bind(values.response_body)
-    .execute(&mut **tx)
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_biz_no_conflict(&e) => Err(StoreError::DuplicateBizNo {
-            biz_no: values.biz_no.unwrap_or_default().to_owned(),
-        }),
-        Err(e) => Err(StoreError::query("update job row")(e)),
-    }
-}
-
-fn is_biz_no_conflict(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
-}
-
-pub(super) async fn record_rejected(
-    pool: &PgPool,
-    rejected: &Rejected<'_>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             error_code, error_message, completed_at) \
-         VALUES ($1, $2, 'failed', 0, $3, $4, now()) \
-         ON CONFLICT (transaction_id) DO UPDATE SET \
-             status = 'failed', \
-             external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
-             error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, \
-             completed_at = now(), updated_at = now() \
-           WHERE relation_checks.status NOT IN ('succeeded', 'failed')",
-    )
-    .bind(rejected.transaction_id)
-    .bind(rejected.external_ref)
-    .bind(rejected.error_code)
-    .bind(rejected.error_message)
-    .execute(pool)
-    .await
-    .map_err(StoreError::query("record rejected job"))?;
-    Ok(())
-}
-
-pub(super) async fn counts_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
-    sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status")
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::query("count jobs by status"))
-}
-
-pub(super) async fn reset_to_retrying(
-    pool: &PgPool,
-    transaction_id: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE relation_checks SET status = 'retrying', completed_at = NULL, updated_at = now() \
-         WHERE transaction_id = $1 AND status = 'failed'",
-    )
-    .bind(transaction_id)
-    .execute(pool)
-    .await
-    .map_err(StoreError::query("reset job to retrying"))?;
-    Ok(())
-}
+const RECORD_REJECTED: &str = "\
+    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+        error_code, error_message, completed_at) \
+    VALUES ($1, $2, 'failed', 0, $3, $4, now()) \
+    ON CONFLICT (transaction_id) DO UPDATE SET \
+        status = 'failed', \
+        external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
+        error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, \
+        completed_at = now(), updated_at = now() \
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
 #[derive(FromRow)]
 struct PgLedgerRow {
@@ -341,29 +319,16 @@ struct PgLedgerRow {
     outcome: String,
 }
 
-pub(super) async fn calls_for(
-    pool: &PgPool,
-    transaction_id: &str,
-) -> Result<Vec<CallRecord>, StoreError> {
-    let rows: Vec<PgLedgerRow> = sqlx::query_as(
-        "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
-         FROM upstream_calls WHERE transaction_id = $1 ORDER BY attempt, started_at, id",
-    )
-    .bind(transaction_id)
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::query("list upstream calls"))?;
-    rows.into_iter()
-        .map(|row| {
-            call_from_db(LedgerRow {
-                attempt: i64::from(row.attempt),
-                started_at: row.started_at,
-                duration_ms: row.duration_ms,
-                http_status: row.http_status.map(i64::from),
-                code: row.code,
-                sub_code: row.sub_code,
-                outcome: row.outcome,
-            })
-        })
-        .collect()
+impl From<PgLedgerRow> for LedgerRow {
+    fn from(row: PgLedgerRow) -> Self {
+        LedgerRow {
+            attempt: i64::from(row.attempt),
+            started_at: row.started_at,
+            duration_ms: row.duration_ms,
+            http_status: row.http_status.map(i64::from),
+            code: row.code,
+            sub_code: row.sub_code,
+            outcome: row.outcome,
+        }
+    }
 }

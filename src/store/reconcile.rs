@@ -8,12 +8,14 @@
 //! midnight); rows belong to it by `completed_at`. This module must not decide
 //! categories: that is `crate::reconcile`.
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
-use sqlx::{FromRow, PgPool, SqlitePool};
+use sqlx::{Database, FromRow, PgPool, Pool, Postgres, Sqlite, SqlitePool};
 
 use super::sqlite::{from_text, to_text};
-use super::{Backend, JobStatus, JobStore, StoreError, parse_status};
+use super::{JobStatus, JobStore, StoreError, parse_status};
 
 /// A `succeeded` row of the day, as the statement is matched against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,23 +62,8 @@ impl JobStore {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let count: i64 = match &self.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query_scalar(PG_COUNT_BILLABLE)
-                    .bind(start)
-                    .bind(end)
-                    .fetch_one(pool)
-                    .await
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query_scalar(SQLITE_COUNT_BILLABLE)
-                    .bind(to_text(start))
-                    .bind(to_text(end))
-                    .fetch_one(pool)
-                    .await
-            }
-        }
-        .map_err(StoreError::query("count the day's succeeded rows"))?;
+        let count = with_pool!(self, pool => ReconcileSql::count_billable(pool, start, end).await)
+            .map_err(StoreError::query("count the day's succeeded rows"))?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -86,10 +73,7 @@ impl JobStore {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> BoxStream<'_, Result<BillableRow, StoreError>> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres_billable(pool, start, end),
-            Backend::Sqlite(pool) => sqlite_billable(pool, start, end),
-        }
+        with_pool!(self, pool => ReconcileSql::billable_rows(pool, start, end))
     }
 
     /// The rows holding any of `biz_nos` (at most one each: the column is
@@ -98,7 +82,7 @@ impl JobStore {
         &self,
         biz_nos: &[String],
     ) -> Result<Vec<StoredCheck>, StoreError> {
-        self.checks_where("biz_no", biz_nos).await
+        with_pool!(self, pool => ReconcileSql::checks_where(pool, "biz_no", biz_nos).await)
     }
 
     /// The rows of any of `transaction_ids`.
@@ -106,36 +90,9 @@ impl JobStore {
         &self,
         transaction_ids: &[String],
     ) -> Result<Vec<StoredCheck>, StoreError> {
-        self.checks_where("transaction_id", transaction_ids).await
-    }
-
-    async fn checks_where(
-        &self,
-        column: &'static str,
-        keys: &[String],
-    ) -> Result<Vec<StoredCheck>, StoreError> {
-        const COLUMNS: &str =
-            "SELECT transaction_id, biz_no, status, error_code, completed_at FROM relation_checks";
-        match &self.backend {
-            Backend::Postgres(pool) => {
-                let sql = format!("{COLUMNS} WHERE {column} = ANY($1)");
-                let rows: Vec<PgCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(keys)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(StoreError::query("look up rows for reconciliation"))?;
-                rows.into_iter().map(PgCheckRow::into_check).collect()
-            }
-            Backend::Sqlite(pool) => {
-                let sql = format!("{COLUMNS} WHERE {column} IN (SELECT value FROM json_each(?1))");
-                let rows: Vec<SqliteCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(json_array(keys))
-                    .fetch_all(pool)
-                    .await
-                    .map_err(StoreError::query("look up rows for reconciliation"))?;
-                rows.into_iter().map(SqliteCheckRow::into_check).collect()
-            }
-        }
+        with_pool!(self, pool => {
+            ReconcileSql::checks_where(pool, "transaction_id", transaction_ids).await
+        })
     }
 
     /// Calls in the `upstream_calls` ledger per transaction_id (ids never
@@ -145,27 +102,9 @@ impl JobStore {
         &self,
         transaction_ids: &[String],
     ) -> Result<Vec<LedgerCount>, StoreError> {
-        let rows: Vec<(String, i64)> = match &self.backend {
-            Backend::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT transaction_id, count(*) FROM upstream_calls \
-                 WHERE transaction_id = ANY($1) GROUP BY transaction_id",
-                )
-                .bind(transaction_ids)
-                .fetch_all(pool)
-                .await
-            }
-            Backend::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT transaction_id, count(*) FROM upstream_calls \
-                 WHERE transaction_id IN (SELECT value FROM json_each(?1)) \
-                 GROUP BY transaction_id",
-                )
-                .bind(json_array(transaction_ids))
-                .fetch_all(pool)
-                .await
-            }
-        }
+        let rows = with_pool!(self, pool => {
+            ReconcileSql::ledger_counts(pool, transaction_ids).await
+        })
         .map_err(StoreError::query("count ledger calls"))?;
         Ok(rows
             .into_iter()
@@ -182,19 +121,49 @@ impl JobStore {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> BoxStream<'_, Result<ExportRow, StoreError>> {
-        match &self.backend {
-            Backend::Postgres(pool) => postgres_export(pool, start, end),
-            Backend::Sqlite(pool) => sqlite_export(pool, start, end),
-        }
+        with_pool!(self, pool => ReconcileSql::export_rows(pool, start, end))
     }
 }
 
-const PG_COUNT_BILLABLE: &str = "SELECT count(*) FROM relation_checks \
-     WHERE status = 'succeeded' AND biz_no IS NOT NULL \
-       AND completed_at >= $1 AND completed_at < $2";
-const SQLITE_COUNT_BILLABLE: &str = "SELECT count(*) FROM relation_checks \
-     WHERE status = 'succeeded' AND biz_no IS NOT NULL \
-       AND completed_at >= ?1 AND completed_at < ?2";
+/// The reconciliation statements of one backend (part of
+/// [`super::dialect::Dialect`]). `column` is `biz_no` or `transaction_id`,
+/// never caller input.
+pub(super) trait ReconcileSql: Database {
+    fn count_billable(
+        pool: &Pool<Self>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+
+    fn billable_rows(
+        pool: &Pool<Self>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<BillableRow, StoreError>>;
+
+    fn checks_where(
+        pool: &Pool<Self>,
+        column: &'static str,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<StoredCheck>, StoreError>> + Send;
+
+    fn ledger_counts(
+        pool: &Pool<Self>,
+        transaction_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, sqlx::Error>> + Send;
+
+    fn export_rows(
+        pool: &Pool<Self>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ExportRow, StoreError>>;
+}
+
+const CHECK_COLUMNS: &str =
+    "SELECT transaction_id, biz_no, status, error_code, completed_at FROM relation_checks";
+
+const EXPORT_COLUMNS: &str =
+    "SELECT biz_no, transaction_id, external_ref, status, completed_at FROM relation_checks";
 
 /// `first_call_at IS NULL` counts as "not before": such a row never called.
 #[derive(FromRow)]
@@ -214,44 +183,95 @@ impl From<BillableDbRow> for BillableRow {
     }
 }
 
-fn postgres_billable(
-    pool: &PgPool,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> BoxStream<'_, Result<BillableRow, StoreError>> {
-    sqlx::query_as::<_, BillableDbRow>(
-        "SELECT biz_no, transaction_id, COALESCE(first_call_at < $1, false) AS before_day \
-         FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
-           AND completed_at >= $1 AND completed_at < $2",
-    )
-    .bind(start)
-    .bind(end)
-    .fetch(pool)
-    .map(|row| {
-        row.map(BillableRow::from)
-            .map_err(StoreError::query("read the day's succeeded rows"))
-    })
-    .boxed()
-}
+impl ReconcileSql for Postgres {
+    async fn count_billable(
+        pool: &PgPool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM relation_checks \
+             WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+               AND completed_at >= $1 AND completed_at < $2",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_one(pool)
+        .await
+    }
 
-fn sqlite_billable(
-    pool: &SqlitePool,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> BoxStream<'_, Result<BillableRow, StoreError>> {
-    sqlx::query_as::<_, BillableDbRow>(
-        "SELECT biz_no, transaction_id, COALESCE(first_call_at < ?1, 0) AS before_day \
-         FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
-           AND completed_at >= ?1 AND completed_at < ?2",
-    )
-    .bind(to_text(start))
-    .bind(to_text(end))
-    .fetch(pool)
-    .map(|row| {
-        row.map(BillableRow::from)
-            .map_err(StoreError::query("read the day's succeeded rows"))
-    })
-    .boxed()
+    fn billable_rows(
+        pool: &PgPool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<BillableRow, StoreError>> {
+        sqlx::query_as::<_, BillableDbRow>(
+            "SELECT biz_no, transaction_id, COALESCE(first_call_at < $1, false) AS before_day \
+             FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+               AND completed_at >= $1 AND completed_at < $2",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch(pool)
+        .map(|row| {
+            row.map(BillableRow::from)
+                .map_err(StoreError::query("read the day's succeeded rows"))
+        })
+        .boxed()
+    }
+
+    async fn checks_where(
+        pool: &PgPool,
+        column: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<StoredCheck>, StoreError> {
+        let sql = format!("{CHECK_COLUMNS} WHERE {column} = ANY($1)");
+        let rows: Vec<PgCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(keys)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query("look up rows for reconciliation"))?;
+        rows.into_iter().map(PgCheckRow::into_check).collect()
+    }
+
+    async fn ledger_counts(
+        pool: &PgPool,
+        transaction_ids: &[String],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT transaction_id, count(*) FROM upstream_calls \
+             WHERE transaction_id = ANY($1) GROUP BY transaction_id",
+        )
+        .bind(transaction_ids)
+        .fetch_all(pool)
+        .await
+    }
+
+    fn export_rows(
+        pool: &PgPool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ExportRow, StoreError>> {
+        let sql = format!(
+            "{EXPORT_COLUMNS} WHERE completed_at >= $1 AND completed_at < $2 \
+             ORDER BY completed_at, transaction_id"
+        );
+        sqlx::query_as::<_, PgExportRow>(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .fetch(pool)
+            .map(|row| {
+                let row = row.map_err(StoreError::query("read the day's rows"))?;
+                Ok(ExportRow {
+                    status: parse_status(&row.status)?,
+                    biz_no: row.biz_no,
+                    transaction_id: row.transaction_id,
+                    external_ref: row.external_ref,
+                    completed_at: row.completed_at,
+                })
+            })
+            .boxed()
+    }
 }
 
 #[derive(FromRow)]
@@ -272,6 +292,109 @@ impl PgCheckRow {
             error_code: self.error_code,
             completed_at: self.completed_at,
         })
+    }
+}
+
+#[derive(FromRow)]
+struct PgExportRow {
+    biz_no: Option<String>,
+    transaction_id: String,
+    external_ref: Option<String>,
+    status: String,
+    completed_at: DateTime<Utc>,
+}
+
+/// SQLite keeps timestamps as text (see `super::sqlite`) and takes key lists
+/// as one JSON array.
+impl ReconcileSql for Sqlite {
+    async fn count_billable(
+        pool: &SqlitePool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM relation_checks \
+             WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+               AND completed_at >= ?1 AND completed_at < ?2",
+        )
+        .bind(to_text(start))
+        .bind(to_text(end))
+        .fetch_one(pool)
+        .await
+    }
+
+    fn billable_rows(
+        pool: &SqlitePool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<BillableRow, StoreError>> {
+        sqlx::query_as::<_, BillableDbRow>(
+            "SELECT biz_no, transaction_id, COALESCE(first_call_at < ?1, 0) AS before_day \
+             FROM relation_checks WHERE status = 'succeeded' AND biz_no IS NOT NULL \
+               AND completed_at >= ?1 AND completed_at < ?2",
+        )
+        .bind(to_text(start))
+        .bind(to_text(end))
+        .fetch(pool)
+        .map(|row| {
+            row.map(BillableRow::from)
+                .map_err(StoreError::query("read the day's succeeded rows"))
+        })
+        .boxed()
+    }
+
+    async fn checks_where(
+        pool: &SqlitePool,
+        column: &'static str,
+        keys: &[String],
+    ) -> Result<Vec<StoredCheck>, StoreError> {
+        let sql = format!("{CHECK_COLUMNS} WHERE {column} IN (SELECT value FROM json_each(?1))");
+        let rows: Vec<SqliteCheckRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(json_array(keys))
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query("look up rows for reconciliation"))?;
+        rows.into_iter().map(SqliteCheckRow::into_check).collect()
+    }
+
+    async fn ledger_counts(
+        pool: &SqlitePool,
+        transaction_ids: &[String],
+    ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT transaction_id, count(*) FROM upstream_calls \
+             WHERE transaction_id IN (SELECT value FROM json_each(?1)) \
+             GROUP BY transaction_id",
+        )
+        .bind(json_array(transaction_ids))
+        .fetch_all(pool)
+        .await
+    }
+
+    fn export_rows(
+        pool: &SqlitePool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ExportRow, StoreError>> {
+        let sql = format!(
+            "{EXPORT_COLUMNS} WHERE completed_at >= ?1 AND completed_at < ?2 \
+             ORDER BY completed_at, transaction_id"
+        );
+        sqlx::query_as::<_, SqliteExportRow>(sqlx::AssertSqlSafe(sql))
+            .bind(to_text(start))
+            .bind(to_text(end))
+            .fetch(pool)
+            .map(|row| {
+                let row = row.map_err(StoreError::query("read the day's rows"))?;
+                Ok(ExportRow {
+                    status: parse_status(&row.status)?,
+                    completed_at: from_text("completed_at", &row.completed_at)?,
+                    biz_no: row.biz_no,
+                    transaction_id: row.transaction_id,
+                    external_ref: row.external_ref,
+                })
+            })
+            .boxed()
     }
 }
 
@@ -299,44 +422,6 @@ impl SqliteCheckRow {
     }
 }
 
-const EXPORT_COLUMNS: &str =
-    "SELECT biz_no, transaction_id, external_ref, status, completed_at FROM relation_checks";
-
-#[derive(FromRow)]
-struct PgExportRow {
-    biz_no: Option<String>,
-    transaction_id: String,
-    external_ref: Option<String>,
-    status: String,
-    completed_at: DateTime<Utc>,
-}
-
-fn postgres_export(
-    pool: &PgPool,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> BoxStream<'_, Result<ExportRow, StoreError>> {
-    let sql = format!(
-        "{EXPORT_COLUMNS} WHERE completed_at >= $1 AND completed_at < $2 \
-         ORDER BY completed_at, transaction_id"
-    );
-    sqlx::query_as::<_, PgExportRow>(sqlx::AssertSqlSafe(sql))
-        .bind(start)
-        .bind(end)
-        .fetch(pool)
-        .map(|row| {
-            let row = row.map_err(StoreError::query("read the day's rows"))?;
-            Ok(ExportRow {
-                status: parse_status(&row.status)?,
-                biz_no: row.biz_no,
-                transaction_id: row.transaction_id,
-                external_ref: row.external_ref,
-                completed_at: row.completed_at,
-            })
-        })
-        .boxed()
-}
-
 #[derive(FromRow)]
 struct SqliteExportRow {
     biz_no: Option<String>,
@@ -344,32 +429,6 @@ struct SqliteExportRow {
     external_ref: Option<String>,
     status: String,
     completed_at: String,
-}
-
-fn sqlite_export(
-    pool: &SqlitePool,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-) -> BoxStream<'_, Result<ExportRow, StoreError>> {
-    let sql = format!(
-        "{EXPORT_COLUMNS} WHERE completed_at >= ?1 AND completed_at < ?2 \
-         ORDER BY completed_at, transaction_id"
-    );
-    sqlx::query_as::<_, SqliteExportRow>(sqlx::AssertSqlSafe(sql))
-        .bind(to_text(start))
-        .bind(to_text(end))
-        .fetch(pool)
-        .map(|row| {
-            let row = row.map_err(StoreError::query("read the day's rows"))?;
-            Ok(ExportRow {
-                status: parse_status(&row.status)?,
-                completed_at: from_text("completed_at", &row.completed_at)?,
-                biz_no: row.biz_no,
-                transaction_id: row.transaction_id,
-                external_ref: row.external_ref,
-            })
-        })
-        .boxed()
 }
 
 /// SQLite takes a key list as one JSON array (`json_each`), so the SQL text

@@ -5,7 +5,9 @@
 //! Timestamps are TEXT in the fixed form `YYYY-MM-DDTHH:MM:SS.sssZ` (UTC,
 //! milliseconds), written by [`to_text`] or by SQLite's
 //! `strftime('%Y-%m-%dT%H:%M:%fZ', 'now')`, so they sort lexically in time
-//! order. Only this file speaks SQLite's SQL dialect.
+//! order. Only this file speaks SQLite's SQL dialect (with `leases` and
+//! `reconcile` for their tables). It implements [`Dialect`]'s statements and
+//! holds no policy: the transaction and the row rules are in `store/mod.rs`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,9 +18,10 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, FromRow, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+use super::dialect::Dialect;
 use super::{
     CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
-    attempts_from_db, call_from_db, parse_status, saturating_i64,
+    attempts_from_db, parse_status, saturating_i64,
 };
 
 /// The SQLite migrations, embedded so the binary carries its schema.
@@ -131,12 +134,226 @@ fn now_text() -> String {
     to_text(Utc::now())
 }
 
-pub(super) async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
-    sqlx::query("SELECT 1")
+impl Dialect for Sqlite {
+    async fn ping(pool: &SqlitePool) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("ping"))?;
+        Ok(())
+    }
+
+    async fn find(
+        pool: &SqlitePool,
+        transaction_id: &str,
+    ) -> Result<Option<ExistingJob>, StoreError> {
+        let row: Option<ExistingRow> = sqlx::query_as(
+            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
+             WHERE transaction_id = ?1",
+        )
+        .bind(transaction_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(StoreError::query("find job"))?;
+        row.map(|row| {
+            Ok(ExistingJob {
+                status: parse_status(&row.status)?,
+                attempts: attempts_from_db(row.attempts)?,
+                first_call_at: row
+                    .first_call_at
+                    .map(|text| from_text("first_call_at", &text))
+                    .transpose()?,
+                fingerprint: row.business_fingerprint,
+            })
+        })
+        .transpose()
+    }
+
+    async fn start_call(
+        pool: &SqlitePool,
+        job: &JobKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let started: Option<(Option<String>,)> = sqlx::query_as(START_CALL)
+            .bind(job.transaction_id)
+            .bind(job.external_ref)
+            .bind(&job.masked.cert_no)
+            .bind(&job.masked.name)
+            .bind(&job.masked.relation_phone)
+            .bind(&job.masked.relation_name)
+            .bind(to_text(now))
+            .bind(job.fingerprint)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::query("begin call"))?;
+        started
+            .and_then(|(first_call_at,)| first_call_at)
+            .map(|text| from_text("first_call_at", &text))
+            .transpose()
+    }
+
+    /// The transaction writes here first, so SQLite takes the writer lock at
+    /// its first statement and never has to upgrade a read lock, which could
+    /// fail as busy without waiting.
+    async fn append_call(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        call: &CallRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
+                 http_status, code, sub_code, outcome) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(transaction_id)
+        .bind(i64::from(call.attempt))
+        .bind(to_text(call.started_at))
+        .bind(saturating_i64(call.duration_ms))
+        .bind(call.http_status.map(i64::from))
+        .bind(call.code.as_deref())
+        .bind(call.sub_code.as_deref())
+        .bind(&call.outcome)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("append upstream call"))?;
+        Ok(())
+    }
+
+    /// Without a call to append, this insert is the transaction's first
+    /// write, and takes the writer lock (see [`Dialect::append_call`]).
+    async fn ensure_row(
+        tx: &mut Transaction<'_, Sqlite>,
+        job: &JobKey<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+                 cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+                 created_at, updated_at, business_fingerprint) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
+             ON CONFLICT (transaction_id) DO NOTHING",
+        )
+        .bind(job.transaction_id)
+        .bind(job.external_ref)
+        .bind(&job.masked.cert_no)
+        .bind(&job.masked.name)
+        .bind(&job.masked.relation_phone)
+        .bind(&job.masked.relation_name)
+        .bind(now_text())
+        .bind(job.fingerprint)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("create job row"))?;
+        Ok(())
+    }
+
+    /// A plain read: the transaction already holds SQLite's one writer lock.
+    async fn lock_status(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+    ) -> Result<JobStatus, StoreError> {
+        let (status,): (String,) =
+            sqlx::query_as("SELECT status FROM relation_checks WHERE transaction_id = ?1")
+                .bind(transaction_id)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(StoreError::query("read job row"))?;
+        parse_status(&status)
+    }
+
+    async fn count_attempt(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        attempts_added: u8,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE relation_checks SET attempts = attempts + ?2, updated_at = ?3 \
+             WHERE transaction_id = ?1",
+        )
+        .bind(transaction_id)
+        .bind(i64::from(attempts_added))
+        .bind(now_text())
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::query("count attempt"))?;
+        Ok(())
+    }
+
+    async fn apply_update(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_text();
+        let completed_at = values.status.is_final().then_some(now.as_str());
+        sqlx::query(APPLY_UPDATE)
+            .bind(transaction_id)
+            .bind(i64::from(attempts_added))
+            .bind(values.status.as_str())
+            .bind(&now)
+            .bind(completed_at)
+            .bind(values.biz_no)
+            .bind(values.relation_rank)
+            .bind(values.recency)
+            .bind(values.relation_score)
+            .bind(values.error_code)
+            .bind(values.error_message)
+            .bind(values.response_body)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_rejected(pool: &SqlitePool, rejected: &Rejected<'_>) -> Result<(), StoreError> {
+        sqlx::query(RECORD_REJECTED)
+            .bind(rejected.transaction_id)
+            .bind(rejected.external_ref)
+            .bind(rejected.error_code)
+            .bind(rejected.error_message)
+            .bind(now_text())
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("record rejected job"))?;
+        Ok(())
+    }
+
+    async fn counts_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status")
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query("count jobs by status"))
+    }
+
+    async fn reset_to_retrying(pool: &SqlitePool, transaction_id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE relation_checks SET status = 'retrying', completed_at = NULL, \
+                 updated_at = ?2 \
+             WHERE transaction_id = ?1 AND status = 'failed'",
+        )
+        .bind(transaction_id)
+        .bind(now_text())
         .execute(pool)
         .await
-        .map_err(StoreError::query("ping"))?;
-    Ok(())
+        .map_err(StoreError::query("reset job to retrying"))?;
+        Ok(())
+    }
+
+    async fn calls_for(
+        pool: &SqlitePool,
+        transaction_id: &str,
+    ) -> Result<Vec<LedgerRow>, StoreError> {
+        let rows: Vec<SqliteLedgerRow> = sqlx::query_as(
+            "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
+             FROM upstream_calls WHERE transaction_id = ?1 ORDER BY attempt, started_at, id",
+        )
+        .bind(transaction_id)
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::query("list upstream calls"))?;
+        rows.into_iter()
+            .map(SqliteLedgerRow::into_ledger_row)
+            .collect()
+    }
 }
 
 #[derive(FromRow)]
@@ -147,279 +364,54 @@ struct ExistingRow {
     first_call_at: Option<String>,
 }
 
-pub(super) async fn find(
-    pool: &SqlitePool,
-    transaction_id: &str,
-) -> Result<Option<ExistingJob>, StoreError> {
-    let row: Option<ExistingRow> = sqlx::query_as(
-        "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-         WHERE transaction_id = ?1",
-    )
-    .bind(transaction_id)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::query("find job"))?;
-    row.map(|row| {
-        Ok(ExistingJob {
-            status: parse_status(&row.status)?,
-            attempts: attempts_from_db(row.attempts)?,
-            first_call_at: row
-                .first_call_at
-                .map(|text| from_text("first_call_at", &text))
-                .transpose()?,
-            fingerprint: row.business_fingerprint,
-        })
-    })
-    .transpose()
-}
+/// The first call time and absent columns are filled, never overwritten; a
+/// final row or one with another fingerprint is left as it is (no row
+/// returned).
+const START_CALL: &str = "\
+    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+        created_at, updated_at, first_call_at, business_fingerprint) \
+    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
+    ON CONFLICT (transaction_id) DO UPDATE SET \
+        first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
+        external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
+        cert_no_masked = COALESCE(relation_checks.cert_no_masked, excluded.cert_no_masked), \
+        name_masked = COALESCE(relation_checks.name_masked, excluded.name_masked), \
+        relation_phone_masked = \
+            COALESCE(relation_checks.relation_phone_masked, excluded.relation_phone_masked), \
+        relation_name_masked = \
+            COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
+        business_fingerprint = \
+            COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
+        updated_at = excluded.updated_at \
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+        AND (relation_checks.business_fingerprint IS NULL \
+             OR relation_checks.business_fingerprint = excluded.business_fingerprint) \
+    RETURNING first_call_at";
 
-pub(super) async fn begin_call(
-    pool: &SqlitePool,
-    job: &JobKey<'_>,
-    now: DateTime<Utc>,
-) -> Result<DateTime<Utc>, StoreError> {
-    let started: Option<(Option<String>,)> = sqlx::query_as(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, first_call_at, business_fingerprint) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
-         ON CONFLICT (transaction_id) DO UPDATE SET \
-             first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
-             external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
-             cert_no_masked = COALESCE(relation_checks.cert_no_masked, excluded.cert_no_masked), \
-             name_masked = COALESCE(relation_checks.name_masked, excluded.name_masked), \
-             relation_phone_masked = \
-                 COALESCE(relation_checks.relation_phone_masked, excluded.relation_phone_masked), \
-             relation_name_masked = \
-                 COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
-             business_fingerprint = \
-                 COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
-             updated_at = excluded.updated_at \
-           WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
-             AND (relation_checks.business_fingerprint IS NULL \
-                  OR relation_checks.business_fingerprint = excluded.business_fingerprint) \
-         RETURNING first_call_at",
-    )
-    .bind(job.transaction_id)
-    .bind(job.external_ref)
-    .bind(&job.masked.cert_no)
-    .bind(&job.masked.name)
-    .bind(&job.masked.relation_phone)
-    .bind(&job.masked.relation_name)
-    .bind(to_text(now))
-    .bind(job.fingerprint)
-    .fetch_optional(pool)
-    .await
-    .map_err(StoreError::query("begin call"))?;
-    if let Some((Some(first_call_at),)) = started {
-        return from_text("first_call_at", &first_call_at);
-    }
-    let existing = find(pool, job.transaction_id).await?;
-    super::first_call_of(existing, job.transaction_id, job.fingerprint, now)
-}
+/// A NULL value keeps the stored one, except for the error columns and
+/// `completed_at` (?5, bound only for a final status).
+const APPLY_UPDATE: &str = "\
+    UPDATE relation_checks SET \
+        status = ?3, attempts = attempts + ?2, updated_at = ?4, completed_at = ?5, \
+        biz_no = COALESCE(?6, biz_no), \
+        relation_rank = COALESCE(?7, relation_rank), \
+        recency = COALESCE(?8, recency), \
+        relation_score = COALESCE(?9, relation_score), \
+        error_code = ?10, error_message = ?11, \
+        response_body = COALESCE(?12, response_body) \
+    WHERE transaction_id = ?1";
 
-/// The transaction writes first (ledger or row insert), so SQLite takes the
-/// writer lock at its first statement and never has to upgrade a read lock,
-/// which could fail as busy without waiting.
-pub(super) async fn record(
-    pool: &SqlitePool,
-    job: &JobKey<'_>,
-    call: Option<&CallRecord>,
-    values: &RowValues<'_>,
-) -> Result<JobStatus, StoreError> {
-    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
-    if let Some(call) = call {
-        append_call(&mut tx, job.transaction_id, call).await?;
-    }
-    ensure_row(&mut tx, job).await?;
-    let current = read_status(&mut tx, job.transaction_id).await?;
-    let attempts_added = i64::from(call.is_some());
-    let status = if current == JobStatus::Succeeded {
-        count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
-        current
-    } else {
-        apply_update(&mut tx, job.transaction_id, attempts_added, values).await?;
-        values.status
-    };
-    tx.commit().await.map_err(StoreError::query("commit"))?;
-    Ok(status)
-}
-
-async fn append_call(
-    tx: &mut Transaction<'_, Sqlite>,
-    transaction_id: &str,
-    call: &CallRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
-             http_status, code, sub_code, outcome) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .bind(transaction_id)
-    .bind(i64::from(call.attempt))
-    .bind(to_text(call.started_at))
-    .bind(saturating_i64(call.duration_ms))
-    .bind(call.http_status.map(i64::from))
-    .bind(call.code.as_deref())
-    .bind(call.sub_code.as_deref())
-    .bind(&call.outcome)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("append upstream call"))?;
-    Ok(())
-}
-
-/// Creates the row if `begin_call` never did, so the read below finds it.
-async fn ensure_row(tx: &mut Transaction<'_, Sqlite>, job: &JobKey<'_>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-             created_at, updated_at, business_fingerprint) \
-         VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
-         ON CONFLICT (transaction_id) DO NOTHING",
-    )
-    .bind(job.transaction_id)
-    .bind(job.external_ref)
-    .bind(&job.masked.cert_no)
-    .bind(&job.masked.name)
-    .bind(&job.masked.relation_phone)
-    .bind(&job.masked.relation_name)
-    .bind(now_text())
-    .bind(job.fingerprint)
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("create job row"))?;
-    Ok(())
-}
-
-async fn read_status(
-    tx: &mut Transaction<'_, Sqlite>,
-    transaction_id: &str,
-) -> Result<JobStatus, StoreError> {
-    let (status,): (String,) =
-        sqlx::query_as("SELECT status FROM relation_checks WHERE transaction_id = ?1")
-            .bind(transaction_id)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(StoreError::query("read job row"))?;
-    parse_status(&status)
-}
-
-async fn count_attempt(
-    tx: &mut Transaction<'_, Sqlite>,
-    transaction_id: &str,
-    attempts_added: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE relation_checks SET attempts = attempts + ?2, updated_at = ?3 \
-         WHERE transaction_id = ?1",
-    )
-    .bind(transaction_id)
-    .bind(attempts_added)
-    .bind(now_text())
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::query("count attempt"))?;
-    Ok(())
-}
-
-async fn apply_update(
-    tx: &mut Transaction<'_, Sqlite>,
-    transaction_id: &str,
-    attempts_added: i64,
-    values: &RowValues<'_>,
-) -> Result<(), StoreError> {
-    let now = now_text();
-    let completed_at = values.status.is_final().then_some(now.as_str());
-    let result = sqlx::query(
-        "UPDATE relation_checks SET \
-             status = ?3, attempts = attempts + ?2, updated_at = ?4, completed_at = ?5, \
-             biz_no = COALESCE(?6, biz_no), \
-             relation_rank = COALESCE(?7, relation_rank), \
-             recency = COALESCE(?8, recency), \
-             relation_score = COALESCE(?9, relation_score), \
-             error_code = ?10, error_message = ?11, \
-             response_body = COALESCE(?12, response_body) \
-         WHERE transaction_id = ?1",
-    )
-    .bind(transaction_id)
-    .bind(attempts_added)
-    .bind(values.status.as_str())
-    .bind(&now)
-    .bind(completed_at)
-    .bind(values.biz_no)
-    .bind(values.relation_rank)
-    .bind(values.recency)
-    .bind(values.relation_score)
-    .bind(values.error_code)
-    .bind(values.error_message)
-    .bind(values.response_body)
-    .execute(&mut **tx)
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_unique_violation(&e) => Err(StoreError::DuplicateBizNo {
-            biz_no: values.biz_no.unwrap_or_default().to_owned(),
-        }),
-        Err(e) => Err(StoreError::query("update job row")(e)),
-    }
-}
-
-/// The update never changes the primary key, so the only unique constraint it
-/// can break is `biz_no`'s.
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
-}
-
-pub(super) async fn record_rejected(
-    pool: &SqlitePool,
-    rejected: &Rejected<'_>,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-             error_code, error_message, created_at, updated_at, completed_at) \
-         VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5) \
-         ON CONFLICT (transaction_id) DO UPDATE SET \
-             status = 'failed', \
-             external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
-             error_code = excluded.error_code, error_message = excluded.error_message, \
-             completed_at = excluded.completed_at, updated_at = excluded.updated_at \
-           WHERE relation_checks.status NOT IN ('succeeded', 'failed')",
-    )
-    .bind(rejected.transaction_id)
-    .bind(rejected.external_ref)
-    .bind(rejected.error_code)
-    .bind(rejected.error_message)
-    .bind(now_text())
-    .execute(pool)
-    .await
-    .map_err(StoreError::query("record rejected job"))?;
-    Ok(())
-}
-
-pub(super) async fn counts_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
-    sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status")
-        .fetch_all(pool)
-        .await
-        .map_err(StoreError::query("count jobs by status"))
-}
-
-pub(super) async fn reset_to_retrying(
-    pool: &SqlitePool,
-    transaction_id: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE relation_checks SET status = 'retrying', completed_at = NULL, updated_at = ?2 \
-         WHERE transaction_id = ?1 AND status = 'failed'",
-    )
-    .bind(transaction_id)
-    .bind(now_text())
-    .execute(pool)
-    .await
-    .map_err(StoreError::query("reset job to retrying"))?;
-    Ok(())
-}
+const RECORD_REJECTED: &str = "\
+    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+        error_code, error_message, created_at, updated_at, completed_at) \
+    VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5) \
+    ON CONFLICT (transaction_id) DO UPDATE SET \
+        status = 'failed', \
+        external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
+        error_code = excluded.error_code, error_message = excluded.error_message, \
+        completed_at = excluded.completed_at, updated_at = excluded.updated_at \
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
 #[derive(FromRow)]
 struct SqliteLedgerRow {
@@ -432,29 +424,16 @@ struct SqliteLedgerRow {
     outcome: String,
 }
 
-pub(super) async fn calls_for(
-    pool: &SqlitePool,
-    transaction_id: &str,
-) -> Result<Vec<CallRecord>, StoreError> {
-    let rows: Vec<SqliteLedgerRow> = sqlx::query_as(
-        "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
-         FROM upstream_calls WHERE transaction_id = ?1 ORDER BY attempt, started_at, id",
-    )
-    .bind(transaction_id)
-    .fetch_all(pool)
-    .await
-    .map_err(StoreError::query("list upstream calls"))?;
-    rows.into_iter()
-        .map(|row| {
-            call_from_db(LedgerRow {
-                attempt: row.attempt,
-                started_at: from_text("started_at", &row.started_at)?,
-                duration_ms: row.duration_ms,
-                http_status: row.http_status,
-                code: row.code,
-                sub_code: row.sub_code,
-                outcome: row.outcome,
-            })
+impl SqliteLedgerRow {
+    fn into_ledger_row(self) -> Result<LedgerRow, StoreError> {
+        Ok(LedgerRow {
+            attempt: self.attempt,
+            started_at: from_text("started_at", &self.started_at)?,
+            duration_ms: self.duration_ms,
+            http_status: self.http_status,
+            code: self.code,
+            sub_code: self.sub_code,
+            outcome: self.outcome,
         })
-        .collect()
+    }
 }
