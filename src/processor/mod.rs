@@ -288,22 +288,30 @@ impl Processor {
             outcome: settlement.ledger.as_str().to_owned(),
         };
         let update = row_update(settlement.row, &report);
-        let committed = self.commit(key, Some(&call), &update).await;
-        self.apply(&settlement, &report, committed.is_ok());
-        match committed {
-            Ok(()) => Handled {
-                disposition: disposition(settlement.next, &report),
-                outcome: settlement.job_outcome(),
-            },
-            Err(Instead(handled)) => handled,
+        let pause_reason = self.apply(&settlement, &report);
+        if let Err(Instead(handled)) = self.commit(key, Some(&call), &update).await {
+            return handled;
+        }
+        if let Some(reason) = pause_reason {
+            self.pause(reason);
+        }
+        Handled {
+            disposition: disposition(settlement.next, &report),
+            outcome: settlement.job_outcome(),
         }
     }
 
     /// Every effect of a settlement outside the store, in one place: the
-    /// unverified-answer streak, the shared rate, the call's metrics, and a
-    /// pause. A pause waits for the commit: a delivery handed back because
-    /// the database failed is decided again on redelivery.
-    fn apply(&self, settlement: &Settlement, report: &CallReport<RelationAnswer>, committed: bool) {
+    /// unverified-answer streak, the shared rate and the call's metrics, now
+    /// (a 40005 slows the other tasks down before this one's commit); and the
+    /// reason to pause consumption, if any, which the caller acts on only
+    /// once the outcome is committed (a delivery handed back because the
+    /// database failed is decided again on redelivery).
+    fn apply(
+        &self,
+        settlement: &Settlement,
+        report: &CallReport<RelationAnswer>,
+    ) -> Option<String> {
         let streak_tripped = match settlement.streak {
             StreakChange::Reset => {
                 self.control.note_verified();
@@ -316,16 +324,10 @@ impl Processor {
             self.limiter.note_throttled();
         }
         record_call_metrics(report, settlement.job_outcome());
-        if !committed {
-            return;
-        }
-        let pause_reason = match &report.outcome {
+        match &report.outcome {
             Err(error) if settlement.pause => Some(configuration_advice(error)),
             _ if streak_tripped => Some(UNVERIFIED_STREAK_ADVICE.to_owned()),
             _ => None,
-        };
-        if let Some(reason) = pause_reason {
-            self.pause(reason);
         }
     }
 
