@@ -306,7 +306,7 @@ impl Heartbeat {
         let replicas = share.replicas.get() as usize;
         if replicas != self.replicas {
             self.replicas = replicas;
-            metrics::gauge!("zhima_replicas_live").set(replicas as f64);
+            metrics::gauge!(crate::telemetry::metric::REPLICAS_LIVE).set(replicas as f64);
             tracing::info!(
                 replicas,
                 share_qps = share.per_second(),

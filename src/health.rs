@@ -18,7 +18,9 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::control::Control;
+use crate::processor::JobOutcome;
 use crate::store::JobStore;
+use crate::telemetry::metric;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
@@ -57,58 +59,51 @@ pub fn install_metrics() -> Result<PrometheusHandle, HealthError> {
 }
 
 fn register_metrics() {
-    metrics::describe_counter!("zhima_jobs_total", "Jobs handled, by outcome");
-    for outcome in [
-        "succeeded",
-        "failed",
-        "retried",
-        "handed_back",
-        "duplicate",
-        "invalid",
-    ] {
-        metrics::counter!("zhima_jobs_total", "outcome" => outcome).increment(0);
+    metrics::describe_counter!(metric::JOBS_TOTAL, "Jobs handled, by outcome");
+    for outcome in JobOutcome::ALL {
+        metrics::counter!(metric::JOBS_TOTAL, metric::OUTCOME => outcome.as_str()).increment(0);
     }
     metrics::describe_counter!(
-        "zhima_upstream_calls_total",
+        metric::UPSTREAM_CALLS_TOTAL,
         "Gateway calls, by code and sub_code"
     );
     metrics::describe_histogram!(
-        "zhima_upstream_latency_seconds",
+        metric::UPSTREAM_LATENCY_SECONDS,
         metrics::Unit::Seconds,
         "Gateway call latency"
     );
     metrics::describe_counter!(
-        "zhima_retries_scheduled_total",
+        metric::RETRIES_SCHEDULED_TOTAL,
         "Retry copies published to a delay queue"
     );
-    metrics::counter!("zhima_retries_scheduled_total").increment(0);
+    metrics::counter!(metric::RETRIES_SCHEDULED_TOTAL).increment(0);
     metrics::describe_histogram!(
-        "zhima_rate_limit_wait_seconds",
+        metric::RATE_LIMIT_WAIT_SECONDS,
         metrics::Unit::Seconds,
         "Time spent waiting for a rate-limit permit"
     );
-    metrics::describe_gauge!("zhima_jobs_in_flight", "Jobs being processed now");
-    metrics::gauge!("zhima_jobs_in_flight").set(0.0);
+    metrics::describe_gauge!(metric::JOBS_IN_FLIGHT, "Jobs being processed now");
+    metrics::gauge!(metric::JOBS_IN_FLIGHT).set(0.0);
     metrics::describe_gauge!(
-        "zhima_consumption_paused",
+        metric::CONSUMPTION_PAUSED,
         "1 while consumption is paused on a configuration fault"
     );
-    metrics::gauge!("zhima_consumption_paused").set(0.0);
+    metrics::gauge!(metric::CONSUMPTION_PAUSED).set(0.0);
     metrics::describe_gauge!(
-        "zhima_replicas_live",
+        metric::REPLICAS_LIVE,
         "Replicas sharing the upstream rate limit (live leases)"
     );
-    metrics::gauge!("zhima_replicas_live").set(0.0);
+    metrics::gauge!(metric::REPLICAS_LIVE).set(0.0);
     metrics::describe_gauge!(
-        "zhima_rate_limit_permits_per_second",
+        metric::RATE_LIMIT_PERMITS_PER_SECOND,
         "This replica's current upstream rate (its share, after back-off)"
     );
-    metrics::gauge!("zhima_rate_limit_permits_per_second").set(0.0);
+    metrics::gauge!(metric::RATE_LIMIT_PERMITS_PER_SECOND).set(0.0);
     metrics::describe_counter!(
-        "zhima_rate_limit_backoffs_total",
+        metric::RATE_LIMIT_BACKOFFS_TOTAL,
         "Times the upstream's call-rate limit halved this replica's rate"
     );
-    metrics::counter!("zhima_rate_limit_backoffs_total").increment(0);
+    metrics::counter!(metric::RATE_LIMIT_BACKOFFS_TOTAL).increment(0);
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until

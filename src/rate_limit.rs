@@ -315,7 +315,8 @@ impl UpstreamLimiter {
             }
         }
         // Also when nothing changed: the gauge starts at zero.
-        metrics::gauge!("zhima_rate_limit_permits_per_second").set(effective_per_second(&state));
+        metrics::gauge!(crate::telemetry::metric::RATE_LIMIT_PERMITS_PER_SECOND)
+            .set(effective_per_second(&state));
         changed
     }
 
@@ -353,7 +354,7 @@ impl UpstreamLimiter {
         if state.rebuild() {
             self.changed.notify_waiters();
         }
-        metrics::counter!("zhima_rate_limit_backoffs_total").increment(1);
+        metrics::counter!(crate::telemetry::metric::RATE_LIMIT_BACKOFFS_TOTAL).increment(1);
     }
 
     fn try_acquire(&self, now: Instant) -> Permit {
@@ -416,7 +417,8 @@ impl State {
         let _ = limiter.check_n(self.share.burst);
         self.quota = quota;
         self.limiter = Arc::new(limiter);
-        metrics::gauge!("zhima_rate_limit_permits_per_second").set(effective_per_second(self));
+        metrics::gauge!(crate::telemetry::metric::RATE_LIMIT_PERMITS_PER_SECOND)
+            .set(effective_per_second(self));
         true
     }
 }

@@ -1,25 +1,32 @@
 //! One job, from message body to committed outcome: decode and validate, skip
-//! if already final, wait for a rate-limit permit, call the gateway, classify,
-//! and commit the row and the ledger entry. The main flow of the worker.
+//! if already final, wait for a rate-limit permit, call the gateway, decide
+//! ([`decide`]), and commit the row and the ledger entry. The main flow of the
+//! worker.
 //!
 //! The result is a [`Disposition`] telling the consumer what to do with the
 //! delivery; every disposition that lets the message go (ack, retry copy,
 //! dead letter) is returned only after the outcome is committed to the store.
 //! This module never touches AMQP itself.
 
+mod decide;
+mod outcome;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::Span;
 
+pub use self::decide::{CallClass, Next, RowChange, Settlement, StreakChange, decide};
+pub use self::outcome::{CallOutcome, JobOutcome};
 use crate::control::Control;
 use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;
 use crate::rate_limit::{CallPermit, UpstreamLimiter};
-use crate::retry::{Decision, FailureKind, RetryPolicy};
-use crate::store::{CallRecord, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
-use crate::upstream::{CallReport, ErrorClass, RelationAnswer, UpstreamClient, UpstreamError};
+use crate::retry::RetryPolicy;
+use crate::store::{CallRecord, ExistingJob, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
+use crate::telemetry::metric;
+use crate::upstream::{CallReport, RelationAnswer, UpstreamClient, UpstreamError};
 
 /// What the consumer does with the delivery once the processor is done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,10 +85,32 @@ pub struct Processor {
     safe_call_window: Duration,
 }
 
+/// What became of a delivery: the consumer's instruction, and the word the
+/// span, the `job processed` line and the metric use for it.
+struct Handled {
+    disposition: Disposition,
+    outcome: JobOutcome,
+}
+
+impl Handled {
+    fn handed_back() -> Self {
+        Self {
+            disposition: Disposition::HandBack,
+            outcome: JobOutcome::HandedBack,
+        }
+    }
+}
+
+/// A store operation did not complete: handle the delivery this way instead.
+struct Instead(Handled);
+
 /// How long to keep retrying a commit while the database is unreachable
 /// before handing the delivery back.
 const STORE_RETRY_BUDGET: Duration = Duration::from_secs(30);
 const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
+const UNVERIFIED_STREAK_ADVICE: &str = "many answers in a row failed signature verification: \
+     check upstream.alipay_public_key_path (the Alipay public key, not the app's) and \
+     upstream.sign_type";
 
 impl Processor {
     pub fn new(parts: ProcessorParts) -> Self {
@@ -115,14 +144,16 @@ impl Processor {
             Err(rejected) => return self.reject(rejected).await,
         };
         Span::current().record("transaction_id", job.query.transaction_id.as_str());
-        let disposition = self.process_valid(&job, attempt).await;
-        let outcome = describe(&disposition);
-        Span::current().record("outcome", outcome);
-        tracing::info!(outcome, "job processed");
+        let Handled {
+            disposition,
+            outcome,
+        } = self.process_valid(&job, attempt).await;
+        Span::current().record("outcome", outcome.as_str());
+        tracing::info!(outcome = outcome.as_str(), "job processed");
         disposition
     }
 
-    async fn process_valid(&self, job: &Job, attempt: Attempt) -> Disposition {
+    async fn process_valid(&self, job: &Job, attempt: Attempt) -> Handled {
         let masked = mask(job);
         let fingerprint = self.pii_key.fingerprint(&job.query);
         let key = JobKey {
@@ -131,28 +162,17 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
-        let existing = match self
+        let existing = self
             .persist("look the job up", || self.store.find(key.transaction_id))
-            .await
-        {
-            Ok(existing) => existing,
-            Err(disposition) => return disposition,
-        };
-        if let Some(existing) = &existing {
-            if existing.conflicts_with(&fingerprint) {
-                return refused(&StoreError::TransactionIdConflict {
-                    transaction_id: key.transaction_id.to_owned(),
-                });
+            .await;
+        match existing {
+            Ok(Some(existing)) => {
+                if let Some(handled) = Self::settled_without_call(&existing, &key) {
+                    return handled;
+                }
             }
-            if existing.status.is_final() {
-                metrics::counter!("zhima_jobs_total", "outcome" => "duplicate").increment(1);
-                return Disposition::Ack;
-            }
-            if let Some(first) = existing.first_call_at
-                && self.outlived_window(first)
-            {
-                return self.expire(&key).await;
-            }
+            Ok(None) => {}
+            Err(Instead(handled)) => return handled,
         }
         // The row is written before the permit is taken, so that nothing slow
         // stands between the permit and the request (the upstream counts
@@ -162,17 +182,45 @@ impl Processor {
                 self.store.begin_call(&key, Utc::now())
             })
             .await;
-        if let Err(disposition) = began {
-            return disposition;
+        let first_call_at = match began {
+            Ok(first_call_at) => first_call_at,
+            Err(Instead(handled)) => return handled,
+        };
+        // The stored first call, possibly made by another replica, bounds how
+        // long the job may keep calling under this transaction_id.
+        if self.outlived_window(first_call_at) {
+            return self.expire(&key).await;
         }
+        self.call_and_settle(job, &key, attempt).await
+    }
+
+    /// A stored job that needs no call: a reused transaction_id, or a final
+    /// row (a redelivery after a crash).
+    fn settled_without_call(existing: &ExistingJob, key: &JobKey<'_>) -> Option<Handled> {
+        if existing.conflicts_with(key.fingerprint) {
+            return Some(refused(&StoreError::TransactionIdConflict {
+                transaction_id: key.transaction_id.to_owned(),
+            }));
+        }
+        if existing.status.is_final() {
+            count_job(JobOutcome::Duplicate);
+            return Some(Handled {
+                disposition: Disposition::Ack,
+                outcome: JobOutcome::Duplicate,
+            });
+        }
+        None
+    }
+
+    async fn call_and_settle(&self, job: &Job, key: &JobKey<'_>, attempt: Attempt) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
-            return Disposition::HandBack;
+            return Handled::handed_back();
         };
         let started_at = Utc::now();
         let report = self.client.query_relation(&job.query).await;
         // The call counts against the rate window until a second after this.
         drop(permit);
-        self.settle(&key, attempt, started_at, report).await
+        self.settle(key, attempt, started_at, report).await
     }
 
     /// Waits for a permit unless shutdown or a pause intervenes; `None` means
@@ -186,18 +234,17 @@ impl Processor {
             () = self.control.stopped() => return None,
             () = self.control.paused() => return None,
         };
-        metrics::histogram!("zhima_rate_limit_wait_seconds").record(permit.waited().as_secs_f64());
+        metrics::histogram!(metric::RATE_LIMIT_WAIT_SECONDS).record(permit.waited().as_secs_f64());
         (!(self.control.is_stopping() || self.control.is_paused())).then_some(permit)
     }
 
-    fn outlived_window(&self, first_call_at: chrono::DateTime<Utc>) -> bool {
-        let age = Utc::now().signed_duration_since(first_call_at);
-        age.to_std().is_ok_and(|age| age > self.safe_call_window)
+    fn outlived_window(&self, first_call_at: DateTime<Utc>) -> bool {
+        is_outside_window(first_call_at, Utc::now(), self.safe_call_window)
     }
 
     /// The job's first call is too old to call again under the same
     /// transaction_id without risking TRANSACTION_ID_EXPIRED.
-    async fn expire(&self, key: &JobKey<'_>) -> Disposition {
+    async fn expire(&self, key: &JobKey<'_>) -> Handled {
         let reason = format!(
             "the first upstream call is older than {} s: calling again risks \
              TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id after checking the bill",
@@ -209,20 +256,28 @@ impl Processor {
             response_body: None,
         };
         match self.commit(key, None, &update).await {
-            Ok(()) => Disposition::DeadLetter { reason },
-            Err(disposition) => disposition,
+            Ok(()) => Handled {
+                disposition: Disposition::DeadLetter { reason },
+                outcome: JobOutcome::Failed,
+            },
+            Err(Instead(handled)) => handled,
         }
     }
 
+    /// Decides what the call means, commits it, then applies the rest.
     async fn settle(
         &self,
         key: &JobKey<'_>,
         attempt: Attempt,
-        started_at: chrono::DateTime<Utc>,
+        started_at: DateTime<Utc>,
         report: CallReport<RelationAnswer>,
-    ) -> Disposition {
-        let verdict = self.judge(&report, attempt);
-        record_metrics(&report, &verdict);
+    ) -> Handled {
+        let settlement = decide(
+            CallClass::of(&report),
+            attempt,
+            &self.policy,
+            &mut rand::rng(),
+        );
         let call = CallRecord {
             attempt: attempt.number,
             started_at,
@@ -230,125 +285,55 @@ impl Processor {
             http_status: report.http_status,
             code: report.code.clone(),
             sub_code: report.sub_code.clone(),
-            outcome: verdict.ledger_outcome.to_owned(),
+            outcome: settlement.ledger.as_str().to_owned(),
         };
-        if let Err(disposition) = self.commit(key, Some(&call), &verdict.update).await {
-            return disposition;
+        let update = row_update(settlement.row, &report);
+        let pause_reason = self.apply(&settlement, &report);
+        if let Err(Instead(handled)) = self.commit(key, Some(&call), &update).await {
+            return handled;
         }
-        if let Some(reason) = verdict.pause_reason {
+        if let Some(reason) = pause_reason {
             self.pause(reason);
         }
-        verdict.disposition
-    }
-
-    fn judge(&self, report: &CallReport<RelationAnswer>, attempt: Attempt) -> Verdict {
-        match &report.outcome {
-            Ok(answer) => {
-                self.control.note_verified();
-                Verdict::succeeded(answer, report.raw_body.clone().unwrap_or_default())
-            }
-            Err(error) => {
-                let class = error.class();
-                if class == ErrorClass::Unverified {
-                    if self.control.note_unverified() {
-                        let mut verdict = self.judge_retry(report, error, attempt, class);
-                        verdict.pause_reason = Some(
-                            "many answers in a row failed signature verification: check \
-                             upstream.alipay_public_key_path (the Alipay public key, not the app's) \
-                             and upstream.sign_type"
-                                .into(),
-                        );
-                        return verdict;
-                    }
-                } else if report.code.is_some() {
-                    self.control.note_verified();
-                }
-                self.judge_failure(report, error, attempt, class)
-            }
+        Handled {
+            disposition: disposition(settlement.next, &report),
+            outcome: settlement.job_outcome(),
         }
     }
 
-    fn judge_failure(
+    /// Every effect of a settlement outside the store, in one place: the
+    /// unverified-answer streak, the shared rate and the call's metrics, now
+    /// (a 40005 slows the other tasks down before this one's commit); and the
+    /// reason to pause consumption, if any, which the caller acts on only
+    /// once the outcome is committed (a delivery handed back because the
+    /// database failed is decided again on redelivery).
+    fn apply(
         &self,
+        settlement: &Settlement,
         report: &CallReport<RelationAnswer>,
-        error: &UpstreamError,
-        attempt: Attempt,
-        class: ErrorClass,
-    ) -> Verdict {
-        if class == ErrorClass::Throttled {
+    ) -> Option<String> {
+        let streak_tripped = match settlement.streak {
+            StreakChange::Reset => {
+                self.control.note_verified();
+                false
+            }
+            StreakChange::Extend => self.control.note_unverified(),
+            StreakChange::Keep => false,
+        };
+        if settlement.slow_down {
             self.limiter.note_throttled();
         }
-        match class {
-            ErrorClass::Permanent => Verdict {
-                update: failed(error, evidence(report, error)),
-                disposition: Disposition::Ack,
-                ledger_outcome: "permanent",
-                pause_reason: None,
-            },
-            ErrorClass::Configuration => Verdict {
-                update: RowUpdate::Retrying {
-                    error_code: error.error_code(),
-                    error_message: error_message(error),
-                    response_body: None,
-                },
-                disposition: Disposition::HandBack,
-                ledger_outcome: "configuration",
-                pause_reason: Some(configuration_advice(error)),
-            },
-            ErrorClass::Retryable | ErrorClass::Throttled | ErrorClass::Unverified => {
-                self.judge_retry(report, error, attempt, class)
-            }
-        }
-    }
-
-    fn judge_retry(
-        &self,
-        report: &CallReport<RelationAnswer>,
-        error: &UpstreamError,
-        attempt: Attempt,
-        class: ErrorClass,
-    ) -> Verdict {
-        let (kind, ledger_outcome) = match class {
-            ErrorClass::Throttled => (FailureKind::Throttled, "throttled"),
-            ErrorClass::Unverified => (FailureKind::Transient, "unverified"),
-            _ => (FailureKind::Transient, "retryable"),
-        };
-        let throttled = attempt.throttled + u32::from(kind == FailureKind::Throttled);
-        let counted = attempt.number.saturating_sub(throttled);
-        let mut rng = rand::rng();
-        match self.policy.decide(counted, kind, &mut rng) {
-            Decision::RetryAfter(delay) => Verdict {
-                update: RowUpdate::Retrying {
-                    error_code: error.error_code(),
-                    error_message: error_message(error),
-                    response_body: evidence(report, error),
-                },
-                disposition: Disposition::Retry {
-                    delay,
-                    next_attempt: attempt.number + 1,
-                    throttled,
-                },
-                ledger_outcome,
-                pause_reason: None,
-            },
-            Decision::GiveUp => Verdict {
-                update: failed(error, evidence(report, error)),
-                disposition: Disposition::DeadLetter {
-                    reason: format!(
-                        "gave up after {counted} attempts; last error {}: {}",
-                        error.error_code(),
-                        error_message(error)
-                    ),
-                },
-                ledger_outcome,
-                pause_reason: None,
-            },
+        record_call_metrics(report, settlement.job_outcome());
+        match &report.outcome {
+            Err(error) if settlement.pause => Some(configuration_advice(error)),
+            _ if streak_tripped => Some(UNVERIFIED_STREAK_ADVICE.to_owned()),
+            _ => None,
         }
     }
 
     fn pause(&self, reason: String) {
         if self.control.pause(reason.clone()) {
-            metrics::gauge!("zhima_consumption_paused").set(1.0);
+            metrics::gauge!(metric::CONSUMPTION_PAUSED).set(1.0);
             tracing::error!(
                 error.message = %reason,
                 "configuration fault: consumption paused, prefetched jobs handed back; \
@@ -363,7 +348,7 @@ impl Processor {
         key: &JobKey<'_>,
         call: Option<&CallRecord>,
         update: &RowUpdate,
-    ) -> Result<(), Disposition> {
+    ) -> Result<(), Instead> {
         self.persist("store the outcome", || self.store.record(key, call, update))
             .await
             .map(|_| ())
@@ -372,14 +357,11 @@ impl Processor {
     /// Runs one store operation, retrying with backoff while the database is
     /// unreachable (up to `STORE_RETRY_BUDGET`, or until shutdown), so an
     /// outage holds deliveries instead of spinning them through the broker.
-    /// `Err` carries the disposition to use instead: hand back when the
-    /// database stays down, dead-letter (with the database's own reason) when
-    /// it refuses the data, which no retry would change.
-    async fn persist<T, F, Fut>(
-        &self,
-        what: &'static str,
-        mut operation: F,
-    ) -> Result<T, Disposition>
+    /// [`Instead`] says how to handle the delivery when the operation did not
+    /// complete: hand back when the database stays down, dead-letter (with
+    /// the database's own reason) when it refuses the data, which no retry
+    /// would change.
+    async fn persist<T, F, Fut>(&self, what: &'static str, mut operation: F) -> Result<T, Instead>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -392,7 +374,7 @@ impl Processor {
                 Err(error) if error.is_unavailable() => {
                     if tokio::time::Instant::now() + pause > deadline || self.control.is_stopping()
                     {
-                        return Err(store_unavailable(&error));
+                        return Err(Instead(store_unavailable(&error)));
                     }
                     tracing::warn!(error.message = %error, operation = what,
                         "database unavailable; retrying");
@@ -403,17 +385,9 @@ impl Processor {
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 Err(error @ StoreError::TransactionIdConflict { .. }) => {
-                    return Err(refused(&error));
+                    return Err(Instead(refused(&error)));
                 }
-                Err(error) => {
-                    tracing::error!(error.message = %error, error.cause_chain = ?error,
-                        operation = what, "the store refused the job; dead-lettering it");
-                    let reason = match error.database_reason() {
-                        Some(said) => format!("could not {what}: {error}: {said}"),
-                        None => format!("could not {what}: {error}"),
-                    };
-                    return Err(Disposition::DeadLetter { reason });
-                }
+                Err(error) => return Err(Instead(store_refused(what, &error))),
             }
         }
     }
@@ -434,39 +408,22 @@ impl Processor {
                     )
                 })
                 .await;
-            if let Err(disposition) = stored {
-                return disposition;
+            if let Err(Instead(handled)) = stored {
+                return handled.disposition;
             }
         }
-        metrics::counter!("zhima_jobs_total", "outcome" => "invalid").increment(1);
+        count_job(JobOutcome::Invalid);
         tracing::warn!(error.message = %reason, "invalid job message dead-lettered");
-        Span::current().record("outcome", "invalid");
+        Span::current().record("outcome", JobOutcome::Invalid.as_str());
         Disposition::DeadLetter { reason }
     }
 }
 
-struct Verdict {
-    update: RowUpdate,
-    disposition: Disposition,
-    ledger_outcome: &'static str,
-    pause_reason: Option<String>,
-}
-
-impl Verdict {
-    fn succeeded(answer: &RelationAnswer, raw_body: String) -> Self {
-        Self {
-            update: RowUpdate::Succeeded {
-                biz_no: answer.biz_no.clone(),
-                relation_rank: answer.relation_rank.clone(),
-                recency: answer.recency().map(str::to_owned),
-                relation_score: answer.relation_score,
-                response_body: raw_body,
-            },
-            disposition: Disposition::Ack,
-            ledger_outcome: "succeeded",
-            pause_reason: None,
-        }
-    }
+/// Whether a job first called at `first_call_at` is, at `now`, past the
+/// window in which calling again under its transaction_id is safe.
+fn is_outside_window(first_call_at: DateTime<Utc>, now: DateTime<Utc>, window: Duration) -> bool {
+    let age = now.signed_duration_since(first_call_at);
+    age.to_std().is_ok_and(|age| age > window)
 }
 
 fn mask(job: &Job) -> PiiMasked {
@@ -524,21 +481,98 @@ fn configuration_advice(error: &UpstreamError) -> String {
 /// A job whose transaction_id belongs to another job's business fields: never
 /// sent, never written (the stored job stays as it is), dead-lettered so the
 /// producer sees it and re-sends the contact under a new transaction_id.
-fn refused(conflict: &StoreError) -> Disposition {
-    metrics::counter!("zhima_jobs_total", "outcome" => "conflict").increment(1);
+fn refused(conflict: &StoreError) -> Handled {
+    count_job(JobOutcome::Conflict);
     tracing::warn!(error.message = %conflict, "transaction_id reused for another job; dead-lettered");
-    Disposition::DeadLetter {
-        reason: conflict.to_string(),
+    Handled {
+        disposition: Disposition::DeadLetter {
+            reason: conflict.to_string(),
+        },
+        outcome: JobOutcome::Conflict,
     }
 }
 
-fn store_unavailable(error: &StoreError) -> Disposition {
+fn store_unavailable(error: &StoreError) -> Handled {
     tracing::warn!(error.message = %error, error.cause_chain = ?error,
         "database unavailable; handing the delivery back");
-    Disposition::HandBack
+    Handled::handed_back()
 }
 
-fn record_metrics(report: &CallReport<RelationAnswer>, verdict: &Verdict) {
+/// The store refused the data itself (a constraint, a value too long): no
+/// retry would change that, so the delivery is dead-lettered with the
+/// database's own reason.
+fn store_refused(what: &str, error: &StoreError) -> Handled {
+    tracing::error!(error.message = %error, error.cause_chain = ?error,
+        operation = what, "the store refused the job; dead-lettering it");
+    let reason = match error.database_reason() {
+        Some(said) => format!("could not {what}: {error}: {said}"),
+        None => format!("could not {what}: {error}"),
+    };
+    Handled {
+        disposition: Disposition::DeadLetter { reason },
+        outcome: JobOutcome::Failed,
+    }
+}
+
+/// The row for the call's settlement. [`decide`] gives a succeeded row only
+/// to a successful call, so a failed call is never stored as one.
+fn row_update(change: RowChange, report: &CallReport<RelationAnswer>) -> RowUpdate {
+    match (&report.outcome, change) {
+        (Ok(answer), _) => RowUpdate::Succeeded {
+            biz_no: answer.biz_no.clone(),
+            relation_rank: answer.relation_rank.clone(),
+            recency: answer.recency().map(str::to_owned),
+            relation_score: answer.relation_score,
+            response_body: report.raw_body.clone().unwrap_or_default(),
+        },
+        (Err(error), RowChange::Retrying { with_evidence }) => RowUpdate::Retrying {
+            error_code: error.error_code(),
+            error_message: error_message(error),
+            response_body: if with_evidence {
+                evidence(report, error)
+            } else {
+                None
+            },
+        },
+        (Err(error), RowChange::Failed | RowChange::Succeeded) => {
+            failed(error, evidence(report, error))
+        }
+    }
+}
+
+fn disposition(next: Next, report: &CallReport<RelationAnswer>) -> Disposition {
+    match next {
+        Next::Ack => Disposition::Ack,
+        Next::Retry {
+            delay,
+            next_attempt,
+            throttled,
+        } => Disposition::Retry {
+            delay,
+            next_attempt,
+            throttled,
+        },
+        Next::GiveUp { attempts } => Disposition::DeadLetter {
+            reason: match &report.outcome {
+                Err(error) => format!(
+                    "gave up after {attempts} attempts; last error {}: {}",
+                    error.error_code(),
+                    error_message(error)
+                ),
+                Ok(_) => format!("gave up after {attempts} attempts"),
+            },
+        },
+        Next::HandBack => Disposition::HandBack,
+    }
+}
+
+fn count_job(outcome: JobOutcome) {
+    metrics::counter!(metric::JOBS_TOTAL, metric::OUTCOME => outcome.as_str()).increment(1);
+}
+
+/// One sample per gateway call, and the job's count by the outcome the call
+/// was settled with.
+fn record_call_metrics(report: &CallReport<RelationAnswer>, outcome: JobOutcome) {
     let code = report
         .code
         .clone()
@@ -547,23 +581,11 @@ fn record_metrics(report: &CallReport<RelationAnswer>, verdict: &Verdict) {
             None => "NONE".into(),
         });
     let sub_code = report.sub_code.clone().unwrap_or_default();
-    metrics::counter!("zhima_upstream_calls_total", "code" => code, "sub_code" => sub_code)
+    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => code, metric::SUB_CODE => sub_code)
         .increment(1);
-    metrics::histogram!("zhima_upstream_latency_seconds").record(report.elapsed.as_secs_f64());
-    let outcome = match &verdict.disposition {
-        Disposition::Ack if verdict.ledger_outcome == "succeeded" => "succeeded",
-        Disposition::Ack | Disposition::DeadLetter { .. } => "failed",
-        Disposition::Retry { .. } => "retried",
-        Disposition::HandBack => "handed_back",
-    };
-    metrics::counter!("zhima_jobs_total", "outcome" => outcome).increment(1);
+    metrics::histogram!(metric::UPSTREAM_LATENCY_SECONDS).record(report.elapsed.as_secs_f64());
+    count_job(outcome);
 }
 
-fn describe(disposition: &Disposition) -> &'static str {
-    match disposition {
-        Disposition::Ack => "stored",
-        Disposition::Retry { .. } => "retry_scheduled",
-        Disposition::DeadLetter { .. } => "dead_lettered",
-        Disposition::HandBack => "handed_back",
-    }
-}
+#[cfg(test)]
+mod tests;
