@@ -199,8 +199,9 @@ impl Processor {
     /// transaction_id without risking TRANSACTION_ID_EXPIRED.
     async fn expire(&self, key: &JobKey<'_>) -> Disposition {
         let reason = format!(
-            "the first upstream call is older than {} s: calling again risks \
-             TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id after checking the bill",
+            "TRANSACTION_WINDOW_EXCEEDED: the first upstream call is older than {} s: \
+             calling again risks TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id \
+             after checking the bill",
             self.safe_call_window.as_secs()
         );
         let update = RowUpdate::Failed {
