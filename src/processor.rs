@@ -534,6 +534,7 @@ fn refused(conflict: &StoreError) -> Disposition {
 }
 
 fn store_unavailable(error: &StoreError) -> Disposition {
+    metrics::counter!("zhima_jobs_total", "outcome" => "handed_back").increment(1);
     tracing::warn!(error.message = %error, error.cause_chain = ?error,
         "database unavailable; handing the delivery back");
     Disposition::HandBack
