@@ -246,8 +246,9 @@ impl Processor {
     /// transaction_id without risking TRANSACTION_ID_EXPIRED.
     async fn expire(&self, key: &JobKey<'_>) -> Handled {
         let reason = format!(
-            "the first upstream call is older than {} s: calling again risks \
-             TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id after checking the bill",
+            "TRANSACTION_WINDOW_EXCEEDED: the first upstream call is older than {} s: \
+             calling again risks TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id \
+             after checking the bill",
             self.safe_call_window.as_secs()
         );
         let update = RowUpdate::Failed {
@@ -493,6 +494,7 @@ fn refused(conflict: &StoreError) -> Handled {
 }
 
 fn store_unavailable(error: &StoreError) -> Handled {
+    count_job(JobOutcome::HandedBack);
     tracing::warn!(error.message = %error, error.cause_chain = ?error,
         "database unavailable; handing the delivery back");
     Handled::handed_back()
