@@ -65,6 +65,7 @@ fn register_metrics() {
         "handed_back",
         "duplicate",
         "invalid",
+        "conflict",
     ] {
         metrics::counter!("zhima_jobs_total", "outcome" => outcome).increment(0);
     }
@@ -72,6 +73,10 @@ fn register_metrics() {
         "zhima_upstream_calls_total",
         "Gateway calls, by code and sub_code"
     );
+    // Other codes appear with their first call; success is the series every
+    // error ratio divides by.
+    metrics::counter!("zhima_upstream_calls_total", "code" => "10000", "sub_code" => "")
+        .increment(0);
     metrics::describe_histogram!(
         "zhima_upstream_latency_seconds",
         metrics::Unit::Seconds,
