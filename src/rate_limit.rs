@@ -552,6 +552,26 @@ mod tests {
     }
 
     #[test]
+    fn idle_seconds_count_towards_recovery() {
+        let limiter = UpstreamLimiter::new(rate(40, 2));
+        let start = Instant::now();
+        limiter.note_throttled_at(start);
+        assert_eq!(limiter.permits_per_second(), 20.0);
+        limiter.try_acquire(start + Duration::from_millis(2500));
+        assert_eq!(
+            limiter.permits_per_second(),
+            28.0,
+            "two idle seconds, two tenths"
+        );
+        limiter.try_acquire(start + Duration::from_secs(9));
+        assert_eq!(
+            limiter.permits_per_second(),
+            40.0,
+            "back to the whole share"
+        );
+    }
+
+    #[test]
     fn back_off_never_goes_below_one_call_per_second() {
         let limiter = UpstreamLimiter::new(rate(4, 1));
         let mut now = Instant::now();
