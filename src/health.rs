@@ -67,6 +67,10 @@ fn register_metrics() {
         metric::UPSTREAM_CALLS_TOTAL,
         "Gateway calls, by code and sub_code"
     );
+    // Other codes appear with their first call; success is the series every
+    // error ratio divides by.
+    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => "10000", metric::SUB_CODE => "")
+        .increment(0);
     metrics::describe_histogram!(
         metric::UPSTREAM_LATENCY_SECONDS,
         metrics::Unit::Seconds,

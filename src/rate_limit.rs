@@ -396,14 +396,24 @@ impl UpstreamLimiter {
 }
 
 impl State {
-    /// One additive step back towards the whole share, at most once per
-    /// [`ADJUST_PERIOD`]. Returns whether the limiter was swapped.
+    /// One additive step back towards the whole share per [`ADJUST_PERIOD`]
+    /// without a throttled answer. Returns whether the limiter was swapped.
+    /// Every whole period since the last adjustment counts, also those that
+    /// passed without a call (an idle replica asks for no permit, yet "every
+    /// second without a throttled answer adds back a tenth").
     fn recover_at(&mut self, now: Instant) -> bool {
-        if self.backoff >= 1.0 || now.saturating_duration_since(self.last_adjust) < ADJUST_PERIOD {
+        let elapsed = now.saturating_duration_since(self.last_adjust);
+        if self.backoff >= 1.0 || elapsed < ADJUST_PERIOD {
             return false;
         }
-        self.backoff = (self.backoff + RECOVERY_STEP).min(1.0);
-        self.last_adjust = now;
+        let periods =
+            u32::try_from(elapsed.as_millis() / ADJUST_PERIOD.as_millis()).unwrap_or(u32::MAX);
+        self.backoff = (self.backoff + RECOVERY_STEP * f64::from(periods)).min(1.0);
+        self.last_adjust = if self.backoff >= 1.0 {
+            now
+        } else {
+            self.last_adjust + ADJUST_PERIOD * periods
+        };
         self.rebuild()
     }
 
@@ -541,6 +551,26 @@ mod tests {
             assert!(steps <= 8, "recovers within 8 steps");
         }
         assert_eq!(steps, 8, "back from a quarter in tenths of the share");
+    }
+
+    #[test]
+    fn idle_seconds_count_towards_recovery() {
+        let limiter = UpstreamLimiter::new(rate(40, 2));
+        let start = Instant::now();
+        limiter.note_throttled_at(start);
+        assert_eq!(limiter.permits_per_second(), 20.0);
+        limiter.try_acquire(start + Duration::from_millis(2500));
+        assert_eq!(
+            limiter.permits_per_second(),
+            28.0,
+            "two idle seconds, two tenths"
+        );
+        limiter.try_acquire(start + Duration::from_secs(9));
+        assert_eq!(
+            limiter.permits_per_second(),
+            40.0,
+            "back to the whole share"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod promises_faults;
+mod promises_ops;
 
 use std::time::Duration;
 

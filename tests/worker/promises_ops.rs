@@ -1,0 +1,847 @@
+//! The README's operating promises (issue 18, second half), each backed by a
+//! test named after it: no key, signature or secret in the logs even at
+//! TRACE; the metrics exist at zero and the rate-limit series move as
+//! "Scaling out" says; a killed replica's share is reclaimed within
+//! `lease_ms + heartbeat_ms`; `requeue-dead --limit`; a retry copy in a delay
+//! tier of an earlier configuration; a whole run in GBK.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::QueueDeleteOptions;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Child;
+use tokio::time::Instant;
+use zhima_worker::queue::{self, ATTEMPT_HEADER};
+use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
+
+use super::helpers::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// The Prometheus text a replica serves, once it answers.
+async fn scrape(metrics_url: &str) -> Option<String> {
+    let response = reqwest::get(metrics_url).await.ok()?;
+    response.text().await.ok()
+}
+
+async fn scrape_when_up(metrics_url: &str) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(text) = scrape(metrics_url).await {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{metrics_url} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn value_of(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (key, value) = line.rsplit_once(' ')?;
+        (key == series).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+async fn exits_zero(child: &mut Child) {
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .expect("the worker exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "the worker exited {status}");
+}
+
+/// Polls `condition` every 50 ms until it holds, or fails after `LIMIT`.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + LIMIT;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Both directions of every connection through a [`recording_relay`].
+#[derive(Clone, Default)]
+struct Recording {
+    to_gateway: Arc<Mutex<Vec<u8>>>,
+    from_gateway: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Recording {
+    fn requests(&self) -> String {
+        String::from_utf8_lossy(&self.to_gateway.lock().unwrap()).into_owned()
+    }
+
+    fn answers(&self) -> String {
+        String::from_utf8_lossy(&self.from_gateway.lock().unwrap()).into_owned()
+    }
+}
+
+/// A TCP relay in front of `target` that keeps a copy of every byte each way,
+/// so a test sees the requests (and their `sign`) exactly as the gateway did.
+async fn recording_relay(target: SocketAddr) -> (SocketAddr, Recording) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let recording = Recording::default();
+    let record = recording.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                continue;
+            };
+            let (client_read, client_write) = inbound.into_split();
+            let (gateway_read, gateway_write) = outbound.into_split();
+            tokio::spawn(copy_and_keep(
+                client_read,
+                gateway_write,
+                Arc::clone(&record.to_gateway),
+            ));
+            tokio::spawn(copy_and_keep(
+                gateway_read,
+                client_write,
+                Arc::clone(&record.from_gateway),
+            ));
+        }
+    });
+    (addr, recording)
+}
+
+async fn copy_and_keep(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    kept: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        kept.lock().unwrap().extend_from_slice(&buffer[..read]);
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Every `sign=` query parameter of the recorded requests, as sent
+/// (percent-encoded) and decoded.
+fn request_signs(requests: &str) -> Vec<(String, String)> {
+    let mut signs = Vec::new();
+    for (at, _) in requests.match_indices("sign=") {
+        if !matches!(requests[..at].chars().last(), Some('?' | '&')) {
+            continue;
+        }
+        let raw: String = requests[at + "sign=".len()..]
+            .chars()
+            .take_while(|c| !matches!(c, '&' | ' ' | '\r' | '\n'))
+            .collect();
+        let decoded = form_urlencoded::parse(format!("sign={raw}").as_bytes())
+            .next()
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default();
+        signs.push((raw, decoded));
+    }
+    signs
+}
+
+/// Every `"sign":"..."` member of the recorded answers.
+fn answer_signs(answers: &str) -> Vec<String> {
+    answers
+        .match_indices("\"sign\":\"")
+        .map(|(at, found)| {
+            answers[at + found.len()..]
+                .chars()
+                .take_while(|c| *c != '"')
+                .collect()
+        })
+        .collect()
+}
+
+/// The runs of ASCII letters and digits of `text` at least `min` long: the
+/// parts of a base64 value that survive any escaping (URL, JSON) unchanged.
+fn alphanumeric_runs(text: &str, min: usize) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|run| run.len() >= min)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every byte as `%XX`: a spelling of a URL's credential that nothing but the
+/// raw URL contains.
+fn percent_encode_all(text: &str) -> String {
+    text.bytes().map(|byte| format!("%{byte:02X}")).collect()
+}
+
+/// A connection URL with its password written percent-encoded byte by byte
+/// (the same password once decoded), and that password decoded.
+fn with_encoded_password(url: &str) -> (String, String, String) {
+    let parsed = url::Url::parse(url).expect("a URL");
+    let password = percent_encoding::percent_decode_str(parsed.password().expect("a password"))
+        .decode_utf8()
+        .expect("utf-8")
+        .into_owned();
+    let user = percent_encoding::percent_decode_str(parsed.username())
+        .decode_utf8()
+        .expect("utf-8")
+        .into_owned();
+    let (scheme, rest) = url.split_once("://").expect("scheme");
+    let (_, host_and_path) = rest.split_once('@').expect("credentials");
+    let encoded = percent_encode_all(&password);
+    let rewritten = format!("{scheme}://{user}:{encoded}@{host_and_path}");
+    (rewritten, encoded, password)
+}
+
+/// What the logs must not contain: `(what, text)`.
+fn private_key_parts() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/keys/test_merchant_private.pem"
+    );
+    let pem = std::fs::read_to_string(path).expect("the test key");
+    let lines: Vec<&str> = pem
+        .lines()
+        .filter(|line| !line.starts_with("-----") && !line.trim().is_empty())
+        .collect();
+    let body = lines.concat();
+    let mut parts = vec![("the private key's base64 body".to_owned(), body.clone())];
+    for line in &lines {
+        parts.push(("a line of the private key".to_owned(), (*line).to_owned()));
+    }
+    let chars: Vec<char> = body.chars().collect();
+    for start in (0..chars.len().saturating_sub(32)).step_by(16) {
+        let window: String = chars[start..start + 32].iter().collect();
+        parts.push((
+            format!("32 characters of the private key at {start}"),
+            window,
+        ));
+    }
+    parts
+}
+
+fn random_token() -> String {
+    let mut rng = rand::rng();
+    let tail: String = (0..24)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect();
+    format!("tok{tail}")
+}
+
+fn assert_absent(logs: &str, what: &str, secret: &str) {
+    assert!(!secret.is_empty(), "{what}: nothing to look for");
+    if let Some(at) = logs.find(secret) {
+        let start = logs[..at].rfind('\n').map_or(0, |n| n + 1);
+        let end = logs[at..].find('\n').map_or(logs.len(), |n| at + n);
+        panic!(
+            "{what} appears in the logs:\n{}",
+            &logs[start..end.min(start + 2000)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_signatures_and_secrets_never_appear_in_logs_even_at_trace() {
+    let token = random_token();
+    let mut sandbox_config = SandboxConfig::with_test_keys().expect("test keys");
+    sandbox_config.seed = Some(7);
+    sandbox_config.faults = Faults {
+        system_error_rate: 0.2,
+        broken_sign_rate: 0.1,
+        ..Faults::default()
+    };
+    sandbox_config.app_auth_tokens = vec![AppAuthToken {
+        app_id: sandbox::DEFAULT_APP_ID.to_owned(),
+        token: token.clone(),
+    }];
+    let sandbox = sandbox::start(sandbox_config).await.expect("sandbox");
+    let mut worker = helpers::build(Db::Postgres, sandbox).await;
+    let (relay, recording) = recording_relay(worker.sandbox.addr).await;
+    let (database_url, database_password_encoded, database_password) =
+        with_encoded_password(&worker.database_url);
+    let default_amqp = zhima_worker::config::load(None).expect("defaults").amqp.url;
+    let (amqp_url, amqp_password_encoded, amqp_password) =
+        with_encoded_password(secrecy::ExposeSecret::expose_secret(&default_amqp));
+    for (key, value) in [
+        (
+            "ZHIMA__UPSTREAM__GATEWAY_URL",
+            format!("http://{relay}/gateway.do"),
+        ),
+        ("ZHIMA__UPSTREAM__APP_AUTH_TOKEN", token.clone()),
+        ("DATABASE_URL", database_url),
+        ("ZHIMA__AMQP__URL", amqp_url),
+        ("ZHIMA__LOG__FILTER", "trace".to_owned()),
+    ] {
+        worker.env.insert(key.to_owned(), value);
+    }
+    for n in 0..12 {
+        worker.publish_job(&job("secret", n)).await;
+    }
+    let output = worker
+        .command(&["run", "--until-idle"])
+        .env("RUST_LOG", "trace")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "run exited {}", output.status);
+    let statuses = worker.statuses().await;
+    assert_eq!(
+        helpers::succeeded(&statuses),
+        12,
+        "{:?}",
+        count_values(&statuses)
+    );
+    assert!(
+        logs.lines().any(|line| line.contains("TRACE")),
+        "the run logged at TRACE"
+    );
+
+    let requests = recording.requests();
+    assert!(
+        requests.contains(&format!("app_auth_token={token}")),
+        "the token was sent (ISV mode)"
+    );
+    let sent_signs = request_signs(&requests);
+    let answered_signs = answer_signs(&recording.answers());
+    let calls = worker.sandbox.stats().requests;
+    assert_eq!(sent_signs.len() as u64, calls, "one sign per request");
+    assert!(answered_signs.len() > 12, "{}", answered_signs.len());
+
+    let mut secrets = vec![("upstream.app_auth_token".to_owned(), token)];
+    secrets.extend(private_key_parts());
+    for (raw, decoded) in &sent_signs {
+        secrets.push(("a request's sign as sent".into(), raw.clone()));
+        secrets.push(("a request's sign".into(), decoded.clone()));
+        for run in alphanumeric_runs(decoded, 16) {
+            secrets.push(("part of a request's sign".into(), run));
+        }
+    }
+    for sign in &answered_signs {
+        secrets.push(("an answer's sign".into(), sign.clone()));
+        for run in alphanumeric_runs(sign, 16) {
+            secrets.push(("part of an answer's sign".into(), run));
+        }
+    }
+    secrets.push((
+        "the database password as written in the URL".into(),
+        database_password_encoded,
+    ));
+    secrets.push((
+        "the broker password as written in the URL".into(),
+        amqp_password_encoded,
+    ));
+    for (what, secret) in &secrets {
+        assert_absent(&logs, what, secret);
+    }
+    for (what, password) in [("database", database_password), ("broker", amqp_password)] {
+        for spelling in [format!(":{password}@"), format!("\\u0000{password}")] {
+            assert_absent(&logs, &format!("the {what} password"), &spelling);
+        }
+    }
+    worker.cleanup().await;
+}
+
+/// Every counter and gauge the README lists in the `/metrics` row, with the
+/// labels they carry before any job. Histograms appear with their first
+/// sample (a fake zero would be data), so they are left out here.
+const SERIES_AT_ZERO: [&str; 12] = [
+    r#"zhima_jobs_total{outcome="succeeded"}"#,
+    r#"zhima_jobs_total{outcome="failed"}"#,
+    r#"zhima_jobs_total{outcome="retried"}"#,
+    r#"zhima_jobs_total{outcome="handed_back"}"#,
+    r#"zhima_jobs_total{outcome="duplicate"}"#,
+    r#"zhima_jobs_total{outcome="invalid"}"#,
+    r#"zhima_jobs_total{outcome="conflict"}"#,
+    r#"zhima_upstream_calls_total{code="10000",sub_code=""}"#,
+    "zhima_retries_scheduled_total",
+    "zhima_jobs_in_flight",
+    "zhima_consumption_paused",
+    "zhima_rate_limit_backoffs_total",
+];
+
+/// Gauges that hold the replica's share as soon as it is known: they exist
+/// from start-up, at zero or already at their value.
+const GAUGES_FROM_START_UP: [&str; 2] =
+    ["zhima_replicas_live", "zhima_rate_limit_permits_per_second"];
+
+#[tokio::test]
+async fn counters_and_gauges_exist_at_zero_from_start_up() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    let metrics = scrape_when_up(&metrics_url).await;
+    for series in SERIES_AT_ZERO {
+        assert_eq!(
+            value_of(&metrics, series),
+            Some(0.0),
+            "{series} at zero before any job in\n{metrics}"
+        );
+    }
+    for series in GAUGES_FROM_START_UP {
+        assert!(
+            value_of(&metrics, series).is_some(),
+            "{series} from start-up in\n{metrics}"
+        );
+    }
+    let total: f64 = worker.env["ZHIMA__RATE_LIMIT__QPS"].parse().unwrap();
+    let url = &metrics_url;
+    eventually("one live replica with the whole rate", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_replicas_live") == Some(1.0)
+            && value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(total)
+    })
+    .await;
+    sigterm(&child);
+    exits_zero(&mut child).await;
+    assert_eq!(worker.sandbox.stats().requests, 0, "no job, no call");
+    worker.cleanup().await;
+}
+
+/// A background poller of one gauge: the lowest value it has seen.
+fn watch_lowest(metrics_url: String, series: &'static str) -> Arc<Mutex<Option<f64>>> {
+    let lowest = Arc::new(Mutex::new(None::<f64>));
+    let seen = Arc::clone(&lowest);
+    tokio::spawn(async move {
+        loop {
+            if let Some(value) = scrape(&metrics_url)
+                .await
+                .and_then(|metrics| value_of(&metrics, series))
+            {
+                let mut lowest = seen.lock().unwrap();
+                *lowest = Some(lowest.map_or(value, |low: f64| low.min(value)));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    lowest
+}
+
+#[tokio::test]
+async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_waits_for_a_timed_permit()
+ {
+    let worker = spawn_worker(Db::Postgres).await;
+    let share = "20";
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let mut child = worker.start_run(&[
+        ("ZHIMA__HTTP__LISTEN", &listen),
+        ("ZHIMA__RATE_LIMIT__QPS", share),
+        ("ZHIMA__RATE_LIMIT__BURST", "2"),
+    ]);
+    let share: f64 = share.parse().unwrap();
+    let url = &metrics_url;
+    eventually("the whole rate", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(share)
+    })
+    .await;
+    let lowest = watch_lowest(metrics_url.clone(), "zhima_rate_limit_permits_per_second");
+    worker.sandbox.respond_next(1, SandboxReply::Throttled);
+    for n in 0..6 {
+        worker.publish_job(&job("throttled", n)).await;
+    }
+    worker
+        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 6)
+        .await;
+    let metrics = scrape(&metrics_url).await.expect("metrics");
+    let stats = worker.sandbox.stats();
+    let throttled: u64 = stats
+        .errors
+        .iter()
+        .filter(|(code, _)| code.starts_with("40005"))
+        .map(|(_, count)| count)
+        .sum();
+    assert_eq!(throttled, 1, "{:?}", stats.errors);
+    assert_eq!(
+        value_of(&metrics, "zhima_rate_limit_backoffs_total"),
+        Some(1.0),
+        "one 40005, one back-off"
+    );
+    assert_eq!(
+        value_of(&metrics, "zhima_rate_limit_wait_seconds_count"),
+        Some(stats.requests as f64),
+        "one timed permit per call"
+    );
+    assert_eq!(
+        value_of(
+            &metrics,
+            r#"zhima_upstream_calls_total{code="10000",sub_code=""}"#
+        ),
+        Some(6.0),
+        "the series at zero from start-up is the one successes count in"
+    );
+    let lowest = lowest.lock().unwrap().expect("the gauge was read");
+    assert!(
+        lowest <= share / 2.0 + share / 10.0,
+        "the rate was halved (then grew back a tenth a second): lowest {lowest}/s"
+    );
+    // "Every second without one adds back a tenth of the share": five idle
+    // seconds take a halved rate back to the whole share, which the next
+    // permit shows.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    worker.publish_job(&job("after_idle", 1)).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 7)
+        .await;
+    let metrics = scrape(url).await.expect("metrics");
+    assert_eq!(
+        value_of(&metrics, "zhima_rate_limit_permits_per_second"),
+        Some(share),
+        "the whole share again after idle seconds"
+    );
+    sigterm(&child);
+    exits_zero(&mut child).await;
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_killed_replicas_share_is_reclaimed_within_lease_plus_heartbeat() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let limits = zhima_worker::config::load(None)
+        .expect("defaults")
+        .rate_limit;
+    let bound = Duration::from_millis(limits.lease_ms + limits.heartbeat_ms);
+    let env = [
+        ("ZHIMA__RATE_LIMIT__QPS", "20"),
+        ("ZHIMA__RATE_LIMIT__BURST", "2"),
+    ];
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let mut survivor_env = env.to_vec();
+    survivor_env.push(("ZHIMA__HTTP__LISTEN", &listen));
+    let mut survivor = worker.start_run(&survivor_env);
+    let share_of = |replicas: f64| 20.0 / replicas;
+    let replicas_and_rate = |metrics: &str| {
+        (
+            value_of(metrics, "zhima_replicas_live"),
+            value_of(metrics, "zhima_rate_limit_permits_per_second"),
+        )
+    };
+    let url = &metrics_url;
+    let replicas_and_rate = &replicas_and_rate;
+    eventually("one replica with the whole rate", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        replicas_and_rate(&metrics) == (Some(1.0), Some(share_of(1.0)))
+    })
+    .await;
+    let mut victim = worker.start_run(&env);
+    eventually("two replicas, half the rate each", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        replicas_and_rate(&metrics) == (Some(2.0), Some(share_of(2.0)))
+    })
+    .await;
+
+    let killed_at = Instant::now();
+    victim.start_kill().expect("SIGKILL");
+    let reclaimed_after = loop {
+        let metrics = scrape(&metrics_url).await.unwrap_or_default();
+        let seen_at = killed_at.elapsed();
+        if replicas_and_rate(&metrics) == (Some(1.0), Some(share_of(1.0))) {
+            break seen_at;
+        }
+        assert!(
+            seen_at < LIMIT,
+            "never reclaimed: {:?}",
+            replicas_and_rate(&metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = victim.wait().await;
+    eprintln!("a killed replica's share was reclaimed after {reclaimed_after:?} (bound {bound:?})");
+    assert!(
+        reclaimed_after <= bound,
+        "reclaimed after {reclaimed_after:?}, over lease_ms + heartbeat_ms = {bound:?}"
+    );
+    sigterm(&survivor);
+    exits_zero(&mut survivor).await;
+    worker.cleanup().await;
+}
+
+async fn rows_with_status(worker: &TestWorker, status: &str) -> Vec<String> {
+    let statuses = worker.statuses().await;
+    statuses
+        .into_iter()
+        .filter(|(_, s)| s == status)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[tokio::test]
+async fn requeue_dead_with_a_limit_moves_exactly_that_many_and_leaves_the_rest() {
+    const DEAD: u32 = 5;
+    const MOVED: u32 = 2;
+    let faults = Faults {
+        system_error_rate: 1.0,
+        system_error_style: sandbox::SystemErrorStyle::Business40004,
+        ..Faults::default()
+    };
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    worker
+        .env
+        .insert("ZHIMA__RETRY__MAX_ATTEMPTS".into(), "2".into());
+    for n in 0..DEAD {
+        worker.publish_job(&job("limited", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let dead_queue = worker.topology.names.dead_queue.clone();
+    assert_eq!(worker.ready(&dead_queue).await, DEAD);
+
+    let output = worker
+        .command(&["requeue-dead", "--limit", &MOVED.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "requeue-dead exited {}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&format!("requeued {MOVED},")), "{stdout}");
+    assert_eq!(
+        worker.ready(&dead_queue).await,
+        DEAD - MOVED,
+        "the rest stay dead"
+    );
+    assert_eq!(worker.ready(&worker.topology.names.queue).await, MOVED);
+    let requeued = rows_with_status(&worker, "retrying").await;
+    assert_eq!(requeued.len(), MOVED as usize, "{requeued:?}");
+    assert_eq!(
+        rows_with_status(&worker, "failed").await.len(),
+        (DEAD - MOVED) as usize
+    );
+
+    worker.sandbox.set_faults(Faults::default());
+    worker.run_until_idle(LIMIT).await;
+    assert_eq!(rows_with_status(&worker, "succeeded").await, requeued);
+    assert_eq!(worker.ready(&dead_queue).await, DEAD - MOVED);
+    for n in 0..DEAD {
+        let id = format!("limited_{n}");
+        let billed = u64::from(requeued.contains(&id));
+        assert_eq!(worker.sandbox.billed_for(&id), billed, "{id}");
+    }
+    worker.cleanup().await;
+}
+
+/// A delay tier that the harness's retry settings (100..400 ms) do not have:
+/// long enough that the retry copy is still there when the first worker has
+/// stopped.
+const OLD_TIER_MS: &str = "8000";
+
+#[tokio::test]
+async fn a_retry_copy_in_a_delay_tier_of_an_earlier_configuration_comes_back_and_is_processed() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let old_queue = worker
+        .topology
+        .names
+        .delay_queue(Duration::from_millis(OLD_TIER_MS.parse().unwrap()));
+    assert!(
+        !worker.topology.delay_queues().contains(&old_queue),
+        "the current configuration has no {old_queue}"
+    );
+    worker.sandbox.respond_next(1, SandboxReply::SystemError);
+    worker.publish_job(&job("old_tier", 1)).await;
+    let mut earlier = worker.start_run(&[
+        ("ZHIMA__RETRY__INITIAL_DELAY_MS", OLD_TIER_MS),
+        ("ZHIMA__RETRY__MAX_DELAY_MS", OLD_TIER_MS),
+    ]);
+    let old_queue_ref = &old_queue;
+    let worker_ref = &worker;
+    eventually("the retry copy waits in the old tier", || async move {
+        !rows_with_status(worker_ref, "retrying").await.is_empty()
+            && worker_ref.ready(old_queue_ref).await == 1
+    })
+    .await;
+    sigterm(&earlier);
+    exits_zero(&mut earlier).await;
+    assert_eq!(
+        worker.ready(&old_queue).await,
+        1,
+        "still waiting when the earlier configuration stopped"
+    );
+    let headers_attempt = peek_attempt(&old_queue).await;
+    assert_eq!(
+        headers_attempt,
+        Some(2),
+        "the copy carries {ATTEMPT_HEADER}"
+    );
+
+    let mut current = worker.start_run(&[]);
+    worker
+        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 1)
+        .await;
+    assert_eq!(worker.ready(&old_queue).await, 0, "the old tier drained");
+    assert_eq!(
+        worker
+            .count("SELECT COUNT(*) FROM relation_checks WHERE attempts = 2")
+            .await,
+        1,
+        "the copy ran as attempt 2"
+    );
+    assert_eq!(worker.sandbox.calls_for("old_tier_1"), 2);
+    assert_eq!(worker.sandbox.billed_for("old_tier_1"), 1);
+    sigterm(&current);
+    exits_zero(&mut current).await;
+    delete_queue(&old_queue).await;
+    worker.cleanup().await;
+}
+
+async fn broker_channel() -> (lapin::Connection, lapin::Channel) {
+    let settings = zhima_worker::config::load(None).expect("defaults");
+    let connection = queue::connect(&settings.amqp, "test")
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    (connection, channel)
+}
+
+/// The `x-zhima-attempt` of the message at the head of `queue_name`, which
+/// is handed back untouched.
+async fn peek_attempt(queue_name: &str) -> Option<u32> {
+    let (connection, channel) = broker_channel().await;
+    let message = channel
+        .basic_get(
+            queue_name.into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .expect("basic.get")
+        .expect("a message");
+    let attempt = queue::header_u32(
+        message.delivery.properties.headers().as_ref(),
+        ATTEMPT_HEADER,
+    );
+    message
+        .delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        })
+        .await
+        .expect("nack");
+    let _ = connection.close(200, "peeked".into()).await;
+    attempt
+}
+
+async fn delete_queue(queue_name: &str) {
+    let (connection, channel) = broker_channel().await;
+    let _ = channel
+        .queue_delete(queue_name.into(), QueueDeleteOptions::default())
+        .await;
+    let _ = connection.close(200, "deleted".into()).await;
+}
+
+/// Names in GBK, some with characters GB2312 lacks (喆, 堃, 镕, 昇, 琍).
+const GBK_NAMES: [(&str, &str); 6] = [
+    ("欧阳喆", "司马相如"),
+    ("王堃", "诸葛孔明"),
+    ("钱镕", "上官婉儿"),
+    ("赵昇", "李琍"),
+    ("慕容复", "段誉"),
+    ("东方不败", "令狐冲"),
+];
+
+/// `张三` → `张*`: the first character kept, the rest starred.
+fn masked_name(name: &str) -> String {
+    let mut chars = name.chars();
+    let first = chars.next().expect("a name");
+    std::iter::once(first).chain(chars.map(|_| '*')).collect()
+}
+
+/// `text` as a form-urlencoded request carries it: its GBK bytes, each
+/// `%XX` but for ASCII letters and digits (GBK trail bytes can be ASCII).
+fn percent_encoded_gbk(text: &str) -> String {
+    let (bytes, _, unmappable) = encoding_rs::GBK.encode(text);
+    assert!(!unmappable, "{text} is GBK");
+    form_urlencoded::byte_serialize(&bytes).collect()
+}
+
+#[tokio::test]
+async fn a_whole_run_in_gbk_with_chinese_names_succeeds_stored_masked_and_billed_once() {
+    let mut worker = spawn_worker(Db::Postgres).await;
+    let (relay, recording) = recording_relay(worker.sandbox.addr).await;
+    worker.env.insert(
+        "ZHIMA__UPSTREAM__GATEWAY_URL".into(),
+        format!("http://{relay}/gateway.do"),
+    );
+    worker
+        .env
+        .insert("ZHIMA__UPSTREAM__CHARSET".into(), "gbk".into());
+    for (n, (name, relation_name)) in (0u32..).zip(GBK_NAMES) {
+        let mut message = job("gbk", n);
+        message["name"] = name.into();
+        message["relation_name"] = relation_name.into();
+        worker.publish_job(&message).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+
+    let statuses = worker.statuses().await;
+    assert_eq!(
+        helpers::succeeded(&statuses),
+        GBK_NAMES.len(),
+        "{:?}",
+        count_values(&statuses)
+    );
+    let names: std::collections::BTreeMap<String, String> = worker
+        .query_rows("SELECT transaction_id, name_masked FROM relation_checks")
+        .await
+        .into_iter()
+        .collect();
+    let relation_names: std::collections::BTreeMap<String, String> = worker
+        .query_rows("SELECT transaction_id, relation_name_masked FROM relation_checks")
+        .await
+        .into_iter()
+        .collect();
+    let requests = recording.requests();
+    assert!(
+        requests.contains("charset=gbk"),
+        "requests name the charset"
+    );
+    for (n, (name, relation_name)) in GBK_NAMES.iter().enumerate() {
+        let id = format!("gbk_{n}");
+        assert_eq!(names[&id], masked_name(name), "{id}");
+        assert_eq!(relation_names[&id], masked_name(relation_name), "{id}");
+        assert_eq!(worker.sandbox.calls_for(&id), 1, "{id}");
+        assert_eq!(worker.sandbox.billed_for(&id), 1, "{id}");
+        for text in [name, relation_name] {
+            assert!(
+                requests.contains(&percent_encoded_gbk(text)),
+                "{text} went out in GBK"
+            );
+        }
+    }
+    worker.cleanup().await;
+}
