@@ -7,7 +7,8 @@
 //! copy of the binary (`support::own_process`).
 //!
 //! - `worker`, `scale`, `reconcile`: the real `zhima-worker run` end to end
-//!   (`support::worker`).
+//!   (`support::worker`); `in_process`: the processor's fault handling with
+//!   no broker (`support::in_process`).
 //! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands.
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
 //! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
@@ -21,6 +22,7 @@ mod cli;
 mod client;
 mod deploy;
 mod enqueue;
+mod in_process;
 mod reconcile;
 mod sandbox;
 mod scale;

@@ -5,6 +5,8 @@
 //! - [`worker`]: the end-to-end harness; the real `zhima-worker` binary as a
 //!   child process against a sandbox on port 0, a fresh database and uniquely
 //!   named queues on the real RabbitMQ.
+//! - [`in_process`]: the processor itself against SQLite and a sandbox on
+//!   port 0, with no broker, for short fault scenarios.
 //! - [`jobs`]: valid job messages and IDs; [`postgres`] and [`broker`]:
 //!   throwaway databases and queues; [`process`]: watching and stopping child
 //!   processes; [`own_process`]: running a test in a child copy of its binary.
@@ -20,6 +22,7 @@
 )]
 
 pub mod broker;
+pub mod in_process;
 pub mod jobs;
 pub mod own_process;
 pub mod postgres;

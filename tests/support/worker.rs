@@ -1,7 +1,8 @@
 //! The end-to-end harness: a sandbox gateway on port 0, a fresh database
 //! (PostgreSQL database or SQLite file), uniquely named queues on the real
 //! RabbitMQ, and the real `zhima-worker run` binary as a child process so that
-//! tests can SIGKILL and SIGTERM it.
+//! tests can SIGKILL and SIGTERM it. For scenarios that need no broker and no
+//! child process, see `in_process`.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
