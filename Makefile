@@ -1,6 +1,7 @@
 # zhima-worker: the commands a developer and CI use.
 CARGO ?= cargo
-# Two cores: keep test binaries from starving each other.
+# Two cores: the integration tests (one binary, tests/it/) start workers and
+# sandboxes; more threads than this only starve them.
 TEST_THREADS ?= 4
 
 .PHONY: run test test-unit test-integration bench lint fmt interop services build chaos
@@ -19,8 +20,9 @@ run: build
 	@scripts/ensure-services.sh rabbitmq
 	@scripts/demo.sh
 
-## Every test: both crypto backends, then the integration suites against the
-## real RabbitMQ and PostgreSQL.
+## Every test: both crypto backends, then the integration tests (tests/it/)
+## against the real RabbitMQ and PostgreSQL. It builds what `make run` built
+## (same profile and features), so after `make run` only the tests compile.
 test: services
 	@scripts/first-build-note.sh debug/deps
 	$(CARGO) test --no-default-features --lib

@@ -15,17 +15,16 @@
 //! Not part of `make bench` (`bench = false` in Cargo.toml).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/worker/helpers.rs"]
-mod helpers;
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use helpers::{Db, TestWorker, job};
 use lapin::options::BasicGetOptions;
 use rand::Rng;
 use sqlx::Connection;
+use support::{Db, TestWorker, job};
 use tokio::process::Child;
 use zhima_worker::config;
 use zhima_worker::queue;
@@ -117,7 +116,7 @@ async fn setup() -> TestWorker {
         ..Faults::default()
     };
     let sandbox = sandbox::start(sandbox_config).await.expect("sandbox");
-    let worker = helpers::build(Db::Postgres, sandbox).await;
+    let worker = support::worker::build(Db::Postgres, sandbox).await;
     for n in 0..VALID_JOBS {
         worker.publish_job(&job("ok", n)).await;
     }
@@ -496,6 +495,6 @@ async fn dead_letter_ids(channel: &lapin::Channel, dead_queue: &str) -> Vec<Stri
 async fn cleanup(worker: &TestWorker) {
     let connection = amqp().await;
     let channel = connection.create_channel().await.expect("channel");
-    support::delete_topology(&channel, &worker.topology).await;
-    support::drop_pg_database(&format!("zw_{}", worker.id)).await;
+    support::broker::delete_topology(&channel, &worker.topology).await;
+    support::postgres::drop_database(&support::worker::database_name(&worker.id)).await;
 }

@@ -8,12 +8,12 @@
 //! `BENCH_JOBS` changes the number of jobs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::Cursor;
 use std::time::Instant;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use zhima_worker::config::Settings;
@@ -62,21 +62,7 @@ async fn delete_topology(settings: &Settings) {
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let names = &topology.names;
-    let mut queues = vec![names.queue.clone(), names.dead_queue.clone()];
-    queues.extend(topology.delay_queues());
-    for queue in queues {
-        let options = QueueDeleteOptions::default();
-        channel
-            .queue_delete(queue.as_str().into(), options)
-            .await
-            .unwrap();
-    }
-    let options = ExchangeDeleteOptions::default();
-    channel
-        .exchange_delete(names.exchange.as_str().into(), options)
-        .await
-        .unwrap();
+    support::broker::delete_topology(&channel, &topology).await;
     let _ = connection.close(200, "bench done".into()).await;
 }
 

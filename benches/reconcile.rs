@@ -10,6 +10,7 @@
 //! (billed but not stored: database lookups), and repeated rows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufWriter, Write};
@@ -18,8 +19,8 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use sqlx::Connection;
+use support::BIN;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
 const ROWS: u64 = 1_000_000;
 /// The day, in UTC+8; its rows complete from 16:00 UTC the day before.
 const DAY: &str = "2024-05-21";
@@ -52,7 +53,7 @@ async fn main() {
     measure("SQLite", &sqlite_url, &bill, dir.path()).await;
 
     let pg_database = format!("zr_{}", rand::random::<u32>());
-    let pg_url = support::create_pg_database(&pg_database).await;
+    let pg_url = support::postgres::create_migrated_database(&pg_database).await;
     let started = Instant::now();
     fill_postgres(&pg_url).await;
     println!(
@@ -60,7 +61,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
     measure("PostgreSQL", &pg_url, &bill, dir.path()).await;
-    support::drop_pg_database(&pg_database).await;
+    support::postgres::drop_database(&pg_database).await;
 }
 
 fn biz_no(i: u64) -> String {

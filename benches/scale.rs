@@ -5,13 +5,12 @@
 //! right after, and once the dead replica's share is reclaimed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "../tests/worker/helpers.rs"]
-mod helpers;
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 
-use helpers::{Db, TestWorker, job, spawn_worker};
+use support::{Db, TestWorker, job, spawn_worker};
 use tokio::process::Child;
 
 const QPS: u32 = 30;

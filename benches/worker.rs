@@ -8,18 +8,17 @@
 //! (the target is ≥ 97 jobs/s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::Instant;
 
 use rand::Rng;
-use support::ProcUsage;
+use support::{BIN, ProcUsage};
 use zhima_worker::config;
 use zhima_worker::queue::publisher::Outgoing;
 use zhima_worker::queue::{self, Publisher, Topology};
 use zhima_worker::sandbox::{self, Faults, SandboxConfig};
-
-const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
 
 struct Scenario {
     name: &'static str,
@@ -68,7 +67,7 @@ async fn run(scenario: &Scenario) {
         ..Faults::default()
     };
     let sandbox = sandbox::start(sandbox_config).await.expect("sandbox");
-    let database_url = support::create_pg_database(&format!("zb_{id}")).await;
+    let database_url = support::postgres::create_migrated_database(&format!("zb_{id}")).await;
     let mut settings = config::load(None).expect("settings");
     settings.amqp.exchange = format!("b_{id}.jobs");
     settings.amqp.queue = format!("b_{id}.verify");
@@ -127,8 +126,8 @@ async fn run(scenario: &Scenario) {
         usage.process.peak_rss_kib as f64 / 1024.0,
         stats.max_requests_per_second,
     );
-    support::delete_topology(&channel, &topology).await;
-    support::drop_pg_database(&format!("zb_{id}")).await;
+    support::broker::delete_topology(&channel, &topology).await;
+    support::postgres::drop_database(&format!("zb_{id}")).await;
 }
 
 async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs: u32) {

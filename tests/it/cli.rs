@@ -1,12 +1,11 @@
 //! The debugging commands and the binary's conventions: `sign` and
 //! `verify-response` reproduce every official-SDK vector, usage errors exit 64,
 //! configuration errors name the key.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
+use crate::support::BIN;
 
 fn vectors_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors")

@@ -15,7 +15,7 @@ use lapin::types::AMQPValue;
 use tokio::sync::watch;
 use zhima_worker::sandbox::{self, Faults, SandboxApp, SandboxConfig, SystemErrorStyle};
 
-use super::helpers::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
+use crate::support::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -258,7 +258,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     let metrics_url = format!("http://{listen}/metrics");
     let metrics_url = metrics_url.as_str();
     worker
-        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) >= 5)
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) >= 5)
         .await;
     let (ready, _) = get_text(readyz).await;
     assert_eq!(ready, 200, "ready before the cut");
@@ -288,7 +288,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     database.send_replace(Some(postgres_addr()));
     let statuses = worker
         .wait_for_statuses(Duration::from_secs(120), |s| {
-            helpers::succeeded(s) == jobs as usize
+            support::succeeded(s) == jobs as usize
         })
         .await;
     assert_eq!(count_values(&statuses).get("failed"), None);
@@ -339,7 +339,7 @@ async fn signal_with_calls_in_flight_past_the_grace_hands_them_back_and_exits_ze
     assert!(status.success(), "exit status {status}");
     let statuses = worker.statuses().await;
     assert_eq!(
-        helpers::succeeded(&statuses),
+        support::succeeded(&statuses),
         0,
         "no answer arrived in time"
     );
@@ -354,7 +354,7 @@ async fn signal_with_calls_in_flight_past_the_grace_hands_them_back_and_exits_ze
     worker.run_until_idle(LIMIT).await;
     let statuses = worker.statuses().await;
     assert_eq!(
-        helpers::succeeded(&statuses),
+        support::succeeded(&statuses),
         jobs as usize,
         "{:?}",
         count_values(&statuses)
@@ -526,7 +526,7 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
     let good = sandbox::start(sandbox_config(Vec::new(), token))
         .await
         .unwrap();
-    let mut worker = helpers::build(Db::Postgres, good).await;
+    let mut worker = support::worker::build(Db::Postgres, good).await;
     let faulty = FaultyGateway::start(fault).await;
     let (port, gateway) = switchable_proxy(Some(faulty.addr)).await;
     worker.env.insert(
@@ -578,7 +578,7 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
 
     gateway.send_replace(Some(worker.sandbox.addr));
     worker
-        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == jobs as usize)
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == jobs as usize)
         .await;
     for n in 0..jobs {
         assert_eq!(worker.sandbox.billed_for(&format!("config_{n}")), 1);
@@ -643,7 +643,7 @@ async fn sigkill_between_the_call_and_the_commit_loses_nothing_and_bills_nothing
     .await;
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reaped");
-    let stored = helpers::succeeded(&worker.statuses().await) as u64;
+    let stored = support::succeeded(&worker.statuses().await) as u64;
     assert!(
         stored < billed_in_flight,
         "the kill landed after billing and before the commit ({stored} stored, {billed_in_flight} billed)"
@@ -653,7 +653,7 @@ async fn sigkill_between_the_call_and_the_commit_loses_nothing_and_bills_nothing
     worker.run_until_idle(LIMIT).await;
     let statuses = worker.statuses().await;
     assert_eq!(
-        helpers::succeeded(&statuses),
+        support::succeeded(&statuses),
         jobs as usize,
         "{:?}",
         count_values(&statuses)

@@ -3,18 +3,14 @@
 //! to HTTP 502 after billing), faults are planted in the database and the
 //! statement, and the report must name exactly those; `--repair` must recover
 //! the recoverable one without new billing.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "worker/helpers.rs"]
-mod helpers;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{Db, TestWorker, job, spawn_worker, spawn_worker_with, succeeded};
 use chrono::{FixedOffset, NaiveDate};
-use helpers::{Db, TestWorker, job, spawn_worker, spawn_worker_with, succeeded};
 use zhima_worker::sandbox::{Faults, SandboxReply};
 
 const LIMIT: Duration = Duration::from_secs(90);

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The sandbox gateway driven over HTTP: every gateway and business error code,
 //! the transaction_id rules, each fault kind, statistics and the bill.
 //!
@@ -1355,7 +1354,7 @@ async fn scripted_replies_come_in_order_before_any_rate() {
 #[tokio::test]
 async fn the_binary_prints_its_address_first_and_stops_on_sigterm() {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_zhima-worker"))
+    let mut child = tokio::process::Command::new(crate::support::BIN)
         .args(["sandbox", "--listen", "127.0.0.1:0"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
@@ -1393,7 +1392,7 @@ async fn the_binary_prints_its_address_first_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn the_binary_rejects_a_malformed_app_flag_naming_it() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_zhima-worker"))
+    let output = tokio::process::Command::new(crate::support::BIN)
         .args(["sandbox", "--app", "no-equals-sign"])
         .output()
         .await

@@ -1,15 +1,13 @@
 //! Scale-out: several `zhima-worker run` replicas on one PostgreSQL database
 //! share the merchant's `rate_limit.qps`, measured at the sandbox, while
 //! replicas die and leave.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-#[path = "worker/helpers.rs"]
-mod helpers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use helpers::{Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use crate::support::{
+    Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with, succeeded,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use zhima_worker::sandbox::Faults;

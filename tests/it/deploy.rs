@@ -4,11 +4,11 @@
 //! break: commands parse with the real CLI, environment variables are loaded
 //! through the real configuration loader (unknown keys and bad values are
 //! errors there), and ports, credentials and grace periods agree.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::support::own_process::in_own_process;
 use clap::Parser;
 use secrecy::ExposeSecret;
 use serde_yaml_ng::Value;
@@ -67,7 +67,8 @@ fn environment(service: &Value) -> BTreeMap<String, String> {
 }
 
 /// Loads the settings a container would see: the built-in defaults plus the
-/// service's environment, through the real loader.
+/// service's environment, through the real loader. Only inside
+/// `in_own_process`: the `Jail` swaps the whole process's environment.
 #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
 fn settings_of(service_name: &str, service: &Value) -> Settings {
     let env = environment(service);
@@ -135,84 +136,90 @@ fn every_compose_command_parses_with_the_real_cli() {
 
 #[test]
 fn every_compose_environment_is_accepted_by_the_configuration_loader() {
-    let compose = compose();
-    let ours = ours(&compose);
-    assert!(ours.len() >= 3, "sandbox, migrate and worker run our image");
-    for (name, service) in &ours {
-        for key in environment(service).keys() {
-            assert!(
-                key.starts_with("ZHIMA__") && key.matches("__").count() == 2,
-                "service {name}: {key} is not a ZHIMA__SECTION__KEY variable"
-            );
+    in_own_process(|| {
+        let compose = compose();
+        let ours = ours(&compose);
+        assert!(ours.len() >= 3, "sandbox, migrate and worker run our image");
+        for (name, service) in &ours {
+            for key in environment(service).keys() {
+                assert!(
+                    key.starts_with("ZHIMA__") && key.matches("__").count() == 2,
+                    "service {name}: {key} is not a ZHIMA__SECTION__KEY variable"
+                );
+            }
+            settings_of(name, service);
         }
-        settings_of(name, service);
-    }
+    });
 }
 
 #[test]
 fn the_workers_reach_the_broker_database_and_sandbox_where_compose_puts_them() {
-    let compose = compose();
-    let services = services(&compose);
-    let settings = settings_of("worker", &services["worker"]);
+    in_own_process(|| {
+        let compose = compose();
+        let services = services(&compose);
+        let settings = settings_of("worker", &services["worker"]);
 
-    let amqp = url::Url::parse(settings.amqp.url.expose_secret()).unwrap();
-    let rabbit_env = environment(&services["rabbitmq"]);
-    assert_eq!(host_and_port(amqp.as_str()), ("rabbitmq".into(), 5672));
-    assert!(published_or_exposed_ports(&services["rabbitmq"]).contains(&5672));
-    assert_eq!(amqp.username(), rabbit_env["RABBITMQ_DEFAULT_USER"]);
-    assert_eq!(
-        amqp.password(),
-        Some(rabbit_env["RABBITMQ_DEFAULT_PASS"].as_str())
-    );
+        let amqp = url::Url::parse(settings.amqp.url.expose_secret()).unwrap();
+        let rabbit_env = environment(&services["rabbitmq"]);
+        assert_eq!(host_and_port(amqp.as_str()), ("rabbitmq".into(), 5672));
+        assert!(published_or_exposed_ports(&services["rabbitmq"]).contains(&5672));
+        assert_eq!(amqp.username(), rabbit_env["RABBITMQ_DEFAULT_USER"]);
+        assert_eq!(
+            amqp.password(),
+            Some(rabbit_env["RABBITMQ_DEFAULT_PASS"].as_str())
+        );
 
-    let database = url::Url::parse(settings.database.url.expose_secret()).unwrap();
-    let pg_env = environment(&services["postgres"]);
-    assert_eq!(host_and_port(database.as_str()), ("postgres".into(), 5432));
-    assert!(published_or_exposed_ports(&services["postgres"]).contains(&5432));
-    assert_eq!(database.username(), pg_env["POSTGRES_USER"]);
-    assert_eq!(
-        database.password(),
-        Some(pg_env["POSTGRES_PASSWORD"].as_str())
-    );
-    assert_eq!(database.path(), format!("/{}", pg_env["POSTGRES_DB"]));
+        let database = url::Url::parse(settings.database.url.expose_secret()).unwrap();
+        let pg_env = environment(&services["postgres"]);
+        assert_eq!(host_and_port(database.as_str()), ("postgres".into(), 5432));
+        assert!(published_or_exposed_ports(&services["postgres"]).contains(&5432));
+        assert_eq!(database.username(), pg_env["POSTGRES_USER"]);
+        assert_eq!(
+            database.password(),
+            Some(pg_env["POSTGRES_PASSWORD"].as_str())
+        );
+        assert_eq!(database.path(), format!("/{}", pg_env["POSTGRES_DB"]));
 
-    let (gateway_host, gateway_port) = host_and_port(settings.upstream.gateway_url.as_str());
-    assert_eq!(gateway_host, "sandbox");
-    let sandbox_command = strings(&services["sandbox"]["command"]);
-    let listen = sandbox_command
-        .iter()
-        .skip_while(|arg| *arg != "--listen")
-        .nth(1)
-        .expect("the sandbox is given --listen");
-    assert!(
-        listen.ends_with(&format!(":{gateway_port}")),
-        "sandbox listens on {listen}"
-    );
-    assert!(published_or_exposed_ports(&services["sandbox"]).contains(&gateway_port));
+        let (gateway_host, gateway_port) = host_and_port(settings.upstream.gateway_url.as_str());
+        assert_eq!(gateway_host, "sandbox");
+        let sandbox_command = strings(&services["sandbox"]["command"]);
+        let listen = sandbox_command
+            .iter()
+            .skip_while(|arg| *arg != "--listen")
+            .nth(1)
+            .expect("the sandbox is given --listen");
+        assert!(
+            listen.ends_with(&format!(":{gateway_port}")),
+            "sandbox listens on {listen}"
+        );
+        assert!(published_or_exposed_ports(&services["sandbox"]).contains(&gateway_port));
 
-    let metrics_port: u16 = settings
-        .http
-        .listen
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(published_or_exposed_ports(&services["worker"]).contains(&metrics_port));
+        let metrics_port: u16 = settings
+            .http
+            .listen
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(published_or_exposed_ports(&services["worker"]).contains(&metrics_port));
+    });
 }
 
 #[test]
 fn compose_gives_workers_more_time_to_stop_than_their_shutdown_grace() {
-    let compose = compose();
-    let services = services(&compose);
-    let settings = settings_of("worker", &services["worker"]);
-    let grace = services["worker"]["stop_grace_period"].as_str().unwrap();
-    let seconds: u64 = grace.strip_suffix('s').unwrap().parse().unwrap();
-    assert!(
-        seconds > settings.worker.shutdown_grace_s,
-        "stop_grace_period {seconds}s must exceed worker.shutdown_grace_s {}",
-        settings.worker.shutdown_grace_s
-    );
+    in_own_process(|| {
+        let compose = compose();
+        let services = services(&compose);
+        let settings = settings_of("worker", &services["worker"]);
+        let grace = services["worker"]["stop_grace_period"].as_str().unwrap();
+        let seconds: u64 = grace.strip_suffix('s').unwrap().parse().unwrap();
+        assert!(
+            seconds > settings.worker.shutdown_grace_s,
+            "stop_grace_period {seconds}s must exceed worker.shutdown_grace_s {}",
+            settings.worker.shutdown_grace_s
+        );
+    });
 }
 
 #[test]
@@ -252,26 +259,28 @@ fn mount_of(service: &Value, volume: &str) -> Option<String> {
 
 #[test]
 fn every_replica_reads_the_one_pii_key_the_pii_key_service_makes() {
-    let compose = compose();
-    let services = services(&compose);
-    let settings = settings_of("worker", &services["worker"]);
-    let key_path = settings.pii.hmac_key_path.display().to_string();
-    let (key_dir, key_file) = key_path.rsplit_once('/').unwrap();
-    let maker = &services["pii-key"];
-    let made_in = mount_of(maker, "pii-key").expect("pii-key mounts the volume");
-    let script = strings(&maker["command"]).join(" ");
-    assert!(
-        script.contains(&format!("{made_in}/{key_file}")),
-        "the pii-key service must write {made_in}/{key_file}: {script}"
-    );
-    assert!(compose["volumes"]["pii-key"].is_mapping(), "a named volume");
-    assert_eq!(
-        mount_of(&services["worker"], "pii-key").as_deref(),
-        Some(key_dir),
-        "the workers must mount the key's volume at {key_dir}"
-    );
-    assert_eq!(
-        services["worker"]["depends_on"]["pii-key"]["condition"].as_str(),
-        Some("service_completed_successfully")
-    );
+    in_own_process(|| {
+        let compose = compose();
+        let services = services(&compose);
+        let settings = settings_of("worker", &services["worker"]);
+        let key_path = settings.pii.hmac_key_path.display().to_string();
+        let (key_dir, key_file) = key_path.rsplit_once('/').unwrap();
+        let maker = &services["pii-key"];
+        let made_in = mount_of(maker, "pii-key").expect("pii-key mounts the volume");
+        let script = strings(&maker["command"]).join(" ");
+        assert!(
+            script.contains(&format!("{made_in}/{key_file}")),
+            "the pii-key service must write {made_in}/{key_file}: {script}"
+        );
+        assert!(compose["volumes"]["pii-key"].is_mapping(), "a named volume");
+        assert_eq!(
+            mount_of(&services["worker"], "pii-key").as_deref(),
+            Some(key_dir),
+            "the workers must mount the key's volume at {key_dir}"
+        );
+        assert_eq!(
+            services["worker"]["depends_on"]["pii-key"]["condition"].as_str(),
+            Some("service_completed_successfully")
+        );
+    });
 }

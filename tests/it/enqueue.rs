@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The operator commands `enqueue`, `status` and `requeue-dead`, run as the
 //! built binary against the local RabbitMQ, each test on its own randomly
 //! named exchange and queues (deleted at the end) and its own SQLite file.
@@ -7,10 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use rand::Rng;
@@ -18,6 +14,8 @@ use rand::distr::Alphanumeric;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use zhima_worker::queue::Topology;
+
+use crate::support;
 use zhima_worker::store::{JobStatus, JobStore};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -40,7 +38,7 @@ struct Fixture {
     exchange: String,
     queue: String,
     dead_queue: String,
-    delay_queues: Vec<String>,
+    topology: Topology,
     database_url: String,
     dir: tempfile::TempDir,
     connection: Connection,
@@ -59,7 +57,7 @@ impl Fixture {
         settings.amqp.exchange.clone_from(&exchange);
         settings.amqp.queue.clone_from(&queue);
         settings.amqp.dead_queue.clone_from(&dead_queue);
-        let delay_queues = Topology::from_settings(&settings).unwrap().delay_queues();
+        let topology = Topology::from_settings(&settings).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let database_url = format!("sqlite:{}?mode=rwc", dir.path().join("x.sqlite").display());
         let properties = ConnectionProperties::default();
@@ -68,7 +66,7 @@ impl Fixture {
             exchange,
             queue,
             dead_queue,
-            delay_queues,
+            topology,
             database_url,
             dir,
             connection,
@@ -76,7 +74,7 @@ impl Fixture {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_zhima-worker"));
+        let mut command = Command::new(support::BIN);
         command
             .args(args)
             .env("ZHIMA__AMQP__EXCHANGE", &self.exchange)
@@ -161,15 +159,7 @@ impl Fixture {
 
     async fn cleanup(self) {
         let channel = self.channel().await;
-        let queues = [&self.queue, &self.dead_queue].into_iter();
-        for queue in queues.chain(&self.delay_queues) {
-            let options = QueueDeleteOptions::default();
-            let _ = channel.queue_delete(queue.as_str().into(), options).await;
-        }
-        let options = ExchangeDeleteOptions::default();
-        let _ = channel
-            .exchange_delete(self.exchange.as_str().into(), options)
-            .await;
+        support::broker::delete_topology(&channel, &self.topology).await;
         let _ = self.connection.close(200, "test done".into()).await;
     }
 }
@@ -352,7 +342,7 @@ async fn empty_input_on_stdin_declares_the_topology_and_exits_0() {
     );
     assert_eq!(fixture.depth(&fixture.queue).await, Some(0));
     assert_eq!(fixture.depth(&fixture.dead_queue).await, Some(0));
-    for delay_queue in &fixture.delay_queues {
+    for delay_queue in &fixture.topology.delay_queues() {
         assert_eq!(fixture.depth(delay_queue).await, Some(0), "{delay_queue}");
     }
     fixture.cleanup().await;

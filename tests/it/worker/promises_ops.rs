@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use zhima_worker::queue::{self, ATTEMPT_HEADER};
 use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
 
-use super::helpers::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
+use crate::support::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -280,7 +280,7 @@ async fn keys_signatures_and_secrets_never_appear_in_logs_even_at_trace() {
         token: token.clone(),
     }];
     let sandbox = sandbox::start(sandbox_config).await.expect("sandbox");
-    let mut worker = helpers::build(Db::Postgres, sandbox).await;
+    let mut worker = support::worker::build(Db::Postgres, sandbox).await;
     let (relay, recording) = recording_relay(worker.sandbox.addr).await;
     let (database_url, database_password_encoded, database_password) =
         with_encoded_password(&worker.database_url);
@@ -317,7 +317,7 @@ async fn keys_signatures_and_secrets_never_appear_in_logs_even_at_trace() {
     assert!(output.status.success(), "run exited {}", output.status);
     let statuses = worker.statuses().await;
     assert_eq!(
-        helpers::succeeded(&statuses),
+        support::succeeded(&statuses),
         12,
         "{:?}",
         count_values(&statuses)
@@ -473,7 +473,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
         worker.publish_job(&job("throttled", n)).await;
     }
     worker
-        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 6)
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 6)
         .await;
     let metrics = scrape(&metrics_url).await.expect("metrics");
     let stats = worker.sandbox.stats();
@@ -513,7 +513,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
     tokio::time::sleep(Duration::from_secs(6)).await;
     worker.publish_job(&job("after_idle", 1)).await;
     worker
-        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 7)
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 7)
         .await;
     let metrics = scrape(url).await.expect("metrics");
     assert_eq!(
@@ -700,7 +700,7 @@ async fn a_retry_copy_in_a_delay_tier_of_an_earlier_configuration_comes_back_and
 
     let mut current = worker.start_run(&[]);
     worker
-        .wait_for_statuses(LIMIT, |s| helpers::succeeded(s) == 1)
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 1)
         .await;
     assert_eq!(worker.ready(&old_queue).await, 0, "the old tier drained");
     assert_eq!(
@@ -810,7 +810,7 @@ async fn a_whole_run_in_gbk_with_chinese_names_succeeds_stored_masked_and_billed
 
     let statuses = worker.statuses().await;
     assert_eq!(
-        helpers::succeeded(&statuses),
+        support::succeeded(&statuses),
         GBK_NAMES.len(),
         "{:?}",
         count_values(&statuses)

@@ -1,6 +1,5 @@
 //! The operator commands against a broker that will not have us (wrong
 //! password, missing vhost) and before the topology exists.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
+use crate::support::BIN;
 /// A deadline, not a wait: a refused start-up ends in well under a second.
 const LIMIT: Duration = Duration::from_secs(60);
 

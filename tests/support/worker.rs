@@ -1,15 +1,13 @@
-//! Test harness for the worker: a sandbox gateway on port 0, a fresh database
+//! The end-to-end harness: a sandbox gateway on port 0, a fresh database
 //! (PostgreSQL database or SQLite file), uniquely named queues on the real
 //! RabbitMQ, and the real `zhima-worker run` binary as a child process so that
-//! tests can SIGKILL and SIGTERM it. Other test binaries include it too, each
-//! using a part of it.
-#![allow(dead_code)]
+//! tests can SIGKILL and SIGTERM it. For scenarios that need no broker and no
+//! child process, see `in_process`.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{QueueDeleteOptions, QueuePurgeOptions};
 use rand::Rng;
 use sqlx::Connection;
 use tokio::process::{Child, Command};
@@ -18,17 +16,8 @@ use zhima_worker::queue::publisher::Outgoing;
 use zhima_worker::queue::{self, Publisher, Topology};
 use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");
-/// The role `scripts/ensure-services.sh` creates (CREATEDB, not superuser);
-/// `ZHIMA_TEST_POSTGRES_URL` names another server or role.
-pub const PG_SERVER: &str = "postgres://zhima_test:zhima_test@127.0.0.1:5432";
-
-fn pg_url(database: &str) -> String {
-    let server = std::env::var("ZHIMA_TEST_POSTGRES_URL")
-        .map(|url| url.trim_end_matches("/postgres").to_owned())
-        .unwrap_or_else(|_| PG_SERVER.to_owned());
-    format!("{server}/{database}")
-}
+use super::jobs::count_values;
+use super::{BIN, broker, postgres};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Db {
@@ -89,7 +78,7 @@ pub async fn build(db: Db, sandbox: RunningSandbox) -> TestWorker {
     let id = random_id();
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = match db {
-        Db::Postgres => create_pg_database(&id).await,
+        Db::Postgres => postgres::create_database(&database_name(&id)).await,
         Db::Sqlite => format!("sqlite:{}/jobs.sqlite?mode=rwc", dir.path().display()),
     };
     let mut env = base_env(&id, &sandbox.gateway_url(), &database_url);
@@ -158,15 +147,9 @@ fn random_id() -> String {
         .collect()
 }
 
-async fn create_pg_database(id: &str) -> String {
-    let mut admin = sqlx::PgConnection::connect(&pg_url("postgres"))
-        .await
-        .expect("postgres");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE zw_{id}")))
-        .execute(&mut admin)
-        .await
-        .expect("create database");
-    pg_url(&format!("zw_{id}"))
+/// The PostgreSQL database of the worker with this id.
+pub fn database_name(id: &str) -> String {
+    format!("zw_{id}")
 }
 
 impl TestWorker {
@@ -301,73 +284,9 @@ impl TestWorker {
     /// Deletes this test's queues and database.
     pub async fn cleanup(self) {
         let channel = self.connection.create_channel().await.expect("channel");
-        let mut names = vec![
-            self.topology.names.queue.clone(),
-            self.topology.names.dead_queue.clone(),
-        ];
-        names.extend(self.topology.delay_queues());
-        for name in names {
-            let _ = channel
-                .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-                .await;
-            let _ = channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = channel
-            .exchange_delete(
-                self.topology.names.exchange.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
+        broker::delete_topology(&channel, &self.topology).await;
         if self.db == Db::Postgres {
-            let mut admin = sqlx::PgConnection::connect(&pg_url("postgres"))
-                .await
-                .expect("postgres");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS zw_{} WITH (FORCE)",
-                self.id
-            )))
-            .execute(&mut admin)
-            .await;
+            postgres::drop_database(&database_name(&self.id)).await;
         }
     }
-}
-
-pub fn count_values(map: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for value in map.values() {
-        *counts.entry(value.clone()).or_insert(0) += 1;
-    }
-    counts
-}
-
-/// A valid 18-digit ID for birth date `yyyymmdd` (ISO 7064 MOD 11-2 check).
-pub fn cert_no(region: &str, birth: &str, sequence: u32) -> String {
-    let body = format!("{region}{birth}{:03}", sequence % 1000);
-    let weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
-    let sum: u32 = body
-        .chars()
-        .zip(weights)
-        .map(|(c, w)| c.to_digit(10).expect("digit") * w)
-        .sum();
-    let check = ['1', '0', 'X', '9', '8', '7', '6', '5', '4', '3', '2'][(sum % 11) as usize];
-    format!("{body}{check}")
-}
-
-/// A valid job message numbered `n`, with transaction_id `{prefix}_{n}`.
-pub fn job(prefix: &str, n: u32) -> serde_json::Value {
-    serde_json::json!({
-        "transaction_id": format!("{prefix}_{n}"),
-        "cert_no": cert_no("110101", "19900307", n),
-        "name": "张三",
-        "relation_phone": format!("138{:08}", n),
-        "relation_name": "李四",
-        "relation": "family",
-        "external_ref": format!("loan-{n}/contact-1"),
-    })
-}
-
-pub fn succeeded(statuses: &BTreeMap<String, String>) -> usize {
-    statuses.values().filter(|s| *s == "succeeded").count()
 }

@@ -1,14 +1,12 @@
 //! End-to-end tests of `zhima-worker run` against the real RabbitMQ, the real
 //! PostgreSQL (and SQLite), and the sandbox gateway.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod helpers;
 mod promises_faults;
 mod promises_ops;
 
 use std::time::Duration;
 
-use helpers::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
 use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -304,7 +302,7 @@ async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
         app.has_contract = false;
     }
     let sandbox = zhima_worker::sandbox::start(config).await.unwrap();
-    let worker = helpers::build(db, sandbox).await;
+    let worker = crate::support::worker::build(db, sandbox).await;
     for n in 0..20 {
         worker.publish_job(&job("paused", n)).await;
     }

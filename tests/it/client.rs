@@ -1,7 +1,6 @@
 //! The project's client (`UpstreamClient`) on the wire and against the
 //! sandbox gateway: the exact request it sends (utf-8 and GBK), and every kind
 //! of answer it must classify.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,37 @@
+//! What the integration tests (`tests/it/`) and the benchmarks (`benches/`)
+//! share: one copy, included by the test binary and by each bench with
+//! `#[path = "../tests/support/mod.rs"] mod support;`.
+//!
+//! - [`worker`]: the end-to-end harness; the real `zhima-worker` binary as a
+//!   child process against a sandbox on port 0, a fresh database and uniquely
+//!   named queues on the real RabbitMQ.
+//! - [`in_process`]: the processor itself against SQLite and a sandbox on
+//!   port 0, with no broker, for short fault scenarios.
+//! - [`jobs`]: valid job messages and IDs; [`postgres`] and [`broker`]:
+//!   throwaway databases and queues; [`process`]: watching and stopping child
+//!   processes; [`own_process`]: running a test in a child copy of its binary.
+//!
+//! Only for tests and benches: setup failures panic, clean-up is best effort.
+//! Each includer uses a part of it.
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+pub mod broker;
+pub mod in_process;
+pub mod jobs;
+pub mod own_process;
+pub mod postgres;
+pub mod process;
+pub mod worker;
+
+pub use jobs::{cert_no, count_values, job, succeeded, with_check_character};
+pub use process::{ProcUsage, send_sigterm, watch_until_exit};
+pub use worker::{Db, TestWorker, spawn_worker, spawn_worker_with};
+
+/// The binary under test, built by cargo for integration tests and benches.
+pub const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");

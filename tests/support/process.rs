@@ -1,0 +1,86 @@
+//! Child processes of tests and benches: sampling a process's CPU time and
+//! peak RSS from /proc while it runs, and asking worker replicas to stop.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::Child;
+
+/// /proc/{pid}/stat counts CPU time in clock ticks, USER_HZ = 100 on Linux.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
+/// What /proc showed of a process while it ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcUsage {
+    /// User plus system CPU time.
+    pub cpu_seconds: f64,
+    /// VmHWM: the highest resident set size.
+    pub peak_rss_kib: u64,
+}
+
+impl ProcUsage {
+    /// Folds in one reading of /proc/{pid}. Both figures only grow, so a
+    /// reading that fails (the process is exiting) keeps the earlier ones.
+    pub fn sample(&mut self, pid: u32) {
+        if let Some(cpu_seconds) = cpu_seconds(pid) {
+            self.cpu_seconds = self.cpu_seconds.max(cpu_seconds);
+        }
+        if let Some(peak_rss_kib) = peak_rss_kib(pid) {
+            self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib);
+        }
+    }
+}
+
+/// utime + stime, fields 14 and 15 of /proc/{pid}/stat; counted after the
+/// `)` that closes the command name, which may itself contain spaces.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    if fields.len() <= 13 {
+        return None;
+    }
+    let utime: f64 = fields[11].parse().unwrap_or(0.0);
+    let stime: f64 = fields[12].parse().unwrap_or(0.0);
+    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// Samples /proc every 20 ms until `child` exits, calling `on_tick` before
+/// each sample; the last sample is within 20 ms of the exit.
+pub async fn watch_until_exit(
+    child: &mut Child,
+    mut on_tick: impl FnMut(),
+) -> (ExitStatus, ProcUsage) {
+    let pid = child.id().expect("pid");
+    let mut usage = ProcUsage::default();
+    loop {
+        on_tick();
+        usage.sample(pid);
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (status, usage);
+        }
+        tokio::time::sleep(SAMPLE_EVERY).await;
+    }
+}
+
+/// Asks every replica to drain and stop (SIGTERM); the caller waits.
+pub fn send_sigterm(replicas: &[Child]) {
+    for replica in replicas {
+        if let Some(pid) = replica.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
