@@ -260,6 +260,16 @@ pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
+/// The defaults alone (`config/default.toml`), without the environment: for
+/// unit tests, which run beside tests that set environment variables.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+pub(crate) fn defaults() -> Settings {
+    Figment::from(Toml::string(DEFAULT_TOML))
+        .extract()
+        .expect("the defaults are valid")
+}
+
 /// The keys whose default (in `config/default.toml`) is a string: the text of
 /// their environment variable is taken as written. Derived from the defaults so
 /// that a new string key needs no second list.

@@ -32,7 +32,7 @@ async fn processor(dir: &tempfile::TempDir) -> (Processor, JobStore) {
     let url = format!("sqlite:{}", dir.path().join("jobs.db").display());
     JobStore::migrate(&url).await.unwrap();
     let store = JobStore::connect(&url, 2).await.unwrap();
-    let mut upstream = crate::config::load(None).unwrap().upstream;
+    let mut upstream = crate::config::defaults().upstream;
     upstream.gateway_url = "http://127.0.0.1:9/gateway.do".parse().unwrap();
     upstream.private_key_path = key_path("test_merchant_private.pem");
     upstream.alipay_public_key_path = key_path("test_sandbox_public.pem");
