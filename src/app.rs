@@ -222,7 +222,7 @@ impl JobRunner for Worker {
                 Ok(()) => {
                     tracing::info!("configuration probe passed: resuming consumption");
                     self.control.resume();
-                    metrics::gauge!("zhima_consumption_paused").set(0.0);
+                    metrics::gauge!(crate::telemetry::metric::CONSUMPTION_PAUSED).set(0.0);
                     return;
                 }
                 Err(reason) => {

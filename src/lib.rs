@@ -7,15 +7,23 @@
 //! 1. [`queue`] takes a delivery from `zhima.relation.verify` and hands its body
 //!    to [`job`], which decodes and validates it (an invalid job is dead-lettered
 //!    and never sent upstream).
-//! 2. [`processor`] checks [`store`] for a final row (a redelivery after a crash
-//!    is acked without a new call), waits for a [`rate_limit`] permit and calls
-//!    [`upstream`], which signs the request ([`upstream::signing`]), posts it, and
-//!    verifies and classifies the signed answer ([`upstream::response`]).
-//! 3. The outcome is committed to [`store`] first; only then does [`queue`] ack,
-//!    or publish a confirmed copy to a delay tier chosen by [`retry`], or
-//!    dead-letter it.
+//! 2. [`processor`] checks [`store`] for the job's row: a final one means a
+//!    redelivery after a crash (acked without a new call), one with other
+//!    business fields a reused transaction_id (dead-lettered). It then records
+//!    the call's start (`begin_call`: the row, and the first call time, whose
+//!    age bounds how long the job may keep retrying under one transaction_id;
+//!    past that it fails `TRANSACTION_WINDOW_EXCEEDED`), waits for a
+//!    [`rate_limit`] permit and calls [`upstream`], which signs the request
+//!    ([`upstream::signing`]), posts it, and verifies and classifies the signed
+//!    answer ([`upstream::response`]).
+//! 3. A pure decision (`processor::decide`) turns the classified answer and
+//!    the attempt into the row update, the ledger entry and what to do with the
+//!    delivery, with the backoff from [`retry`]. The outcome is committed to
+//!    [`store`] first; only then does [`queue`] ack, or publish a confirmed copy
+//!    to a delay tier, or dead-letter it.
 //!
-//! [`app`] wires these together and drains on shutdown; [`sandbox`] is the
+//! [`app`] wires these together, owns the in-flight jobs and drains on
+//! shutdown ([`queue`] runs the broker sessions); [`sandbox`] is the
 //! simulated gateway used by tests and `make run`; [`cli`] maps subcommands onto
 //! the library.
 

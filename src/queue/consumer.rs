@@ -69,7 +69,7 @@ async fn handle_in_span(
             throttled,
         } => {
             let queue = topology.names.delay_queue(*delay);
-            metrics::counter!("zhima_retries_scheduled_total").increment(1);
+            metrics::counter!(crate::telemetry::metric::RETRIES_SCHEDULED_TOTAL).increment(1);
             let copy = Outgoing::to_queue(&queue, &delivery.data, message_id.as_deref())
                 .with_number_header(ATTEMPT_HEADER, *next_attempt)
                 .with_number_header(THROTTLED_HEADER, *throttled);

@@ -201,7 +201,8 @@ impl<R: JobRunner> Sessions<'_, R> {
         let concurrency = self.options.concurrency.get() as usize;
         let mut idle_tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
         loop {
-            metrics::gauge!("zhima_jobs_in_flight").set(self.runner.in_flight() as f64);
+            metrics::gauge!(crate::telemetry::metric::JOBS_IN_FLIGHT)
+                .set(self.runner.in_flight() as f64);
             tokio::select! {
                 biased;
                 () = self.control.stopped() => {

@@ -17,7 +17,7 @@ pub const UPSTREAM_LATENCY_SECONDS: &str = "zhima_upstream_latency_seconds";
 pub const RETRIES_SCHEDULED_TOTAL: &str = "zhima_retries_scheduled_total";
 /// Histogram: time spent waiting for a rate-limit permit.
 pub const RATE_LIMIT_WAIT_SECONDS: &str = "zhima_rate_limit_wait_seconds";
-/// Gauge: jobs being processed now (`app`).
+/// Gauge: jobs being processed now (`queue::session`).
 pub const JOBS_IN_FLIGHT: &str = "zhima_jobs_in_flight";
 /// Gauge: 1 while consumption is paused on a configuration fault.
 pub const CONSUMPTION_PAUSED: &str = "zhima_consumption_paused";

@@ -341,7 +341,7 @@ impl UpstreamClient {
     ) -> Result<wire::SignedRequest, UpstreamError> {
         let biz_content = serde_json::to_string(biz).map_err(UpstreamError::Encode)?;
         let timestamp = timestamp_utc8(chrono::Utc::now());
-        let params = wire::RequestParams {
+        let params = wire::OutgoingParams {
             app_id: &self.app_id,
             method: M::METHOD,
             charset: self.charset,

@@ -13,7 +13,7 @@ use url::Url;
 use super::UpstreamError;
 use super::signing::{self, Charset, PrivateKey, SignType};
 
-pub(super) struct RequestParams<'a> {
+pub(super) struct OutgoingParams<'a> {
     pub app_id: &'a str,
     pub method: &'a str,
     pub charset: Charset,
@@ -43,7 +43,7 @@ pub fn timestamp_utc8(now: DateTime<Utc>) -> String {
 
 pub(super) fn sign_request(
     gateway_url: &Url,
-    params: &RequestParams<'_>,
+    params: &OutgoingParams<'_>,
     key: &PrivateKey,
 ) -> Result<SignedRequest, UpstreamError> {
     let charset = params.charset.as_str();
