@@ -3,6 +3,10 @@
 //! to HTTP 502 after billing), faults are planted in the database and the
 //! statement, and the report must name exactly those; `--repair` must recover
 //! the recoverable one without new billing.
+//!
+//! The wall clock never decides an outcome: the sandbox bills at a pinned
+//! instant of the test's day, and rows the worker completes after that day
+//! (a run across midnight UTC+8) are dated back into it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
