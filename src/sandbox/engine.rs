@@ -19,7 +19,7 @@ use super::gateway::{self, Call, Query, Reply};
 use super::ledger::{self, BillRow, Ledger, Recorded, SlidingWindow, Stats};
 use super::params::RequestParams;
 use super::reply::render;
-use super::{AppAuthToken, SandboxApp, SandboxConfig};
+use super::{AppAuthToken, SandboxApp, SandboxClock, SandboxConfig};
 use crate::upstream::signing::{Charset, PrivateKey};
 
 /// What the HTTP layer sends back.
@@ -96,6 +96,7 @@ pub struct Engine {
     private_key: PrivateKey,
     product_code: String,
     validity: Duration,
+    clock: SandboxClock,
     /// Mixed into every `biz_no` so that two sandbox runs do not mint the same.
     nonce: u64,
     state: Mutex<State>,
@@ -135,6 +136,7 @@ impl Engine {
             private_key: config.private_key,
             product_code: config.product_code,
             validity: config.validity,
+            clock: config.clock,
             nonce: rand::random(),
             state: Mutex::new(state),
             in_flight: AtomicU64::new(0),
@@ -182,7 +184,7 @@ impl Engine {
         if let Some(status) = plan.http_5xx_before {
             return self.outage(status);
         }
-        let decision = self.decide(checked, plan, Instant::now(), Utc::now());
+        let decision = self.decide(checked, plan, Instant::now(), self.clock.now());
         let tamper = plan
             .broken_sign
             .filter(|_| decision.reply.sign_type.is_some());

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,6 +72,30 @@ pub struct SandboxConfig {
     /// dropped ([`crate::health::HEADER_READ_TIMEOUT`], 10 s, unless a test
     /// needs a shorter one).
     pub header_read_timeout: Duration,
+    /// The wall clock that dates bills and `biz_no`s.
+    pub clock: SandboxClock,
+}
+
+/// Where the sandbox reads the time of billing. Tests pin it so that every
+/// query lands on one statement day however long they run and whenever they
+/// start (a real clock near midnight UTC+8 splits a run over two days).
+/// Only the wall clock is pinned: transaction_id validity and rate caps keep
+/// measuring real elapsed time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxClock {
+    #[default]
+    System,
+    /// Every query is billed at this instant.
+    Fixed(DateTime<Utc>),
+}
+
+impl SandboxClock {
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Self::System => Utc::now(),
+            Self::Fixed(at) => *at,
+        }
+    }
 }
 
 /// An `app_auth_token` the gateway accepts when `app_id` presents it.
@@ -120,6 +144,7 @@ impl SandboxConfig {
             seed: None,
             app_auth_tokens: Vec::new(),
             header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
+            clock: SandboxClock::System,
         })
     }
 }
@@ -417,6 +442,7 @@ impl SandboxArgs {
             seed: self.seed,
             app_auth_tokens: self.app_auth_tokens.clone(),
             header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
+            clock: SandboxClock::System,
         })
     }
 

@@ -3,14 +3,19 @@
 //! to HTTP 502 after billing), faults are planted in the database and the
 //! statement, and the report must name exactly those; `--repair` must recover
 //! the recoverable one without new billing.
+//!
+//! The wall clock never decides an outcome: the sandbox bills at a pinned
+//! instant of the test's day, and rows the worker completes after that day
+//! (a run across midnight UTC+8) are dated back into it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Db, TestWorker, job, spawn_worker, spawn_worker_with, succeeded};
-use chrono::{FixedOffset, NaiveDate};
+use crate::support::{Db, TestWorker, job, spawn_worker, spawn_worker_with_clock, succeeded};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, SecondsFormat, TimeDelta, Utc};
+use zhima_worker::sandbox::SandboxClock;
 use zhima_worker::sandbox::{Faults, SandboxReply};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -47,21 +52,51 @@ async fn run_until_idle_with(worker: &TestWorker, extra_env: &[(&str, &str)]) {
     assert!(status.success(), "run --until-idle exited {status}");
 }
 
-/// The UTC+8 day the sandbox billed everything on.
-fn billing_day(worker: &TestWorker) -> NaiveDate {
-    let utc8 = FixedOffset::east_opt(8 * 3600).unwrap();
-    let days: BTreeSet<NaiveDate> = worker
-        .sandbox
-        .bill_rows()
-        .iter()
-        .map(|row| row.billed_at.with_timezone(&utc8).date_naive())
-        .collect();
-    assert_eq!(
-        days.len(),
-        1,
-        "the test ran across midnight UTC+8: rerun it"
+fn utc8() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).unwrap()
+}
+
+/// `time` UTC+8 on the day (UTC+8) the test starts: the sandbox bills every
+/// query at this instant, so the statement covers one day however long the
+/// test runs. The day is the real one because the worker and the database
+/// date their rows with the real clock, and `--repair` needs the billed
+/// answer still replayable by it.
+fn pinned_today_at(time: NaiveTime) -> DateTime<Utc> {
+    let today = Utc::now().with_timezone(&utc8()).date_naive();
+    today
+        .and_time(time)
+        .and_local_timezone(utc8())
+        .unwrap()
+        .to_utc()
+}
+
+/// The statement day of a pinned sandbox clock.
+fn billing_day(pinned: DateTime<Utc>) -> NaiveDate {
+    pinned.with_timezone(&utc8()).date_naive()
+}
+
+/// Rows the worker completed after `day` ended (the real clock passed
+/// midnight UTC+8 during the test) are dated back to its last millisecond, as
+/// if the worker had kept pace with the pinned sandbox: the stored side of the
+/// day is then the same whenever the test runs. A no-op on any other run.
+async fn keep_completions_within(worker: &TestWorker, day: NaiveDate) {
+    let end = billing_day_end(day);
+    let format = |at: DateTime<Utc>| at.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let sql = format!(
+        "UPDATE relation_checks SET completed_at = '{}' WHERE completed_at >= '{}'",
+        format(end - TimeDelta::milliseconds(1)),
+        format(end)
     );
-    days.into_iter().next().unwrap()
+    worker.execute(&sql).await;
+}
+
+fn billing_day_end(day: NaiveDate) -> DateTime<Utc> {
+    day.succ_opt()
+        .unwrap()
+        .and_time(NaiveTime::MIN)
+        .and_local_timezone(utc8())
+        .unwrap()
+        .to_utc()
 }
 
 fn transaction_ids(report: &serde_json::Value, category: &str) -> BTreeSet<String> {
@@ -187,12 +222,29 @@ async fn reconcile_json(
 #[tokio::test]
 async fn reconcile_reports_exactly_the_planted_discrepancies_and_repair_recovers_the_lost_answer_unbilled()
  {
-    let worker = spawn_worker(Db::Postgres).await;
+    reconcile_a_planted_day(NaiveTime::from_hms_opt(12, 0, 0).unwrap()).await;
+}
+
+/// The same day billed in its last second: a real clock there would carry
+/// most of the run's bills over to the next day's statement.
+#[tokio::test]
+async fn a_day_billed_in_its_last_second_reconciles_as_any_other_day() {
+    reconcile_a_planted_day(NaiveTime::from_hms_opt(23, 59, 59).unwrap()).await;
+}
+
+/// The key scenario with the sandbox billing at `time` UTC+8: the report
+/// names exactly the planted discrepancies and `--repair` recovers the lost
+/// answer without new billing.
+async fn reconcile_a_planted_day(time: NaiveTime) {
+    let pinned = pinned_today_at(time);
+    let worker =
+        spawn_worker_with_clock(Db::Postgres, Faults::default(), SandboxClock::Fixed(pinned)).await;
     lose_one_billed_answer(&worker).await;
     run_a_flaky_day(&worker, "day", 30).await;
     let billed = worker.sandbox.stats().billed;
     assert_eq!(billed, 31, "every job billed once");
-    let day = billing_day(&worker);
+    let day = billing_day(pinned);
+    keep_completions_within(&worker, day).await;
     let changed = worker.count("WITH d AS (DELETE FROM relation_checks WHERE transaction_id = 'day_3' RETURNING 1) SELECT COUNT(*) FROM d").await;
     assert_eq!(changed, 1);
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +273,7 @@ async fn reconcile_reports_exactly_the_planted_discrepancies_and_repair_recovers
     assert_eq!(summary["matched"], 27, "{summary}");
     assert_eq!(summary["billed_not_stored"], 3);
     assert_eq!(summary["statement_rows_outside_day"], 1);
+    assert_eq!(summary["matched_completed_other_day"], 0);
     assert!(detail_of(&report, "billed_not_stored", "lost_1").contains("--repair"));
     assert!(detail_of(&report, "billed_not_stored", "day_3").contains("not recoverable here"));
     assert!(detail_of(&report, "billed_not_stored", "bogus_1").contains("no call in our ledger"));
@@ -277,9 +330,12 @@ fn alipay_style_gbk(bill: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_clean_day_from_a_gbk_statement_with_mapped_columns_exits_0_and_export_lists_the_day() {
-    let worker = spawn_worker_with(Db::Sqlite, Faults::default()).await;
+    let pinned = pinned_today_at(NaiveTime::from_hms_opt(12, 0, 0).unwrap());
+    let worker =
+        spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::Fixed(pinned)).await;
     run_a_flaky_day(&worker, "clean", 12).await;
-    let day = billing_day(&worker);
+    let day = billing_day(pinned);
+    keep_completions_within(&worker, day).await;
     let dir = tempfile::tempdir().unwrap();
     let bill = dir.path().join("bill-gbk.csv");
     std::fs::write(&bill, alipay_style_gbk(&worker.sandbox.bill_csv(day))).unwrap();

@@ -14,8 +14,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zhima_worker::sandbox::{
-    self, Faults, RunningSandbox, SandboxApp, SandboxArgs, SandboxConfig, SandboxReply,
-    SystemErrorStyle,
+    self, Faults, RunningSandbox, SandboxApp, SandboxArgs, SandboxClock, SandboxConfig,
+    SandboxReply, SystemErrorStyle,
 };
 use zhima_worker::upstream::signing::{Charset, PrivateKey, PublicKey, SignType, sign_params};
 
@@ -1105,37 +1105,51 @@ async fn stats_count_requests_billing_errors_windows_and_concurrency() {
     assert_eq!(stats["in_flight"], 0);
 }
 
+/// 23:59:59 UTC+8 on 2024-05-21: a real clock there would bill the next
+/// query on the next day.
+fn last_second_of_2024_05_21_utc8() -> chrono::DateTime<Utc> {
+    chrono::DateTime::parse_from_rfc3339("2024-05-21T23:59:59+08:00")
+        .unwrap()
+        .to_utc()
+}
+
 #[tokio::test]
 async fn the_bill_lists_billed_queries_of_a_utc8_day_as_csv() {
-    let harness = spawn().await;
+    let pinned = last_second_of_2024_05_21_utc8();
+    let harness = spawn_with(|config| config.clock = SandboxClock::Fixed(pinned)).await;
     let answer = harness.query("t_bill_1").await;
     harness.query("t_bill_1").await;
     harness.query("t_bill_2").await;
-    let today = Utc::now()
+    let day = pinned
         .with_timezone(&FixedOffset::east_opt(8 * 3600).unwrap())
         .date_naive();
-    let response = harness.get(&format!("/bill?date={today}")).await;
+    let response = harness.get(&format!("/bill?date={day}")).await;
     assert_eq!(
         response.headers()["content-type"],
         "text/csv; charset=utf-8"
     );
     let csv = response.text().await.unwrap();
-    assert_eq!(csv, harness.sandbox.bill_csv(today));
+    assert_eq!(csv, harness.sandbox.bill_csv(day));
     let lines: Vec<&str> = csv.split('\n').collect();
     assert_eq!(lines[0], "biz_no,transaction_id,app_id,billed_at");
     assert_eq!(lines.len(), 4, "header, two rows, final LF: {csv:?}");
     let first: Vec<&str> = lines[1].split(',').collect();
     assert_eq!(first[0], answer.node()["biz_no"]);
-    assert_eq!(&first[1..3], ["t_bill_1", APP_ID]);
-    assert!(chrono::NaiveDateTime::parse_from_str(first[3], "%Y-%m-%d %H:%M:%S").is_ok());
+    assert!(first[0].starts_with("ZM20240521"), "{}", first[0]);
+    assert_eq!(&first[1..], ["t_bill_1", APP_ID, "2024-05-21 23:59:59"]);
     assert!(!csv.contains('\r'));
-    let other_day = harness
-        .get("/bill?date=2001-01-01")
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(other_day, "biz_no,transaction_id,app_id,billed_at\n");
+    for other_day in ["2001-01-01", "2024-05-22"] {
+        let text = harness
+            .get(&format!("/bill?date={other_day}"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(
+            text, "biz_no,transaction_id,app_id,billed_at\n",
+            "{other_day}"
+        );
+    }
     assert_eq!(harness.get("/bill?date=yesterday").await.status(), 400);
 }
 

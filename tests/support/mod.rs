@@ -31,7 +31,7 @@ pub mod worker;
 
 pub use jobs::{cert_no, count_values, job, succeeded, with_check_character};
 pub use process::{ProcUsage, send_sigterm, watch_until_exit};
-pub use worker::{Db, TestWorker, spawn_worker, spawn_worker_with};
+pub use worker::{Db, TestWorker, spawn_worker, spawn_worker_with, spawn_worker_with_clock};
 
 /// The binary under test, built by cargo for integration tests and benches.
 pub const BIN: &str = env!("CARGO_BIN_EXE_zhima-worker");

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use zhima_worker::config::{self, Settings};
 use zhima_worker::queue::publisher::Outgoing;
 use zhima_worker::queue::{self, Publisher, Topology};
-use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
+use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxClock, SandboxConfig};
 
 use super::jobs::count_values;
 use super::{BIN, broker, postgres};
@@ -65,8 +65,15 @@ pub async fn spawn_worker(db: Db) -> TestWorker {
 }
 
 pub async fn spawn_worker_with(db: Db, faults: Faults) -> TestWorker {
+    spawn_worker_with_clock(db, faults, SandboxClock::System).await
+}
+
+/// With the sandbox's billing clock pinned (see [`SandboxClock`]): the
+/// worker and the database keep the real clock.
+pub async fn spawn_worker_with_clock(db: Db, faults: Faults, clock: SandboxClock) -> TestWorker {
     let mut sandbox_config = SandboxConfig::with_test_keys().expect("test keys");
     sandbox_config.faults = faults;
+    sandbox_config.clock = clock;
     sandbox_config.seed = Some(7);
     let sandbox = sandbox::start(sandbox_config)
         .await
@@ -233,6 +240,33 @@ impl TestWorker {
                     .fetch_all(&mut conn)
                     .await
                     .expect("query")
+            }
+        }
+    }
+
+    /// Runs a statement built by the test (trusted text) on either database;
+    /// the rows it changed.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        match self.db {
+            Db::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.database_url)
+                    .await
+                    .expect("pg");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("execute");
+                done.rows_affected()
+            }
+            Db::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
+                    .await
+                    .expect("sqlite");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .expect("execute");
+                done.rows_affected()
             }
         }
     }
