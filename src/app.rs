@@ -26,15 +26,15 @@ use crate::store::JobStore;
 use crate::upstream::UpstreamClient;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// Exit once every queue is empty and nothing is in flight.
-    pub until_idle: bool,
+    pub(crate) until_idle: bool,
 }
 
 /// The longest wait between two attempts to reach the database at start-up.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
-pub async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
     let pii_key =
         crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));

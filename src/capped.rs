@@ -46,8 +46,8 @@ impl RecordLimit {
 #[derive(Debug, thiserror::Error)]
 #[error("a record longer than {max_kib} KiB at line {line}")]
 pub(crate) struct RecordTooLong {
-    pub line: u64,
-    pub max_kib: u64,
+    pub(crate) line: u64,
+    pub(crate) max_kib: u64,
 }
 
 impl RecordTooLong {

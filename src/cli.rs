@@ -16,7 +16,7 @@ use crate::upstream::response::{self, SignTypeChoice};
 use crate::upstream::signing::{self, PrivateKey, PublicKey};
 
 /// Exit code for a command line that cannot be understood (BSD's EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;
+pub(crate) const EXIT_USAGE: u8 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -244,7 +244,7 @@ mod operator {
     /// `enqueue`'s exit code when some records were invalid.
     const EXIT_INVALID: u8 = 2;
 
-    pub async fn enqueue(
+    pub(crate) async fn enqueue(
         settings: &Settings,
         file: &Path,
         format: Option<InputFormat>,
@@ -334,7 +334,7 @@ mod operator {
         }
     }
 
-    pub async fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
+    pub(crate) async fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
         let store = JobStore::connect(settings.database.url.expose_secret(), 1)
             .await
             .context("connecting to the database")?;
@@ -349,7 +349,10 @@ mod operator {
         Ok(ExitCode::SUCCESS)
     }
 
-    pub async fn requeue_dead(settings: &Settings, limit: Option<u64>) -> anyhow::Result<ExitCode> {
+    pub(crate) async fn requeue_dead(
+        settings: &Settings,
+        limit: Option<u64>,
+    ) -> anyhow::Result<ExitCode> {
         let store = JobStore::connect(settings.database.url.expose_secret(), 1)
             .await
             .context("connecting to the database")?;
@@ -431,7 +434,10 @@ mod reconciliation {
             .context("connecting to the database")
     }
 
-    pub async fn reconcile(settings: &Settings, args: ReconcileArgs) -> anyhow::Result<ExitCode> {
+    pub(crate) async fn reconcile(
+        settings: &Settings,
+        args: ReconcileArgs,
+    ) -> anyhow::Result<ExitCode> {
         let columns = match &args.columns {
             Some(text) => text.parse()?,
             None => ColumnMap::default(),
@@ -563,7 +569,10 @@ mod reconciliation {
         bar
     }
 
-    pub async fn export(settings: &Settings, date: Option<&str>) -> anyhow::Result<ExitCode> {
+    pub(crate) async fn export(
+        settings: &Settings,
+        date: Option<&str>,
+    ) -> anyhow::Result<ExitCode> {
         let day = day(settings, date)?;
         let store = open_store(settings).await?;
         let stdout = std::io::stdout();

@@ -49,7 +49,7 @@ const FAILURE_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// This replica's part of `total` among the live `worker_ids` (which should
 /// include `me`; it is added if missing).
-pub fn share_for<'a>(
+pub(crate) fn share_for<'a>(
     total: Rate,
     worker_ids: impl IntoIterator<Item = &'a str>,
     me: &str,
@@ -74,7 +74,7 @@ pub fn share_for<'a>(
 
 /// `hostname-pid-random`: unique per process even when a pid is reused, and
 /// telling an operator which host a lease belongs to.
-pub fn new_worker_id() -> String {
+pub(crate) fn new_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .unwrap_or_default();
@@ -96,7 +96,7 @@ pub fn new_worker_id() -> String {
 /// (after the drain) deletes the lease.
 ///
 /// [`release`]: LeaseKeeper::release
-pub struct LeaseKeeper {
+pub(crate) struct LeaseKeeper {
     worker_id: String,
     store: JobStore,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
@@ -107,7 +107,7 @@ impl LeaseKeeper {
     /// seen it and its share is in force), or once shutdown begins. Database
     /// outages are waited out, not returned: the store was reachable a moment
     /// ago and the heartbeat keeps trying.
-    pub async fn start(
+    pub(crate) async fn start(
         store: JobStore,
         limiter: Arc<UpstreamLimiter>,
         settings: &RateLimitSettings,
@@ -137,14 +137,10 @@ impl LeaseKeeper {
         }
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
-    }
-
     /// Stops the heartbeat, then deletes the lease so the other replicas take
     /// this share at their next heartbeat. Call it after the drain: no upstream
     /// call may follow.
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         let Some((stop, mut task)) = self.running else {
             return;
         };

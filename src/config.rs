@@ -27,7 +27,7 @@ const MAX_LEASE_MS: u64 = 24 * 3600 * 1000;
 
 /// The documented defaults, compiled in so that the file and the behaviour
 /// cannot drift apart.
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,7 +63,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
-    pub reconcile: ReconcileSettings,
+    pub(crate) reconcile: ReconcileSettings,
     pub pii: PiiSettings,
 }
 
@@ -82,14 +82,14 @@ pub struct AmqpSettings {
     pub queue: String,
     pub dead_queue: String,
     pub queue_type: QueueType,
-    pub delivery_limit: u32,
+    pub(crate) delivery_limit: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: SecretString,
-    pub max_connections: NonZeroU32,
+    pub(crate) max_connections: NonZeroU32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,13 +101,13 @@ pub struct UpstreamSettings {
     pub alipay_public_key_path: PathBuf,
     pub sign_type: SignType,
     pub charset: Charset,
-    pub connect_timeout_ms: u64,
+    pub(crate) connect_timeout_ms: u64,
     pub timeout_ms: u64,
     pub product_code: String,
     pub app_auth_token: SecretString,
-    pub proxy: String,
-    pub transaction_validity_s: u64,
-    pub transaction_margin_s: u64,
+    pub(crate) proxy: String,
+    pub(crate) transaction_validity_s: u64,
+    pub(crate) transaction_margin_s: u64,
     /// An answer longer than this fails the call (retryable) after reading
     /// at most this many bytes.
     pub max_response_bytes: u64,
@@ -116,21 +116,21 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
-    pub fn connect_timeout(&self) -> Duration {
+    pub(crate) fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 
     /// The token, or `None` for a direct merchant (empty in the config).
-    pub fn app_auth_token(&self) -> Option<&str> {
+    pub(crate) fn app_auth_token(&self) -> Option<&str> {
         let token = self.app_auth_token.expose_secret();
         (!token.is_empty()).then_some(token)
     }
 
-    pub fn proxy(&self) -> Option<&str> {
+    pub(crate) fn proxy(&self) -> Option<&str> {
         (!self.proxy.is_empty()).then_some(self.proxy.as_str())
     }
 
@@ -147,8 +147,8 @@ impl UpstreamSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
-    pub qps: NonZeroU32,
-    pub burst: NonZeroU32,
+    pub(crate) qps: NonZeroU32,
+    pub(crate) burst: NonZeroU32,
     /// How often a replica renews its lease in `worker_leases` (PostgreSQL).
     pub heartbeat_ms: u64,
     /// How long a lease lives without renewal: a dead replica's share is
@@ -157,11 +157,11 @@ pub struct RateLimitSettings {
 }
 
 impl RateLimitSettings {
-    pub fn heartbeat(&self) -> Duration {
+    pub(crate) fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
 
-    pub fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
     }
 }
@@ -169,7 +169,7 @@ impl RateLimitSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
-    pub max_attempts: NonZeroU32,
+    pub(crate) max_attempts: NonZeroU32,
     pub initial_delay_ms: u64,
     pub max_delay_ms: u64,
 }
@@ -177,18 +177,18 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    pub concurrency: NonZeroU32,
+    pub(crate) concurrency: NonZeroU32,
     pub shutdown_grace_s: u64,
-    pub probe_interval_s: u64,
+    pub(crate) probe_interval_s: u64,
     pub max_unverified_in_row: NonZeroU32,
 }
 
 impl WorkerSettings {
-    pub fn shutdown_grace(&self) -> Duration {
+    pub(crate) fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_s)
     }
 
-    pub fn probe_interval(&self) -> Duration {
+    pub(crate) fn probe_interval(&self) -> Duration {
         Duration::from_secs(self.probe_interval_s.max(1))
     }
 }
@@ -201,7 +201,7 @@ pub struct HttpSettings {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Auto,
     Pretty,
     Json,
@@ -210,18 +210,18 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     pub filter: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReconcileSettings {
-    pub utc_offset_hours: i8,
+pub(crate) struct ReconcileSettings {
+    pub(crate) utc_offset_hours: i8,
 }
 
 /// Keys for personal data. Only the path is checked here: the file is read by
-/// the commands that need it (`run`), see [`crate::pii::PiiKey::load`].
+/// the commands that need it (`run`), see `crate::pii::PiiKey::load`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PiiSettings {
@@ -391,7 +391,7 @@ fn secret_safe_detail(kind: &figment::error::Kind) -> String {
 
 impl Settings {
     /// Cross-field rules that serde cannot express. Each error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_amqp()?;
         self.validate_upstream()?;
         self.retry_policy()?;
@@ -536,7 +536,7 @@ impl Settings {
     /// fail for loaded settings. Built from the section on each call (settings
     /// edited after loading are honoured), so a caller builds it once and
     /// hands the same policy to every component that needs it.
-    pub fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
+    pub(crate) fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
         let retry = &self.retry;
         let policy = RetryPolicy::new(
             Duration::from_millis(retry.initial_delay_ms),

@@ -27,23 +27,23 @@ impl Control {
         }
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.stopping.send_replace(true);
     }
 
-    pub fn is_stopping(&self) -> bool {
+    pub(crate) fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
     }
 
     /// Resolves once shutdown has begun.
-    pub async fn stopped(&self) {
+    pub(crate) async fn stopped(&self) {
         let mut receiver = self.stopping.subscribe();
         let _ = receiver.wait_for(|stopping| *stopping).await;
     }
 
     /// Pauses consumption; returns true for the call that paused it (which
     /// logs), false when already paused.
-    pub fn pause(&self, reason: String) -> bool {
+    pub(crate) fn pause(&self, reason: String) -> bool {
         self.paused.send_if_modified(|current| {
             if current.is_some() {
                 return false;
@@ -53,34 +53,34 @@ impl Control {
         })
     }
 
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.unverified_in_row.store(0, Ordering::Relaxed);
         self.paused.send_replace(None);
     }
 
-    pub fn pause_reason(&self) -> Option<String> {
+    pub(crate) fn pause_reason(&self) -> Option<String> {
         self.paused.borrow().clone()
     }
 
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.borrow().is_some()
     }
 
     /// Resolves once consumption is paused.
-    pub async fn paused(&self) {
+    pub(crate) async fn paused(&self) {
         let mut receiver = self.paused.subscribe();
         let _ = receiver.wait_for(Option::is_some).await;
     }
 
     /// Counts an answer whose signature was missing or wrong; true once the
     /// run reaches the configured limit.
-    pub fn note_unverified(&self) -> bool {
+    pub(crate) fn note_unverified(&self) -> bool {
         let run = self.unverified_in_row.fetch_add(1, Ordering::Relaxed) + 1;
         run >= self.max_unverified_in_row
     }
 
     /// A verified answer ends the run.
-    pub fn note_verified(&self) {
+    pub(crate) fn note_verified(&self) {
         self.unverified_in_row.store(0, Ordering::Relaxed);
     }
 }

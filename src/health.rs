@@ -23,7 +23,7 @@ use crate::store::JobStore;
 use crate::telemetry::metric;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HealthError {
+pub(crate) enum HealthError {
     #[error("could not install the metrics recorder")]
     Recorder(#[source] metrics_exporter_prometheus::BuildError),
     #[error("could not listen on http.listen {addr}")]
@@ -35,10 +35,10 @@ pub enum HealthError {
 }
 
 /// What `/readyz` looks at.
-pub struct Readiness {
-    pub broker_connected: AtomicBool,
-    pub store: JobStore,
-    pub control: Arc<Control>,
+pub(crate) struct Readiness {
+    pub(crate) broker_connected: AtomicBool,
+    pub(crate) store: JobStore,
+    pub(crate) control: Arc<Control>,
 }
 
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -48,7 +48,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// Installs the global Prometheus recorder and registers every counter and
 /// gauge at zero, so dashboards see the series before the first job
 /// (histograms appear with their first sample: a fake zero would be data).
-pub fn install_metrics() -> Result<PrometheusHandle, HealthError> {
+pub(crate) fn install_metrics() -> Result<PrometheusHandle, HealthError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .map_err(HealthError::Recorder)?
@@ -112,7 +112,7 @@ fn register_metrics() {
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until
 /// the process ends. Returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     listen: &str,
     metrics: PrometheusHandle,
     readiness: Arc<Readiness>,
@@ -159,7 +159,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// once). Connections that send no complete request header within
 /// `header_timeout` are dropped. Used by both HTTP servers of the crate
 /// (`http.listen` and the sandbox): axum's own `serve` has no such timeout.
-pub async fn serve_http(
+pub(crate) async fn serve_http(
     listener: tokio::net::TcpListener,
     app: Router,
     header_timeout: Duration,

@@ -1,4 +1,4 @@
-//! Job messages: decoding an AMQP body into a validated [`Job`], the per-field
+//! Job messages: decoding an AMQP body into a validated `Job`, the per-field
 //! rules of `zhima.credit.relation.query` (shared with the sandbox gateway), and
 //! the PII masks used in logs and stored rows.
 //!
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 
 /// Bodies above this size are rejected before any parsing, so a runaway
 /// producer cannot make the worker allocate a huge JSON tree.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The seed allows 64 characters for `transaction_id`.
 const TRANSACTION_ID_MAX: usize = 64;
@@ -53,8 +53,8 @@ const CHECK_CHARS: [char; 11] = ['1', '0', 'X', '9', '8', '7', '6', '5', '4', '3
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("field `{field}`: {rule}")]
 pub struct FieldError {
-    pub field: &'static str,
-    pub rule: String,
+    pub(crate) field: &'static str,
+    pub(crate) rule: String,
 }
 
 impl FieldError {
@@ -73,7 +73,7 @@ impl FieldError {
 pub struct TransactionId(String);
 
 impl TransactionId {
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -134,7 +134,7 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Family => "family",
             Self::Workmate => "workmate",
@@ -170,7 +170,7 @@ pub struct RelationQuery {
 impl RelationQuery {
     /// Checks every field against the seed's rules, so an invalid query is
     /// never sent upstream (it would be billed or rejected for nothing).
-    pub fn validate(&self) -> Result<(), FieldError> {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         validate_product_code(&self.product_code)?;
         validate_cert_no(&self.cert_no)?;
         validate_person_name("name", &self.name)?;
@@ -190,7 +190,7 @@ impl RelationQuery {
     /// character upper-cased, absent optional fields as `""`. The input of the
     /// job's fingerprint ([`crate::pii::PiiKey::fingerprint`]); never stored
     /// or logged as such, since it is personal data.
-    pub fn business_fields(&self) -> [(&'static str, String); 8] {
+    pub(crate) fn business_fields(&self) -> [(&'static str, String); 8] {
         let trimmed = |v: &str| v.trim().to_owned();
         [
             ("transaction_id", self.transaction_id.as_str().to_owned()),
@@ -220,15 +220,15 @@ impl RelationQuery {
 /// A decoded, validated job. The attempt counter is not here: it lives in the
 /// AMQP headers, owned by the queue layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
-    pub query: RelationQuery,
-    pub external_ref: Option<String>,
+pub(crate) struct Job {
+    pub(crate) query: RelationQuery,
+    pub(crate) external_ref: Option<String>,
 }
 
 impl Job {
     /// The JSON body to publish for this job; [`decode_job`] reads it back to an
     /// equal job. Optional fields that are absent are left out.
-    pub fn to_message_body(&self) -> Vec<u8> {
+    pub(crate) fn to_message_body(&self) -> Vec<u8> {
         let q = &self.query;
         let mut map = Map::new();
         let mut put = |key: &str, value: &str| {
@@ -256,7 +256,7 @@ impl Job {
 /// Why a message body was not accepted as a job. The `Display` text is the
 /// reason put in the `x-zhima-error` header, so it never quotes the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     #[error("body is {bytes} bytes, over the {MAX_BODY_BYTES}-byte limit")]
     TooLarge { bytes: usize },
     #[error("body is not valid JSON: {0}")]
@@ -269,7 +269,7 @@ pub enum JobError {
 
 impl JobError {
     /// The normalized `error_code` stored on the job's `failed` row.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::TooLarge { .. } => "BODY_TOO_LARGE",
             Self::NotJson(_) | Self::NotObject => "INVALID_JSON",
@@ -283,12 +283,12 @@ impl JobError {
 /// so the worker can still write a `failed` row for the producer to find.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{error}")]
-pub struct RejectedJob {
-    pub error: JobError,
+pub(crate) struct RejectedJob {
+    pub(crate) error: JobError,
     /// Present only when the body carried a valid transaction_id.
-    pub transaction_id: Option<TransactionId>,
+    pub(crate) transaction_id: Option<TransactionId>,
     /// Present only when the body carried a valid external_ref.
-    pub external_ref: Option<String>,
+    pub(crate) external_ref: Option<String>,
 }
 
 /// Decodes and validates an AMQP message body.
@@ -298,7 +298,7 @@ pub struct RejectedJob {
 /// `linked_merchant_id` or `external_ref` counts as absent too. Unknown fields
 /// are ignored so producers can add their own. A missing `product_code` takes
 /// `default_product_code`.
-pub fn decode_job(body: &[u8], default_product_code: &str) -> Result<Job, RejectedJob> {
+pub(crate) fn decode_job(body: &[u8], default_product_code: &str) -> Result<Job, RejectedJob> {
     if body.len() > MAX_BODY_BYTES {
         return Err(rejected(JobError::TooLarge { bytes: body.len() }));
     }
@@ -423,19 +423,19 @@ fn has_control_char(v: &str) -> bool {
 
 /// Validates a mainland resident ID number against today's date in UTC+8
 /// (the upstream's time zone), see [`validate_cert_no_on`].
-pub fn validate_cert_no(v: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_cert_no(v: &str) -> Result<(), FieldError> {
     validate_cert_no_on(v, today_utc8())
 }
 
 /// Today's date in UTC+8, the time zone the upstream's dates are in.
-pub fn today_utc8() -> NaiveDate {
+pub(crate) fn today_utc8() -> NaiveDate {
     (Utc::now() + TimeDelta::hours(8)).date_naive()
 }
 
 /// Validates an 18-digit ID (province prefix, real birth date between
 /// 1900-01-01 and `today`, ISO 7064 MOD 11-2 check character, `x` or `X`) or a
 /// 15-digit one (region, YYMMDD in the 1900s, sequence).
-pub fn validate_cert_no_on(v: &str, today: NaiveDate) -> Result<(), FieldError> {
+pub(crate) fn validate_cert_no_on(v: &str, today: NaiveDate) -> Result<(), FieldError> {
     let field = "cert_no";
     let bytes = v.as_bytes();
     match bytes.len() {
@@ -523,7 +523,7 @@ fn check_check_char(body: &[u8], check: u8) -> Result<(), FieldError> {
 /// 1–64 characters counted as code points, not blank, no control character,
 /// none of the characters the seed forbids (they are separators in the
 /// upstream's own records) and no `"` or `\`.
-pub fn validate_person_name(field: &'static str, v: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_person_name(field: &'static str, v: &str) -> Result<(), FieldError> {
     if v.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty or blank"));
     }
@@ -543,7 +543,7 @@ pub fn validate_person_name(field: &'static str, v: &str) -> Result<(), FieldErr
 }
 
 /// Validates a mainland mobile number: 11 digits, `1[3-9]` then nine digits.
-pub fn validate_mobile(v: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_mobile(v: &str) -> Result<(), FieldError> {
     let field = "relation_phone";
     let bytes = v.as_bytes();
     if bytes.len() != 11 || !bytes.iter().all(u8::is_ascii_digit) {
@@ -560,7 +560,7 @@ pub fn validate_mobile(v: &str) -> Result<(), FieldError> {
 
 /// Parses `relation`: `""` means absent; otherwise exactly one of the four
 /// lowercase names (the gateway is case-sensitive, so `Family` is refused).
-pub fn validate_relation(v: &str) -> Result<Option<Relation>, FieldError> {
+pub(crate) fn validate_relation(v: &str) -> Result<Option<Relation>, FieldError> {
     match v {
         "" => Ok(None),
         "family" => Ok(Some(Relation::Family)),
@@ -575,12 +575,12 @@ pub fn validate_relation(v: &str) -> Result<Option<Relation>, FieldError> {
 }
 
 /// Validates a present `linked_merchant_id`: non-blank, at most 32 characters.
-pub fn validate_linked_merchant_id(v: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_linked_merchant_id(v: &str) -> Result<(), FieldError> {
     validate_code("linked_merchant_id", v)
 }
 
 /// Validates `product_code`: non-blank, at most 32 characters.
-pub fn validate_product_code(v: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_product_code(v: &str) -> Result<(), FieldError> {
     validate_code("product_code", v)
 }
 

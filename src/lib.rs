@@ -22,15 +22,21 @@
 //!    [`store`] first; only then does [`queue`] ack, or publish a confirmed copy
 //!    to a delay tier, or dead-letter it.
 //!
-//! [`app`] wires these together, owns the in-flight jobs and drains on
+//! `app` wires these together, owns the in-flight jobs and drains on
 //! shutdown ([`queue`] runs the broker sessions); [`sandbox`] is the
 //! simulated gateway used by tests and `make run`; [`cli`] maps subcommands onto
 //! the library.
 
-pub mod app;
+// Anything `pub` here that the binary, the tests and the benches cannot reach
+// is `pub(crate)`, so the public surface is the real API and the compiler
+// finds dead code. (Set here rather than in Cargo.toml's `[lints]`, which
+// would also apply it to the test and bench crates.)
+#![warn(unreachable_pub)]
+
+mod app;
 mod capped;
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
 pub mod control;
 pub mod health;
@@ -39,7 +45,7 @@ pub mod pii;
 pub mod processor;
 pub mod queue;
 pub mod rate_limit;
-pub mod reconcile;
+mod reconcile;
 pub mod retry;
 pub mod sandbox;
 pub mod store;

@@ -22,10 +22,10 @@ use sha2::Sha256;
 use crate::job::RelationQuery;
 
 /// Fewer random bytes than SHA-256's output would weaken the HMAC.
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 /// A key file is a few dozen bytes; anything this large is the wrong file (or
 /// a device such as /dev/zero) and is refused without reading it whole.
-pub const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 /// Domain separation: the fingerprint and any later use of the key hash
 /// different tags, so one value can never stand in for the other.
 const FINGERPRINT_TAG: &[u8] = b"zhima-worker/job-fingerprint/v1";
@@ -35,7 +35,7 @@ type HmacSha256 = Hmac<Sha256>;
 /// Why the PII key could not be loaded. Every variant names the setting and
 /// the file; none shows any byte of it.
 #[derive(Debug, thiserror::Error)]
-pub enum PiiKeyError {
+pub(crate) enum PiiKeyError {
     #[error(
         "pii.hmac_key_path: {} does not exist; create it once (`head -c 32 /dev/urandom > {0} \
          && chmod 600 {0}`) and give every replica the same file",
@@ -80,7 +80,7 @@ impl PiiKey {
     /// Reads the key file: at least [`MIN_KEY_BYTES`], at most
     /// [`MAX_KEY_FILE_BYTES`] (read through a bound, so a device file cannot
     /// exhaust memory).
-    pub fn load(path: &Path) -> Result<Self, PiiKeyError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, PiiKeyError> {
         let file = std::fs::File::open(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => PiiKeyError::Missing {
                 path: path.to_path_buf(),
@@ -127,7 +127,7 @@ impl PiiKey {
     /// ([`RelationQuery::business_fields`]), each name and value length-
     /// prefixed so no two different jobs hash the same input. Lower-case hex,
     /// 64 characters. Deterministic for one key, meaningless without it.
-    pub fn fingerprint(&self, query: &RelationQuery) -> String {
+    pub(crate) fn fingerprint(&self, query: &RelationQuery) -> String {
         let mut mac = self.mac.clone();
         mac.update(FINGERPRINT_TAG);
         for (name, value) in query.business_fields() {

@@ -4,7 +4,7 @@
 //!
 //! The burst is always set explicitly: governor's default burst equals the
 //! rate, which lets twice the rate through in the first second. The limiter can
-//! be replaced when this process's [`Share`] of the merchant's total changes
+//! be replaced when this process's `Share` of the merchant's total changes
 //! (see `cluster`) or when throttled answers make it back off; governor quotas
 //! are immutable, so that means a new limiter. A replacement is drained at
 //! once (its burst used up), so a swap never lets a fresh burst through, and it
@@ -21,14 +21,14 @@
 //! time between its permit and its answer (a new connection, a stalled
 //! thread, a slow network). Pacing permits alone therefore bounds nothing at
 //! the upstream: calls held up on the way land together with later ones. So a
-//! permit is a [`CallPermit`] held for the whole call, and a call counts
-//! against [`Share::cap`] from its permit until [`WINDOW`] after its answer.
+//! permit is a `CallPermit` held for the whole call, and a call counts
+//! against `Share::cap` from its permit until `WINDOW` after its answer.
 //! The latest-permitted call of any one-second window of arrivals found every
 //! other call of that window still counted (each was permitted before it and
 //! answered after the window began, so after its own permit minus a second),
 //! so no window holds more than the cap, however the calls were delayed. A
-//! larger cap applies only [`WINDOW`] after it is set (a smaller one at once),
-//! and a lapsed grant, when renewed, reopens only after [`WINDOW`]: the calls
+//! larger cap applies only `WINDOW` after it is set (a smaller one at once),
+//! and a lapsed grant, when renewed, reopens only after `WINDOW`: the calls
 //! the other replicas made under the old shares are out of any window that
 //! holds calls made under the new ones.
 
@@ -54,18 +54,18 @@ pub struct Rate {
 /// the shares of all replicas add up to the total; plus a burst of its own,
 /// and a cap on its calls that may reach the upstream within one second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
-    pub total_per_second: NonZeroU32,
-    pub replicas: NonZeroU32,
-    pub burst: NonZeroU32,
+pub(crate) struct Share {
+    pub(crate) total_per_second: NonZeroU32,
+    pub(crate) replicas: NonZeroU32,
+    pub(crate) burst: NonZeroU32,
     /// The most calls of this replica in any one-second window at the
     /// upstream; the caps of all replicas add up to the rate plus the burst.
-    pub cap: NonZeroU32,
+    pub(crate) cap: NonZeroU32,
 }
 
 impl Share {
     /// All of `rate`: a single replica.
-    pub fn whole(rate: Rate) -> Self {
+    pub(crate) fn whole(rate: Rate) -> Self {
         Self {
             total_per_second: rate.per_second,
             replicas: NonZeroU32::MIN,
@@ -74,7 +74,7 @@ impl Share {
         }
     }
 
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         f64::from(self.total_per_second.get()) / f64::from(self.replicas.get())
     }
 }
@@ -88,7 +88,7 @@ const RECOVERY_STEP: f64 = 0.1;
 /// limiter swaps stay rare.
 const ADJUST_PERIOD: Duration = Duration::from_secs(1);
 /// The window the upstream counts calls in.
-pub const WINDOW: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW: Duration = Duration::from_secs(1);
 
 pub struct UpstreamLimiter {
     state: Mutex<State>,
@@ -101,14 +101,14 @@ pub struct UpstreamLimiter {
 /// error or cancellation). Dropping it ends the call; it still counts against
 /// the cap for [`WINDOW`].
 #[must_use = "the call counts as in flight only while the permit is held"]
-pub struct CallPermit<'a> {
+pub(crate) struct CallPermit<'a> {
     limiter: &'a UpstreamLimiter,
     waited: Duration,
 }
 
 impl CallPermit<'_> {
     /// How long the caller waited for it (for the metrics).
-    pub fn waited(&self) -> Duration {
+    pub(crate) fn waited(&self) -> Duration {
         self.waited
     }
 }
@@ -254,7 +254,7 @@ impl UpstreamLimiter {
     }
 
     /// Waits for a permit for one call; hold it until the call is over.
-    pub async fn acquire(&self) -> CallPermit<'_> {
+    pub(crate) async fn acquire(&self) -> CallPermit<'_> {
         let started = Instant::now();
         loop {
             let mut changed = pin!(self.changed.notified());
@@ -279,7 +279,8 @@ impl UpstreamLimiter {
 
     /// The share in force, rounded down to whole calls per second (at least
     /// one); see [`UpstreamLimiter::share`] for the exact value.
-    pub fn rate(&self) -> Rate {
+    #[cfg(test)]
+    pub(crate) fn rate(&self) -> Rate {
         let share = self.lock().share;
         let per_second = share.total_per_second.get() / share.replicas.get();
         Rate {
@@ -288,23 +289,26 @@ impl UpstreamLimiter {
         }
     }
 
-    pub fn share(&self) -> Share {
+    #[cfg(test)]
+    pub(crate) fn share(&self) -> Share {
         self.lock().share
     }
 
     /// The calls per second allowed now: the share, less any back-off.
-    pub fn permits_per_second(&self) -> f64 {
+    #[cfg(test)]
+    pub(crate) fn permits_per_second(&self) -> f64 {
         effective_per_second(&self.lock())
     }
 
     /// Makes `rate` the whole share. Returns whether the share changed.
-    pub fn set_rate(&self, rate: Rate) -> bool {
+    #[cfg(test)]
+    pub(crate) fn set_rate(&self, rate: Rate) -> bool {
         self.set_share(Share::whole(rate))
     }
 
     /// Returns whether the share changed; the limiter is swapped only if the
     /// quota in force changes with it.
-    pub fn set_share(&self, share: Share) -> bool {
+    pub(crate) fn set_share(&self, share: Share) -> bool {
         let mut state = self.lock();
         let changed = state.share != share;
         if changed {
@@ -323,7 +327,7 @@ impl UpstreamLimiter {
     /// Permits are given only before `deadline` until the next grant: the
     /// share belongs to this replica only while its lease is valid.
     /// Renewing a lapsed grant reopens the window only after [`WINDOW`].
-    pub fn grant_until(&self, deadline: Instant) {
+    pub(crate) fn grant_until(&self, deadline: Instant) {
         let now = Instant::now();
         let mut state = self.lock();
         let lapsed = state.granted_until.is_some_and(|until| until <= now);
@@ -336,7 +340,7 @@ impl UpstreamLimiter {
     }
 
     /// The upstream answered "call rate limited": back off multiplicatively.
-    pub fn note_throttled(&self) {
+    pub(crate) fn note_throttled(&self) {
         self.note_throttled_at(Instant::now());
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Delays are served by RabbitMQ delay queues with a fixed TTL each (per-message
 //! TTL in one queue blocks at the head), so every delay this policy returns is
-//! one of its [`RetryPolicy::tiers`]: the initial delay doubled up to the cap.
+//! one of its `RetryPolicy::tiers`: the initial delay doubled up to the cap.
 //! Jitter is "full jitter" drawn in `[initial, cap(attempt)]` and rounded down to
 //! a tier. This module does no I/O and knows nothing of AMQP or of the
 //! configuration: `config` builds the one policy from its `[retry]` section.
@@ -24,7 +24,7 @@ pub enum RetryPolicyError {
 
 /// Why the last call did not settle the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// SYSTEM_ERROR, 20000, 5xx, timeouts, unverifiable answers.
     Transient,
     /// 40005 call-rate limited: the upstream asks us to slow down, so the wait
@@ -34,7 +34,7 @@ pub enum FailureKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Decision {
+pub(crate) enum Decision {
     RetryAfter(Duration),
     GiveUp,
 }
@@ -77,17 +77,18 @@ impl RetryPolicy {
     }
 
     /// Every delay `decide` can return, ascending: one delay queue each.
-    pub fn tiers(&self) -> &[Duration] {
+    pub(crate) fn tiers(&self) -> &[Duration] {
         &self.tiers
-    }
-
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
     }
 
     /// `attempts_made` counts the upstream calls already made for the job
     /// (throttled ones excluded), the failed one included.
-    pub fn decide(&self, attempts_made: u32, kind: FailureKind, rng: &mut impl Rng) -> Decision {
+    pub(crate) fn decide(
+        &self,
+        attempts_made: u32,
+        kind: FailureKind,
+        rng: &mut impl Rng,
+    ) -> Decision {
         if kind == FailureKind::Transient && attempts_made >= self.max_attempts {
             return Decision::GiveUp;
         }
@@ -109,7 +110,7 @@ impl RetryPolicy {
     /// The longest a job can spend waiting in delay queues: the sum of the
     /// largest delay of every retry. Start-up checks it against the upstream's
     /// transaction_id validity.
-    pub fn worst_case_schedule(&self) -> Duration {
+    pub(crate) fn worst_case_schedule(&self) -> Duration {
         (1..self.max_attempts)
             .map(|attempt| self.tiers[self.cap_index(attempt, FailureKind::Transient)])
             .sum()

@@ -18,7 +18,7 @@ use crate::upstream::{CallReport, ErrorClass};
 
 /// What the decision needs to know about one gateway call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallClass {
+pub(crate) enum CallClass {
     Succeeded,
     Failed {
         class: ErrorClass,
@@ -29,7 +29,7 @@ pub enum CallClass {
 }
 
 impl CallClass {
-    pub fn of<A>(report: &CallReport<A>) -> Self {
+    pub(crate) fn of<A>(report: &CallReport<A>) -> Self {
         match &report.outcome {
             Ok(_) => Self::Succeeded,
             Err(error) => Self::Failed {
@@ -42,20 +42,20 @@ impl CallClass {
 
 /// How a call settles its job. Built only by [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settlement {
-    pub row: RowChange,
-    pub next: Next,
-    pub ledger: CallOutcome,
-    pub streak: StreakChange,
+pub(crate) struct Settlement {
+    pub(crate) row: RowChange,
+    pub(crate) next: Next,
+    pub(crate) ledger: CallOutcome,
+    pub(crate) streak: StreakChange,
     /// The upstream asked us to slow down: lower the shared rate.
-    pub slow_down: bool,
+    pub(crate) slow_down: bool,
     /// Our set-up is wrong: pause consumption until a probe passes.
-    pub pause: bool,
+    pub(crate) pause: bool,
 }
 
 /// The job row's new state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowChange {
+pub(crate) enum RowChange {
     Succeeded,
     /// `retrying`; `with_evidence` keeps a verified gateway answer.
     Retrying {
@@ -67,7 +67,7 @@ pub enum RowChange {
 
 /// What happens to the delivery once the row is committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     Ack,
     Retry {
         delay: Duration,
@@ -84,7 +84,7 @@ pub enum Next {
 /// The run of answers with a missing or wrong signature, which reveals a
 /// wrong Alipay public key once it reaches the configured limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreakChange {
+pub(crate) enum StreakChange {
     /// A gateway answer that was not unverified ends the run.
     Reset,
     /// One more unverified answer.
@@ -95,7 +95,7 @@ pub enum StreakChange {
 
 impl Settlement {
     /// The delivery's outcome for logs and metrics, if the commit succeeds.
-    pub fn job_outcome(&self) -> JobOutcome {
+    pub(crate) fn job_outcome(&self) -> JobOutcome {
         match self.next {
             Next::Ack if self.row == RowChange::Succeeded => JobOutcome::Succeeded,
             Next::Ack | Next::GiveUp { .. } => JobOutcome::Failed,
@@ -106,7 +106,7 @@ impl Settlement {
 }
 
 /// The retry/ack decision for one call. `rng` draws the retry delay's jitter.
-pub fn decide(
+pub(crate) fn decide(
     call: CallClass,
     attempt: Attempt,
     policy: &RetryPolicy,

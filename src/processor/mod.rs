@@ -1,6 +1,6 @@
 //! One job, from message body to committed outcome: decode and validate, skip
 //! if already final, wait for a rate-limit permit, call the gateway, decide
-//! ([`decide`]), and commit the row and the ledger entry. The main flow of the
+//! (`decide`), and commit the row and the ledger entry. The main flow of the
 //! worker.
 //!
 //! The result is a [`Disposition`] telling the consumer what to do with the
@@ -17,8 +17,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::Span;
 
-pub use self::decide::{CallClass, Next, RowChange, Settlement, StreakChange, decide};
-pub use self::outcome::{CallOutcome, JobOutcome};
+pub(crate) use self::decide::{CallClass, Next, RowChange, Settlement, StreakChange, decide};
+#[cfg(test)]
+use self::outcome::CallOutcome;
+pub(crate) use self::outcome::JobOutcome;
 use crate::control::Control;
 use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;

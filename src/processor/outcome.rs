@@ -10,7 +10,7 @@ use std::fmt;
 
 /// What one upstream call came to, as the call ledger stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     Succeeded,
     /// Failed in a way that usually clears (SYSTEM_ERROR, 5xx, timeout).
     Retryable,
@@ -25,7 +25,8 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
-    pub const ALL: [Self; 6] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 6] = [
         Self::Succeeded,
         Self::Retryable,
         Self::Throttled,
@@ -34,7 +35,7 @@ impl CallOutcome {
         Self::Configuration,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Succeeded => "succeeded",
             Self::Retryable => "retryable",
@@ -54,7 +55,7 @@ impl fmt::Display for CallOutcome {
 
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobOutcome {
+pub(crate) enum JobOutcome {
     /// The answer is stored: acked.
     Succeeded,
     /// A final `failed` row (or a refusal by the store): acked or
@@ -75,7 +76,7 @@ pub enum JobOutcome {
 }
 
 impl JobOutcome {
-    pub const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 7] = [
         Self::Succeeded,
         Self::Failed,
         Self::Retried,
@@ -85,7 +86,7 @@ impl JobOutcome {
         Self::Conflict,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",

@@ -31,23 +31,23 @@ const NOT_FOUND: u16 = 404;
 /// Ready messages in one queue; `None` when the queue does not exist (nothing
 /// has declared the topology yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDepth {
-    pub name: String,
-    pub ready: Option<u32>,
+pub(crate) struct QueueDepth {
+    pub(crate) name: String,
+    pub(crate) ready: Option<u32>,
 }
 
 /// Depths of every queue the worker declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueDepths {
-    pub main: QueueDepth,
+pub(crate) struct QueueDepths {
+    pub(crate) main: QueueDepth,
     /// One per retry tier, shortest delay first.
-    pub delays: Vec<(Duration, QueueDepth)>,
-    pub dead: QueueDepth,
+    pub(crate) delays: Vec<(Duration, QueueDepth)>,
+    pub(crate) dead: QueueDepth,
 }
 
 impl QueueDepths {
     /// Messages waiting in any delay queue: the jobs being retried.
-    pub fn retry_total(&self) -> u64 {
+    pub(crate) fn retry_total(&self) -> u64 {
         self.delays
             .iter()
             .filter_map(|(_, depth)| depth.ready)
@@ -60,7 +60,7 @@ impl QueueDepths {
 /// the main queue does not exist, nothing has declared the topology yet and
 /// the other queues are not probed (each miss closes a channel, which the
 /// client library logs as an error).
-pub async fn queue_depths(settings: &Settings) -> Result<QueueDepths, QueueError> {
+pub(crate) async fn queue_depths(settings: &Settings) -> Result<QueueDepths, QueueError> {
     let topology = Topology::from_settings(settings)?;
     let connection = super::connect(&settings.amqp, "status").await?;
     let mut prober = DepthProber::open(&connection).await?;
@@ -134,7 +134,7 @@ fn is_not_found(error: &lapin::Error) -> bool {
 /// The `status` table: job counts (every status, zeros included), then queue
 /// depths, numbers right-aligned. A missing queue shows `-`; a missing main
 /// queue adds a line saying how to create the topology.
-pub fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> String {
+pub(crate) fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> String {
     let mut rows: Vec<(String, String, String)> =
         vec![("JOBS".into(), String::new(), "COUNT".into())];
     rows.extend(
@@ -197,7 +197,7 @@ fn align(rows: &[(String, String, String)]) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RequeueError {
+pub(crate) enum RequeueError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     /// The row could not be reset, so the dead copy was handed back untouched.
@@ -207,23 +207,23 @@ pub enum RequeueError {
 
 /// A dead message that is still not a valid job; it stays in the dead queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StillInvalid {
+pub(crate) struct StillInvalid {
     /// The message's `message_id` (a transaction_id, never PII), if any.
-    pub message_id: Option<String>,
-    pub reason: String,
+    pub(crate) message_id: Option<String>,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequeueReport {
+pub(crate) struct RequeueReport {
     /// The transaction_ids moved back to the main queue, in the order moved.
-    pub requeued: Vec<String>,
-    pub invalid: Vec<StillInvalid>,
+    pub(crate) requeued: Vec<String>,
+    pub(crate) invalid: Vec<StillInvalid>,
 }
 
 /// Which valid dead jobs a `requeue-dead` pass moves; the others are handed
 /// back to the dead queue untouched, like still-invalid messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
+pub(crate) enum Selection {
     /// Every valid job, at most `limit` of them.
     All { limit: Option<u64> },
     /// Only these transaction_ids, each at most once (a second dead copy of
@@ -292,7 +292,7 @@ fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
 /// unselected messages are held unacknowledged until the scan ends (so
 /// `basic.get` cannot hand the same one back) and then returned to the dead
 /// queue.
-pub async fn requeue_dead(
+pub(crate) async fn requeue_dead(
     settings: &Settings,
     store: &JobStore,
     selection: Selection,

@@ -15,7 +15,7 @@ use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology,
 use crate::processor::{Attempt, Disposition, Processor};
 
 /// Reads our retry counters from the delivery's headers.
-pub fn attempt_of(delivery: &Delivery) -> Attempt {
+pub(crate) fn attempt_of(delivery: &Delivery) -> Attempt {
     let headers = delivery.properties.headers().as_ref();
     Attempt {
         number: header_u32(headers, ATTEMPT_HEADER).unwrap_or(1).max(1),
@@ -25,7 +25,7 @@ pub fn attempt_of(delivery: &Delivery) -> Attempt {
 
 /// Processes one delivery inside its `process_job` span (transaction_id,
 /// attempt, queue, outcome), so every log line of the job carries them.
-pub async fn handle(
+pub(crate) async fn handle(
     delivery: Delivery,
     processor: &Processor,
     publisher: &Publisher,
@@ -104,7 +104,7 @@ async fn ack(delivery: &Delivery) {
 }
 
 /// Gives the message back to the broker without counting an attempt.
-pub async fn hand_back(delivery: &Delivery) {
+pub(crate) async fn hand_back(delivery: &Delivery) {
     let options = BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()

@@ -1,5 +1,5 @@
 //! `enqueue`: reads job records (JSON Lines, or CSV with a header), validates
-//! each one with the worker's own rules ([`crate::job::decode_job`]), gives a
+//! each one with the worker's own rules (`crate::job::decode_job`), gives a
 //! fresh transaction_id to records that carry none, and publishes the valid
 //! ones, persistent, to the jobs exchange with publisher confirms. A JSON
 //! Lines record longer than the message limit (64 KiB) is refused without
@@ -51,7 +51,7 @@ pub enum InputFormat {
 impl InputFormat {
     /// `.jsonl`, `.json` and `.ndjson` are JSON Lines; `.csv` is CSV; anything
     /// else is left to `--format`.
-    pub fn from_path(path: &Path) -> Option<Self> {
+    pub(crate) fn from_path(path: &Path) -> Option<Self> {
         let extension = path.extension()?.to_str()?.to_ascii_lowercase();
         match extension.as_str() {
             "jsonl" | "json" | "ndjson" => Some(Self::Jsonl),
@@ -64,9 +64,9 @@ impl InputFormat {
 #[derive(Debug, Clone)]
 pub struct EnqueueOptions {
     /// Publish nothing if any record is invalid (all-or-nothing batches).
-    pub strict: bool,
+    pub(crate) strict: bool,
     /// Messages in flight before the oldest confirm is awaited.
-    pub window: usize,
+    pub(crate) window: usize,
 }
 
 impl Default for EnqueueOptions {
@@ -102,9 +102,9 @@ pub struct EnqueueReport {
     pub published: u64,
     pub invalid: u64,
     /// Published records whose transaction_id was minted here.
-    pub assigned: u64,
+    pub(crate) assigned: u64,
     /// Valid records not published because `strict` found invalid ones.
-    pub withheld: u64,
+    pub(crate) withheld: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,7 @@ pub enum EnqueueError {
 }
 
 /// A caller's sink for [`EnqueueEvent`]s.
-pub type Observer<'o> = dyn FnMut(EnqueueEvent<'_>) + Send + 'o;
+pub(crate) type Observer<'o> = dyn FnMut(EnqueueEvent<'_>) + Send + 'o;
 
 /// Declares the whole topology (so an empty input still leaves it in place),
 /// then reads, validates and publishes every record of `input`.
@@ -269,7 +269,7 @@ fn lacks_transaction_id(object: &Map<String, Value>) -> bool {
 
 /// `zw_` and 29 random letters and digits: valid under the transaction_id
 /// rules and, at 62^29 possibilities, never reused by chance.
-pub fn new_transaction_id() -> String {
+pub(crate) fn new_transaction_id() -> String {
     let random: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(ASSIGNED_RANDOM_CHARS)

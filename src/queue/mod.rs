@@ -6,11 +6,11 @@
 //! This module knows queue names and headers; it does not decide outcomes
 //! (that is `processor`) and runs no SQL.
 
-pub mod admin;
-pub mod consumer;
+pub(crate) mod admin;
+pub(crate) mod consumer;
 pub mod enqueue;
 pub mod publisher;
-pub mod session;
+pub(crate) mod session;
 pub mod topology;
 
 use std::time::Duration;
@@ -29,7 +29,7 @@ pub use topology::Topology;
 pub const ATTEMPT_HEADER: &str = "x-zhima-attempt";
 /// How many of the attempts so far were throttled (40005): they do not count
 /// against `retry.max_attempts`.
-pub const THROTTLED_HEADER: &str = "x-zhima-throttled";
+pub(crate) const THROTTLED_HEADER: &str = "x-zhima-throttled";
 /// Why a message was dead-lettered, for humans and `requeue-dead`.
 pub const ERROR_HEADER: &str = "x-zhima-error";
 
@@ -68,7 +68,7 @@ impl QueueError {
 
     /// Our credentials or vhost are wrong: fatal at start-up (a worker that
     /// has been connected keeps reconnecting, as for any other loss).
-    pub fn is_refused(&self) -> bool {
+    pub(crate) fn is_refused(&self) -> bool {
         matches!(self, Self::Refused { .. })
     }
 }
@@ -102,12 +102,12 @@ pub struct QueueNames {
     pub exchange: String,
     pub queue: String,
     pub dead_queue: String,
-    pub queue_type: QueueType,
-    pub delivery_limit: u32,
+    pub(crate) queue_type: QueueType,
+    pub(crate) delivery_limit: u32,
 }
 
 impl QueueNames {
-    pub fn from_settings(settings: &AmqpSettings) -> Self {
+    pub(crate) fn from_settings(settings: &AmqpSettings) -> Self {
         Self {
             exchange: settings.exchange.clone(),
             queue: settings.queue.clone(),
@@ -118,7 +118,7 @@ impl QueueNames {
     }
 
     /// The main queue's routing key on `exchange` is its own name.
-    pub fn routing_key(&self) -> &str {
+    pub(crate) fn routing_key(&self) -> &str {
         &self.queue
     }
 

@@ -21,12 +21,12 @@ pub struct Publisher {
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
-    pub body: &'a [u8],
+    pub(crate) exchange: &'a str,
+    pub(crate) routing_key: &'a str,
+    pub(crate) body: &'a [u8],
     /// Shown by the broker's tools; we use the transaction_id (never PII).
-    pub message_id: Option<&'a str>,
-    pub headers: FieldTable,
+    pub(crate) message_id: Option<&'a str>,
+    pub(crate) headers: FieldTable,
 }
 
 impl<'a> Outgoing<'a> {
@@ -42,7 +42,11 @@ impl<'a> Outgoing<'a> {
     }
 
     /// Straight into a queue through the default exchange.
-    pub fn to_queue(queue: &'a str, body: &'a [u8], transaction_id: Option<&'a str>) -> Self {
+    pub(crate) fn to_queue(
+        queue: &'a str,
+        body: &'a [u8],
+        transaction_id: Option<&'a str>,
+    ) -> Self {
         Self {
             exchange: "",
             routing_key: queue,
@@ -52,16 +56,16 @@ impl<'a> Outgoing<'a> {
         }
     }
 
-    pub fn with_header(mut self, name: &str, value: AMQPValue) -> Self {
+    pub(crate) fn with_header(mut self, name: &str, value: AMQPValue) -> Self {
         self.headers.insert(name.into(), value);
         self
     }
 
-    pub fn with_text_header(self, name: &str, value: &str) -> Self {
+    pub(crate) fn with_text_header(self, name: &str, value: &str) -> Self {
         self.with_header(name, AMQPValue::LongString(LongString::from(value)))
     }
 
-    pub fn with_number_header(self, name: &str, value: u32) -> Self {
+    pub(crate) fn with_number_header(self, name: &str, value: u32) -> Self {
         self.with_header(name, AMQPValue::LongLongInt(value.into()))
     }
 }
@@ -79,7 +83,7 @@ impl Publisher {
         Ok(Self { channel })
     }
 
-    pub fn channel(&self) -> &Channel {
+    pub(crate) fn channel(&self) -> &Channel {
         &self.channel
     }
 

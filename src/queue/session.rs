@@ -28,7 +28,7 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One delivery, with what answering it on the broker needs.
-pub struct Inbound {
+pub(crate) struct Inbound {
     delivery: Delivery,
     publisher: Publisher,
     topology: Arc<Topology>,
@@ -37,14 +37,14 @@ pub struct Inbound {
 impl Inbound {
     /// Processes the job, then acks, retries, dead-letters or hands back the
     /// delivery as the processor decided (see [`consumer::handle`]).
-    pub async fn handle(self, processor: &Processor) {
+    pub(crate) async fn handle(self, processor: &Processor) {
         consumer::handle(self.delivery, processor, &self.publisher, &self.topology).await;
     }
 }
 
 /// The worker's side of a session: it owns the jobs' tasks and the
 /// configuration probe; the session only says when to start, wait or drain.
-pub trait JobRunner {
+pub(crate) trait JobRunner {
     /// Jobs started and not yet finished.
     fn in_flight(&self) -> usize;
     /// Starts the job of one delivery and returns at once.
@@ -62,18 +62,18 @@ pub trait JobRunner {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct ConsumeOptions {
+pub(crate) struct ConsumeOptions {
     /// Jobs in flight at most; also the channel's prefetch.
-    pub concurrency: NonZeroU32,
+    pub(crate) concurrency: NonZeroU32,
     /// Stop once every queue we feed from is empty and nothing is in flight.
-    pub until_idle: bool,
+    pub(crate) until_idle: bool,
 }
 
 /// Sessions until shutdown (or idle with `until_idle`). Err only when the
 /// broker refuses our credentials or vhost before the first session: a
 /// configuration fault that retrying cannot fix. Every other failure is
 /// waited out by reconnecting with backoff.
-pub async fn consume_until_stopped(
+pub(crate) async fn consume_until_stopped(
     settings: &AmqpSettings,
     topology: Arc<Topology>,
     options: ConsumeOptions,

@@ -21,11 +21,11 @@ use crate::retry::RetryPolicy;
 #[derive(Debug, Clone)]
 pub struct Topology {
     pub names: QueueNames,
-    pub delays: Vec<Duration>,
+    pub(crate) delays: Vec<Duration>,
 }
 
 impl Topology {
-    pub fn new(names: QueueNames, delays: &[Duration]) -> Self {
+    pub(crate) fn new(names: QueueNames, delays: &[Duration]) -> Self {
         Self {
             names,
             delays: delays.to_vec(),
@@ -40,7 +40,7 @@ impl Topology {
 
     /// The topology for the policy the caller already built (`run` shares
     /// the same policy with the processor).
-    pub fn for_policy(settings: &AmqpSettings, policy: &RetryPolicy) -> Self {
+    pub(crate) fn for_policy(settings: &AmqpSettings, policy: &RetryPolicy) -> Self {
         Self::new(QueueNames::from_settings(settings), policy.tiers())
     }
 

@@ -23,7 +23,7 @@ use super::{Day, ReconcileError};
 use crate::store::{ExportRow, JobStore};
 
 /// Writes the day's rows to `out` and returns how many there were.
-pub async fn export_day(
+pub(crate) async fn export_day(
     store: &JobStore,
     day: &Day,
     out: &mut dyn Write,
@@ -55,7 +55,7 @@ fn csv_failed(error: csv::Error) -> ReconcileError {
 /// `cell` as a spreadsheet shows it as text: with a leading `'` when its
 /// first character would start a formula (or is a tab or CR, which some
 /// spreadsheets skip before looking for one).
-pub fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
+pub(crate) fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
     match cell.as_bytes().first() {
         Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{cell}")),
         _ => Cow::Borrowed(cell),

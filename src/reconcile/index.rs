@@ -14,13 +14,13 @@ use std::hash::{DefaultHasher, Hasher};
 /// The `biz_no` of a row as a fixed-size key. The top bit tells packed exact
 /// keys from hashed ones, so the two kinds never compare equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BizKey(u128);
+pub(crate) struct BizKey(u128);
 
 /// Packed keys have this bit set; 30 decimal digits need only 100 bits.
 const PACKED: u128 = 1 << 127;
 
 impl BizKey {
-    pub fn of(biz_no: &str) -> Self {
+    pub(crate) fn of(biz_no: &str) -> Self {
         match pack_digits(biz_no) {
             Some(digits) => Self(PACKED | digits),
             None => Self(u128::from(hash(biz_no))),
@@ -42,7 +42,7 @@ fn pack_digits(biz_no: &str) -> Option<u128> {
 
 /// SipHash-1-3 with fixed keys: the same string hashes the same in every run,
 /// which the two passes over our side rely on.
-pub fn hash(text: &str) -> u64 {
+pub(crate) fn hash(text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     hasher.write(text.as_bytes());
     hasher.finish()
@@ -57,7 +57,7 @@ struct Entry {
 
 /// What the statement's (biz_no, transaction_id) finds in our side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// Ours, same transaction_id, first time on the statement.
     Matched,
     /// Ours, but already seen on an earlier statement line.
@@ -70,20 +70,20 @@ pub enum Lookup {
 }
 
 #[derive(Debug, Default)]
-pub struct OurIndex {
+pub(crate) struct OurIndex {
     entries: Vec<Entry>,
     seen: usize,
 }
 
 impl OurIndex {
-    pub fn with_capacity(rows: usize) -> Self {
+    pub(crate) fn with_capacity(rows: usize) -> Self {
         Self {
             entries: Vec::with_capacity(rows),
             seen: 0,
         }
     }
 
-    pub fn push(&mut self, biz_no: &str, transaction_id: &str) {
+    pub(crate) fn push(&mut self, biz_no: &str, transaction_id: &str) {
         self.entries.push(Entry {
             biz: BizKey::of(biz_no),
             transaction: hash(transaction_id),
@@ -92,22 +92,22 @@ impl OurIndex {
     }
 
     /// Sorts for lookups; call once after the last `push`.
-    pub fn seal(&mut self) {
+    pub(crate) fn seal(&mut self) {
         self.entries.sort_unstable_by_key(|entry| entry.biz);
         self.entries.shrink_to_fit();
     }
 
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.entries.len()
     }
 
     /// Rows of ours not (yet) found on the statement.
-    pub fn unseen(&self) -> usize {
+    pub(crate) fn unseen(&self) -> usize {
         self.entries.len() - self.seen
     }
 
     /// Looks a statement row up and marks our row as seen.
-    pub fn check(&mut self, biz: BizKey, transaction: u64) -> Lookup {
+    pub(crate) fn check(&mut self, biz: BizKey, transaction: u64) -> Lookup {
         let Ok(at) = self.entries.binary_search_by_key(&biz, |entry| entry.biz) else {
             return Lookup::NotOurs;
         };
@@ -126,7 +126,7 @@ impl OurIndex {
         }
     }
 
-    pub fn is_seen(&self, biz: BizKey) -> bool {
+    pub(crate) fn is_seen(&self, biz: BizKey) -> bool {
         self.entries
             .binary_search_by_key(&biz, |entry| entry.biz)
             .ok()

@@ -14,32 +14,32 @@ use crate::store::{JobStatus, StoredCheck};
 
 /// A statement row awaiting its lookups.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pending {
-    pub line: u64,
-    pub biz_no: String,
-    pub transaction_id: String,
-    pub billed_at: DateTime<Utc>,
+pub(crate) struct Pending {
+    pub(crate) line: u64,
+    pub(crate) biz_no: String,
+    pub(crate) transaction_id: String,
+    pub(crate) billed_at: DateTime<Utc>,
 }
 
 /// What the lookups found for one [`Pending`] row.
 #[derive(Debug, Clone, Copy)]
-pub struct Found<'a> {
-    pub by_biz_no: Option<&'a StoredCheck>,
-    pub by_transaction_id: Option<&'a StoredCheck>,
-    pub ledger_calls: i64,
+pub(crate) struct Found<'a> {
+    pub(crate) by_biz_no: Option<&'a StoredCheck>,
+    pub(crate) by_transaction_id: Option<&'a StoredCheck>,
+    pub(crate) ledger_calls: i64,
 }
 
 /// The context the verdicts need: now, and how long after billing the
 /// upstream still replays a transaction_id's answer unbilled (validity minus
 /// our safety margin).
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub now: DateTime<Utc>,
-    pub replay_window: TimeDelta,
+pub(crate) struct Clock {
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) replay_window: TimeDelta,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Ours and right, but completed on another day than billed.
     MatchedOtherDay,
     Discrepancy {
@@ -51,7 +51,7 @@ pub enum Verdict {
     },
 }
 
-pub fn judge(row: &Pending, found: Found<'_>, clock: Clock) -> Verdict {
+pub(crate) fn judge(row: &Pending, found: Found<'_>, clock: Clock) -> Verdict {
     if let Some(stored) = found.by_biz_no {
         return judge_known_biz_no(row, stored);
     }

@@ -31,12 +31,12 @@
 //! This module decides categories; it runs no SQL of its own (that is
 //! `store`) and speaks AMQP only through `crate::queue` for `--repair`.
 
-pub mod export;
+pub(crate) mod export;
 mod index;
 mod judge;
-pub mod repair;
-pub mod report;
-pub mod statement;
+pub(crate) mod repair;
+pub(crate) mod report;
+pub(crate) mod statement;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -48,11 +48,11 @@ use crate::queue::QueueError;
 use crate::store::{JobStore, StoreError, StoredCheck};
 use index::{BizKey, Lookup, OurIndex};
 use judge::{Clock, Found, Pending, Verdict};
-pub use report::{Category, Entry, Findings, ReportFormat, ReportHeader, Summary};
-pub use statement::{ColumnMap, EncodingChoice, Statement, TextEncoding};
+pub(crate) use report::{Category, Entry, Findings, ReportFormat, ReportHeader, Summary};
+pub(crate) use statement::{ColumnMap, EncodingChoice, Statement, TextEncoding};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error("cannot read the statement {path}")]
     ReadStatement {
         path: PathBuf,
@@ -100,27 +100,30 @@ pub enum ReconcileError {
 
 /// One calendar day in the reconcile zone, as a half-open UTC interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Day {
-    pub date: NaiveDate,
-    pub offset: FixedOffset,
+pub(crate) struct Day {
+    pub(crate) date: NaiveDate,
+    pub(crate) offset: FixedOffset,
 }
 
 impl Day {
-    pub fn new(date: NaiveDate, utc_offset_hours: i8) -> Result<Self, ReconcileError> {
+    pub(crate) fn new(date: NaiveDate, utc_offset_hours: i8) -> Result<Self, ReconcileError> {
         let offset = FixedOffset::east_opt(i32::from(utc_offset_hours) * 3600)
             .ok_or(ReconcileError::BadOffset(utc_offset_hours))?;
         Ok(Self { date, offset })
     }
 
     /// `--date YYYY-MM-DD`.
-    pub fn parse(text: &str, utc_offset_hours: i8) -> Result<Self, ReconcileError> {
+    pub(crate) fn parse(text: &str, utc_offset_hours: i8) -> Result<Self, ReconcileError> {
         let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
             .map_err(|_| ReconcileError::BadDate(text.to_owned()))?;
         Self::new(date, utc_offset_hours)
     }
 
     /// The default `--date`: the day before `now`'s date in the zone.
-    pub fn yesterday(utc_offset_hours: i8, now: DateTime<Utc>) -> Result<Self, ReconcileError> {
+    pub(crate) fn yesterday(
+        utc_offset_hours: i8,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ReconcileError> {
         let today = Self::new(now.date_naive(), utc_offset_hours)?;
         let local_today = now.with_timezone(&today.offset).date_naive();
         let date = local_today
@@ -129,20 +132,20 @@ impl Day {
         Self::new(date, utc_offset_hours)
     }
 
-    pub fn start(&self) -> DateTime<Utc> {
+    pub(crate) fn start(&self) -> DateTime<Utc> {
         let local_midnight = self.date.and_time(NaiveTime::MIN);
         (local_midnight - TimeDelta::seconds(i64::from(self.offset.local_minus_utc()))).and_utc()
     }
 
-    pub fn end(&self) -> DateTime<Utc> {
+    pub(crate) fn end(&self) -> DateTime<Utc> {
         self.start() + TimeDelta::days(1)
     }
 
-    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+    pub(crate) fn contains(&self, at: DateTime<Utc>) -> bool {
         self.start() <= at && at < self.end()
     }
 
-    pub fn header(&self) -> ReportHeader {
+    pub(crate) fn header(&self) -> ReportHeader {
         ReportHeader {
             date: self.date.format("%Y-%m-%d").to_string(),
             utc_offset_hours: i8::try_from(self.offset.local_minus_utc() / 3600).unwrap_or(0),
@@ -152,42 +155,42 @@ impl Day {
 
 /// Everything one reconciliation needs besides the store.
 #[derive(Debug, Clone)]
-pub struct ReconcileOptions {
-    pub bill: PathBuf,
-    pub day: Day,
-    pub columns: ColumnMap,
-    pub encoding: EncodingChoice,
+pub(crate) struct ReconcileOptions {
+    pub(crate) bill: PathBuf,
+    pub(crate) day: Day,
+    pub(crate) columns: ColumnMap,
+    pub(crate) encoding: EncodingChoice,
     /// How long after billing the upstream still replays an answer unbilled
     /// (`upstream.transaction_validity_s` minus `transaction_margin_s`).
-    pub replay_window: TimeDelta,
-    pub now: DateTime<Utc>,
+    pub(crate) replay_window: TimeDelta,
+    pub(crate) now: DateTime<Utc>,
 }
 
 /// The result: counts, the spilled discrepancies, and the transaction_ids
 /// whose billed answer `--repair` may still recover.
-pub struct Reconciliation {
-    pub day: Day,
-    pub encoding: TextEncoding,
-    pub findings: Findings,
-    pub repairable: Vec<String>,
+pub(crate) struct Reconciliation {
+    pub(crate) day: Day,
+    pub(crate) encoding: TextEncoding,
+    pub(crate) findings: Findings,
+    pub(crate) repairable: Vec<String>,
 }
 
 impl Reconciliation {
-    pub fn summary(&self) -> &Summary {
+    pub(crate) fn summary(&self) -> &Summary {
         &self.findings.summary
     }
 
-    pub fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         self.summary().discrepancies() == 0
     }
 
     /// The table printed on stdout.
-    pub fn render_summary(&self) -> String {
+    pub(crate) fn render_summary(&self) -> String {
         report::render_summary(&self.day.header(), self.encoding.name(), self.summary())
     }
 
     /// The full report (every discrepancy) in `format`.
-    pub fn write_report(
+    pub(crate) fn write_report(
         &self,
         format: ReportFormat,
         out: &mut dyn std::io::Write,
@@ -206,7 +209,7 @@ const PROGRESS_EVERY: u64 = 16_384;
 
 /// Runs the three passes described in the module docs. `progress` gets
 /// `(bytes read, statement size)` now and then.
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     store: &JobStore,
     options: &ReconcileOptions,
     progress: &mut dyn FnMut(u64, u64),

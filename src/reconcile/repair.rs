@@ -29,17 +29,17 @@ use crate::store::JobStore;
 
 /// What `--repair` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RepairReport {
+pub(crate) struct RepairReport {
     /// Re-published to the main queue: the worker will store their answers.
-    pub requeued: Vec<String>,
+    pub(crate) requeued: Vec<String>,
     /// Repairable by their row, but no dead message carries them: re-submit
     /// from the producer with the same transaction_id.
-    pub not_in_dead_queue: Vec<String>,
+    pub(crate) not_in_dead_queue: Vec<String>,
 }
 
 /// Re-publishes the dead-lettered jobs of `transaction_ids` (see the module
 /// docs). Looks at each message present in the dead queue at the start once.
-pub async fn repair(
+pub(crate) async fn repair(
     settings: &Settings,
     store: &JobStore,
     transaction_ids: &[String],

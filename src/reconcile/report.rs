@@ -20,7 +20,7 @@ use super::export::spreadsheet_safe;
 
 /// A kind of discrepancy; each has its own array in the JSON report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Category {
+pub(crate) enum Category {
     /// The upstream billed a biz_no we hold no `succeeded` row for: money
     /// spent on an answer we do not have.
     BilledNotStored,
@@ -33,14 +33,14 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 4] = [
+    pub(crate) const ALL: [Category; 4] = [
         Category::BilledNotStored,
         Category::StoredNotBilled,
         Category::DuplicateBizNo,
         Category::TransactionIdMismatch,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::BilledNotStored => "billed_not_stored",
             Self::StoredNotBilled => "stored_not_billed",
@@ -61,33 +61,33 @@ impl Category {
 
 /// One discrepancy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    pub biz_no: String,
-    pub transaction_id: String,
-    pub detail: String,
+pub(crate) struct Entry {
+    pub(crate) biz_no: String,
+    pub(crate) transaction_id: String,
+    pub(crate) detail: String,
 }
 
 /// Counts for the report's `summary` and the stdout table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Summary {
-    pub matched: u64,
-    pub billed_not_stored: u64,
-    pub stored_not_billed: u64,
-    pub duplicate_biz_no: u64,
-    pub transaction_id_mismatch: u64,
+pub(crate) struct Summary {
+    pub(crate) matched: u64,
+    pub(crate) billed_not_stored: u64,
+    pub(crate) stored_not_billed: u64,
+    pub(crate) duplicate_biz_no: u64,
+    pub(crate) transaction_id_mismatch: u64,
     /// Of `matched`: rows whose row completed on another day than billed
     /// (a retry across midnight).
-    pub matched_completed_other_day: u64,
+    pub(crate) matched_completed_other_day: u64,
     /// Every data row of the statement, in the day or not.
-    pub statement_rows: u64,
+    pub(crate) statement_rows: u64,
     /// Statement rows billed outside the day: counted here, not checked.
-    pub statement_rows_outside_day: u64,
+    pub(crate) statement_rows_outside_day: u64,
     /// Our `succeeded` rows completed in the day.
-    pub stored_rows: u64,
+    pub(crate) stored_rows: u64,
 }
 
 impl Summary {
-    pub fn count(&self, category: Category) -> u64 {
+    pub(crate) fn count(&self, category: Category) -> u64 {
         match category {
             Category::BilledNotStored => self.billed_not_stored,
             Category::StoredNotBilled => self.stored_not_billed,
@@ -105,23 +105,23 @@ impl Summary {
         }
     }
 
-    pub fn discrepancies(&self) -> u64 {
+    pub(crate) fn discrepancies(&self) -> u64 {
         Category::ALL.iter().map(|c| self.count(*c)).sum()
     }
 }
 
 /// The discrepancies found so far, one JSON line each in a per-category file
 /// under a private temporary directory (removed on drop).
-pub struct Findings {
+pub(crate) struct Findings {
     dir: PathBuf,
     writers: Vec<BufWriter<File>>,
-    pub summary: Summary,
+    pub(crate) summary: Summary,
 }
 
 impl Findings {
     /// The directory is created 0700 and its files 0600 (whatever the
     /// umask): the entries name our customers' transactions.
-    pub fn create() -> io::Result<Self> {
+    pub(crate) fn create() -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "zhima-reconcile-{}-{:016x}",
             std::process::id(),
@@ -148,7 +148,7 @@ impl Findings {
         self.dir.join(format!("{}.jsonl", category.as_str()))
     }
 
-    pub fn add(&mut self, category: Category, entry: &Entry) -> io::Result<()> {
+    pub(crate) fn add(&mut self, category: Category, entry: &Entry) -> io::Result<()> {
         *self.summary.count_mut(category) += 1;
         let writer = self
             .writers
@@ -159,12 +159,12 @@ impl Findings {
     }
 
     /// Flushes the spill files so they can be read back.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.writers.iter_mut().try_for_each(Write::flush)
     }
 
     /// Reads one category back, in the order found.
-    pub fn entries(
+    pub(crate) fn entries(
         &self,
         category: Category,
     ) -> io::Result<impl Iterator<Item = io::Result<Entry>>> {
@@ -176,7 +176,7 @@ impl Findings {
     }
 
     /// The JSON report: one object, `summary` then one array per category.
-    pub fn write_json(&self, header: &ReportHeader, out: &mut dyn Write) -> io::Result<()> {
+    pub(crate) fn write_json(&self, header: &ReportHeader, out: &mut dyn Write) -> io::Result<()> {
         write!(
             out,
             "{{\"date\":{},\"utc_offset_hours\":{},\"summary\":{}",
@@ -198,7 +198,7 @@ impl Findings {
     /// The CSV report: `category,biz_no,transaction_id,detail`, grouped by
     /// category; cells that would start a spreadsheet formula get a leading
     /// `'` (see `export`).
-    pub fn write_csv(&self, out: &mut dyn Write) -> io::Result<()> {
+    pub(crate) fn write_csv(&self, out: &mut dyn Write) -> io::Result<()> {
         let mut writer = csv::Writer::from_writer(out);
         writer.write_record(["category", "biz_no", "transaction_id", "detail"])?;
         for category in Category::ALL {
@@ -224,20 +224,20 @@ impl Drop for Findings {
 
 /// What the report says about its own scope.
 #[derive(Debug, Clone)]
-pub struct ReportHeader {
-    pub date: String,
-    pub utc_offset_hours: i8,
+pub(crate) struct ReportHeader {
+    pub(crate) date: String,
+    pub(crate) utc_offset_hours: i8,
 }
 
 /// `--format`; without it, a `.json` output file means JSON, anything else CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     Csv,
     Json,
 }
 
 impl ReportFormat {
-    pub fn for_path(path: &Path) -> Self {
+    pub(crate) fn for_path(path: &Path) -> Self {
         let is_json = path
             .extension()
             .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
@@ -246,7 +246,7 @@ impl ReportFormat {
 }
 
 /// The stdout table: scope, then one line per category, counts right-aligned.
-pub fn render_summary(header: &ReportHeader, encoding: &str, summary: &Summary) -> String {
+pub(crate) fn render_summary(header: &ReportHeader, encoding: &str, summary: &Summary) -> String {
     let mut rows: Vec<(String, u64)> = vec![
         ("statement rows".into(), summary.statement_rows),
         (

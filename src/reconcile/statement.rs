@@ -33,16 +33,16 @@ use crate::capped::{CappedRecords, RecordLimit, RecordTooLong};
 
 /// The longest record (header included) read: real statement lines are a
 /// few hundred bytes.
-pub const MAX_RECORD_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_RECORD_BYTES: u64 = 64 * 1024;
 /// The longest biz_no, transaction_id or time cell.
-pub const MAX_CELL_BYTES: usize = 1024;
+pub(crate) const MAX_CELL_BYTES: usize = 1024;
 /// The CSV reader's buffer.
 const READ_BUFFER: usize = 1 << 16;
 
 /// `--encoding`: `auto` reads the file once to check that it is valid UTF-8
 /// (then UTF-8, BOM stripped) and otherwise takes it as GBK.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum EncodingChoice {
+pub(crate) enum EncodingChoice {
     #[default]
     Auto,
     #[value(name = "utf-8", alias = "utf8")]
@@ -54,13 +54,13 @@ pub enum EncodingChoice {
 
 /// The encoding actually used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TextEncoding {
+pub(crate) enum TextEncoding {
     Utf8,
     Gbk,
 }
 
 impl TextEncoding {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Utf8 => "UTF-8",
             Self::Gbk => "GBK",
@@ -79,10 +79,10 @@ impl TextEncoding {
 
 /// Which header names hold the three cells reconciliation needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColumnMap {
-    pub biz_no: String,
-    pub transaction_id: String,
-    pub time: String,
+pub(crate) struct ColumnMap {
+    pub(crate) biz_no: String,
+    pub(crate) transaction_id: String,
+    pub(crate) time: String,
 }
 
 impl Default for ColumnMap {
@@ -124,16 +124,16 @@ impl FromStr for ColumnMap {
 
 /// One billed query. Reused between rows to save allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementRow {
+pub(crate) struct StatementRow {
     /// 1-based line number in the file (comments and the header count).
-    pub line: u64,
-    pub biz_no: String,
-    pub transaction_id: String,
-    pub billed_at: DateTime<Utc>,
+    pub(crate) line: u64,
+    pub(crate) biz_no: String,
+    pub(crate) transaction_id: String,
+    pub(crate) billed_at: DateTime<Utc>,
 }
 
 /// An open statement positioned after its header.
-pub struct Statement {
+pub(crate) struct Statement {
     reader: csv::Reader<CappedRecords<File>>,
     limit: RecordLimit,
     record: csv::ByteRecord,
@@ -149,7 +149,7 @@ pub struct Statement {
 impl Statement {
     /// Opens `path`, settles the encoding and finds the mapped columns in the
     /// header (the first line that is not a `#` comment).
-    pub fn open(
+    pub(crate) fn open(
         path: &Path,
         choice: EncodingChoice,
         columns: &ColumnMap,
@@ -193,15 +193,15 @@ impl Statement {
         Ok(statement)
     }
 
-    pub fn encoding(&self) -> TextEncoding {
+    pub(crate) fn encoding(&self) -> TextEncoding {
         self.encoding
     }
 
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.total_bytes
     }
 
-    pub fn bytes_read(&self) -> u64 {
+    pub(crate) fn bytes_read(&self) -> u64 {
         self.reader.position().byte()
     }
 
@@ -259,7 +259,7 @@ impl Statement {
     }
 
     /// The next billed row, or `None` at the end of the file.
-    pub fn next_row(&mut self) -> Result<Option<&StatementRow>, ReconcileError> {
+    pub(crate) fn next_row(&mut self) -> Result<Option<&StatementRow>, ReconcileError> {
         if !self.read_record()? {
             return Ok(None);
         }
@@ -400,7 +400,7 @@ fn csv_error(error: &csv::Error) -> ReconcileError {
 }
 
 /// The statement's local time in `offset`, as UTC.
-pub fn parse_time(text: &str, offset: FixedOffset) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(text: &str, offset: FixedOffset) -> Option<DateTime<Utc>> {
     const FORMATS: [&str; 3] = [
         "%Y-%m-%d %H:%M:%S",
         "%Y/%m/%d %H:%M:%S",

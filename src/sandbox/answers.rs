@@ -14,17 +14,17 @@ const NO_RELATION: &str = "V_CT_RL_NO";
 
 /// The part of a query that decides the answer.
 #[derive(Debug, Clone, Copy)]
-pub struct Contact<'a> {
-    pub cert_no: &'a str,
-    pub relation_phone: &'a str,
-    pub relation_name: &'a str,
+pub(crate) struct Contact<'a> {
+    pub(crate) cert_no: &'a str,
+    pub(crate) relation_phone: &'a str,
+    pub(crate) relation_name: &'a str,
     /// The seed: without `relation` in the request, `relation_score` is 0.
-    pub has_relation: bool,
+    pub(crate) has_relation: bool,
 }
 
 /// The success node for a contact. The same contact always gets the same rank,
 /// recency and score, whatever the transaction_id or app.
-pub fn success_node(contact: Contact<'_>, biz_no: String) -> Node {
+pub(crate) fn success_node(contact: Contact<'_>, biz_no: String) -> Node {
     let digest = hash_fields(&[
         contact.cert_no,
         contact.relation_phone,
@@ -54,7 +54,7 @@ pub fn success_node(contact: Contact<'_>, biz_no: String) -> Node {
 /// `ZM` + the billing day (UTC+8) + 22 digits: 10 from a hash of the app, the
 /// transaction and this sandbox's nonce, then 12 from the billing counter, so two
 /// billed queries of one sandbox never share a `biz_no` (reconciliation keys on it).
-pub fn biz_no(
+pub(crate) fn biz_no(
     day: NaiveDate,
     app_id: &str,
     transaction_id: &str,

@@ -30,7 +30,7 @@ pub struct Node {
 /// Present only when a relation exists (the seed: "只有存在关系时才能输出").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelationInfo {
-    pub recency: String,
+    pub(crate) recency: String,
 }
 
 impl Node {
@@ -49,7 +49,7 @@ impl Node {
 
     /// The key under which `/stats` counts this answer: `code:sub_code`, or
     /// `None` for a success.
-    pub fn error_key(&self) -> Option<String> {
+    pub(crate) fn error_key(&self) -> Option<String> {
         if self.code == SUCCESS_CODE {
             return None;
         }
@@ -60,17 +60,17 @@ impl Node {
     }
 }
 
-pub const SUCCESS_CODE: &str = "10000";
-pub const SUCCESS_MSG: &str = "Success";
+pub(crate) const SUCCESS_CODE: &str = "10000";
+pub(crate) const SUCCESS_MSG: &str = "Success";
 
 /// Prefix of the `sub_msg` of `isv.invalid-signature`; the gateway appends the
 /// string it verified so that a merchant can diff it against their own.
-pub const INVALID_SIGNATURE_PREFIX: &str =
+pub(crate) const INVALID_SIGNATURE_PREFIX: &str =
     "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配，网关生成的验签字符串为：";
 
 /// Rejections by the gateway itself, before the product sees the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     MissingMethod,
     InvalidMethod,
     MissingAppId,
@@ -95,7 +95,7 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn node(&self) -> Node {
+    pub(crate) fn node(&self) -> Node {
         let (code, msg, sub_code, sub_msg) = self.texts();
         Node::error(code, msg, sub_code, sub_msg)
     }
@@ -144,7 +144,7 @@ impl GatewayError {
 
 /// Business failures (40004), with the seed's sub_code and description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BusinessError {
+pub(crate) enum BusinessError {
     ProductCodeIsNull,
     ApiProductNotMatch,
     NoValidArrangement,
@@ -156,7 +156,7 @@ pub enum BusinessError {
 }
 
 impl BusinessError {
-    pub fn node(self) -> Node {
+    pub(crate) fn node(self) -> Node {
         let (sub_code, description) = match self {
             Self::ProductCodeIsNull => ("PRODUCT_CODE_IS_NULL", "产品码为空"),
             Self::ApiProductNotMatch => ("API_PRODUCT_NOT_MATCH", "输入的产品码不正确"),

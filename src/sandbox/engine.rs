@@ -24,10 +24,10 @@ use crate::upstream::signing::{Charset, PrivateKey};
 
 /// What the HTTP layer sends back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpAnswer {
-    pub status: u16,
-    pub content_type: String,
-    pub body: Vec<u8>,
+pub(crate) struct HttpAnswer {
+    pub(crate) status: u16,
+    pub(crate) content_type: String,
+    pub(crate) body: Vec<u8>,
 }
 
 impl HttpAnswer {
@@ -90,7 +90,7 @@ impl Decision {
     }
 }
 
-pub struct Engine {
+pub(crate) struct Engine {
     apps: Vec<SandboxApp>,
     tokens: Vec<AppAuthToken>,
     private_key: PrivateKey,
@@ -122,7 +122,7 @@ impl Drop for InFlight<'_> {
 }
 
 impl Engine {
-    pub fn new(config: SandboxConfig) -> Self {
+    pub(crate) fn new(config: SandboxConfig) -> Self {
         let state = State {
             ledger: Ledger::default(),
             faults: config.faults,
@@ -150,7 +150,7 @@ impl Engine {
 
     /// Handles one `gateway.do` request: the query string and the form body
     /// (empty for GET), both raw.
-    pub async fn handle(&self, query: &[u8], body: &[u8]) -> HttpAnswer {
+    pub(crate) async fn handle(&self, query: &[u8], body: &[u8]) -> HttpAnswer {
         let _in_flight = InFlight::enter(self);
         let params = RequestParams::parse(query, body);
         let checked = gateway::check_request(&params, &self.apps, &self.tokens);
@@ -275,24 +275,24 @@ impl Engine {
         }
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         let mut stats = self.lock().ledger.stats();
         stats.in_flight = self.in_flight.load(Ordering::SeqCst);
         stats.max_in_flight = self.max_in_flight.load(Ordering::SeqCst);
         stats
     }
 
-    pub fn faults(&self) -> Faults {
+    pub(crate) fn faults(&self) -> Faults {
         self.lock().faults.clone()
     }
 
-    pub fn set_faults(&self, faults: Faults) {
+    pub(crate) fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
     }
 
     /// Applies `change` to the current faults under the lock (so two
     /// concurrent changes both take effect) and keeps the result if it is Ok.
-    pub fn update_faults<E>(
+    pub(crate) fn update_faults<E>(
         &self,
         change: impl FnOnce(&Faults) -> Result<Faults, E>,
     ) -> Result<Faults, E> {
@@ -302,11 +302,11 @@ impl Engine {
         Ok(faults)
     }
 
-    pub fn respond_next(&self, count: usize, reply: SandboxReply) {
+    pub(crate) fn respond_next(&self, count: usize, reply: SandboxReply) {
         self.lock().script.extend(std::iter::repeat_n(reply, count));
     }
 
-    pub fn bill_rows(&self, date: Option<chrono::NaiveDate>) -> Vec<BillRow> {
+    pub(crate) fn bill_rows(&self, date: Option<chrono::NaiveDate>) -> Vec<BillRow> {
         self.lock().ledger.bill_rows(date)
     }
 }

@@ -52,14 +52,14 @@ pub struct Faults {
 #[derive(Debug, thiserror::Error)]
 #[error("fault setting `{field}` must be a number from 0 to 1, got {value}")]
 pub struct FaultsError {
-    pub field: &'static str,
-    pub value: f64,
+    pub(crate) field: &'static str,
+    pub(crate) value: f64,
 }
 
 impl Faults {
     /// Rejects rates outside `0..=1` (NaN included) so a typo is not silently
     /// read as "always" or "never".
-    pub fn validate(&self) -> Result<(), FaultsError> {
+    pub(crate) fn validate(&self) -> Result<(), FaultsError> {
         let rates = [
             ("system_error_rate", self.system_error_rate),
             ("http_5xx_before_rate", self.http_5xx_before_rate),
@@ -91,15 +91,15 @@ pub enum SignTamper {
 
 /// The fate of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FaultPlan {
-    pub http_5xx_before: Option<u16>,
-    pub system_error: Option<SystemErrorStyle>,
-    pub http_5xx_after_billing: Option<u16>,
-    pub is_slow: bool,
-    pub delay: Duration,
-    pub broken_sign: Option<SignTamper>,
+pub(crate) struct FaultPlan {
+    pub(crate) http_5xx_before: Option<u16>,
+    pub(crate) system_error: Option<SystemErrorStyle>,
+    pub(crate) http_5xx_after_billing: Option<u16>,
+    pub(crate) is_slow: bool,
+    pub(crate) delay: Duration,
+    pub(crate) broken_sign: Option<SignTamper>,
     /// Answer 40005 whatever the call rate (scripted replies only).
-    pub is_throttled: bool,
+    pub(crate) is_throttled: bool,
 }
 
 /// A scripted fate for the next gateway request(s), for tests that need an
@@ -125,7 +125,7 @@ pub enum SandboxReply {
 
 impl SandboxReply {
     /// The plan this reply stands for, given the current settings.
-    pub fn plan(self, faults: &Faults) -> FaultPlan {
+    pub(crate) fn plan(self, faults: &Faults) -> FaultPlan {
         let latency = Duration::from_millis(faults.latency_ms);
         let none = FaultPlan {
             delay: latency,
@@ -167,13 +167,13 @@ impl SandboxReply {
 
 /// The seeded source of every fault decision.
 #[derive(Debug)]
-pub struct FaultDice {
+pub(crate) struct FaultDice {
     rng: StdRng,
 }
 
 impl FaultDice {
     /// Without a seed the decisions differ from run to run.
-    pub fn new(seed: Option<u64>) -> Self {
+    pub(crate) fn new(seed: Option<u64>) -> Self {
         let rng = match seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -182,7 +182,7 @@ impl FaultDice {
     }
 
     /// Draws seven values per request whatever the rates (see the module doc).
-    pub fn draw(&mut self, faults: &Faults) -> FaultPlan {
+    pub(crate) fn draw(&mut self, faults: &Faults) -> FaultPlan {
         let rolls: [f64; 5] = std::array::from_fn(|_| self.rng.random::<f64>());
         let status = if self.rng.random::<bool>() { 502 } else { 503 };
         let tamper = if self.rng.random::<bool>() {
@@ -207,7 +207,7 @@ impl FaultDice {
 }
 
 /// Changes one character of a base64 signature to another base64 character.
-pub fn flip_sign(sign: &str) -> String {
+pub(crate) fn flip_sign(sign: &str) -> String {
     let middle = sign.len() / 2;
     sign.char_indices()
         .map(|(index, ch)| match (index == middle, ch) {

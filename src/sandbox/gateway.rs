@@ -15,11 +15,11 @@ use crate::job::{self, TransactionId};
 use crate::upstream::signing::{Charset, SignType, string_to_sign};
 
 /// The one method this gateway serves.
-pub const METHOD: &str = "zhima.credit.relation.query";
+pub(crate) const METHOD: &str = "zhima.credit.relation.query";
 /// The node every answer after the method check is placed under.
 pub const RESPONSE_NODE: &str = "zhima_credit_relation_query_response";
 /// The node of an answer to a request whose method is missing or unknown.
-pub const ERROR_NODE: &str = "error_response";
+pub(crate) const ERROR_NODE: &str = "error_response";
 
 /// A finished answer, before it is serialized and signed.
 #[derive(Debug, Clone)]
@@ -33,19 +33,19 @@ pub struct Reply {
 
 /// A request that passed every gateway check: signed by a known app.
 #[derive(Debug, Clone)]
-pub struct Call {
-    pub app_id: String,
-    pub has_contract: bool,
-    pub sign_type: SignType,
-    pub charset: Charset,
+pub(crate) struct Call {
+    pub(crate) app_id: String,
+    pub(crate) has_contract: bool,
+    pub(crate) sign_type: SignType,
+    pub(crate) charset: Charset,
     /// `None` when `biz_content` was absent (the product then says
     /// PRODUCT_CODE_IS_NULL).
-    pub biz: Option<Map<String, Value>>,
+    pub(crate) biz: Option<Map<String, Value>>,
 }
 
 impl Call {
     /// A signed answer to this call in its charset and sign type.
-    pub fn reply(&self, node: Node) -> Reply {
+    pub(crate) fn reply(&self, node: Node) -> Reply {
         Reply {
             node,
             node_name: RESPONSE_NODE,
@@ -57,25 +57,25 @@ impl Call {
 
 /// The validated business parameters of a call.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Query {
-    pub transaction_id: TransactionId,
-    pub contact: ContactFields,
+pub(crate) struct Query {
+    pub(crate) transaction_id: TransactionId,
+    pub(crate) contact: ContactFields,
     /// The business parameters with absent-equivalent values (null, "") dropped:
     /// compared by value, so key order and spacing do not matter.
-    pub canonical: Map<String, Value>,
+    pub(crate) canonical: Map<String, Value>,
 }
 
 /// The fields that decide the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContactFields {
-    pub cert_no: String,
-    pub relation_phone: String,
-    pub relation_name: String,
-    pub has_relation: bool,
+pub(crate) struct ContactFields {
+    pub(crate) cert_no: String,
+    pub(crate) relation_phone: String,
+    pub(crate) relation_name: String,
+    pub(crate) has_relation: bool,
 }
 
 /// Runs the gateway's checks up to and including `biz_content` parsing.
-pub fn check_request(
+pub(crate) fn check_request(
     params: &RequestParams,
     apps: &[SandboxApp],
     tokens: &[AppAuthToken],
@@ -164,7 +164,7 @@ fn check_system_params(params: &RequestParams) -> Result<SignType, GatewayError>
 
 /// `yyyy-MM-dd HH:mm:ss` exactly, and a real date and time. No clock check:
 /// SDKs send host-local time. A leap second (`:60`) is refused.
-pub fn is_valid_timestamp(value: &str) -> bool {
+pub(crate) fn is_valid_timestamp(value: &str) -> bool {
     const SHAPE: &[u8; 19] = b"dddd-dd-dd dd:dd:dd";
     let bytes = value.as_bytes();
     let shaped = bytes.len() == SHAPE.len()
@@ -220,7 +220,7 @@ fn check_extras(
 
 /// The product's checks, in order: product code, contract, transaction_id,
 /// then every other field with the client's own validation rules.
-pub fn check_business(call: &Call, product_code: &str) -> Result<Query, BusinessError> {
+pub(crate) fn check_business(call: &Call, product_code: &str) -> Result<Query, BusinessError> {
     let Some(biz) = &call.biz else {
         return Err(BusinessError::ProductCodeIsNull);
     };
@@ -317,7 +317,7 @@ fn canonical(biz: &Map<String, Value>) -> Map<String, Value> {
 /// before the business checks so that failed calls are counted too, but only
 /// from calls that passed the gateway's checks (signature included) and only
 /// when it is a valid id, so that hostile requests cannot grow the counts.
-pub fn peek_transaction_id(call: &Call) -> Option<String> {
+pub(crate) fn peek_transaction_id(call: &Call) -> Option<String> {
     let id = call.biz.as_ref()?.get("transaction_id")?.as_str()?;
     id.parse::<TransactionId>().ok()?;
     Some(id.to_owned())

@@ -33,7 +33,7 @@ pub struct Stats {
     /// The most requests seen in any sliding one-second window.
     pub max_requests_per_second: u64,
     pub in_flight: u64,
-    pub max_in_flight: u64,
+    pub(crate) max_in_flight: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,13 +47,13 @@ pub struct TransactionStats {
 pub struct BillRow {
     pub biz_no: String,
     pub transaction_id: String,
-    pub app_id: String,
+    pub(crate) app_id: String,
     pub billed_at: DateTime<Utc>,
 }
 
 /// What a query gets from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
+pub(crate) enum Recorded {
     /// A fresh answer, recorded and billed now.
     Billed(Node),
     /// The recorded answer, returned again without billing.
@@ -70,13 +70,13 @@ struct Record {
 /// Counts requests in the last second, ending at each arrival: the maximum of
 /// those counts is the maximum over every one-second window.
 #[derive(Debug, Default)]
-pub struct SlidingWindow {
+pub(crate) struct SlidingWindow {
     arrivals: VecDeque<Instant>,
 }
 
 impl SlidingWindow {
     /// Forgets arrivals a second or more old and returns how many remain.
-    pub fn count_at(&mut self, now: Instant) -> usize {
+    pub(crate) fn count_at(&mut self, now: Instant) -> usize {
         while let Some(front) = self.arrivals.front() {
             if now.saturating_duration_since(*front) < Duration::from_secs(1) {
                 break;
@@ -86,13 +86,13 @@ impl SlidingWindow {
         self.arrivals.len()
     }
 
-    pub fn push(&mut self, now: Instant) {
+    pub(crate) fn push(&mut self, now: Instant) {
         self.arrivals.push_back(now);
     }
 }
 
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     records: HashMap<(String, String), Record>,
     bill: Vec<BillRow>,
     stats: Stats,
@@ -101,7 +101,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Counts an arriving request, and its transaction_id when it names one.
-    pub fn count_request(&mut self, now: Instant, transaction_id: Option<String>) {
+    pub(crate) fn count_request(&mut self, now: Instant, transaction_id: Option<String>) {
         self.stats.requests += 1;
         self.window.push(now);
         let in_window = u64::try_from(self.window.count_at(now)).unwrap_or(u64::MAX);
@@ -111,26 +111,26 @@ impl Ledger {
         }
     }
 
-    pub fn count_error(&mut self, key: String) {
+    pub(crate) fn count_error(&mut self, key: String) {
         *self.stats.errors.entry(key).or_default() += 1;
     }
 
-    pub fn count_broken_signature(&mut self) {
+    pub(crate) fn count_broken_signature(&mut self) {
         self.stats.broken_signatures += 1;
     }
 
-    pub fn count_slow_answer(&mut self) {
+    pub(crate) fn count_slow_answer(&mut self) {
         self.stats.slow_answers += 1;
     }
 
-    pub fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> Stats {
         self.stats.clone()
     }
 
     /// Applies the transaction_id rules: expired, repeated with other
     /// parameters, replayed, or new (then `answer` makes the node from the
     /// `biz_no` and the query is billed at `billed_at`).
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         key: (String, String),
         canonical: &Map<String, Value>,
@@ -181,7 +181,7 @@ impl Ledger {
     }
 
     /// The statement for one UTC+8 day (every day when `None`), in billing order.
-    pub fn bill_rows(&self, date: Option<NaiveDate>) -> Vec<BillRow> {
+    pub(crate) fn bill_rows(&self, date: Option<NaiveDate>) -> Vec<BillRow> {
         self.bill
             .iter()
             .filter(|row| {
@@ -193,12 +193,12 @@ impl Ledger {
 }
 
 /// China Standard Time, the zone of the bill, `biz_no` dates and timestamps.
-pub fn utc8() -> FixedOffset {
+pub(crate) fn utc8() -> FixedOffset {
     FixedOffset::east_opt(8 * 3600).unwrap_or(Utc.fix())
 }
 
 /// The statement as CSV: UTF-8, LF line ends, a header, `billed_at` in UTC+8.
-pub fn bill_csv(rows: &[BillRow]) -> String {
+pub(crate) fn bill_csv(rows: &[BillRow]) -> String {
     let mut out = String::from("biz_no,transaction_id,app_id,billed_at\n");
     for row in rows {
         let billed_at = row

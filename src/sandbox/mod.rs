@@ -14,13 +14,13 @@
 
 pub mod answers;
 pub mod codes;
-pub mod engine;
+pub(crate) mod engine;
 pub mod faults;
 pub mod gateway;
 pub mod ledger;
-pub mod params;
+pub(crate) mod params;
 pub mod reply;
-pub mod server;
+pub(crate) mod server;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -42,12 +42,12 @@ use crate::upstream::signing::{KeyError, PrivateKey, PublicKey};
 use engine::Engine;
 
 /// The product code of `zhima.credit.relation.query` (the seed's example value).
-pub const DEFAULT_PRODUCT_CODE: &str = "w1010100001000001200";
+pub(crate) const DEFAULT_PRODUCT_CODE: &str = "w1010100001000001200";
 /// The app id the default configuration uses (the seed's example).
 pub const DEFAULT_APP_ID: &str = "2014072300007148";
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8480";
 /// About a day, as the seed says ("一般为1天").
-pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(86_400);
+pub(crate) const DEFAULT_VALIDITY: Duration = Duration::from_secs(86_400);
 const TEST_APP_PUBLIC_KEY: &str = "config/keys/test_merchant_public.pem";
 const TEST_SANDBOX_PRIVATE_KEY: &str = "config/keys/test_sandbox_private.pem";
 
@@ -57,8 +57,8 @@ pub struct SandboxConfig {
     pub listen: SocketAddr,
     pub apps: Vec<SandboxApp>,
     /// Signs every answer (stands in for Alipay's platform key).
-    pub private_key: PrivateKey,
-    pub product_code: String,
+    pub(crate) private_key: PrivateKey,
+    pub(crate) product_code: String,
     /// How long a transaction_id's first answer is replayed; after that the id
     /// is TRANSACTION_ID_EXPIRED.
     pub validity: Duration,
@@ -314,9 +314,9 @@ impl Drop for RunningSandbox {
 
 /// `APP_ID=PUBLIC_KEY_FILE`, as given to `--app` and `--app-without-contract`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppFlag {
-    pub app_id: String,
-    pub public_key_file: PathBuf,
+pub(crate) struct AppFlag {
+    pub(crate) app_id: String,
+    pub(crate) public_key_file: PathBuf,
 }
 
 fn parse_app_flag(value: &str) -> Result<AppFlag, String> {
@@ -364,52 +364,52 @@ fn parse_validity(value: &str) -> Result<Duration, String> {
 pub struct SandboxArgs {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// A known app with a product contract (repeatable). Default: the test app.
     #[arg(long = "app", value_name = "APP_ID=PUBLIC_KEY_FILE", value_parser = parse_app_flag)]
-    pub apps: Vec<AppFlag>,
+    pub(crate) apps: Vec<AppFlag>,
     /// A known app without a product contract (repeatable): NO_VALID_ARRANGEMENT.
     #[arg(long = "app-without-contract", value_name = "APP_ID=PUBLIC_KEY_FILE", value_parser = parse_app_flag)]
-    pub apps_without_contract: Vec<AppFlag>,
+    pub(crate) apps_without_contract: Vec<AppFlag>,
     /// An ISV token the gateway accepts from APP_ID in `app_auth_token`
     /// (repeatable); any other token is answered 20001.
     #[arg(long = "app-auth-token", value_name = "APP_ID=TOKEN", value_parser = parse_token_flag)]
-    pub app_auth_tokens: Vec<AppAuthToken>,
+    pub(crate) app_auth_tokens: Vec<AppAuthToken>,
     /// The sandbox's own private key, which signs its answers.
     #[arg(long, value_name = "FILE", default_value = TEST_SANDBOX_PRIVATE_KEY)]
-    pub private_key: PathBuf,
+    pub(crate) private_key: PathBuf,
     #[arg(long, default_value = DEFAULT_PRODUCT_CODE)]
-    pub product_code: String,
+    pub(crate) product_code: String,
     /// How long a transaction_id's first answer is replayed (fractions allowed).
     #[arg(long = "validity-s", value_name = "SECONDS", default_value = "86400", value_parser = parse_validity)]
-    pub validity: Duration,
+    pub(crate) validity: Duration,
     /// Makes fault decisions reproducible.
     #[arg(long)]
-    pub seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub system_error_rate: f64,
+    pub(crate) system_error_rate: f64,
     #[arg(long, value_enum, default_value_t = SystemErrorStyle::Gateway20000)]
-    pub system_error_style: SystemErrorStyle,
+    pub(crate) system_error_style: SystemErrorStyle,
     /// HTTP 502/503 before processing.
     #[arg(long = "http-5xx-before-rate", default_value_t = 0.0, value_parser = parse_rate)]
-    pub http_5xx_before_rate: f64,
+    pub(crate) http_5xx_before_rate: f64,
     /// HTTP 502/503 after the query was billed (the answer is lost).
     #[arg(long = "http-5xx-after-billing-rate", default_value_t = 0.0, value_parser = parse_rate)]
-    pub http_5xx_after_billing_rate: f64,
+    pub(crate) http_5xx_after_billing_rate: f64,
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub slow_rate: f64,
+    pub(crate) slow_rate: f64,
     /// Added to a slow answer.
     #[arg(long, default_value_t = 3000)]
-    pub slow_ms: u64,
+    pub(crate) slow_ms: u64,
     /// Added to every answer.
     #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
+    pub(crate) latency_ms: u64,
     /// Share of answers whose signature is flipped or stripped.
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
-    pub broken_sign_rate: f64,
+    pub(crate) broken_sign_rate: f64,
     /// Calls per second above which the gateway answers 40005.
     #[arg(long)]
-    pub qps_cap: Option<u32>,
+    pub(crate) qps_cap: Option<u32>,
 }
 
 impl SandboxArgs {
@@ -486,7 +486,7 @@ impl SandboxArgs {
 /// `zhima-worker sandbox`: prints `listening on http://ADDR` as the first line
 /// of stdout (scripts wait for it to learn the port), then serves until
 /// SIGINT or SIGTERM.
-pub async fn run_cli(args: SandboxArgs) -> anyhow::Result<()> {
+pub(crate) async fn run_cli(args: SandboxArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
     // Handlers go in before the address is printed: whoever reads that line
     // may signal at once, and the default action would kill us uncleanly.

@@ -16,7 +16,7 @@ type RawPair = (Vec<u8>, Vec<u8>);
 
 /// The `charset` parameter as the gateway sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestCharset {
+pub(crate) enum RequestCharset {
     /// Absent or empty: the gateway assumes UTF-8.
     Default,
     Known(Charset),
@@ -27,7 +27,7 @@ pub enum RequestCharset {
 impl RequestCharset {
     /// The encoding used to read parameters and to write the answer; an invalid
     /// charset is answered in UTF-8.
-    pub fn effective(&self) -> Charset {
+    pub(crate) fn effective(&self) -> Charset {
         match self {
             Self::Known(charset) => *charset,
             Self::Default | Self::Invalid(_) => Charset::Utf8,
@@ -38,14 +38,14 @@ impl RequestCharset {
 /// Decoded request parameters in arrival order (query string first, then body);
 /// a repeated key keeps its first value, as a servlet's `getParameter` does.
 #[derive(Debug, Clone)]
-pub struct RequestParams {
+pub(crate) struct RequestParams {
     pairs: Vec<(String, String)>,
-    pub charset: RequestCharset,
+    pub(crate) charset: RequestCharset,
 }
 
 impl RequestParams {
     /// Parses the raw query string and (for a form POST) the raw body.
-    pub fn parse(query: &[u8], body: &[u8]) -> Self {
+    pub(crate) fn parse(query: &[u8], body: &[u8]) -> Self {
         let raw: Vec<RawPair> = split_pairs(query).chain(split_pairs(body)).collect();
         let charset = find_charset(&raw);
         let encoding = charset.effective();
@@ -62,7 +62,7 @@ impl RequestParams {
 
     /// The value of `key`, treating an empty value as absent (the gateway's
     /// `isEmpty` checks do the same).
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
             .find(|(name, _)| name == key)
@@ -71,7 +71,7 @@ impl RequestParams {
     }
 
     /// Every parameter, for rebuilding the string to sign.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }

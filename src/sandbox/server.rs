@@ -21,9 +21,9 @@ use super::ledger::bill_csv;
 
 /// Larger bodies are refused before parsing: a real request is a few hundred
 /// bytes, and reading without a limit would let one client exhaust memory.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub fn router(engine: Arc<Engine>) -> Router {
+pub(crate) fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/gateway.do", get(gateway).post(gateway))
         .route("/stats", get(stats))
@@ -138,7 +138,7 @@ pub enum MergeFaultsError {
 
 /// `current` with the fields of `changes` (a JSON object) replaced; unknown
 /// fields and out-of-range rates are refused and change nothing.
-pub fn merge_faults(current: &Faults, changes: &[u8]) -> Result<Faults, MergeFaultsError> {
+pub(crate) fn merge_faults(current: &Faults, changes: &[u8]) -> Result<Faults, MergeFaultsError> {
     let serde_json::Value::Object(changes) = serde_json::from_slice(changes)? else {
         return Err(MergeFaultsError::NotAnObject);
     };

@@ -18,11 +18,11 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction};
 
+#[cfg(test)]
+use super::LedgerRow;
 use super::leases::LeaseSql;
 use super::reconcile::ReconcileSql;
-use super::{
-    CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
-};
+use super::{CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError};
 
 /// The statements of `relation_checks` and the `upstream_calls` ledger. The
 /// transaction methods take the open transaction of
@@ -105,6 +105,7 @@ pub(super) trait Dialect: Database + LeaseSql + ReconcileSql {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The ledger rows of one job, by attempt, start time and insertion.
+    #[cfg(test)]
     fn calls_for(
         pool: &Pool<Self>,
         transaction_id: &str,

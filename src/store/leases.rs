@@ -35,20 +35,20 @@ pub(super) trait LeaseSql: Database {
 
 /// A replica whose lease had not expired when the heartbeat ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveLease {
-    pub worker_id: String,
+pub(crate) struct LiveLease {
+    pub(crate) worker_id: String,
     /// The database time of that replica's last heartbeat; a heartbeat later
     /// than some moment proves it read the table after that moment.
-    pub heartbeat_at: DateTime<Utc>,
+    pub(crate) heartbeat_at: DateTime<Utc>,
 }
 
 /// What one heartbeat saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
+pub(crate) struct Membership {
     /// The database's clock during the heartbeat.
-    pub now: DateTime<Utc>,
+    pub(crate) now: DateTime<Utc>,
     /// Every live lease, this replica's included.
-    pub live: Vec<LiveLease>,
+    pub(crate) live: Vec<LiveLease>,
 }
 
 /// Leases expired longer than this are deleted by whoever heartbeats next,

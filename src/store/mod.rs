@@ -3,16 +3,16 @@
 //! `upstream_calls`, and `worker_leases` for replicas sharing a rate limit.
 //!
 //! PostgreSQL (production, several replicas) and SQLite (one machine) sit
-//! behind one interface, each with its own SQL in [`postgres`] and [`sqlite`]
+//! behind one interface, each with its own SQL in `postgres` and `sqlite`
 //! (the `Any` driver translates neither placeholders nor types), one method
-//! per statement of the [`dialect::Dialect`] trait. What holds on every backend
+//! per statement of the `dialect::Dialect` trait. What holds on every backend
 //! is written once here, over that trait: the `record` transaction, the frozen
 //! `succeeded` row, the end of `begin_call` and the biz_no conflict. Writes are
 //! idempotent per `transaction_id`, so a redelivery after a crash does no harm,
 //! and a `succeeded` row is never downgraded.
 //!
 //! This module must not decide retries, talk to the broker or the upstream, or
-//! see unmasked personal data: callers hand it [`PiiMasked`] values only.
+//! see unmasked personal data: callers hand it `PiiMasked` values only.
 //!
 //! Timestamps are UTC. PostgreSQL stores `timestamptz`; SQLite stores TEXT in
 //! the fixed form `YYYY-MM-DDTHH:MM:SS.sssZ` (always milliseconds, always `Z`),
@@ -37,8 +37,10 @@ mod postgres;
 mod reconcile;
 mod sqlite;
 
-pub use leases::{LiveLease, Membership};
-pub use reconcile::{BillableRow, ExportRow, LedgerCount, StoredCheck};
+#[cfg(test)]
+pub(crate) use leases::LiveLease;
+pub(crate) use leases::Membership;
+pub(crate) use reconcile::{ExportRow, StoredCheck};
 
 use std::fmt;
 use std::str::FromStr;
@@ -61,14 +63,14 @@ pub enum JobStatus {
 
 impl JobStatus {
     /// Every status, in the order reports list them.
-    pub const ALL: [JobStatus; 4] = [
+    pub(crate) const ALL: [JobStatus; 4] = [
         JobStatus::Pending,
         JobStatus::Retrying,
         JobStatus::Succeeded,
         JobStatus::Failed,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Retrying => "retrying",
@@ -79,7 +81,7 @@ impl JobStatus {
 
     /// A final job is never called upstream again (until `requeue-dead` resets
     /// a failed one).
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed)
     }
 }
@@ -107,7 +109,7 @@ impl FromStr for JobStatus {
     }
 }
 
-/// Failures of the store. [`StoreError::is_unavailable`] tells the consumer
+/// Failures of the store. `StoreError::is_unavailable` tells the consumer
 /// whether to pause and retry (database down) rather than give up on a job.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -164,7 +166,7 @@ impl StoreError {
     /// True when the database could not be reached or was too busy: the
     /// consumer should pause and retry without acking, since the job itself is
     /// fine.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         match self {
             Self::Connect(e) | Self::Query { source: e, .. } => is_transient(e),
             Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient(e),
@@ -177,7 +179,7 @@ impl StoreError {
     /// message names the rule broken, e.g. `invalid byte sequence for encoding
     /// "UTF8": 0x00`; the values bound to a statement are masked or ids, so it
     /// carries no personal data. None when the database said nothing.
-    pub fn database_reason(&self) -> Option<String> {
+    pub(crate) fn database_reason(&self) -> Option<String> {
         let source = match self {
             Self::Connect(e) | Self::Query { source: e, .. } => e,
             Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
@@ -253,41 +255,41 @@ fn is_transient_sqlite_code(code: &str) -> bool {
 
 /// Personal data as stored: already masked by the caller (see `job::mask_*`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PiiMasked {
-    pub cert_no: String,
-    pub name: String,
-    pub relation_phone: String,
-    pub relation_name: String,
+pub(crate) struct PiiMasked {
+    pub(crate) cert_no: String,
+    pub(crate) name: String,
+    pub(crate) relation_phone: String,
+    pub(crate) relation_name: String,
 }
 
 /// What identifies a job's row and fills its descriptive columns when the row
 /// is first created.
 #[derive(Debug, Clone, Copy)]
-pub struct JobKey<'a> {
-    pub transaction_id: &'a str,
-    pub external_ref: Option<&'a str>,
-    pub masked: &'a PiiMasked,
+pub(crate) struct JobKey<'a> {
+    pub(crate) transaction_id: &'a str,
+    pub(crate) external_ref: Option<&'a str>,
+    pub(crate) masked: &'a PiiMasked,
     /// The keyed hash of the job's business fields
     /// ([`crate::pii::PiiKey::fingerprint`]), stored when the row is created.
-    pub fingerprint: &'a str,
+    pub(crate) fingerprint: &'a str,
 }
 
 /// One upstream HTTP call for the ledger that billing is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallRecord {
-    pub attempt: u32,
-    pub started_at: DateTime<Utc>,
-    pub duration_ms: u64,
-    pub http_status: Option<u16>,
-    pub code: Option<String>,
-    pub sub_code: Option<String>,
+pub(crate) struct CallRecord {
+    pub(crate) attempt: u32,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) duration_ms: u64,
+    pub(crate) http_status: Option<u16>,
+    pub(crate) code: Option<String>,
+    pub(crate) sub_code: Option<String>,
     /// `succeeded`, `retryable`, `permanent`, `configuration` or `unverified`.
-    pub outcome: String,
+    pub(crate) outcome: String,
 }
 
 /// The new state of a job's row after an attempt (or without one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowUpdate {
+pub(crate) enum RowUpdate {
     Succeeded {
         biz_no: String,
         relation_rank: String,
@@ -378,19 +380,19 @@ impl<'a> From<&'a RowUpdate> for RowValues<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExistingJob {
     pub status: JobStatus,
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// When the first upstream call was made: the upstream honours the same
     /// transaction_id for about 24 h from then.
-    pub first_call_at: Option<DateTime<Utc>>,
+    pub(crate) first_call_at: Option<DateTime<Utc>>,
     /// The business-field fingerprint stored when the job was first seen;
     /// None for rows from before fingerprints and for rejected messages.
-    pub fingerprint: Option<String>,
+    pub(crate) fingerprint: Option<String>,
 }
 
 impl ExistingJob {
     /// True when the row belongs to a job with other business fields than
     /// `fingerprint`. A row without a fingerprint conflicts with nothing.
-    pub fn conflicts_with(&self, fingerprint: &str) -> bool {
+    pub(crate) fn conflicts_with(&self, fingerprint: &str) -> bool {
         self.fingerprint
             .as_deref()
             .is_some_and(|f| f != fingerprint)
@@ -464,7 +466,7 @@ impl JobStore {
     }
 
     /// Round-trips a trivial query; used by readiness checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         with_pool!(self, pool => Dialect::ping(pool).await)
     }
 
@@ -488,7 +490,7 @@ impl JobStore {
     /// from the job's is left untouched and the call fails with
     /// [`StoreError::TransactionIdConflict`] (checked in the same statement,
     /// so two replicas racing with different jobs cannot both begin).
-    pub async fn begin_call(
+    pub(crate) async fn begin_call(
         &self,
         job: &JobKey<'_>,
         now: DateTime<Utc>,
@@ -502,7 +504,7 @@ impl JobStore {
     /// the upstream does not bill) only counts the attempt, and the stored
     /// status, `succeeded`, is returned. Fails with
     /// [`StoreError::DuplicateBizNo`] if another job already holds the biz_no.
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         job: &JobKey<'_>,
         call: Option<&CallRecord>,
@@ -531,7 +533,7 @@ impl JobStore {
     }
 
     /// Job counts for every status (zero included), in [`JobStatus::ALL`] order.
-    pub async fn counts_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+    pub(crate) async fn counts_by_status(&self) -> Result<Vec<(JobStatus, i64)>, StoreError> {
         let stored = with_pool!(self, pool => Dialect::counts_by_status(pool).await)?;
         let mut counts: Vec<(JobStatus, i64)> = JobStatus::ALL
             .into_iter()
@@ -549,20 +551,20 @@ impl JobStore {
     /// For `requeue-dead`: a `failed` row goes back to `retrying` (attempts and
     /// first call time are kept, so the 24 h window still applies). Any other
     /// row, or none, is left as it is.
-    pub async fn reset_to_retrying(&self, transaction_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn reset_to_retrying(&self, transaction_id: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => Dialect::reset_to_retrying(pool, transaction_id).await)
     }
 
     /// Whether several replicas can share this store and so must split the
     /// upstream rate limit (PostgreSQL); SQLite allows one writer, one replica.
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
     }
 
     /// Extends this replica's lease to the database's now + `lease` and
     /// returns every live lease (this one included), judged by the
     /// database's clock.
-    pub async fn heartbeat_lease(
+    pub(crate) async fn heartbeat_lease(
         &self,
         worker_id: &str,
         lease: std::time::Duration,
@@ -572,12 +574,16 @@ impl JobStore {
 
     /// Deletes this replica's lease on a clean exit, so the others take its
     /// share at their next heartbeat instead of after the lease expires.
-    pub async fn release_lease(&self, worker_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn release_lease(&self, worker_id: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => LeaseSql::release(pool, worker_id).await)
     }
 
     /// The ledger rows of one job, by attempt then start time.
-    pub async fn calls_for(&self, transaction_id: &str) -> Result<Vec<CallRecord>, StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn calls_for(
+        &self,
+        transaction_id: &str,
+    ) -> Result<Vec<CallRecord>, StoreError> {
         let rows = with_pool!(self, pool => Dialect::calls_for(pool, transaction_id).await)?;
         rows.into_iter().map(call_from_db).collect()
     }
@@ -675,6 +681,7 @@ fn attempts_from_db(value: i64) -> Result<u32, StoreError> {
     })
 }
 
+#[cfg(test)]
 fn call_from_db(row: LedgerRow) -> Result<CallRecord, StoreError> {
     let attempt = attempts_from_db(row.attempt)?;
     let duration_ms = u64::try_from(row.duration_ms).map_err(|_| StoreError::Malformed {
@@ -702,6 +709,7 @@ fn call_from_db(row: LedgerRow) -> Result<CallRecord, StoreError> {
 }
 
 /// A ledger row as both backends read it (SQLite's timestamp already parsed).
+#[cfg(test)]
 struct LedgerRow {
     attempt: i64,
     started_at: DateTime<Utc>,

@@ -13,10 +13,12 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
 
+#[cfg(test)]
+use super::LedgerRow;
 use super::dialect::Dialect;
 use super::{
-    CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
-    attempts_from_db, parse_status, saturating_i64,
+    CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError, attempts_from_db,
+    parse_status, saturating_i64,
 };
 
 /// The PostgreSQL migrations, embedded so the binary carries its schema.
@@ -237,6 +239,7 @@ impl Dialect for Postgres {
         Ok(())
     }
 
+    #[cfg(test)]
     async fn calls_for(pool: &PgPool, transaction_id: &str) -> Result<Vec<LedgerRow>, StoreError> {
         let rows: Vec<PgLedgerRow> = sqlx::query_as(
             "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
@@ -308,6 +311,7 @@ const RECORD_REJECTED: &str = "\
         completed_at = now(), updated_at = now() \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
+#[cfg(test)]
 #[derive(FromRow)]
 struct PgLedgerRow {
     attempt: i32,
@@ -319,6 +323,7 @@ struct PgLedgerRow {
     outcome: String,
 }
 
+#[cfg(test)]
 impl From<PgLedgerRow> for LedgerRow {
     fn from(row: PgLedgerRow) -> Self {
         LedgerRow {

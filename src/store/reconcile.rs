@@ -19,45 +19,45 @@ use super::{JobStatus, JobStore, StoreError, parse_status};
 
 /// A `succeeded` row of the day, as the statement is matched against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BillableRow {
-    pub biz_no: String,
-    pub transaction_id: String,
+pub(crate) struct BillableRow {
+    pub(crate) biz_no: String,
+    pub(crate) transaction_id: String,
     /// The first upstream call was before the day: the upstream may have
     /// billed it on the previous day's statement.
-    pub first_call_before_day: bool,
+    pub(crate) first_call_before_day: bool,
 }
 
 /// A row found by an exact lookup, whatever its day or status.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCheck {
-    pub transaction_id: String,
-    pub biz_no: Option<String>,
-    pub status: JobStatus,
-    pub error_code: Option<String>,
-    pub completed_at: Option<DateTime<Utc>>,
+pub(crate) struct StoredCheck {
+    pub(crate) transaction_id: String,
+    pub(crate) biz_no: Option<String>,
+    pub(crate) status: JobStatus,
+    pub(crate) error_code: Option<String>,
+    pub(crate) completed_at: Option<DateTime<Utc>>,
 }
 
 /// How often our ledger saw a transaction_id go upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LedgerCount {
-    pub transaction_id: String,
-    pub calls: i64,
+pub(crate) struct LedgerCount {
+    pub(crate) transaction_id: String,
+    pub(crate) calls: i64,
 }
 
 /// One line of `export`: a row completed in the day, final by definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportRow {
-    pub biz_no: Option<String>,
-    pub transaction_id: String,
-    pub external_ref: Option<String>,
-    pub status: JobStatus,
-    pub completed_at: DateTime<Utc>,
+pub(crate) struct ExportRow {
+    pub(crate) biz_no: Option<String>,
+    pub(crate) transaction_id: String,
+    pub(crate) external_ref: Option<String>,
+    pub(crate) status: JobStatus,
+    pub(crate) completed_at: DateTime<Utc>,
 }
 
 impl JobStore {
     /// How many `succeeded` rows completed in `[start, end)`: lets the caller
     /// size its index once instead of growing (and briefly doubling) it.
-    pub async fn count_billable(
+    pub(crate) async fn count_billable(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -68,7 +68,7 @@ impl JobStore {
     }
 
     /// The `succeeded` rows completed in `[start, end)`, streamed.
-    pub fn billable_rows(
+    pub(crate) fn billable_rows(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -78,7 +78,7 @@ impl JobStore {
 
     /// The rows holding any of `biz_nos` (at most one each: the column is
     /// unique).
-    pub async fn checks_by_biz_no(
+    pub(crate) async fn checks_by_biz_no(
         &self,
         biz_nos: &[String],
     ) -> Result<Vec<StoredCheck>, StoreError> {
@@ -86,7 +86,7 @@ impl JobStore {
     }
 
     /// The rows of any of `transaction_ids`.
-    pub async fn checks_by_transaction_id(
+    pub(crate) async fn checks_by_transaction_id(
         &self,
         transaction_ids: &[String],
     ) -> Result<Vec<StoredCheck>, StoreError> {
@@ -98,7 +98,7 @@ impl JobStore {
     /// Calls in the `upstream_calls` ledger per transaction_id (ids never
     /// called are absent). The ledger survives a deleted result row, so this
     /// tells "we called and lost the row" from "we never called".
-    pub async fn ledger_counts(
+    pub(crate) async fn ledger_counts(
         &self,
         transaction_ids: &[String],
     ) -> Result<Vec<LedgerCount>, StoreError> {
@@ -116,7 +116,7 @@ impl JobStore {
     }
 
     /// Every row completed in `[start, end)`, in completion order, streamed.
-    pub fn export_rows(
+    pub(crate) fn export_rows(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,

@@ -18,10 +18,12 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, FromRow, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
+#[cfg(test)]
+use super::LedgerRow;
 use super::dialect::Dialect;
 use super::{
-    CallRecord, ExistingJob, JobKey, JobStatus, LedgerRow, Rejected, RowValues, StoreError,
-    attempts_from_db, parse_status, saturating_i64,
+    CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError, attempts_from_db,
+    parse_status, saturating_i64,
 };
 
 /// The SQLite migrations, embedded so the binary carries its schema.
@@ -338,6 +340,7 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
+    #[cfg(test)]
     async fn calls_for(
         pool: &SqlitePool,
         transaction_id: &str,
@@ -413,6 +416,7 @@ const RECORD_REJECTED: &str = "\
         completed_at = excluded.completed_at, updated_at = excluded.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
+#[cfg(test)]
 #[derive(FromRow)]
 struct SqliteLedgerRow {
     attempt: i64,
@@ -424,6 +428,7 @@ struct SqliteLedgerRow {
     outcome: String,
 }
 
+#[cfg(test)]
 impl SqliteLedgerRow {
     fn into_ledger_row(self) -> Result<LedgerRow, StoreError> {
         Ok(LedgerRow {

@@ -8,30 +8,30 @@
 //! ([`crate::processor::JobOutcome`] for [`JOBS_TOTAL`]).
 
 /// Counter, by [`OUTCOME`]: one increment per job result.
-pub const JOBS_TOTAL: &str = "zhima_jobs_total";
+pub(crate) const JOBS_TOTAL: &str = "zhima_jobs_total";
 /// Counter, by [`CODE`] and [`SUB_CODE`]: one increment per gateway call.
-pub const UPSTREAM_CALLS_TOTAL: &str = "zhima_upstream_calls_total";
+pub(crate) const UPSTREAM_CALLS_TOTAL: &str = "zhima_upstream_calls_total";
 /// Histogram: one sample per gateway call.
-pub const UPSTREAM_LATENCY_SECONDS: &str = "zhima_upstream_latency_seconds";
+pub(crate) const UPSTREAM_LATENCY_SECONDS: &str = "zhima_upstream_latency_seconds";
 /// Counter: retry copies published to a delay queue (`queue::consumer`).
-pub const RETRIES_SCHEDULED_TOTAL: &str = "zhima_retries_scheduled_total";
+pub(crate) const RETRIES_SCHEDULED_TOTAL: &str = "zhima_retries_scheduled_total";
 /// Histogram: time spent waiting for a rate-limit permit.
-pub const RATE_LIMIT_WAIT_SECONDS: &str = "zhima_rate_limit_wait_seconds";
+pub(crate) const RATE_LIMIT_WAIT_SECONDS: &str = "zhima_rate_limit_wait_seconds";
 /// Gauge: jobs being processed now (`queue::session`).
-pub const JOBS_IN_FLIGHT: &str = "zhima_jobs_in_flight";
+pub(crate) const JOBS_IN_FLIGHT: &str = "zhima_jobs_in_flight";
 /// Gauge: 1 while consumption is paused on a configuration fault.
-pub const CONSUMPTION_PAUSED: &str = "zhima_consumption_paused";
+pub(crate) const CONSUMPTION_PAUSED: &str = "zhima_consumption_paused";
 /// Gauge: replicas sharing the upstream rate limit (`cluster`).
-pub const REPLICAS_LIVE: &str = "zhima_replicas_live";
+pub(crate) const REPLICAS_LIVE: &str = "zhima_replicas_live";
 /// Gauge: this replica's current upstream rate (`rate_limit`).
-pub const RATE_LIMIT_PERMITS_PER_SECOND: &str = "zhima_rate_limit_permits_per_second";
+pub(crate) const RATE_LIMIT_PERMITS_PER_SECOND: &str = "zhima_rate_limit_permits_per_second";
 /// Counter: times the upstream's call-rate limit halved this replica's rate.
-pub const RATE_LIMIT_BACKOFFS_TOTAL: &str = "zhima_rate_limit_backoffs_total";
+pub(crate) const RATE_LIMIT_BACKOFFS_TOTAL: &str = "zhima_rate_limit_backoffs_total";
 
 /// Label of [`JOBS_TOTAL`]: a [`crate::processor::JobOutcome`].
-pub const OUTCOME: &str = "outcome";
+pub(crate) const OUTCOME: &str = "outcome";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's code, or `HTTP_<status>`,
 /// or `NONE` when no answer came.
-pub const CODE: &str = "code";
+pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
-pub const SUB_CODE: &str = "sub_code";
+pub(crate) const SUB_CODE: &str = "sub_code";

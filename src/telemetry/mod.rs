@@ -1,11 +1,11 @@
 //! Log subscriber set-up: human-readable on a terminal, JSON lines otherwise
 //! (or as configured), always on stderr so stdout carries only results; and,
-//! in [`metric`], the name of every metric the worker emits.
+//! in `metric`, the name of every metric the worker emits.
 //!
 //! Spans and events never carry payloads, signatures, keys or unmasked PII;
 //! that is the callers' rule, this module only decides the output format.
 
-pub mod metric;
+pub(crate) mod metric;
 
 use std::io::IsTerminal;
 

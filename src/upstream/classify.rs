@@ -36,12 +36,12 @@ pub enum ErrorClass {
 /// A non-success answer from the gateway, as it came (codes not normalized).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayFault {
-    pub code: String,
-    pub msg: String,
-    pub sub_code: Option<String>,
-    pub sub_msg: Option<String>,
+    pub(crate) code: String,
+    pub(crate) msg: String,
+    pub(crate) sub_code: Option<String>,
+    pub(crate) sub_msg: Option<String>,
     /// Whether the answer's signature verified.
-    pub verified: bool,
+    pub(crate) verified: bool,
 }
 
 const GATEWAY_ECHO_PREFIX: &str = "网关生成的验签字符串为：";
@@ -51,7 +51,7 @@ impl GatewayFault {
     /// `-` as `_`: `isv.invalid-signature` → `INVALID_SIGNATURE`. A 20000
     /// ("service currently unavailable", 系统繁忙) is stored as `SYSTEM_ERROR`,
     /// the business code with the same meaning; the ledger keeps the raw codes.
-    pub fn normalized_code(&self) -> String {
+    pub(crate) fn normalized_code(&self) -> String {
         if self.code == "20000" {
             return "SYSTEM_ERROR".into();
         }
@@ -61,7 +61,7 @@ impl GatewayFault {
         }
     }
 
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         if !self.verified {
             return match self.code.as_str() {
                 "40001" | "40002" => ErrorClass::Configuration,
@@ -81,13 +81,13 @@ impl GatewayFault {
         }
     }
 
-    pub fn is_signature_rejected(&self) -> bool {
+    pub(crate) fn is_signature_rejected(&self) -> bool {
         self.normalized_code() == "INVALID_SIGNATURE"
     }
 
     /// The string the gateway verified, which it echoes after rejecting our
     /// signature (the real gateway writes `&` as `&amp;` there).
-    pub fn gateway_string_to_sign(&self) -> Option<String> {
+    pub(crate) fn gateway_string_to_sign(&self) -> Option<String> {
         let sub_msg = self.sub_msg.as_deref()?;
         let start = sub_msg.find(GATEWAY_ECHO_PREFIX)? + GATEWAY_ECHO_PREFIX.len();
         Some(sub_msg[start..].replace("&amp;", "&"))
@@ -112,7 +112,7 @@ impl std::fmt::Display for GatewayFault {
     }
 }
 
-pub fn normalize_sub_code(sub_code: &str) -> String {
+pub(crate) fn normalize_sub_code(sub_code: &str) -> String {
     let trimmed = sub_code.trim();
     let tail = trimmed.rsplit('.').next().unwrap_or(trimmed);
     tail.to_ascii_uppercase().replace('-', "_")

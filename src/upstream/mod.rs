@@ -1,7 +1,7 @@
 //! The Alipay OpenAPI client: builds a signed `gateway.do` request, posts it,
 //! verifies the signed answer and classifies it.
 //!
-//! The gateway layer is generic over [`GatewayMethod`] (method name, business
+//! The gateway layer is generic over `GatewayMethod` (method name, business
 //! parameters, answer), so a sibling Zhima method is a small addition. This is
 //! the only HTTP client in the crate; it never retries by itself (the worker
 //! decides, from [`UpstreamError::class`]) and never logs keys, signatures or PII.
@@ -26,19 +26,19 @@ use crate::job::RelationQuery;
 use signing::{Charset, KeyError, PrivateKey, PublicKey, SignType, SigningError};
 
 pub use classify::{ErrorClass, GatewayFault};
-pub use redact::PiiRedactor;
-pub use wire::timestamp_utc8;
+pub(crate) use redact::PiiRedactor;
+pub(crate) use wire::timestamp_utc8;
 
 /// One OpenAPI method: its name and the shapes of its business parameters and
 /// of its successful answer.
-pub trait GatewayMethod {
+pub(crate) trait GatewayMethod {
     const METHOD: &'static str;
     type BizContent: Serialize;
     type Answer: DeserializeOwned;
 }
 
 /// `zhima.credit.relation.query` (联系人验证).
-pub struct RelationQueryMethod;
+pub(crate) struct RelationQueryMethod;
 
 impl GatewayMethod for RelationQueryMethod {
     const METHOD: &'static str = "zhima.credit.relation.query";
@@ -76,18 +76,18 @@ pub struct RelationAnswer {
     pub biz_no: String,
     pub relation_rank: String,
     #[serde(default)]
-    pub relation_info: Option<RelationInfo>,
+    pub(crate) relation_info: Option<RelationInfo>,
     #[serde(default, deserialize_with = "wire::number_or_string")]
-    pub relation_score: Option<i64>,
+    pub(crate) relation_score: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct RelationInfo {
-    pub recency: Option<String>,
+pub(crate) struct RelationInfo {
+    pub(crate) recency: Option<String>,
 }
 
 impl RelationAnswer {
-    pub fn recency(&self) -> Option<&str> {
+    pub(crate) fn recency(&self) -> Option<&str> {
         self.relation_info.as_ref()?.recency.as_deref()
     }
 }
@@ -133,7 +133,7 @@ pub enum UpstreamError {
      {ours}\n  gateway's string to sign: {theirs}"
 )]
 pub struct SignatureMismatch {
-    pub fault: GatewayFault,
+    pub(crate) fault: GatewayFault,
     pub ours: String,
     pub theirs: String,
 }
@@ -182,9 +182,9 @@ pub enum ClientSetupError {
 #[derive(Debug)]
 pub struct CallReport<A> {
     pub http_status: Option<u16>,
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     pub code: Option<String>,
-    pub sub_code: Option<String>,
+    pub(crate) sub_code: Option<String>,
     /// The raw body, decoded from the request charset, kept as evidence.
     pub raw_body: Option<String>,
     pub outcome: Result<A, UpstreamError>,
@@ -273,7 +273,7 @@ impl UpstreamClient {
     /// rejects our signature, so never on the hot path) masks the PII in our
     /// string-to-sign before it can reach an error message.
     #[tracing::instrument(name = "upstream_call", skip_all, fields(method = M::METHOD))]
-    pub async fn call<M: GatewayMethod>(
+    pub(crate) async fn call<M: GatewayMethod>(
         &self,
         biz: &M::BizContent,
         redactor: impl FnOnce() -> PiiRedactor,

@@ -33,13 +33,13 @@ fn mask_for(field: &str) -> Option<fn(&str) -> String> {
 /// masked by name whatever their value; the job's own values are also masked
 /// wherever else they appear (a gateway echo is not ours to trust).
 #[derive(Debug, Default)]
-pub struct PiiRedactor {
+pub(crate) struct PiiRedactor {
     /// (plaintext, masked), longest first.
     values: Vec<(String, String)>,
 }
 
 impl PiiRedactor {
-    pub fn for_query(query: &RelationQuery) -> Self {
+    pub(crate) fn for_query(query: &RelationQuery) -> Self {
         let mut values = vec![
             (query.cert_no.clone(), mask_cert_no(&query.cert_no)),
             (
@@ -57,7 +57,7 @@ impl PiiRedactor {
     /// A string to sign (`k=v&k=v…`, ours or the gateway's echo, or a message
     /// that contains one) with `biz_content` rebuilt from masked values and
     /// `app_auth_token` hidden.
-    pub fn mask_string_to_sign(&self, text: &str) -> String {
+    pub(crate) fn mask_string_to_sign(&self, text: &str) -> String {
         let Some(start) = text.find(BIZ_CONTENT).map(|at| at + BIZ_CONTENT.len()) else {
             return self.mask_outside_biz_content(text);
         };

@@ -21,7 +21,7 @@ const ERROR_NODE: &str = "error_response";
 
 /// "zhima.credit.relation.query" -> "zhima_credit_relation_query_response",
 /// the key under which the gateway puts a method's answer.
-pub fn response_node_name(method: &str) -> String {
+pub(crate) fn response_node_name(method: &str) -> String {
     format!("{}_response", method.replace('.', "_"))
 }
 
@@ -44,18 +44,18 @@ impl fmt::Display for NodeKind {
 
 /// Borrowed from the body so the verified bytes are exactly the received ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExtractedResponse<'a> {
-    pub node: NodeKind,
+pub(crate) struct ExtractedResponse<'a> {
+    pub(crate) node: NodeKind,
     /// The raw value of the node, `{` to `}` inclusive, in the body's charset.
-    pub content: &'a [u8],
+    pub(crate) content: &'a [u8],
     /// The top-level `sign`, JSON-unescaped (some serializers write `\/`).
-    pub sign: Option<String>,
+    pub(crate) sign: Option<String>,
 }
 
 /// An outcome rather than an error: an unsigned error answer is normal, and the
 /// caller decides what each verdict means for the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verification {
+pub(crate) enum Verification {
     Verified,
     Unsigned,
     Failed,
@@ -91,8 +91,8 @@ impl FromStr for SignTypeChoice {
 /// What `verify-response` proved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyReport {
-    pub node: NodeKind,
-    pub sign_type: SignType,
+    pub(crate) node: NodeKind,
+    pub(crate) sign_type: SignType,
 }
 
 /// Each variant says what is wrong with the body, so an operator can act on it.
@@ -121,7 +121,7 @@ pub enum ResponseError {
 /// Brace matching over bytes rather than a JSON parse, because the signature
 /// covers the node's text exactly as sent (spacing, key order, escapes) and a
 /// body in GBK is not valid UTF-8 for a JSON parser anyway.
-pub fn extract<'a>(
+pub(crate) fn extract<'a>(
     body: &'a [u8],
     node_name: &str,
     charset: Charset,
@@ -156,7 +156,7 @@ pub fn extract<'a>(
 
 /// The `\/` retry exists because some gateways' serializers escape `/` in the
 /// body after signing the unescaped text (the official SDKs do the same retry).
-pub fn verify(
+pub(crate) fn verify(
     extracted: &ExtractedResponse<'_>,
     key: &PublicKey,
     sign_type: SignType,

@@ -109,7 +109,7 @@ impl Charset {
 
     /// GB2312 maps to GBK, as the WHATWG label table (and Java) do: every GB2312
     /// byte sequence is valid GBK, and GBK also covers characters GB2312 lacks.
-    pub fn encoding(self) -> &'static encoding_rs::Encoding {
+    pub(crate) fn encoding(self) -> &'static encoding_rs::Encoding {
         match self {
             Self::Utf8 => encoding_rs::UTF_8,
             Self::Gbk | Self::Gb2312 => encoding_rs::GBK,
@@ -135,7 +135,7 @@ impl Charset {
     /// Whether a byte in 0x81..=0xFE starts a multi-byte character whose next
     /// byte may be ASCII (`\`, `{`, `}` included): true for the GB family,
     /// false for UTF-8 where every byte of a multi-byte character is >= 0x80.
-    pub fn has_ascii_trail_bytes(self) -> bool {
+    pub(crate) fn has_ascii_trail_bytes(self) -> bool {
         !matches!(self, Self::Utf8)
     }
 }
@@ -229,11 +229,11 @@ pub enum KeyError {
 }
 
 /// Alipay issues 2048-bit keys; anything shorter is refused when loaded.
-pub const MIN_KEY_BITS: usize = 2048;
+pub(crate) const MIN_KEY_BITS: usize = 2048;
 
 /// A PEM key is a few KiB; the bound keeps `/dev/zero` or a log file given by
 /// mistake from being read whole.
-pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 fn check_key_bits(modulus_bits: usize) -> Result<(), KeyError> {
     if modulus_bits < MIN_KEY_BITS {
@@ -518,7 +518,7 @@ pub fn string_to_sign<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) 
 /// `sub_msg` is the fastest diagnosis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestSignature {
-    pub string_to_sign: String,
+    pub(crate) string_to_sign: String,
     pub sign: String,
 }
 
@@ -540,7 +540,10 @@ pub fn sign_params<'a>(
 
 /// For the `sign` debug command: signs exactly the given parameters (adding no
 /// defaults), so an operator can reproduce what another client sent.
-pub fn sign_debug(params_json: &str, key: &PrivateKey) -> Result<RequestSignature, SigningError> {
+pub(crate) fn sign_debug(
+    params_json: &str,
+    key: &PrivateKey,
+) -> Result<RequestSignature, SigningError> {
     let value: serde_json::Value =
         serde_json::from_str(params_json).map_err(SigningError::InvalidParamsJson)?;
     let serde_json::Value::Object(object) = value else {

@@ -14,27 +14,27 @@ use super::UpstreamError;
 use super::signing::{self, Charset, PrivateKey, SignType};
 
 pub(super) struct OutgoingParams<'a> {
-    pub app_id: &'a str,
-    pub method: &'a str,
-    pub charset: Charset,
-    pub sign_type: SignType,
-    pub timestamp: &'a str,
-    pub app_auth_token: Option<&'a str>,
-    pub biz_content: &'a str,
+    pub(crate) app_id: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) charset: Charset,
+    pub(crate) sign_type: SignType,
+    pub(crate) timestamp: &'a str,
+    pub(crate) app_auth_token: Option<&'a str>,
+    pub(crate) biz_content: &'a str,
 }
 
 pub(super) struct SignedRequest {
-    pub url: Url,
-    pub content_type: String,
-    pub body: Vec<u8>,
-    pub string_to_sign: String,
+    pub(crate) url: Url,
+    pub(crate) content_type: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) string_to_sign: String,
 }
 
 const VERSION: &str = "1.0";
 const FORMAT: &str = "JSON";
 
 /// The gateway's clock: `yyyy-MM-dd HH:mm:ss` in UTC+8.
-pub fn timestamp_utc8(now: DateTime<Utc>) -> String {
+pub(crate) fn timestamp_utc8(now: DateTime<Utc>) -> String {
     let utc8 = FixedOffset::east_opt(8 * 3600).unwrap_or_else(|| Utc.fix());
     now.with_timezone(&utc8)
         .format("%Y-%m-%d %H:%M:%S")

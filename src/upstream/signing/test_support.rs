@@ -20,41 +20,41 @@ pub(crate) fn shared_vectors_dir() -> PathBuf {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct Vectors {
-    pub request_vectors: Vec<RequestVector>,
-    pub response_vectors: Vec<ResponseVector>,
+    pub(crate) request_vectors: Vec<RequestVector>,
+    pub(crate) response_vectors: Vec<ResponseVector>,
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct RequestVector {
-    pub id: String,
-    pub params: serde_json::Map<String, serde_json::Value>,
-    pub string_to_sign: String,
+    pub(crate) id: String,
+    pub(crate) params: serde_json::Map<String, serde_json::Value>,
+    pub(crate) string_to_sign: String,
     /// The exact bytes signed, where a vector records them (v13: GBK).
-    pub string_to_sign_bytes_b64: Option<String>,
-    pub sign: String,
+    pub(crate) string_to_sign_bytes_b64: Option<String>,
+    pub(crate) sign: String,
 }
 
 impl RequestVector {
-    pub fn param_pairs(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn param_pairs(&self) -> Vec<(&str, &str)> {
         self.params
             .iter()
             .map(|(key, value)| (key.as_str(), value.as_str().expect("string param")))
             .collect()
     }
 
-    pub fn param(&self, key: &str) -> &str {
+    pub(crate) fn param(&self, key: &str) -> &str {
         self.params[key].as_str().expect("string param")
     }
 }
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ResponseVector {
-    pub id: String,
-    pub charset: String,
-    pub sign_type: String,
-    pub body: String,
-    pub signed_content: Option<String>,
-    pub expect_verify: bool,
+    pub(crate) id: String,
+    pub(crate) charset: String,
+    pub(crate) sign_type: String,
+    pub(crate) body: String,
+    pub(crate) signed_content: Option<String>,
+    pub(crate) expect_verify: bool,
 }
 
 pub(crate) fn vectors() -> Vectors {
