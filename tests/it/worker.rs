@@ -6,6 +6,7 @@ mod promises_ops;
 
 use std::time::Duration;
 
+use crate::support::http::{free_port, get_text, sample};
 use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
 use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
@@ -340,39 +341,6 @@ async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
     let _ = child.start_kill();
     let _ = child.wait().await;
     worker.cleanup().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn get_text(url: &str) -> (u16, String) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        if let Ok(response) = reqwest::get(url).await {
-            let status = response.status().as_u16();
-            return (status, response.text().await.unwrap());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The value of one Prometheus sample line, e.g. `name{labels} 12`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .map(|value| value.parse().unwrap())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
 }
 
 #[tokio::test]
