@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::http::{free_local_addr, scrape, value_of};
+use crate::support::worker::throttled_calls;
 use crate::support::{
     Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker, spawn_worker_with,
     succeeded, until,
@@ -180,12 +181,7 @@ async fn throttled_answers_slow_the_replica_down_without_failing_a_job() {
         .await;
     assert_eq!(count_values(&statuses).get("failed"), None);
     let stats = worker.sandbox.stats();
-    let throttled: u64 = stats
-        .errors
-        .iter()
-        .filter(|(code, _)| code.starts_with("40005"))
-        .map(|(_, count)| count)
-        .sum();
+    let throttled = throttled_calls(&stats);
     eprintln!("qps 40 against a cap of 8: {throttled} throttled calls for 80 jobs");
     assert!(throttled > 0, "the cap was hit: {:?}", stats.errors);
     assert!(

@@ -6,7 +6,8 @@ mod promises_ops;
 
 use std::time::Duration;
 
-use crate::support::http::{free_port, get_text, sample};
+use crate::support::http::{free_local_addr, get_text, sample};
+use crate::support::proxy::{database_through_switch, postgres_addr};
 use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
 use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
@@ -307,7 +308,7 @@ async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
     for n in 0..20 {
         worker.publish_job(&job("paused", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let main_queue = worker.topology.names.queue.clone();
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -353,8 +354,7 @@ async fn metrics_count_the_jobs_processed_and_readyz_reports_ready() {
     for n in 0..25 {
         worker.publish_job(&job("metered", n)).await;
     }
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let (status, _) = get_text(&format!("http://{listen}/healthz")).await;
     assert_eq!(status, 200);
@@ -590,37 +590,6 @@ async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
     worker.cleanup().await;
 }
 
-/// A TCP forwarder to PostgreSQL that the test can cut (every open
-/// connection dropped, new ones refused) and restore.
-async fn cuttable_proxy_to_postgres() -> (u16, tokio::sync::watch::Sender<bool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (open, _) = tokio::sync::watch::channel(true);
-    let switch = open.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if !*open.borrow() {
-                continue;
-            }
-            let mut cut = open.subscribe();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                    _ = cut.wait_for(|open| !*open) => {},
-                }
-            });
-        }
-    });
-    (port, switch)
-}
-
 #[tokio::test]
 async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     let faults = Faults {
@@ -628,11 +597,7 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
         ..Faults::default()
     };
     let mut worker = spawn_worker_with(Db::Postgres, faults).await;
-    let (port, switch) = cuttable_proxy_to_postgres().await;
-    let via_proxy = worker
-        .database_url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    worker.env.insert("DATABASE_URL".into(), via_proxy);
+    let switch = database_through_switch(&mut worker).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "40".into());
@@ -643,13 +608,13 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     worker
         .wait_for_statuses(LIMIT, |s| succeeded(s) >= 10)
         .await;
-    switch.send_replace(false);
+    switch.send_replace(None);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "the worker survives the outage"
     );
-    switch.send_replace(true);
+    switch.send_replace(Some(postgres_addr()));
     let statuses = worker
         .wait_for_statuses(LIMIT, |s| succeeded(s) == 80)
         .await;
@@ -683,7 +648,7 @@ async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unve
     for n in 0..20 {
         worker.publish_job(&job("unsigned", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {

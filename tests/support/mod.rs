@@ -12,7 +12,8 @@
 //!   waiting for child processes; [`own_process`]: running a test in a child
 //!   copy of its binary.
 //! - [`http`]: free ports, GETs of a worker's HTTP server and its Prometheus
-//!   samples; [`poll`]: the one `eventually` poller.
+//!   samples; [`poll`]: the one `eventually` poller; [`proxy`]: a TCP
+//!   forwarder that cuts and redirects a worker's connections.
 //!
 //! Only for tests and benches: setup failures panic, clean-up is best effort.
 //! Each includer uses a part of it.
@@ -32,6 +33,7 @@ pub mod own_process;
 pub mod poll;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod worker;
 
 pub use jobs::{cert_no, count_values, job, succeeded, with_check_character};

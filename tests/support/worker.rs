@@ -153,6 +153,17 @@ pub fn random_id() -> String {
         .collect()
 }
 
+/// The sandbox's throttling answers (`40005`, any sub-code): calls refused
+/// for going over the merchant's rate.
+pub fn throttled_calls(stats: &sandbox::Stats) -> u64 {
+    stats
+        .errors
+        .iter()
+        .filter(|(code, _)| code.starts_with("40005"))
+        .map(|(_, count)| count)
+        .sum()
+}
+
 /// The PostgreSQL database of the worker with this id.
 pub fn database_name(id: &str) -> String {
     format!("zw_{id}")

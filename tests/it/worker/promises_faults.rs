@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use tokio::sync::watch;
 use zhima_worker::sandbox::{self, Faults, SandboxApp, SandboxConfig, SystemErrorStyle};
 
-use crate::support::http::{free_port, get_text_promptly, sample_or_zero};
+use crate::support::http::{free_local_addr, get_text_promptly, sample_or_zero};
+use crate::support::proxy::{database_through_switch, postgres_addr, switchable_proxy};
 use crate::support::{
     self, Db, TestWorker, count_values, eventually, job, send_signal, spawn_worker,
     spawn_worker_with,
@@ -24,42 +24,6 @@ use crate::support::{
 const LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
-
-/// A TCP forwarder whose target the test switches at run time: `None` cuts
-/// (open connections dropped, new ones closed at once), `Some(addr)` sends
-/// new connections there, and any change drops the open ones, so a client's
-/// kept-alive connection cannot keep reaching the old target.
-async fn switchable_proxy(target: Option<SocketAddr>) -> (u16, watch::Sender<Option<SocketAddr>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (switch, _) = watch::channel(target);
-    let targets = switch.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let mut changes = targets.subscribe();
-            let Some(target) = *changes.borrow_and_update() else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                    _ = changes.changed() => {},
-                }
-            });
-        }
-    });
-    (port, switch)
-}
-
-fn postgres_addr() -> SocketAddr {
-    "127.0.0.1:5432".parse().unwrap()
-}
 
 /// Takes every message off the dead queue: (transaction_id, or the body when
 /// it is not a JSON job) → the `x-zhima-error` header, `None` when absent.
@@ -174,11 +138,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
         ..Faults::default()
     };
     let mut worker = spawn_worker_with(Db::Postgres, faults).await;
-    let (port, database) = switchable_proxy(Some(postgres_addr())).await;
-    let via_proxy = worker
-        .database_url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    worker.env.insert("DATABASE_URL".into(), via_proxy);
+    let database = database_through_switch(&mut worker).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "10".into());
@@ -186,7 +146,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     for n in 0..jobs {
         worker.publish_job(&job("db_cut", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let readyz = format!("http://{listen}/readyz");
     let readyz = readyz.as_str();
@@ -477,7 +437,7 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
     for n in 0..jobs {
         worker.publish_job(&job("config", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let main_queue = worker.topology.names.queue.clone();
     let main_queue = main_queue.as_str();

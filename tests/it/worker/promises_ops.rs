@@ -18,6 +18,7 @@ use zhima_worker::queue::{self, ATTEMPT_HEADER};
 use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
 
 use crate::support::http::{free_local_addr, scrape, scrape_when_up, value_of};
+use crate::support::worker::throttled_calls;
 use crate::support::{
     self, Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker,
     spawn_worker_with, until,
@@ -421,12 +422,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
         .await;
     let metrics = scrape(&metrics_url).await.expect("metrics");
     let stats = worker.sandbox.stats();
-    let throttled: u64 = stats
-        .errors
-        .iter()
-        .filter(|(code, _)| code.starts_with("40005"))
-        .map(|(_, count)| count)
-        .sum();
+    let throttled = throttled_calls(&stats);
     assert_eq!(throttled, 1, "{:?}", stats.errors);
     assert_eq!(
         value_of(&metrics, "zhima_rate_limit_backoffs_total"),
