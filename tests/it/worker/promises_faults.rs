@@ -25,6 +25,20 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
 
+/// The sandbox's faults cleared, `run --until-idle` ends every one of the
+/// `jobs` succeeded.
+async fn every_job_succeeds_once_the_faults_clear(worker: &TestWorker, jobs: u32) {
+    worker.sandbox.set_faults(Faults::default());
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(
+        support::succeeded(&statuses),
+        jobs as usize,
+        "{:?}",
+        count_values(&statuses)
+    );
+}
+
 /// Takes every message off the dead queue: (transaction_id, or the body when
 /// it is not a JSON job) → the `x-zhima-error` header, `None` when absent.
 async fn drain_dead_queue(worker: &TestWorker) -> BTreeMap<String, Option<String>> {
@@ -245,15 +259,7 @@ async fn signal_with_calls_in_flight_past_the_grace_hands_them_back_and_exits_ze
         "the in-flight calls were billed"
     );
 
-    worker.sandbox.set_faults(Faults::default());
-    worker.run_until_idle(LIMIT).await;
-    let statuses = worker.statuses().await;
-    assert_eq!(
-        support::succeeded(&statuses),
-        jobs as usize,
-        "{:?}",
-        count_values(&statuses)
-    );
+    every_job_succeeds_once_the_faults_clear(&worker, jobs).await;
     for n in 0..jobs {
         assert_eq!(worker.sandbox.billed_for(&format!("{prefix}_{n}")), 1);
     }
@@ -544,15 +550,7 @@ async fn sigkill_between_the_call_and_the_commit_loses_nothing_and_bills_nothing
         "the kill landed after billing and before the commit ({stored} stored, {billed_in_flight} billed)"
     );
 
-    worker.sandbox.set_faults(Faults::default());
-    worker.run_until_idle(LIMIT).await;
-    let statuses = worker.statuses().await;
-    assert_eq!(
-        support::succeeded(&statuses),
-        jobs as usize,
-        "{:?}",
-        count_values(&statuses)
-    );
+    every_job_succeeds_once_the_faults_clear(&worker, jobs).await;
     let repeated: Vec<String> = (0..jobs)
         .map(|n| format!("killed_{n}"))
         .filter(|id| worker.sandbox.calls_for(id) > 1)
