@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::http::{free_local_addr, get_text, sample};
 use crate::support::proxy::{database_through_switch, postgres_addr};
-use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded, until};
 use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -650,15 +650,17 @@ async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unve
     }
     let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let (status, _) = get_text(&format!("http://{listen}/readyz")).await;
-        if status == 503 && worker.sandbox.stats().requests >= 3 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never paused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let readyz = format!("http://{listen}/readyz");
+    let (readyz, sandbox) = (readyz.as_str(), &worker.sandbox);
+    until(
+        LIMIT,
+        "paused after the unverifiable answers",
+        || async move {
+            let (status, _) = get_text(readyz).await;
+            status == 503 && sandbox.stats().requests >= 3
+        },
+    )
+    .await;
     assert_eq!(
         succeeded(&worker.statuses().await),
         0,
