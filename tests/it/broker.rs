@@ -4,10 +4,11 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::process::Command;
 
 use crate::support::BIN;
+use crate::support::worker::{random_id, write_pii_key};
+
 /// A deadline, not a wait: a refused start-up ends in well under a second.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -24,9 +25,7 @@ struct Setup {
 
 fn setup(amqp_url: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let id: String = (0..10)
-        .map(|_| char::from(b'a' + rand::rng().random_range(0..26u8)))
-        .collect();
+    let id = random_id();
     let env = vec![
         (
             "DATABASE_URL".to_owned(),
@@ -49,22 +48,6 @@ fn setup(amqp_url: &str) -> Setup {
         ),
     ];
     Setup { _dir: dir, env }
-}
-
-/// 32 random bytes, mode 0600, as an operator makes `pii.hmac_key_path`.
-fn write_pii_key(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = dir.join("pii_hmac.key");
-    let key: [u8; 32] = rand::rng().random();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .unwrap();
-    file.write_all(&key).unwrap();
-    path
 }
 
 async fn zhima(setup: &Setup, args: &[&str]) -> Outcome {

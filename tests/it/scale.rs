@@ -5,14 +5,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::http::{free_local_addr, scrape, value_of};
+use crate::support::worker::throttled_calls;
 use crate::support::{
-    Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with, succeeded,
+    Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker, spawn_worker_with,
+    succeeded, until,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use zhima_worker::sandbox::Faults;
 
 const LIMIT: Duration = Duration::from_secs(120);
+/// How long a replica may take to exit after SIGTERM.
+const REPLICA_EXIT: Duration = Duration::from_secs(30);
 
 fn shared_limit(qps: &'static str, burst: &'static str) -> [(&'static str, &'static str); 3] {
     [
@@ -20,23 +25,6 @@ fn shared_limit(qps: &'static str, burst: &'static str) -> [(&'static str, &'sta
         ("ZHIMA__RATE_LIMIT__BURST", burst),
         ("ZHIMA__WORKER__CONCURRENCY", "8"),
     ]
-}
-
-fn terminate(child: &Child) {
-    let pid = child.id().expect("still running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-async fn wait_exit_zero(child: &mut Child) {
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("replica exits after SIGTERM")
-        .expect("wait");
-    assert!(status.success(), "replica exited {status}");
 }
 
 /// Leases the database still counts as live (by its own clock).
@@ -47,28 +35,11 @@ async fn live_leases(worker: &TestWorker) -> i64 {
 }
 
 async fn wait_for_live_leases(worker: &TestWorker, expected: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while live_leases(worker).await != expected {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "expected {expected} live leases"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-/// A gauge from a replica's Prometheus text, if it is served yet.
-async fn gauge(metrics_url: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(metrics_url).await.ok()?.text().await.ok()?;
-    text.lines().find_map(|line| {
-        let (key, value) = line.split_once(' ')?;
-        (key == name).then(|| value.trim().parse().ok())?
+    let what = format!("expected {expected} live leases");
+    until(Duration::from_secs(20), &what, || async {
+        live_leases(worker).await == expected
     })
+    .await;
 }
 
 /// Waits until the replica serving `metrics_url` counts `replicas` live
@@ -76,8 +47,9 @@ async fn gauge(metrics_url: &str, name: &str) -> Option<f64> {
 async fn wait_for_share(metrics_url: &str, replicas: f64, per_second: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let live = gauge(metrics_url, "zhima_replicas_live").await;
-        let permits = gauge(metrics_url, "zhima_rate_limit_permits_per_second").await;
+        let metrics = scrape(metrics_url).await.unwrap_or_default();
+        let live = value_of(&metrics, "zhima_replicas_live");
+        let permits = value_of(&metrics, "zhima_rate_limit_permits_per_second");
         if live == Some(replicas) && permits == Some(per_second) {
             return;
         }
@@ -134,10 +106,10 @@ async fn three_replicas_hold_the_shared_limit_while_one_is_killed_mid_run() {
         );
     }
     for replica in &replicas[1..] {
-        terminate(replica);
+        sigterm(replica);
     }
     for replica in &mut replicas[1..] {
-        wait_exit_zero(replica).await;
+        exits_zero_within(replica, REPLICA_EXIT).await;
     }
     assert_eq!(
         worker.count("SELECT COUNT(*) FROM worker_leases").await,
@@ -162,8 +134,8 @@ async fn a_replica_waits_for_its_share_and_a_leaving_one_hands_it_back() {
     let mut second = worker.start_run(&env);
     wait_for_live_leases(&worker, 2).await;
     wait_for_share(&metrics, 2.0, 10.0).await;
-    terminate(&second);
-    wait_exit_zero(&mut second).await;
+    sigterm(&second);
+    exits_zero_within(&mut second, REPLICA_EXIT).await;
     assert_eq!(
         live_leases(&worker).await,
         1,
@@ -187,8 +159,8 @@ async fn a_replica_waits_for_its_share_and_a_leaving_one_hands_it_back() {
         "{:?}",
         worker.sandbox.stats().max_requests_per_second
     );
-    terminate(&first);
-    wait_exit_zero(&mut first).await;
+    sigterm(&first);
+    exits_zero_within(&mut first, REPLICA_EXIT).await;
     worker.cleanup().await;
 }
 
@@ -209,12 +181,7 @@ async fn throttled_answers_slow_the_replica_down_without_failing_a_job() {
         .await;
     assert_eq!(count_values(&statuses).get("failed"), None);
     let stats = worker.sandbox.stats();
-    let throttled: u64 = stats
-        .errors
-        .iter()
-        .filter(|(code, _)| code.starts_with("40005"))
-        .map(|(_, count)| count)
-        .sum();
+    let throttled = throttled_calls(&stats);
     eprintln!("qps 40 against a cap of 8: {throttled} throttled calls for 80 jobs");
     assert!(throttled > 0, "the cap was hit: {:?}", stats.errors);
     assert!(
@@ -224,8 +191,8 @@ async fn throttled_answers_slow_the_replica_down_without_failing_a_job() {
     for n in 0..80 {
         assert_eq!(worker.sandbox.billed_for(&format!("throttled_{n}")), 1);
     }
-    terminate(&replica);
-    wait_exit_zero(&mut replica).await;
+    sigterm(&replica);
+    exits_zero_within(&mut replica, REPLICA_EXIT).await;
     worker.cleanup().await;
 }
 
@@ -275,7 +242,7 @@ async fn calls_held_up_on_the_way_do_not_push_the_upstream_past_the_bound() {
     for n in 0..40 {
         assert_eq!(worker.sandbox.billed_for(&format!("held_{n}")), 1);
     }
-    terminate(&replica);
-    wait_exit_zero(&mut replica).await;
+    sigterm(&replica);
+    exits_zero_within(&mut replica, REPLICA_EXIT).await;
     worker.cleanup().await;
 }

@@ -6,7 +6,9 @@ mod promises_ops;
 
 use std::time::Duration;
 
-use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded};
+use crate::support::http::{free_local_addr, get_text, sample};
+use crate::support::proxy::{database_through_switch, postgres_addr};
+use crate::support::{Db, count_values, job, spawn_worker, spawn_worker_with, succeeded, until};
 use zhima_worker::sandbox::{Faults, SystemErrorStyle};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -306,7 +308,7 @@ async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
     for n in 0..20 {
         worker.publish_job(&job("paused", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let main_queue = worker.topology.names.queue.clone();
     let deadline = tokio::time::Instant::now() + LIMIT;
@@ -342,39 +344,6 @@ async fn configuration_fault_pauses_without_failing_queued_jobs(db: Db) {
     worker.cleanup().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn get_text(url: &str) -> (u16, String) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        if let Ok(response) = reqwest::get(url).await {
-            let status = response.status().as_u16();
-            return (status, response.text().await.unwrap());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The value of one Prometheus sample line, e.g. `name{labels} 12`.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .map(|value| value.parse().unwrap())
-        .unwrap_or_else(|| panic!("no sample {series} in\n{metrics}"))
-}
-
 #[tokio::test]
 async fn metrics_count_the_jobs_processed_and_readyz_reports_ready() {
     let faults = Faults {
@@ -385,8 +354,7 @@ async fn metrics_count_the_jobs_processed_and_readyz_reports_ready() {
     for n in 0..25 {
         worker.publish_job(&job("metered", n)).await;
     }
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let (status, _) = get_text(&format!("http://{listen}/healthz")).await;
     assert_eq!(status, 200);
@@ -622,37 +590,6 @@ async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
     worker.cleanup().await;
 }
 
-/// A TCP forwarder to PostgreSQL that the test can cut (every open
-/// connection dropped, new ones refused) and restore.
-async fn cuttable_proxy_to_postgres() -> (u16, tokio::sync::watch::Sender<bool>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (open, _) = tokio::sync::watch::channel(true);
-    let switch = open.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if !*open.borrow() {
-                continue;
-            }
-            let mut cut = open.subscribe();
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                    _ = cut.wait_for(|open| !*open) => {},
-                }
-            });
-        }
-    });
-    (port, switch)
-}
-
 #[tokio::test]
 async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     let faults = Faults {
@@ -660,11 +597,7 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
         ..Faults::default()
     };
     let mut worker = spawn_worker_with(Db::Postgres, faults).await;
-    let (port, switch) = cuttable_proxy_to_postgres().await;
-    let via_proxy = worker
-        .database_url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    worker.env.insert("DATABASE_URL".into(), via_proxy);
+    let switch = database_through_switch(&mut worker).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "40".into());
@@ -675,13 +608,13 @@ async fn database_outage_pauses_jobs_without_losing_or_failing_them() {
     worker
         .wait_for_statuses(LIMIT, |s| succeeded(s) >= 10)
         .await;
-    switch.send_replace(false);
+    switch.send_replace(None);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         child.try_wait().unwrap().is_none(),
         "the worker survives the outage"
     );
-    switch.send_replace(true);
+    switch.send_replace(Some(postgres_addr()));
     let statuses = worker
         .wait_for_statuses(LIMIT, |s| succeeded(s) == 80)
         .await;
@@ -715,17 +648,19 @@ async fn many_unverifiable_answers_pause_then_the_probe_resumes_and_nothing_unve
     for n in 0..20 {
         worker.publish_job(&job("unsigned", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let (status, _) = get_text(&format!("http://{listen}/readyz")).await;
-        if status == 503 && worker.sandbox.stats().requests >= 3 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never paused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let readyz = format!("http://{listen}/readyz");
+    let (readyz, sandbox) = (readyz.as_str(), &worker.sandbox);
+    until(
+        LIMIT,
+        "paused after the unverifiable answers",
+        || async move {
+            let (status, _) = get_text(readyz).await;
+            status == 503 && sandbox.stats().requests >= 3
+        },
+    )
+    .await;
     assert_eq!(
         succeeded(&worker.statuses().await),
         0,

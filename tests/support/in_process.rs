@@ -23,9 +23,11 @@ use zhima_worker::pii::PiiKey;
 use zhima_worker::processor::{Attempt, Disposition, Processor, ProcessorParts};
 use zhima_worker::rate_limit::{Rate, UpstreamLimiter};
 use zhima_worker::retry::RetryPolicy;
-use zhima_worker::sandbox::{self, Faults, RunningSandbox, SandboxConfig};
+use zhima_worker::sandbox::{Faults, RunningSandbox};
 use zhima_worker::store::JobStore;
 use zhima_worker::upstream::UpstreamClient;
+
+use super::worker::start_sandbox;
 
 /// The same schedule as the end-to-end harness: short, so nothing waits long
 /// if a test does sleep out a delay.
@@ -57,12 +59,7 @@ pub async fn start(faults: Faults) -> InProcess {
 /// A harness whose sandbox injects `faults` and whose retry policy gives up
 /// after `max_attempts` calls.
 pub async fn start_with(faults: Faults, max_attempts: u32) -> InProcess {
-    let mut sandbox_config = SandboxConfig::with_test_keys().expect("test keys");
-    sandbox_config.faults = faults;
-    sandbox_config.seed = Some(7);
-    let sandbox = sandbox::start(sandbox_config)
-        .await
-        .expect("sandbox starts");
+    let sandbox = start_sandbox(faults, zhima_worker::sandbox::SandboxClock::System).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let database_url = format!("sqlite:{}/jobs.sqlite?mode=rwc", dir.path().display());
     let settings = settings_for(&sandbox);

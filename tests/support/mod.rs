@@ -8,8 +8,12 @@
 //! - [`in_process`]: the processor itself against SQLite and a sandbox on
 //!   port 0, with no broker, for short fault scenarios.
 //! - [`jobs`]: valid job messages and IDs; [`postgres`] and [`broker`]:
-//!   throwaway databases and queues; [`process`]: watching and stopping child
-//!   processes; [`own_process`]: running a test in a child copy of its binary.
+//!   throwaway databases and queues; [`process`]: watching, signalling and
+//!   waiting for child processes; [`own_process`]: running a test in a child
+//!   copy of its binary.
+//! - [`http`]: free ports, GETs of a worker's HTTP server and its Prometheus
+//!   samples; [`poll`]: the one `eventually` poller; [`proxy`]: a TCP
+//!   forwarder that cuts and redirects a worker's connections.
 //!
 //! Only for tests and benches: setup failures panic, clean-up is best effort.
 //! Each includer uses a part of it.
@@ -22,15 +26,21 @@
 )]
 
 pub mod broker;
+pub mod http;
 pub mod in_process;
 pub mod jobs;
 pub mod own_process;
+pub mod poll;
 pub mod postgres;
 pub mod process;
+pub mod proxy;
 pub mod worker;
 
 pub use jobs::{cert_no, count_values, job, succeeded, with_check_character};
-pub use process::{ProcUsage, send_sigterm, watch_until_exit};
+pub use poll::{eventually, until};
+pub use process::{
+    ProcUsage, exits_zero_within, send_signal, send_sigterm, sigterm, watch_until_exit,
+};
 pub use worker::{Db, TestWorker, spawn_worker, spawn_worker_with, spawn_worker_with_clock};
 
 /// The binary under test, built by cargo for integration tests and benches.

@@ -1,5 +1,6 @@
 //! Child processes of tests and benches: sampling a process's CPU time and
-//! peak RSS from /proc while it runs, and asking worker replicas to stop.
+//! peak RSS from /proc while it runs, sending signals (asking worker
+//! replicas to stop) and waiting for a clean exit.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -74,13 +75,42 @@ pub async fn watch_until_exit(
     }
 }
 
-/// Asks every replica to drain and stop (SIGTERM); the caller waits.
+/// Asks every replica to drain and stop (SIGTERM); the caller waits. Best
+/// effort: a replica that already exited is passed over.
 pub fn send_sigterm(replicas: &[Child]) {
     for replica in replicas {
         if let Some(pid) = replica.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            let _ = kill(pid, "TERM");
         }
     }
+}
+
+/// Sends `signal` (a name: `TERM`, `INT`, ...) to a running child; the
+/// signal must be delivered.
+pub fn send_signal(child: &Child, signal: &str) {
+    let pid = child.id().expect("the child is still running");
+    assert!(kill(pid, signal), "kill -{signal} {pid} failed");
+}
+
+/// Asks one running worker to drain and stop (SIGTERM), which must be
+/// delivered; see [`exits_zero_within`].
+pub fn sigterm(child: &Child) {
+    send_signal(child, "TERM");
+}
+
+/// Waits for `child` to exit, which it must do within `limit` and with
+/// status 0.
+pub async fn exits_zero_within(child: &mut Child, limit: Duration) {
+    let status = tokio::time::timeout(limit, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the process did not exit within {limit:?}"))
+        .expect("wait");
+    assert!(status.success(), "the process exited {status}");
+}
+
+fn kill(pid: u32, signal: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
 }

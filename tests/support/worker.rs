@@ -71,14 +71,19 @@ pub async fn spawn_worker_with(db: Db, faults: Faults) -> TestWorker {
 /// With the sandbox's billing clock pinned (see [`SandboxClock`]): the
 /// worker and the database keep the real clock.
 pub async fn spawn_worker_with_clock(db: Db, faults: Faults, clock: SandboxClock) -> TestWorker {
+    build(db, start_sandbox(faults, clock).await).await
+}
+
+/// A sandbox gateway on port 0 with the test keys, injecting `faults` from a
+/// fixed seed (7), so that a test's fault pattern is the same every run.
+pub async fn start_sandbox(faults: Faults, clock: SandboxClock) -> RunningSandbox {
     let mut sandbox_config = SandboxConfig::with_test_keys().expect("test keys");
     sandbox_config.faults = faults;
     sandbox_config.clock = clock;
     sandbox_config.seed = Some(7);
-    let sandbox = sandbox::start(sandbox_config)
+    sandbox::start(sandbox_config)
         .await
-        .expect("sandbox starts");
-    build(db, sandbox).await
+        .expect("sandbox starts")
 }
 
 pub async fn build(db: Db, sandbox: RunningSandbox) -> TestWorker {
@@ -147,16 +152,52 @@ pub fn write_pii_key(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-fn random_id() -> String {
+/// Ten random lowercase letters, for names no other test uses.
+pub fn random_id() -> String {
     let mut rng = rand::rng();
     (0..10)
         .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
         .collect()
 }
 
+/// The sandbox's throttling answers (`40005`, any sub-code): calls refused
+/// for going over the merchant's rate.
+pub fn throttled_calls(stats: &sandbox::Stats) -> u64 {
+    stats
+        .errors
+        .iter()
+        .filter(|(code, _)| code.starts_with("40005"))
+        .map(|(_, count)| count)
+        .sum()
+}
+
 /// The PostgreSQL database of the worker with this id.
 pub fn database_name(id: &str) -> String {
     format!("zw_{id}")
+}
+
+/// Runs `$query` (a sqlx query on `&mut $conn`) on a fresh connection to
+/// the worker's database, PostgreSQL or SQLite; the query must succeed.
+/// A macro because the two connection types share no trait the query takes.
+macro_rules! on_either_database {
+    ($worker:expr, |$conn:ident| $query:expr) => {
+        match $worker.db {
+            Db::Postgres => {
+                let mut connection = sqlx::PgConnection::connect(&$worker.database_url)
+                    .await
+                    .expect("pg");
+                let $conn = &mut connection;
+                $query.await.expect("query")
+            }
+            Db::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&$worker.database_url)
+                    .await
+                    .expect("sqlite");
+                let $conn = &mut connection;
+                $query.await.expect("query")
+            }
+        }
+    };
 }
 
 impl TestWorker {
@@ -222,76 +263,22 @@ impl TestWorker {
 
     /// Runs a query returning two text columns on either database.
     pub async fn query_rows(&self, sql: &'static str) -> Vec<(String, String)> {
-        match self.db {
-            Db::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("pg");
-                sqlx::query_as(sql)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query")
-            }
-            Db::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
-                    .await
-                    .expect("sqlite");
-                sqlx::query_as(sql)
-                    .fetch_all(&mut conn)
-                    .await
-                    .expect("query")
-            }
-        }
+        on_either_database!(self, |conn| sqlx::query_as(sql).fetch_all(conn))
     }
 
     /// Runs a statement built by the test (trusted text) on either database;
     /// the rows it changed.
     pub async fn execute(&self, sql: &str) -> u64 {
-        match self.db {
-            Db::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("pg");
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute");
-                done.rows_affected()
-            }
-            Db::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
-                    .await
-                    .expect("sqlite");
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .execute(&mut conn)
-                    .await
-                    .expect("execute");
-                done.rows_affected()
-            }
-        }
+        on_either_database!(self, |conn| async {
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(conn)
+                .await?;
+            Ok::<_, sqlx::Error>(done.rows_affected())
+        })
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        match self.db {
-            Db::Postgres => {
-                let mut conn = sqlx::PgConnection::connect(&self.database_url)
-                    .await
-                    .expect("pg");
-                sqlx::query_scalar(sql)
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("query")
-            }
-            Db::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&self.database_url)
-                    .await
-                    .expect("sqlite");
-                sqlx::query_scalar(sql)
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("query")
-            }
-        }
+        on_either_database!(self, |conn| sqlx::query_scalar(sql).fetch_one(conn))
     }
 
     /// Waits until `condition` holds for the statuses, or fails after `limit`.

@@ -12,118 +12,31 @@ use std::time::Duration;
 
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
-use tokio::sync::watch;
 use zhima_worker::sandbox::{self, Faults, SandboxApp, SandboxConfig, SystemErrorStyle};
 
-use crate::support::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
+use crate::support::http::{free_local_addr, get_text_promptly, sample_or_zero};
+use crate::support::proxy::{database_through_switch, postgres_addr, switchable_proxy};
+use crate::support::{
+    self, Db, TestWorker, count_values, eventually, job, send_signal, spawn_worker,
+    spawn_worker_with,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- helpers
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One GET that must answer within 20 s (a `/readyz` that hangs while the
-/// database is cut is a failure too), retried while the server is not up yet.
-async fn get_text(url: &str) -> (u16, String) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        match client.get(url).send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                return (status, response.text().await.unwrap());
-            }
-            Err(error) => assert!(
-                tokio::time::Instant::now() < deadline && !error.is_timeout(),
-                "{url} did not answer: {error}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The value of one Prometheus sample line, e.g. `name{labels} 12`; a series
-/// not exported yet reads as 0.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0.0, |value| value.parse().unwrap())
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, or fails after `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A TCP forwarder whose target the test switches at run time: `None` cuts
-/// (open connections dropped, new ones closed at once), `Some(addr)` sends
-/// new connections there, and any change drops the open ones, so a client's
-/// kept-alive connection cannot keep reaching the old target.
-async fn switchable_proxy(target: Option<SocketAddr>) -> (u16, watch::Sender<Option<SocketAddr>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (switch, _) = watch::channel(target);
-    let targets = switch.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let mut changes = targets.subscribe();
-            let Some(target) = *changes.borrow_and_update() else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                    return;
-                };
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                    _ = changes.changed() => {},
-                }
-            });
-        }
-    });
-    (port, switch)
-}
-
-fn postgres_addr() -> SocketAddr {
-    "127.0.0.1:5432".parse().unwrap()
-}
-
-fn send_signal(child: &tokio::process::Child, signal: &str) {
-    let pid = child.id().expect("pid");
-    let sent = std::process::Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(sent.success());
+/// The sandbox's faults cleared, `run --until-idle` ends every one of the
+/// `jobs` succeeded.
+async fn every_job_succeeds_once_the_faults_clear(worker: &TestWorker, jobs: u32) {
+    worker.sandbox.set_faults(Faults::default());
+    worker.run_until_idle(LIMIT).await;
+    let statuses = worker.statuses().await;
+    assert_eq!(
+        support::succeeded(&statuses),
+        jobs as usize,
+        "{:?}",
+        count_values(&statuses)
+    );
 }
 
 /// Takes every message off the dead queue: (transaction_id, or the body when
@@ -239,11 +152,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
         ..Faults::default()
     };
     let mut worker = spawn_worker_with(Db::Postgres, faults).await;
-    let (port, database) = switchable_proxy(Some(postgres_addr())).await;
-    let via_proxy = worker
-        .database_url
-        .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-    worker.env.insert("DATABASE_URL".into(), via_proxy);
+    let database = database_through_switch(&mut worker).await;
     worker
         .env
         .insert("ZHIMA__RATE_LIMIT__QPS".into(), "10".into());
@@ -251,7 +160,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     for n in 0..jobs {
         worker.publish_job(&job("db_cut", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let readyz = format!("http://{listen}/readyz");
     let readyz = readyz.as_str();
@@ -260,12 +169,12 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     worker
         .wait_for_statuses(LIMIT, |s| support::succeeded(s) >= 5)
         .await;
-    let (ready, _) = get_text(readyz).await;
+    let (ready, _) = get_text_promptly(readyz).await;
     assert_eq!(ready, 200, "ready before the cut");
 
     database.send_replace(None);
     let reason = eventually(LIMIT, "/readyz turns 503 during the cut", || async move {
-        let (status, body) = get_text(readyz).await;
+        let (status, body) = get_text_promptly(readyz).await;
         (status == 503).then_some(body)
     })
     .await;
@@ -274,15 +183,15 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
         Duration::from_secs(120),
         "the held deliveries are handed back",
         || async move {
-            let (_, metrics) = get_text(metrics_url).await;
-            let count = sample(&metrics, r#"zhima_jobs_total{outcome="handed_back"}"#);
+            let (_, metrics) = get_text_promptly(metrics_url).await;
+            let count = sample_or_zero(&metrics, r#"zhima_jobs_total{outcome="handed_back"}"#);
             (count > 0.0).then_some(count)
         },
     )
     .await;
     assert!(handed_back > 0.0);
     assert!(child.try_wait().unwrap().is_none(), "the worker survives");
-    let (still, _) = get_text(readyz).await;
+    let (still, _) = get_text_promptly(readyz).await;
     assert_eq!(still, 503, "/readyz stays 503 while the database is cut");
 
     database.send_replace(Some(postgres_addr()));
@@ -295,7 +204,7 @@ async fn database_unreachable_for_longer_than_30_s_hands_jobs_back_and_readyz_is
     for n in 0..jobs {
         assert_eq!(worker.sandbox.billed_for(&format!("db_cut_{n}")), 1);
     }
-    let (ready, body) = get_text(readyz).await;
+    let (ready, body) = get_text_promptly(readyz).await;
     assert_eq!(ready, 200, "ready again after the cut: {body}");
     let _ = child.start_kill();
     let _ = child.wait().await;
@@ -350,15 +259,7 @@ async fn signal_with_calls_in_flight_past_the_grace_hands_them_back_and_exits_ze
         "the in-flight calls were billed"
     );
 
-    worker.sandbox.set_faults(Faults::default());
-    worker.run_until_idle(LIMIT).await;
-    let statuses = worker.statuses().await;
-    assert_eq!(
-        support::succeeded(&statuses),
-        jobs as usize,
-        "{:?}",
-        count_values(&statuses)
-    );
+    every_job_succeeds_once_the_faults_clear(&worker, jobs).await;
     for n in 0..jobs {
         assert_eq!(worker.sandbox.billed_for(&format!("{prefix}_{n}")), 1);
     }
@@ -542,7 +443,7 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
     for n in 0..jobs {
         worker.publish_job(&job("config", n)).await;
     }
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = free_local_addr();
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
     let main_queue = worker.topology.names.queue.clone();
     let main_queue = main_queue.as_str();
@@ -550,7 +451,7 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
     let readyz = readyz.as_str();
     let test_worker = &worker;
     let reason = eventually(LIMIT, "paused with every job handed back", || async move {
-        let (status, body) = get_text(readyz).await;
+        let (status, body) = get_text_promptly(readyz).await;
         let handed_back = test_worker.ready(main_queue).await == jobs;
         (status == 503 && body.contains("paused") && handed_back).then_some(body)
     })
@@ -559,8 +460,8 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
         reason.contains(faulty.expected_reason),
         "{fault:?}: {reason}"
     );
-    let (_, metrics) = get_text(&format!("http://{listen}/metrics")).await;
-    assert_eq!(sample(&metrics, "zhima_consumption_paused"), 1.0);
+    let (_, metrics) = get_text_promptly(&format!("http://{listen}/metrics")).await;
+    assert_eq!(sample_or_zero(&metrics, "zhima_consumption_paused"), 1.0);
     let seen = faulty.requests();
     let faulty = &faulty;
     eventually(LIMIT, "the paused worker probes", || async move {
@@ -583,10 +484,10 @@ async fn configuration_fault_pauses_then_the_probe_resumes(fault: ConfigurationF
     for n in 0..jobs {
         assert_eq!(worker.sandbox.billed_for(&format!("config_{n}")), 1);
     }
-    let (ready, body) = get_text(readyz).await;
+    let (ready, body) = get_text_promptly(readyz).await;
     assert_eq!(ready, 200, "resumed: {body}");
-    let (_, metrics) = get_text(&format!("http://{listen}/metrics")).await;
-    assert_eq!(sample(&metrics, "zhima_consumption_paused"), 0.0);
+    let (_, metrics) = get_text_promptly(&format!("http://{listen}/metrics")).await;
+    assert_eq!(sample_or_zero(&metrics, "zhima_consumption_paused"), 0.0);
     let _ = child.start_kill();
     let _ = child.wait().await;
     worker.cleanup().await;
@@ -649,15 +550,7 @@ async fn sigkill_between_the_call_and_the_commit_loses_nothing_and_bills_nothing
         "the kill landed after billing and before the commit ({stored} stored, {billed_in_flight} billed)"
     );
 
-    worker.sandbox.set_faults(Faults::default());
-    worker.run_until_idle(LIMIT).await;
-    let statuses = worker.statuses().await;
-    assert_eq!(
-        support::succeeded(&statuses),
-        jobs as usize,
-        "{:?}",
-        count_values(&statuses)
-    );
+    every_job_succeeds_once_the_faults_clear(&worker, jobs).await;
     let repeated: Vec<String> = (0..jobs)
         .map(|n| format!("killed_{n}"))
         .filter(|id| worker.sandbox.calls_for(id) > 1)

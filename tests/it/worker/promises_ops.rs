@@ -13,77 +13,18 @@ use lapin::options::QueueDeleteOptions;
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Child;
 use tokio::time::Instant;
 use zhima_worker::queue::{self, ATTEMPT_HEADER};
 use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
 
-use crate::support::{self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with};
+use crate::support::http::{free_local_addr, scrape, scrape_when_up, value_of};
+use crate::support::worker::throttled_calls;
+use crate::support::{
+    self, Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker,
+    spawn_worker_with, until,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn free_local_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-/// The Prometheus text a replica serves, once it answers.
-async fn scrape(metrics_url: &str) -> Option<String> {
-    let response = reqwest::get(metrics_url).await.ok()?;
-    response.text().await.ok()
-}
-
-async fn scrape_when_up(metrics_url: &str) -> String {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        if let Some(text) = scrape(metrics_url).await {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{metrics_url} never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn value_of(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (key, value) = line.rsplit_once(' ')?;
-        (key == series).then(|| value.trim().parse().ok())?
-    })
-}
-
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("still running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-async fn exits_zero(child: &mut Child) {
-    let status = tokio::time::timeout(LIMIT, child.wait())
-        .await
-        .expect("the worker exits after SIGTERM")
-        .expect("wait");
-    assert!(status.success(), "the worker exited {status}");
-}
-
-/// Polls `condition` every 50 ms until it holds, or fails after `LIMIT`.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + LIMIT;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached in {LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Both directions of every connection through a [`recording_relay`].
 #[derive(Clone, Default)]
@@ -417,14 +358,18 @@ async fn counters_and_gauges_exist_at_zero_from_start_up() {
     }
     let total: f64 = worker.env["ZHIMA__RATE_LIMIT__QPS"].parse().unwrap();
     let url = &metrics_url;
-    eventually("one live replica with the whole rate", || async move {
-        let metrics = scrape(url).await.unwrap_or_default();
-        value_of(&metrics, "zhima_replicas_live") == Some(1.0)
-            && value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(total)
-    })
+    until(
+        LIMIT,
+        "one live replica with the whole rate",
+        || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_replicas_live") == Some(1.0)
+                && value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(total)
+        },
+    )
     .await;
     sigterm(&child);
-    exits_zero(&mut child).await;
+    exits_zero_within(&mut child, LIMIT).await;
     assert_eq!(worker.sandbox.stats().requests, 0, "no job, no call");
     worker.cleanup().await;
 }
@@ -462,7 +407,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
     ]);
     let share: f64 = share.parse().unwrap();
     let url = &metrics_url;
-    eventually("the whole rate", || async move {
+    until(LIMIT, "the whole rate", || async move {
         let metrics = scrape(url).await.unwrap_or_default();
         value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(share)
     })
@@ -477,12 +422,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
         .await;
     let metrics = scrape(&metrics_url).await.expect("metrics");
     let stats = worker.sandbox.stats();
-    let throttled: u64 = stats
-        .errors
-        .iter()
-        .filter(|(code, _)| code.starts_with("40005"))
-        .map(|(_, count)| count)
-        .sum();
+    let throttled = throttled_calls(&stats);
     assert_eq!(throttled, 1, "{:?}", stats.errors);
     assert_eq!(
         value_of(&metrics, "zhima_rate_limit_backoffs_total"),
@@ -522,7 +462,7 @@ async fn a_throttled_answer_halves_the_rate_counts_one_backoff_and_every_call_wa
         "the whole share again after idle seconds"
     );
     sigterm(&child);
-    exits_zero(&mut child).await;
+    exits_zero_within(&mut child, LIMIT).await;
     worker.cleanup().await;
 }
 
@@ -551,13 +491,13 @@ async fn a_killed_replicas_share_is_reclaimed_within_lease_plus_heartbeat() {
     };
     let url = &metrics_url;
     let replicas_and_rate = &replicas_and_rate;
-    eventually("one replica with the whole rate", || async move {
+    until(LIMIT, "one replica with the whole rate", || async move {
         let metrics = scrape(url).await.unwrap_or_default();
         replicas_and_rate(&metrics) == (Some(1.0), Some(share_of(1.0)))
     })
     .await;
     let mut victim = worker.start_run(&env);
-    eventually("two replicas, half the rate each", || async move {
+    until(LIMIT, "two replicas, half the rate each", || async move {
         let metrics = scrape(url).await.unwrap_or_default();
         replicas_and_rate(&metrics) == (Some(2.0), Some(share_of(2.0)))
     })
@@ -585,7 +525,7 @@ async fn a_killed_replicas_share_is_reclaimed_within_lease_plus_heartbeat() {
         "reclaimed after {reclaimed_after:?}, over lease_ms + heartbeat_ms = {bound:?}"
     );
     sigterm(&survivor);
-    exits_zero(&mut survivor).await;
+    exits_zero_within(&mut survivor, LIMIT).await;
     worker.cleanup().await;
 }
 
@@ -679,13 +619,17 @@ async fn a_retry_copy_in_a_delay_tier_of_an_earlier_configuration_comes_back_and
     ]);
     let old_queue_ref = &old_queue;
     let worker_ref = &worker;
-    eventually("the retry copy waits in the old tier", || async move {
-        !rows_with_status(worker_ref, "retrying").await.is_empty()
-            && worker_ref.ready(old_queue_ref).await == 1
-    })
+    until(
+        LIMIT,
+        "the retry copy waits in the old tier",
+        || async move {
+            !rows_with_status(worker_ref, "retrying").await.is_empty()
+                && worker_ref.ready(old_queue_ref).await == 1
+        },
+    )
     .await;
     sigterm(&earlier);
-    exits_zero(&mut earlier).await;
+    exits_zero_within(&mut earlier, LIMIT).await;
     assert_eq!(
         worker.ready(&old_queue).await,
         1,
@@ -713,7 +657,7 @@ async fn a_retry_copy_in_a_delay_tier_of_an_earlier_configuration_comes_back_and
     assert_eq!(worker.sandbox.calls_for("old_tier_1"), 2);
     assert_eq!(worker.sandbox.billed_for("old_tier_1"), 1);
     sigterm(&current);
-    exits_zero(&mut current).await;
+    exits_zero_within(&mut current, LIMIT).await;
     delete_queue(&old_queue).await;
     worker.cleanup().await;
 }
