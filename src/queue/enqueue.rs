@@ -467,24 +467,25 @@ fn read_csv(
 ) -> Result<(), EnqueueError> {
     let max_record = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
     let (capped, limit) = CappedRecords::new(input, max_record);
+    let (input, recorded) = RecordedBytes::new(capped);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
-        .from_reader(capped);
+        .from_reader(input);
     let headers = csv_headers(&mut reader)?;
     limit.next_record_at(reader.position().byte());
     let mut guard = DuplicateGuard::default();
     let mut record = csv::StringRecord::new();
     loop {
+        let start = reader.position().clone();
         let read = reader.read_record(&mut record);
         limit.next_record_at(reader.position().byte());
+        let line = start.line() + recorded.newlines_before_record(start.byte());
+        recorded.forget_before(reader.position().byte());
         let checked = match read {
             Ok(false) => return Ok(()),
-            Ok(true) => {
-                let line = record.position().map_or(0, csv::Position::line);
-                guard.check(validator.check_object(line, csv_object(&headers, &record)))
-            }
-            Err(error) => csv_row_error(error)?,
+            Ok(true) => guard.check(validator.check_object(line, csv_object(&headers, &record))),
+            Err(error) => csv_row_error(error, line)?,
         };
         if sender.blocking_send(checked).is_err() {
             return Ok(());
@@ -510,10 +511,10 @@ fn csv_object(headers: &[String], record: &csv::StringRecord) -> Map<String, Val
         .collect()
 }
 
-fn csv_row_error(error: csv::Error) -> Result<Checked, EnqueueError> {
+fn csv_row_error(error: csv::Error, line: u64) -> Result<Checked, EnqueueError> {
     match error.kind() {
-        csv::ErrorKind::Utf8 { pos, .. } => Ok(Checked::Invalid {
-            line: pos.as_ref().map_or(0, csv::Position::line),
+        csv::ErrorKind::Utf8 { .. } => Ok(Checked::Invalid {
+            line,
             reason: "row is not valid UTF-8".to_owned(),
         }),
         _ => Err(csv_fatal(error)),
@@ -527,6 +528,63 @@ fn csv_fatal(error: csv::Error) -> EnqueueError {
             max_kib: too_long.max_kib,
         },
         None => EnqueueError::Csv(error),
+    }
+}
+
+/// The bytes handed to the CSV reader from the start of the record being
+/// read, so a record's line can be counted from its first byte: the CSV
+/// reader's position is where the previous record ended, before any blank
+/// lines and, in a CRLF file, before the previous record's `\n`.
+struct RecordedBytes<R> {
+    inner: R,
+    recorded: std::rc::Rc<std::cell::RefCell<Recorded>>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    /// Input offset of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// The reading side's handle on a [`RecordedBytes`].
+struct RecordedHandle(std::rc::Rc<std::cell::RefCell<Recorded>>);
+
+impl<R> RecordedBytes<R> {
+    fn new(inner: R) -> (Self, RecordedHandle) {
+        let recorded = std::rc::Rc::default();
+        let handle = RecordedHandle(std::rc::Rc::clone(&recorded));
+        (Self { inner, recorded }, handle)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for RecordedBytes<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        let taken = buffer.get(..read).unwrap_or_default();
+        self.recorded.borrow_mut().bytes.extend_from_slice(taken);
+        Ok(read)
+    }
+}
+
+impl RecordedHandle {
+    /// Line ends between `offset` and the first byte that is not one: the
+    /// blank lines (and a CRLF's `\n`) the CSV reader skips before a record.
+    fn newlines_before_record(&self, offset: u64) -> u64 {
+        let recorded = self.0.borrow();
+        let skip = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
+        let after = recorded.bytes.get(skip..).unwrap_or_default();
+        let terminators = after.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+        terminators.filter(|b| **b == b'\n').count() as u64
+    }
+
+    /// Drops what is before `offset`, the start of the next record.
+    fn forget_before(&self, offset: u64) {
+        let mut recorded = self.0.borrow_mut();
+        let drop = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
+        let drop = drop.min(recorded.bytes.len());
+        recorded.bytes.drain(..drop);
+        recorded.start += drop as u64;
     }
 }
 
@@ -934,6 +992,25 @@ mod tests {
             "{}",
             all[2].1
         );
+    }
+
+    fn lines_of(all: &[Checked]) -> Vec<u64> {
+        lines_and_reasons(all)
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect()
+    }
+
+    #[test]
+    fn csv_line_numbers_are_physical_lines_with_crlf_blank_lines_and_multi_line_cells() {
+        let crlf = "name,cert_no\r\na,b\r\nc,d\r\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, crlf)), [2, 3]);
+        let blank = "name,cert_no\n\na,b\n\n\nc,d\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, blank)), [3, 6]);
+        let blank_crlf = "name,cert_no\r\n\r\na,b\r\n\r\nc,d\r\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, blank_crlf)), [3, 5]);
+        let multi = "name,cert_no\na,\"b\r\nb\"\r\nc,d\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, multi)), [2, 4]);
     }
 
     #[test]
