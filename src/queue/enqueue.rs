@@ -247,6 +247,12 @@ impl RecordValidator {
         if assigned {
             object.insert("transaction_id".into(), Value::String(new_transaction_id()));
         }
+        if let Some(field) = first_blank_required_field(&object) {
+            return Checked::Invalid {
+                line,
+                reason: format!("field `{field}`: is blank; a value is required"),
+            };
+        }
         let body = Value::Object(object).to_string();
         match decode_job(body.as_bytes(), &self.default_product_code) {
             Ok(job) => Checked::Valid(ValidRecord {
@@ -257,6 +263,19 @@ impl RecordValidator {
             Err(rejected) => invalid(line, &rejected.error),
         }
     }
+}
+
+/// The job fields without which a record is refused, in the order the job
+/// layer checks them; the transaction_id is not one here, as one is minted.
+const REQUIRED_FIELDS: [&str; 4] = ["cert_no", "name", "relation_phone", "relation_name"];
+
+/// A required field present but empty or only whitespace: a JSON `""` and an
+/// empty CSV cell are the same mistake, so they get the same reason (an
+/// absent field or CSV column stays "is required").
+fn first_blank_required_field(object: &Map<String, Value>) -> Option<&'static str> {
+    REQUIRED_FIELDS.into_iter().find(
+        |field| matches!(object.get(*field), Some(Value::String(value)) if value.trim().is_empty()),
+    )
 }
 
 fn lacks_transaction_id(object: &Map<String, Value>) -> bool {
@@ -458,7 +477,8 @@ impl DuplicateGuard {
 
 /// Reads CSV with a header row. Columns map to job fields by header name
 /// (unknown columns are ignored, like unknown JSON fields); an empty cell is
-/// an absent field. A row that is not UTF-8 is an invalid record, not a fatal
+/// an absent field, except in a required column, where it is a blank value
+/// (reported like a JSON `""`). A row that is not UTF-8 is an invalid record, not a fatal
 /// error.
 fn read_csv(
     input: Box<dyn BufRead + Send>,
@@ -506,7 +526,9 @@ fn csv_object(headers: &[String], record: &csv::StringRecord) -> Map<String, Val
     headers
         .iter()
         .zip(record.iter())
-        .filter(|(name, cell)| !name.is_empty() && !cell.is_empty())
+        .filter(|(name, cell)| {
+            !name.is_empty() && (!cell.is_empty() || REQUIRED_FIELDS.contains(&name.as_str()))
+        })
         .map(|(name, cell)| (name.clone(), Value::String(cell.to_owned())))
         .collect()
 }
@@ -992,6 +1014,22 @@ mod tests {
             "{}",
             all[2].1
         );
+    }
+
+    #[test]
+    fn a_blank_field_gets_the_same_reason_in_csv_and_jsonl() {
+        let header = "name,cert_no,relation_phone,relation_name,transaction_id\n";
+        let csv = format!("{header},640202199007164686,15843991158,李四,c_1\n");
+        let csv = lines_and_reasons(&collect(InputFormat::Csv, Box::leak(csv.into_boxed_str())));
+        let jsonl = one_line(&VALID.replace("张三", ""));
+        let jsonl = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(jsonl))));
+        let spaces = one_line(&VALID.replace("15843991158", "  "));
+        let spaces = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(spaces))));
+        let blank = "field `name`: is blank; a value is required";
+        assert_eq!(csv, [(2, blank.to_owned())]);
+        assert_eq!(jsonl, [(1, blank.to_owned())]);
+        let blank_phone = "field `relation_phone`: is blank; a value is required";
+        assert_eq!(spaces, [(1, blank_phone.to_owned())]);
     }
 
     fn lines_of(all: &[Checked]) -> Vec<u64> {
