@@ -320,7 +320,15 @@ mod operator {
     /// them to find its results); both above the progress bar, if any.
     fn print_event(progress: Option<&ProgressBar>, event: EnqueueEvent<'_>) {
         let print = || match event {
-            EnqueueEvent::Invalid { line, reason } => eprintln!("line {line}: invalid: {reason}"),
+            EnqueueEvent::Invalid {
+                line,
+                reason,
+                transaction_id,
+                external_ref,
+            } => eprintln!(
+                "line {line}: invalid: {reason}{}",
+                naming(transaction_id, external_ref)
+            ),
             EnqueueEvent::Assigned {
                 line,
                 transaction_id,
@@ -331,6 +339,22 @@ mod operator {
             (Some(bar), EnqueueEvent::Published { total }) => bar.set_position(total),
             (Some(bar), _) => bar.suspend(print),
             (None, _) => print(),
+        }
+    }
+
+    /// ` (transaction_id t_1, external_ref "loan-1")`, or what of it is known.
+    fn naming(transaction_id: Option<&str>, external_ref: Option<&str>) -> String {
+        let names: Vec<String> = [
+            transaction_id.map(|id| format!("transaction_id {id}")),
+            external_ref.map(|reference| format!("external_ref {reference:?}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", names.join(", "))
         }
     }
 

@@ -83,8 +83,15 @@ impl Default for EnqueueOptions {
 #[derive(Debug, Clone, Copy)]
 pub enum EnqueueEvent<'a> {
     /// The record was not published. `reason` names the field and the rule,
-    /// never the value.
-    Invalid { line: u64, reason: &'a str },
+    /// never the value. The ids are the record's own when they are readable
+    /// (valid under their rules): not personal data, and what the producer
+    /// knows the record by.
+    Invalid {
+        line: u64,
+        reason: &'a str,
+        transaction_id: Option<&'a str>,
+        external_ref: Option<&'a str>,
+    },
     /// The record had no transaction_id; it was published (and confirmed) under
     /// this one, which the producer needs to find its result.
     Assigned {
@@ -207,7 +214,47 @@ async fn publish_input(
 /// One input record after validation.
 enum Checked {
     Valid(ValidRecord),
-    Invalid { line: u64, reason: String },
+    Invalid {
+        line: u64,
+        reason: String,
+        ids: RecordIds,
+    },
+}
+
+/// What names a rejected record for its producer, when readable.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RecordIds {
+    transaction_id: Option<String>,
+    external_ref: Option<String>,
+}
+
+impl RecordIds {
+    /// The record's own transaction_id (not one minted here, which names
+    /// nothing the producer knows) if it follows the id rules, and its
+    /// external_ref if it is a non-empty single-line text of at most 256
+    /// characters.
+    fn of(object: &Map<String, Value>, assigned: bool) -> Self {
+        let text = |field: &str| object.get(field).and_then(Value::as_str);
+        let transaction_id = text("transaction_id")
+            .filter(|_| !assigned)
+            .filter(|id| id.parse::<TransactionId>().is_ok());
+        let external_ref = text("external_ref").filter(|reference| {
+            !reference.is_empty()
+                && reference.chars().count() <= 256
+                && !reference.chars().any(char::is_control)
+        });
+        Self {
+            transaction_id: transaction_id.map(str::to_owned),
+            external_ref: external_ref.map(str::to_owned),
+        }
+    }
+
+    fn of_job(job: &Job) -> Self {
+        Self {
+            transaction_id: Some(job.query.transaction_id.as_str().to_owned()),
+            external_ref: job.external_ref.clone(),
+        }
+    }
 }
 
 struct ValidRecord {
@@ -236,7 +283,7 @@ impl RecordValidator {
                 job,
                 assigned: false,
             }),
-            Err(rejected) => invalid(line, &rejected.error),
+            Err(rejected) => invalid(line, &rejected.error, RecordIds::default()),
         }
     }
 
@@ -247,10 +294,12 @@ impl RecordValidator {
         if assigned {
             object.insert("transaction_id".into(), Value::String(new_transaction_id()));
         }
+        let ids = RecordIds::of(&object, assigned);
         if let Some(field) = first_blank_required_field(&object) {
             return Checked::Invalid {
                 line,
                 reason: format!("field `{field}`: is blank; a value is required"),
+                ids,
             };
         }
         let body = Value::Object(object).to_string();
@@ -260,7 +309,7 @@ impl RecordValidator {
                 job,
                 assigned,
             }),
-            Err(rejected) => invalid(line, &rejected.error),
+            Err(rejected) => invalid(line, &rejected.error, ids),
         }
     }
 }
@@ -299,7 +348,7 @@ pub fn new_transaction_id() -> String {
 
 /// The reason reported for a rejected record: the job layer's own text, which
 /// names the field and rule but never quotes a value, worded for a record.
-fn invalid(line: u64, error: &JobError) -> Checked {
+fn invalid(line: u64, error: &JobError, ids: RecordIds) -> Checked {
     let reason = match error {
         JobError::NotJson(detail) => format!("not valid JSON ({detail})"),
         JobError::NotObject => "not a JSON object".to_owned(),
@@ -308,7 +357,7 @@ fn invalid(line: u64, error: &JobError) -> Checked {
         }
         JobError::Field(field) => field.to_string(),
     };
-    Checked::Invalid { line, reason }
+    Checked::Invalid { line, reason, ids }
 }
 
 /// Reads JSON Lines; blank lines are skipped but still counted, so reported
@@ -329,6 +378,7 @@ fn read_jsonl(
                 reason: format!(
                     "line is over the {MAX_BODY_BYTES}-byte message limit (skipped unread)"
                 ),
+                ids: RecordIds::default(),
             },
             LineRead::Complete => {
                 let record = lines.line().trim_ascii();
@@ -466,6 +516,7 @@ impl DuplicateGuard {
                     "field `transaction_id`: {id} is already used on line {first}; \
                      one transaction_id per job"
                 ),
+                ids: RecordIds::of_job(&record.job),
             },
             None => {
                 self.first_lines.insert(id.clone(), record.line);
@@ -538,6 +589,7 @@ fn csv_row_error(error: csv::Error, line: u64) -> Result<Checked, EnqueueError> 
         csv::ErrorKind::Utf8 { .. } => Ok(Checked::Invalid {
             line,
             reason: "row is not valid UTF-8".to_owned(),
+            ids: RecordIds::default(),
         }),
         _ => Err(csv_fatal(error)),
     }
@@ -650,11 +702,13 @@ impl<'p> Pipeline<'p> {
         let mut held = Vec::new();
         while let Some(checked) = receiver.recv().await {
             match checked {
-                Checked::Invalid { line, reason } => {
+                Checked::Invalid { line, reason, ids } => {
                     self.report.invalid += 1;
                     observer(EnqueueEvent::Invalid {
                         line,
                         reason: &reason,
+                        transaction_id: ids.transaction_id.as_deref(),
+                        external_ref: ids.external_ref.as_deref(),
                     });
                 }
                 Checked::Valid(record) if strict => held.push(record),
@@ -740,7 +794,7 @@ mod tests {
 
     fn reason_of(checked: Checked) -> String {
         match checked {
-            Checked::Invalid { line, reason } => {
+            Checked::Invalid { line, reason, .. } => {
                 assert_eq!(line, 7);
                 reason
             }
@@ -839,7 +893,7 @@ mod tests {
         assert_eq!(record.line, 2);
         assert!(record.assigned);
         assert_eq!(record.job.query.relation, None);
-        let Checked::Invalid { line, reason } = &all[1] else {
+        let Checked::Invalid { line, reason, .. } = &all[1] else {
             panic!("second row is invalid")
         };
         assert_eq!(*line, 3);
@@ -860,7 +914,7 @@ mod tests {
     fn lines_and_reasons(all: &[Checked]) -> Vec<(u64, String)> {
         all.iter()
             .map(|checked| match checked {
-                Checked::Invalid { line, reason } => (*line, reason.clone()),
+                Checked::Invalid { line, reason, .. } => (*line, reason.clone()),
                 Checked::Valid(record) => (record.line, "valid".to_owned()),
             })
             .collect()
@@ -1030,6 +1084,39 @@ mod tests {
         assert_eq!(jsonl, [(1, blank.to_owned())]);
         let blank_phone = "field `relation_phone`: is blank; a value is required";
         assert_eq!(spaces, [(1, blank_phone.to_owned())]);
+    }
+
+    fn ids_of(checked: &Checked) -> RecordIds {
+        match checked {
+            Checked::Invalid { ids, .. } => ids.clone(),
+            Checked::Valid(_) => panic!("expected an invalid record"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_record_is_named_by_its_readable_transaction_id_and_external_ref() {
+        let with_ref = VALID.replace("4686\"", "4685\", \"external_ref\": \"loan-1/c-1\"");
+        let both = RecordIds {
+            transaction_id: Some("t_1".into()),
+            external_ref: Some("loan-1/c-1".into()),
+        };
+        assert_eq!(ids_of(&check(&with_ref)), both);
+        let unreadable = with_ref
+            .replace("t_1", "t 1")
+            .replace("loan-1/c-1", "a\\nb");
+        assert_eq!(ids_of(&check(&unreadable)), RecordIds::default());
+        let minted = VALID.replace("\"t_1\"", "\"\"").replace("4686", "4685");
+        assert_eq!(ids_of(&check(&minted)), RecordIds::default());
+        assert_eq!(ids_of(&check("not json")), RecordIds::default());
+        let csv = "transaction_id,external_ref,name,cert_no,relation_phone,relation_name\n\
+                   c_1,r-1,张三,640202199007164686,158,李四\n\
+                   c_2,r-2,张三,640202199007164686,15843991158,李四\n\
+                   c_2,,王五,640202199007164686,15843991158,李四\n";
+        let all = collect(InputFormat::Csv, csv);
+        assert_eq!(ids_of(&all[0]).transaction_id.as_deref(), Some("c_1"));
+        assert_eq!(ids_of(&all[0]).external_ref.as_deref(), Some("r-1"));
+        assert_eq!(ids_of(&all[2]).transaction_id.as_deref(), Some("c_2"));
+        assert_eq!(ids_of(&all[2]).external_ref, None);
     }
 
     fn lines_of(all: &[Checked]) -> Vec<u64> {
