@@ -80,6 +80,17 @@ pub enum Command {
         /// Publish nothing if any record is invalid.
         #[arg(long)]
         strict: bool,
+        /// Write the rejected records, with their reasons, to this new file.
+        /// JSON Lines input: one object per rejected line, {"line",
+        /// "transaction_id", "external_ref", "reason", "record"} (`record`:
+        /// the line as read; `jq -r .record` gives it back). CSV input: the
+        /// header and each rejected row as read, plus the columns
+        /// reject_line and reject_reason, which enqueue ignores, so the
+        /// corrected file can be enqueued as it is. The file holds personal
+        /// data: it is created with mode 0600, and an existing file is
+        /// refused (exit 1), never overwritten.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Job counts by status and queue depths (main, retry, dead).
     Status,
@@ -154,7 +165,8 @@ impl Command {
                 file,
                 format,
                 strict,
-            } => operator::enqueue(&settings, &file, format, strict).await,
+                rejects,
+            } => operator::enqueue(&settings, &file, format, strict, rejects).await,
             Command::Status => operator::status(&settings).await,
             Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
@@ -228,7 +240,7 @@ fn verify_response(
 mod operator {
     use std::fs::File;
     use std::io::{BufRead, BufReader, IsTerminal};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
     use anyhow::Context;
@@ -249,6 +261,7 @@ mod operator {
         file: &Path,
         format: Option<InputFormat>,
         strict: bool,
+        rejects: Option<PathBuf>,
     ) -> anyhow::Result<ExitCode> {
         let is_stdin = file == Path::new("-");
         let guessed = if is_stdin {
@@ -268,6 +281,7 @@ mod operator {
         let mut observer = |event: EnqueueEvent<'_>| print_event(progress.as_ref(), event);
         let options = EnqueueOptions {
             strict,
+            rejects,
             ..EnqueueOptions::default()
         };
         let outcome = enqueue::enqueue(input, format, settings, &options, &mut observer).await;

@@ -15,9 +15,11 @@
 //! data): it reports invalid lines, assigned ids and progress through
 //! [`EnqueueEvent`]s and leaves the presentation to the caller.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::io::BufRead;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use lapin::PublisherConfirm;
 use rand::Rng;
@@ -67,6 +69,9 @@ pub struct EnqueueOptions {
     pub strict: bool,
     /// Messages in flight before the oldest confirm is awaited.
     pub window: usize,
+    /// Where to write the rejected records with their reasons (created new,
+    /// mode 0600; see [`JsonlRejects`] and [`CsvRejects`] for the layout).
+    pub rejects: Option<PathBuf>,
 }
 
 impl Default for EnqueueOptions {
@@ -74,6 +79,7 @@ impl Default for EnqueueOptions {
         Self {
             strict: false,
             window: DEFAULT_WINDOW,
+            rejects: None,
         }
     }
 }
@@ -140,13 +146,30 @@ pub enum EnqueueError {
     },
     #[error("the input reader thread stopped unexpectedly")]
     ReaderCrashed,
+    /// It would hold personal data of another run, or something else.
+    #[error(
+        "the rejects file {} already exists; enqueue never overwrites one: \
+         choose a new name or remove it",
+        path.display()
+    )]
+    RejectsExist { path: PathBuf },
+    #[error("creating the rejects file {} failed", path.display())]
+    RejectsCreate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the rejects file failed")]
+    RejectsWrite(#[source] std::io::Error),
 }
 
 /// A caller's sink for [`EnqueueEvent`]s.
 pub type Observer<'o> = dyn FnMut(EnqueueEvent<'_>) + Send + 'o;
 
-/// Declares the whole topology (so an empty input still leaves it in place),
-/// then reads, validates and publishes every record of `input`.
+/// Creates the rejects file if asked (first, so a name already taken stops
+/// the run before anything is published), declares the whole topology (so an
+/// empty input still leaves it in place), then reads, validates and publishes
+/// every record of `input`.
 pub async fn enqueue(
     input: Box<dyn BufRead + Send>,
     format: InputFormat,
@@ -154,6 +177,11 @@ pub async fn enqueue(
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
+    let rejects = options
+        .rejects
+        .as_deref()
+        .map(create_rejects_file)
+        .transpose()?;
     let topology = Topology::from_settings(settings).map_err(EnqueueError::Setup)?;
     let connection = super::connect(&settings.amqp, "enqueue")
         .await
@@ -165,9 +193,13 @@ pub async fn enqueue(
         .declare(publisher.channel())
         .await
         .map_err(EnqueueError::Setup)?;
-    let outcome = publish_input(
+    let source = Source {
         input,
         format,
+        rejects,
+    };
+    let outcome = publish_input(
+        source,
         settings,
         &publisher,
         &topology.names,
@@ -183,21 +215,25 @@ pub async fn enqueue(
 /// Runs the reader thread and the publishing loop against an already
 /// declared topology; the reader's own failure wins over a clean publish.
 async fn publish_input(
-    input: Box<dyn BufRead + Send>,
-    format: InputFormat,
+    source: Source,
     settings: &Settings,
     publisher: &Publisher,
     names: &QueueNames,
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
+    let Source {
+        input,
+        format,
+        rejects,
+    } = source;
     let (sender, receiver) = mpsc::channel(options.window.max(1) * 2);
     let validator = RecordValidator {
         default_product_code: settings.upstream.product_code.clone(),
     };
     let reader = tokio::task::spawn_blocking(move || match format {
-        InputFormat::Jsonl => read_jsonl(input, &validator, &sender),
-        InputFormat::Csv => read_csv(input, &validator, &sender),
+        InputFormat::Jsonl => read_jsonl(input, &validator, &sender, rejects),
+        InputFormat::Csv => read_csv(input, &validator, &sender, rejects),
     });
     let mut pipeline = Pipeline::new(publisher, names, options.window);
     let published = pipeline.run(receiver, options.strict, observer).await;
@@ -209,6 +245,111 @@ async fn publish_input(
     })?;
     read?;
     Ok(report)
+}
+
+/// What the reader thread reads, and where it writes the rejected records.
+struct Source {
+    input: Box<dyn BufRead + Send>,
+    format: InputFormat,
+    rejects: Option<File>,
+}
+
+/// The rejects file holds personal data: only its owner may read it, and an
+/// existing file (another run's rejects, or anything else) is never replaced.
+fn create_rejects_file(path: &Path) -> Result<File, EnqueueError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|source| {
+        let path = path.to_owned();
+        match source.kind() {
+            std::io::ErrorKind::AlreadyExists => EnqueueError::RejectsExist { path },
+            _ => EnqueueError::RejectsCreate { path, source },
+        }
+    })
+}
+
+/// `--rejects` for JSON Lines input: one JSON object per rejected line,
+/// `{"line", "transaction_id", "external_ref", "reason", "record"}`, where
+/// `record` is the line as read (surrounding whitespace trimmed; invalid
+/// UTF-8 replaced; `null` for a line over the size limit, which is never
+/// read). `jq -r .record` gives back input `enqueue` reads.
+struct JsonlRejects(BufWriter<File>);
+
+#[derive(serde::Serialize)]
+struct RejectedLine<'a> {
+    line: u64,
+    transaction_id: Option<&'a str>,
+    external_ref: Option<&'a str>,
+    reason: &'a str,
+    record: Option<Cow<'a, str>>,
+}
+
+impl JsonlRejects {
+    fn write(&mut self, checked: &Checked, record: Option<&[u8]>) -> Result<(), EnqueueError> {
+        let Checked::Invalid { line, reason, ids } = checked else {
+            return Ok(());
+        };
+        let entry = RejectedLine {
+            line: *line,
+            transaction_id: ids.transaction_id.as_deref(),
+            external_ref: ids.external_ref.as_deref(),
+            reason,
+            record: record.map(String::from_utf8_lossy),
+        };
+        serde_json::to_writer(&mut self.0, &entry)
+            .map_err(|error| EnqueueError::RejectsWrite(error.into()))?;
+        self.0.write_all(b"\n").map_err(EnqueueError::RejectsWrite)
+    }
+
+    fn finish(mut self) -> Result<(), EnqueueError> {
+        self.0.flush().map_err(EnqueueError::RejectsWrite)
+    }
+}
+
+/// `--rejects` for CSV input: the input's header row and each rejected row
+/// as read (byte for byte per cell; a short row padded to the header), with
+/// two columns added, `reject_line` and `reject_reason`. `enqueue` ignores
+/// unknown columns, so the corrected file can be enqueued as it is.
+struct CsvRejects {
+    writer: csv::Writer<File>,
+    columns: usize,
+}
+
+impl CsvRejects {
+    fn start(file: File, headers: &csv::ByteRecord) -> Result<Self, EnqueueError> {
+        let mut writer = csv::Writer::from_writer(file);
+        let mut row = headers.clone();
+        row.push_field(b"reject_line");
+        row.push_field(b"reject_reason");
+        writer.write_byte_record(&row).map_err(csv_write_error)?;
+        Ok(Self {
+            writer,
+            columns: headers.len(),
+        })
+    }
+
+    fn write(&mut self, checked: &Checked, cells: &csv::ByteRecord) -> Result<(), EnqueueError> {
+        let Checked::Invalid { line, reason, .. } = checked else {
+            return Ok(());
+        };
+        let mut row = cells.clone();
+        while row.len() < self.columns {
+            row.push_field(b"");
+        }
+        row.push_field(line.to_string().as_bytes());
+        row.push_field(reason.as_bytes());
+        self.writer.write_byte_record(&row).map_err(csv_write_error)
+    }
+
+    fn finish(mut self) -> Result<(), EnqueueError> {
+        self.writer.flush().map_err(EnqueueError::RejectsWrite)
+    }
+}
+
+fn csv_write_error(error: csv::Error) -> EnqueueError {
+    EnqueueError::RejectsWrite(std::io::Error::other(error))
 }
 
 /// One input record after validation.
@@ -366,7 +507,9 @@ fn read_jsonl(
     input: Box<dyn BufRead + Send>,
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
+    rejects: Option<File>,
 ) -> Result<(), EnqueueError> {
+    let mut rejects = rejects.map(|file| JsonlRejects(BufWriter::new(file)));
     let mut lines = LineReader::new(input, MAX_BODY_BYTES);
     let mut guard = DuplicateGuard::default();
     let mut line = 0u64;
@@ -388,11 +531,15 @@ fn read_jsonl(
                 guard.check(validator.check_json(line, record))
             }
         };
+        if let Some(rejects) = &mut rejects {
+            let record = (read == LineRead::Complete).then(|| lines.line().trim_ascii());
+            rejects.write(&checked, record)?;
+        }
         if sender.blocking_send(checked).is_err() {
-            return Ok(());
+            break;
         }
     }
-    Ok(())
+    rejects.map_or(Ok(()), JsonlRejects::finish)
 }
 
 /// How a line ended up in a [`LineReader`].
@@ -529,12 +676,12 @@ impl DuplicateGuard {
 /// Reads CSV with a header row. Columns map to job fields by header name
 /// (unknown columns are ignored, like unknown JSON fields); an empty cell is
 /// an absent field, except in a required column, where it is a blank value
-/// (reported like a JSON `""`). A row that is not UTF-8 is an invalid record, not a fatal
-/// error.
+/// (reported like a JSON `""`).
 fn read_csv(
     input: Box<dyn BufRead + Send>,
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
+    rejects: Option<File>,
 ) -> Result<(), EnqueueError> {
     let max_record = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
     let (capped, limit) = CappedRecords::new(input, max_record);
@@ -544,23 +691,51 @@ fn read_csv(
         .has_headers(true)
         .from_reader(input);
     let headers = csv_headers(&mut reader)?;
+    let mut rejects = match rejects {
+        Some(file) => Some(CsvRejects::start(
+            file,
+            reader.byte_headers().map_err(csv_fatal)?,
+        )?),
+        None => None,
+    };
     limit.next_record_at(reader.position().byte());
     let mut guard = DuplicateGuard::default();
-    let mut record = csv::StringRecord::new();
+    let mut cells = csv::ByteRecord::new();
     loop {
         let start = reader.position().clone();
-        let read = reader.read_record(&mut record);
+        let read = reader.read_byte_record(&mut cells).map_err(csv_fatal)?;
         limit.next_record_at(reader.position().byte());
         let line = start.line() + recorded.newlines_before_record(start.byte());
         recorded.forget_before(reader.position().byte());
-        let checked = match read {
-            Ok(false) => return Ok(()),
-            Ok(true) => guard.check(validator.check_object(line, csv_object(&headers, &record))),
-            Err(error) => csv_row_error(error, line)?,
-        };
-        if sender.blocking_send(checked).is_err() {
-            return Ok(());
+        if !read {
+            break;
         }
+        let checked = check_csv_row(validator, &headers, line, &cells, &mut guard);
+        if let Some(rejects) = &mut rejects {
+            rejects.write(&checked, &cells)?;
+        }
+        if sender.blocking_send(checked).is_err() {
+            break;
+        }
+    }
+    rejects.map_or(Ok(()), CsvRejects::finish)
+}
+
+/// A row that is not UTF-8 is an invalid record, not a fatal error.
+fn check_csv_row(
+    validator: &RecordValidator,
+    headers: &[String],
+    line: u64,
+    cells: &csv::ByteRecord,
+    guard: &mut DuplicateGuard,
+) -> Checked {
+    match csv::StringRecord::from_byte_record(cells.clone()) {
+        Ok(record) => guard.check(validator.check_object(line, csv_object(headers, &record))),
+        Err(_) => Checked::Invalid {
+            line,
+            reason: "row is not valid UTF-8".to_owned(),
+            ids: RecordIds::default(),
+        },
     }
 }
 
@@ -582,17 +757,6 @@ fn csv_object(headers: &[String], record: &csv::StringRecord) -> Map<String, Val
         })
         .map(|(name, cell)| (name.clone(), Value::String(cell.to_owned())))
         .collect()
-}
-
-fn csv_row_error(error: csv::Error, line: u64) -> Result<Checked, EnqueueError> {
-    match error.kind() {
-        csv::ErrorKind::Utf8 { .. } => Ok(Checked::Invalid {
-            line,
-            reason: "row is not valid UTF-8".to_owned(),
-            ids: RecordIds::default(),
-        }),
-        _ => Err(csv_fatal(error)),
-    }
 }
 
 fn csv_fatal(error: csv::Error) -> EnqueueError {
@@ -806,8 +970,8 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(100);
         let input: Box<dyn BufRead + Send> = Box::new(text.as_bytes());
         let outcome = match format {
-            InputFormat::Jsonl => read_jsonl(input, &validator(), &sender),
-            InputFormat::Csv => read_csv(input, &validator(), &sender),
+            InputFormat::Jsonl => read_jsonl(input, &validator(), &sender, None),
+            InputFormat::Csv => read_csv(input, &validator(), &sender, None),
         };
         outcome.unwrap();
         drop(sender);
@@ -902,7 +1066,7 @@ mod tests {
 
     fn collect_from(input: Box<dyn BufRead + Send>) -> Vec<Checked> {
         let (sender, mut receiver) = mpsc::channel(100);
-        read_jsonl(input, &validator(), &sender).unwrap();
+        read_jsonl(input, &validator(), &sender, None).unwrap();
         drop(sender);
         let mut all = Vec::new();
         while let Ok(checked) = receiver.try_recv() {
@@ -984,6 +1148,7 @@ mod tests {
             Box::new(std::io::BufReader::new(input)),
             &validator(),
             &sender,
+            None,
         )
         .unwrap_err();
         assert!(
@@ -1117,6 +1282,101 @@ mod tests {
         assert_eq!(ids_of(&all[0]).external_ref.as_deref(), Some("r-1"));
         assert_eq!(ids_of(&all[2]).transaction_id.as_deref(), Some("c_2"));
         assert_eq!(ids_of(&all[2]).external_ref, None);
+    }
+
+    #[test]
+    fn rejects_file_holds_each_rejected_jsonl_line_with_its_reason_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.jsonl");
+        let bad = VALID.replace("4686", "4685");
+        let text = format!(
+            "{}  {}\nnot json\n",
+            one_line(VALID),
+            one_line(&bad).trim_end()
+        );
+        let (sender, _receiver) = mpsc::channel(100);
+        let file = create_rejects_file(&path).unwrap();
+        read_jsonl(
+            Box::new(std::io::Cursor::new(text)),
+            &validator(),
+            &sender,
+            Some(file),
+        )
+        .unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        let entries: Vec<Value> = written
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2, "{written}");
+        assert_eq!(entries[0]["line"], 2);
+        assert_eq!(entries[0]["transaction_id"], "t_1");
+        assert_eq!(entries[0]["external_ref"], Value::Null);
+        assert!(entries[0]["reason"].as_str().unwrap().contains("cert_no"));
+        assert_eq!(entries[0]["record"], one_line(&bad).trim_end());
+        assert_eq!(entries[1]["line"], 3);
+        assert_eq!(entries[1]["record"], "not json");
+        assert!(
+            entries[1]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn rejects_file_for_csv_keeps_the_columns_adds_the_reason_and_enqueues_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.csv");
+        let text = "transaction_id,name,cert_no,relation_phone,relation_name\r\n\
+                    c_1,张三,640202199007164686,15843991158,李四\r\n\
+                    c_2,\"张\r\n三\",640202199007164686,158,李四\r\n\
+                    c_3,张三\r\n";
+        let (sender, _receiver) = mpsc::channel(100);
+        let file = create_rejects_file(&path).unwrap();
+        let input = Box::new(std::io::Cursor::new(text));
+        read_csv(input, &validator(), &sender, Some(file)).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        let mut lines = written.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "transaction_id,name,cert_no,relation_phone,relation_name,reject_line,reject_reason"
+            )
+        );
+        assert!(
+            written.contains("c_2,\"张\r\n三\",640202199007164686,158,李四,3,\"field `name`"),
+            "{written}"
+        );
+        assert!(
+            written.contains("c_3,张三,,,,5,field `cert_no`: is required"),
+            "{written}"
+        );
+        let again = lines_and_reasons(&collect(
+            InputFormat::Csv,
+            Box::leak(written.into_boxed_str()),
+        ));
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert!(again[0].1.contains("`name`") && again[1].1.contains("cert_no"));
+    }
+
+    #[test]
+    fn rejects_file_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.jsonl");
+        create_rejects_file(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let error = create_rejects_file(&path).unwrap_err();
+        assert!(
+            matches!(error, EnqueueError::RejectsExist { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("already exists"), "{error}");
     }
 
     fn lines_of(all: &[Checked]) -> Vec<u64> {
