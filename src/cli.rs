@@ -276,8 +276,10 @@ mod operator {
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         };
-        let input = open_input(file, is_stdin)?;
-        let progress = std::io::stderr().is_terminal().then(progress_bar);
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| progress_bar(input_size(file, is_stdin)));
+        let input = open_input(file, is_stdin, progress.as_ref())?;
         let mut observer = |event: EnqueueEvent<'_>| print_event(progress.as_ref(), event);
         let options = EnqueueOptions {
             strict,
@@ -312,19 +314,47 @@ mod operator {
         );
     }
 
-    fn open_input(file: &Path, is_stdin: bool) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    /// A bar with a length advances as the input is read (see
+    /// [`progress_bar`]).
+    fn open_input(
+        file: &Path,
+        is_stdin: bool,
+        progress: Option<&ProgressBar>,
+    ) -> anyhow::Result<Box<dyn BufRead + Send>> {
         if is_stdin {
             return Ok(Box::new(BufReader::new(std::io::stdin())));
         }
         let opened = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-        Ok(Box::new(BufReader::with_capacity(1 << 16, opened)))
+        Ok(match progress {
+            Some(bar) if bar.length().is_some() => {
+                Box::new(BufReader::with_capacity(1 << 16, bar.wrap_read(opened)))
+            }
+            _ => Box::new(BufReader::with_capacity(1 << 16, opened)),
+        })
     }
 
-    fn progress_bar() -> ProgressBar {
-        let bar = ProgressBar::new_spinner();
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} {pos} jobs published ({per_sec})")
-        {
+    /// The size of a regular file; `None` for stdin, pipes and devices,
+    /// whose end is not known in advance.
+    fn input_size(file: &Path, is_stdin: bool) -> Option<u64> {
+        let metadata = std::fs::metadata(file).ok().filter(|_| !is_stdin)?;
+        metadata.is_file().then_some(metadata.len())
+    }
+
+    /// For a file of known size, a bar over its bytes (position: bytes read)
+    /// with the percentage and an ETA, the published count as its message;
+    /// otherwise a spinner counting published jobs.
+    fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
+        let (bar, template) = match total_bytes {
+            Some(total) => (
+                ProgressBar::new(total),
+                "{bar:30} {percent:>3}% of {total_bytes} read, {msg} (ETA {eta})",
+            ),
+            None => (
+                ProgressBar::new_spinner(),
+                "{spinner} {pos} jobs published ({per_sec})",
+            ),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
         bar
@@ -350,6 +380,9 @@ mod operator {
             EnqueueEvent::Published { .. } => {}
         };
         match (progress, event) {
+            (Some(bar), EnqueueEvent::Published { total }) if bar.length().is_some() => {
+                bar.set_message(format!("{total} jobs published"));
+            }
             (Some(bar), EnqueueEvent::Published { total }) => bar.set_position(total),
             (Some(bar), _) => bar.suspend(print),
             (None, _) => print(),
@@ -407,6 +440,37 @@ mod operator {
             report.invalid.len()
         );
         Ok(ExitCode::SUCCESS)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+        use std::io::Read;
+
+        use super::*;
+
+        #[test]
+        fn enqueue_progress_for_a_file_is_a_bar_over_its_bytes_that_advances_as_it_is_read() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobs.jsonl");
+            std::fs::write(&path, "x".repeat(200_000)).unwrap();
+            let bar = progress_bar(input_size(&path, false));
+            assert_eq!(bar.length(), Some(200_000));
+            let mut input = open_input(&path, false, Some(&bar)).unwrap();
+            let mut first = [0u8; 10];
+            input.read_exact(&mut first).unwrap();
+            assert!(bar.position() > 0 && bar.position() < 200_000);
+            std::io::copy(&mut input, &mut std::io::sink()).unwrap();
+            assert_eq!(bar.position(), 200_000);
+        }
+
+        #[test]
+        fn enqueue_progress_for_stdin_and_pipes_stays_a_spinner() {
+            assert_eq!(input_size(Path::new("-"), true), None);
+            assert_eq!(input_size(Path::new("/dev/null"), false), None);
+            assert_eq!(progress_bar(None).length(), None);
+        }
     }
 }
 
