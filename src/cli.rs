@@ -340,19 +340,16 @@ mod operator {
         metadata.is_file().then_some(metadata.len())
     }
 
+    const FILE_TEMPLATE: &str = "{bar:30} {percent:>3}% of {total_bytes} read, {msg} (ETA {eta})";
+    const STREAM_TEMPLATE: &str = "{spinner} {pos} jobs published ({per_sec})";
+
     /// For a file of known size, a bar over its bytes (position: bytes read)
     /// with the percentage and an ETA, the published count as its message;
     /// otherwise a spinner counting published jobs.
     fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
         let (bar, template) = match total_bytes {
-            Some(total) => (
-                ProgressBar::new(total),
-                "{bar:30} {percent:>3}% of {total_bytes} read, {msg} (ETA {eta})",
-            ),
-            None => (
-                ProgressBar::new_spinner(),
-                "{spinner} {pos} jobs published ({per_sec})",
-            ),
+            Some(total) => (ProgressBar::new(total), FILE_TEMPLATE),
+            None => (ProgressBar::new_spinner(), STREAM_TEMPLATE),
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
@@ -470,6 +467,13 @@ mod operator {
             assert_eq!(input_size(Path::new("-"), true), None);
             assert_eq!(input_size(Path::new("/dev/null"), false), None);
             assert_eq!(progress_bar(None).length(), None);
+        }
+
+        #[test]
+        fn enqueue_progress_templates_parse() {
+            for template in [FILE_TEMPLATE, STREAM_TEMPLATE] {
+                assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+            }
         }
     }
 }

@@ -13,7 +13,9 @@
 //!
 //! This module prints nothing and logs no record content (records are personal
 //! data): it reports invalid lines, assigned ids and progress through
-//! [`EnqueueEvent`]s and leaves the presentation to the caller.
+//! [`EnqueueEvent`]s and leaves the presentation to the caller. The one place
+//! record content goes is the `--rejects` file the caller asked for, created
+//! private and never over an existing file.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
