@@ -354,6 +354,7 @@ mod operator {
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
+        bar.set_message("0 jobs published");
         bar
     }
 
