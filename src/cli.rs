@@ -80,6 +80,17 @@ pub enum Command {
         /// Publish nothing if any record is invalid.
         #[arg(long)]
         strict: bool,
+        /// Write the rejected records, with their reasons, to this new file.
+        /// JSON Lines input: one object per rejected line, {"line",
+        /// "transaction_id", "external_ref", "reason", "record"} (`record`:
+        /// the line as read; `jq -r .record` gives it back). CSV input: the
+        /// header and each rejected row as read, plus the columns
+        /// reject_line and reject_reason, which enqueue ignores, so the
+        /// corrected file can be enqueued as it is. The file holds personal
+        /// data: it is created with mode 0600, and an existing file is
+        /// refused (exit 1), never overwritten.
+        #[arg(long, value_name = "FILE")]
+        rejects: Option<PathBuf>,
     },
     /// Job counts by status and queue depths (main, retry, dead).
     Status,
@@ -154,7 +165,8 @@ impl Command {
                 file,
                 format,
                 strict,
-            } => operator::enqueue(&settings, &file, format, strict).await,
+                rejects,
+            } => operator::enqueue(&settings, &file, format, strict, rejects).await,
             Command::Status => operator::status(&settings).await,
             Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
@@ -228,7 +240,7 @@ fn verify_response(
 mod operator {
     use std::fs::File;
     use std::io::{BufRead, BufReader, IsTerminal};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
     use anyhow::Context;
@@ -249,6 +261,7 @@ mod operator {
         file: &Path,
         format: Option<InputFormat>,
         strict: bool,
+        rejects: Option<PathBuf>,
     ) -> anyhow::Result<ExitCode> {
         let is_stdin = file == Path::new("-");
         let guessed = if is_stdin {
@@ -263,11 +276,14 @@ mod operator {
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         };
-        let input = open_input(file, is_stdin)?;
-        let progress = std::io::stderr().is_terminal().then(progress_bar);
+        let progress = std::io::stderr()
+            .is_terminal()
+            .then(|| progress_bar(input_size(file, is_stdin)));
+        let input = open_input(file, is_stdin, progress.as_ref())?;
         let mut observer = |event: EnqueueEvent<'_>| print_event(progress.as_ref(), event);
         let options = EnqueueOptions {
             strict,
+            rejects,
             ..EnqueueOptions::default()
         };
         let outcome = enqueue::enqueue(input, format, settings, &options, &mut observer).await;
@@ -298,21 +314,47 @@ mod operator {
         );
     }
 
-    fn open_input(file: &Path, is_stdin: bool) -> anyhow::Result<Box<dyn BufRead + Send>> {
+    /// A bar with a length advances as the input is read (see
+    /// [`progress_bar`]).
+    fn open_input(
+        file: &Path,
+        is_stdin: bool,
+        progress: Option<&ProgressBar>,
+    ) -> anyhow::Result<Box<dyn BufRead + Send>> {
         if is_stdin {
             return Ok(Box::new(BufReader::new(std::io::stdin())));
         }
         let opened = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-        Ok(Box::new(BufReader::with_capacity(1 << 16, opened)))
+        Ok(match progress {
+            Some(bar) if bar.length().is_some() => {
+                Box::new(BufReader::with_capacity(1 << 16, bar.wrap_read(opened)))
+            }
+            _ => Box::new(BufReader::with_capacity(1 << 16, opened)),
+        })
     }
 
-    fn progress_bar() -> ProgressBar {
-        let bar = ProgressBar::new_spinner();
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} {pos} jobs published ({per_sec})")
-        {
+    /// The size of a regular file; `None` for stdin, pipes and devices,
+    /// whose end is not known in advance.
+    fn input_size(file: &Path, is_stdin: bool) -> Option<u64> {
+        let metadata = std::fs::metadata(file).ok().filter(|_| !is_stdin)?;
+        metadata.is_file().then_some(metadata.len())
+    }
+
+    const FILE_TEMPLATE: &str = "{bar:30} {percent:>3}% of {total_bytes} read, {msg} (ETA {eta})";
+    const STREAM_TEMPLATE: &str = "{spinner} {pos} jobs published ({per_sec})";
+
+    /// For a file of known size, a bar over its bytes (position: bytes read)
+    /// with the percentage and an ETA, the published count as its message;
+    /// otherwise a spinner counting published jobs.
+    fn progress_bar(total_bytes: Option<u64>) -> ProgressBar {
+        let (bar, template) = match total_bytes {
+            Some(total) => (ProgressBar::new(total), FILE_TEMPLATE),
+            None => (ProgressBar::new_spinner(), STREAM_TEMPLATE),
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
+        bar.set_message("0 jobs published");
         bar
     }
 
@@ -320,7 +362,15 @@ mod operator {
     /// them to find its results); both above the progress bar, if any.
     fn print_event(progress: Option<&ProgressBar>, event: EnqueueEvent<'_>) {
         let print = || match event {
-            EnqueueEvent::Invalid { line, reason } => eprintln!("line {line}: invalid: {reason}"),
+            EnqueueEvent::Invalid {
+                line,
+                reason,
+                transaction_id,
+                external_ref,
+            } => eprintln!(
+                "line {line}: invalid: {reason}{}",
+                naming(transaction_id, external_ref)
+            ),
             EnqueueEvent::Assigned {
                 line,
                 transaction_id,
@@ -328,9 +378,28 @@ mod operator {
             EnqueueEvent::Published { .. } => {}
         };
         match (progress, event) {
+            (Some(bar), EnqueueEvent::Published { total }) if bar.length().is_some() => {
+                bar.set_message(format!("{total} jobs published"));
+            }
             (Some(bar), EnqueueEvent::Published { total }) => bar.set_position(total),
             (Some(bar), _) => bar.suspend(print),
             (None, _) => print(),
+        }
+    }
+
+    /// ` (transaction_id t_1, external_ref "loan-1")`, or what of it is known.
+    fn naming(transaction_id: Option<&str>, external_ref: Option<&str>) -> String {
+        let names: Vec<String> = [
+            transaction_id.map(|id| format!("transaction_id {id}")),
+            external_ref.map(|reference| format!("external_ref {reference:?}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", names.join(", "))
         }
     }
 
@@ -372,6 +441,44 @@ mod operator {
             report.invalid.len()
         );
         Ok(ExitCode::SUCCESS)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+        use std::io::Read;
+
+        use super::*;
+
+        #[test]
+        fn enqueue_progress_for_a_file_is_a_bar_over_its_bytes_that_advances_as_it_is_read() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobs.jsonl");
+            std::fs::write(&path, "x".repeat(200_000)).unwrap();
+            let bar = progress_bar(input_size(&path, false));
+            assert_eq!(bar.length(), Some(200_000));
+            let mut input = open_input(&path, false, Some(&bar)).unwrap();
+            let mut first = [0u8; 10];
+            input.read_exact(&mut first).unwrap();
+            assert!(bar.position() > 0 && bar.position() < 200_000);
+            std::io::copy(&mut input, &mut std::io::sink()).unwrap();
+            assert_eq!(bar.position(), 200_000);
+        }
+
+        #[test]
+        fn enqueue_progress_for_stdin_and_pipes_stays_a_spinner() {
+            assert_eq!(input_size(Path::new("-"), true), None);
+            assert_eq!(input_size(Path::new("/dev/null"), false), None);
+            assert_eq!(progress_bar(None).length(), None);
+        }
+
+        #[test]
+        fn enqueue_progress_templates_parse() {
+            for template in [FILE_TEMPLATE, STREAM_TEMPLATE] {
+                assert!(ProgressStyle::with_template(template).is_ok(), "{template}");
+            }
+        }
     }
 }
 

@@ -13,11 +13,15 @@
 //!
 //! This module prints nothing and logs no record content (records are personal
 //! data): it reports invalid lines, assigned ids and progress through
-//! [`EnqueueEvent`]s and leaves the presentation to the caller.
+//! [`EnqueueEvent`]s and leaves the presentation to the caller. The one place
+//! record content goes is the `--rejects` file the caller asked for, created
+//! private and never over an existing file.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::io::BufRead;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use lapin::PublisherConfirm;
 use rand::Rng;
@@ -67,6 +71,9 @@ pub struct EnqueueOptions {
     pub(crate) strict: bool,
     /// Messages in flight before the oldest confirm is awaited.
     pub(crate) window: usize,
+    /// Where to write the rejected records with their reasons (created new,
+    /// mode 0600; see [`JsonlRejects`] and [`CsvRejects`] for the layout).
+    pub(crate) rejects: Option<PathBuf>,
 }
 
 impl Default for EnqueueOptions {
@@ -74,6 +81,7 @@ impl Default for EnqueueOptions {
         Self {
             strict: false,
             window: DEFAULT_WINDOW,
+            rejects: None,
         }
     }
 }
@@ -83,8 +91,15 @@ impl Default for EnqueueOptions {
 #[derive(Debug, Clone, Copy)]
 pub enum EnqueueEvent<'a> {
     /// The record was not published. `reason` names the field and the rule,
-    /// never the value.
-    Invalid { line: u64, reason: &'a str },
+    /// never the value. The ids are the record's own when they are readable
+    /// (valid under their rules): not personal data, and what the producer
+    /// knows the record by.
+    Invalid {
+        line: u64,
+        reason: &'a str,
+        transaction_id: Option<&'a str>,
+        external_ref: Option<&'a str>,
+    },
     /// The record had no transaction_id; it was published (and confirmed) under
     /// this one, which the producer needs to find its result.
     Assigned {
@@ -133,13 +148,30 @@ pub enum EnqueueError {
     },
     #[error("the input reader thread stopped unexpectedly")]
     ReaderCrashed,
+    /// It would hold personal data of another run, or something else.
+    #[error(
+        "the rejects file {} already exists; enqueue never overwrites one: \
+         choose a new name or remove it",
+        path.display()
+    )]
+    RejectsExist { path: PathBuf },
+    #[error("creating the rejects file {} failed", path.display())]
+    RejectsCreate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the rejects file failed")]
+    RejectsWrite(#[source] std::io::Error),
 }
 
 /// A caller's sink for [`EnqueueEvent`]s.
 pub(crate) type Observer<'o> = dyn FnMut(EnqueueEvent<'_>) + Send + 'o;
 
-/// Declares the whole topology (so an empty input still leaves it in place),
-/// then reads, validates and publishes every record of `input`.
+/// Creates the rejects file if asked (first, so a name already taken stops
+/// the run before anything is published), declares the whole topology (so an
+/// empty input still leaves it in place), then reads, validates and publishes
+/// every record of `input`.
 pub async fn enqueue(
     input: Box<dyn BufRead + Send>,
     format: InputFormat,
@@ -147,6 +179,11 @@ pub async fn enqueue(
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
+    let rejects = options
+        .rejects
+        .as_deref()
+        .map(create_rejects_file)
+        .transpose()?;
     let topology = Topology::from_settings(settings).map_err(EnqueueError::Setup)?;
     let connection = super::connect(&settings.amqp, "enqueue")
         .await
@@ -158,9 +195,13 @@ pub async fn enqueue(
         .declare(publisher.channel())
         .await
         .map_err(EnqueueError::Setup)?;
-    let outcome = publish_input(
+    let source = Source {
         input,
         format,
+        rejects,
+    };
+    let outcome = publish_input(
+        source,
         settings,
         &publisher,
         &topology.names,
@@ -176,21 +217,25 @@ pub async fn enqueue(
 /// Runs the reader thread and the publishing loop against an already
 /// declared topology; the reader's own failure wins over a clean publish.
 async fn publish_input(
-    input: Box<dyn BufRead + Send>,
-    format: InputFormat,
+    source: Source,
     settings: &Settings,
     publisher: &Publisher,
     names: &QueueNames,
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
+    let Source {
+        input,
+        format,
+        rejects,
+    } = source;
     let (sender, receiver) = mpsc::channel(options.window.max(1) * 2);
     let validator = RecordValidator {
         default_product_code: settings.upstream.product_code.clone(),
     };
     let reader = tokio::task::spawn_blocking(move || match format {
-        InputFormat::Jsonl => read_jsonl(input, &validator, &sender),
-        InputFormat::Csv => read_csv(input, &validator, &sender),
+        InputFormat::Jsonl => read_jsonl(input, &validator, &sender, rejects),
+        InputFormat::Csv => read_csv(input, &validator, &sender, rejects),
     });
     let mut pipeline = Pipeline::new(publisher, names, options.window);
     let published = pipeline.run(receiver, options.strict, observer).await;
@@ -204,10 +249,155 @@ async fn publish_input(
     Ok(report)
 }
 
+/// What the reader thread reads, and where it writes the rejected records.
+struct Source {
+    input: Box<dyn BufRead + Send>,
+    format: InputFormat,
+    rejects: Option<File>,
+}
+
+/// The rejects file holds personal data: only its owner may read it, and an
+/// existing file (another run's rejects, or anything else) is never replaced.
+fn create_rejects_file(path: &Path) -> Result<File, EnqueueError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|source| {
+        let path = path.to_owned();
+        match source.kind() {
+            std::io::ErrorKind::AlreadyExists => EnqueueError::RejectsExist { path },
+            _ => EnqueueError::RejectsCreate { path, source },
+        }
+    })
+}
+
+/// `--rejects` for JSON Lines input: one JSON object per rejected line,
+/// `{"line", "transaction_id", "external_ref", "reason", "record"}`, where
+/// `record` is the line as read (surrounding whitespace trimmed; invalid
+/// UTF-8 replaced; `null` for a line over the size limit, which is never
+/// read). `jq -r .record` gives back input `enqueue` reads.
+struct JsonlRejects(BufWriter<File>);
+
+#[derive(serde::Serialize)]
+struct RejectedLine<'a> {
+    line: u64,
+    transaction_id: Option<&'a str>,
+    external_ref: Option<&'a str>,
+    reason: &'a str,
+    record: Option<Cow<'a, str>>,
+}
+
+impl JsonlRejects {
+    fn write(&mut self, checked: &Checked, record: Option<&[u8]>) -> Result<(), EnqueueError> {
+        let Checked::Invalid { line, reason, ids } = checked else {
+            return Ok(());
+        };
+        let entry = RejectedLine {
+            line: *line,
+            transaction_id: ids.transaction_id.as_deref(),
+            external_ref: ids.external_ref.as_deref(),
+            reason,
+            record: record.map(String::from_utf8_lossy),
+        };
+        serde_json::to_writer(&mut self.0, &entry)
+            .map_err(|error| EnqueueError::RejectsWrite(error.into()))?;
+        self.0.write_all(b"\n").map_err(EnqueueError::RejectsWrite)
+    }
+
+    fn finish(mut self) -> Result<(), EnqueueError> {
+        self.0.flush().map_err(EnqueueError::RejectsWrite)
+    }
+}
+
+/// `--rejects` for CSV input: the input's header row and each rejected row
+/// as read (byte for byte per cell; a short row padded to the header), with
+/// two columns added, `reject_line` and `reject_reason`. `enqueue` ignores
+/// unknown columns, so the corrected file can be enqueued as it is.
+struct CsvRejects {
+    writer: csv::Writer<File>,
+    columns: usize,
+}
+
+impl CsvRejects {
+    fn start(file: File, headers: &csv::ByteRecord) -> Result<Self, EnqueueError> {
+        let mut writer = csv::Writer::from_writer(file);
+        let mut row = headers.clone();
+        row.push_field(b"reject_line");
+        row.push_field(b"reject_reason");
+        writer.write_byte_record(&row).map_err(csv_write_error)?;
+        Ok(Self {
+            writer,
+            columns: headers.len(),
+        })
+    }
+
+    fn write(&mut self, checked: &Checked, cells: &csv::ByteRecord) -> Result<(), EnqueueError> {
+        let Checked::Invalid { line, reason, .. } = checked else {
+            return Ok(());
+        };
+        let mut row = cells.clone();
+        while row.len() < self.columns {
+            row.push_field(b"");
+        }
+        row.push_field(line.to_string().as_bytes());
+        row.push_field(reason.as_bytes());
+        self.writer.write_byte_record(&row).map_err(csv_write_error)
+    }
+
+    fn finish(mut self) -> Result<(), EnqueueError> {
+        self.writer.flush().map_err(EnqueueError::RejectsWrite)
+    }
+}
+
+fn csv_write_error(error: csv::Error) -> EnqueueError {
+    EnqueueError::RejectsWrite(std::io::Error::other(error))
+}
+
 /// One input record after validation.
 enum Checked {
     Valid(ValidRecord),
-    Invalid { line: u64, reason: String },
+    Invalid {
+        line: u64,
+        reason: String,
+        ids: RecordIds,
+    },
+}
+
+/// What names a rejected record for its producer, when readable.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RecordIds {
+    transaction_id: Option<String>,
+    external_ref: Option<String>,
+}
+
+impl RecordIds {
+    /// The record's own transaction_id (not one minted here, which names
+    /// nothing the producer knows) if it follows the id rules, and its
+    /// external_ref if it is a non-empty single-line text of at most 256
+    /// characters.
+    fn of(object: &Map<String, Value>, assigned: bool) -> Self {
+        let text = |field: &str| object.get(field).and_then(Value::as_str);
+        let transaction_id = text("transaction_id")
+            .filter(|_| !assigned)
+            .filter(|id| id.parse::<TransactionId>().is_ok());
+        let external_ref = text("external_ref").filter(|reference| {
+            !reference.is_empty()
+                && reference.chars().count() <= 256
+                && !reference.chars().any(char::is_control)
+        });
+        Self {
+            transaction_id: transaction_id.map(str::to_owned),
+            external_ref: external_ref.map(str::to_owned),
+        }
+    }
+
+    fn of_job(job: &Job) -> Self {
+        Self {
+            transaction_id: Some(job.query.transaction_id.as_str().to_owned()),
+            external_ref: job.external_ref.clone(),
+        }
+    }
 }
 
 struct ValidRecord {
@@ -236,7 +426,7 @@ impl RecordValidator {
                 job,
                 assigned: false,
             }),
-            Err(rejected) => invalid(line, &rejected.error),
+            Err(rejected) => invalid(line, &rejected.error, RecordIds::default()),
         }
     }
 
@@ -247,6 +437,14 @@ impl RecordValidator {
         if assigned {
             object.insert("transaction_id".into(), Value::String(new_transaction_id()));
         }
+        let ids = RecordIds::of(&object, assigned);
+        if let Some(field) = first_blank_required_field(&object) {
+            return Checked::Invalid {
+                line,
+                reason: format!("field `{field}`: is blank; a value is required"),
+                ids,
+            };
+        }
         let body = Value::Object(object).to_string();
         match decode_job(body.as_bytes(), &self.default_product_code) {
             Ok(job) => Checked::Valid(ValidRecord {
@@ -254,9 +452,22 @@ impl RecordValidator {
                 job,
                 assigned,
             }),
-            Err(rejected) => invalid(line, &rejected.error),
+            Err(rejected) => invalid(line, &rejected.error, ids),
         }
     }
+}
+
+/// The job fields without which a record is refused, in the order the job
+/// layer checks them; the transaction_id is not one here, as one is minted.
+const REQUIRED_FIELDS: [&str; 4] = ["cert_no", "name", "relation_phone", "relation_name"];
+
+/// A required field present but empty or only whitespace: a JSON `""` and an
+/// empty CSV cell are the same mistake, so they get the same reason (an
+/// absent field or CSV column stays "is required").
+fn first_blank_required_field(object: &Map<String, Value>) -> Option<&'static str> {
+    REQUIRED_FIELDS.into_iter().find(
+        |field| matches!(object.get(*field), Some(Value::String(value)) if value.trim().is_empty()),
+    )
 }
 
 fn lacks_transaction_id(object: &Map<String, Value>) -> bool {
@@ -280,7 +491,7 @@ pub(crate) fn new_transaction_id() -> String {
 
 /// The reason reported for a rejected record: the job layer's own text, which
 /// names the field and rule but never quotes a value, worded for a record.
-fn invalid(line: u64, error: &JobError) -> Checked {
+fn invalid(line: u64, error: &JobError, ids: RecordIds) -> Checked {
     let reason = match error {
         JobError::NotJson(detail) => format!("not valid JSON ({detail})"),
         JobError::NotObject => "not a JSON object".to_owned(),
@@ -289,7 +500,7 @@ fn invalid(line: u64, error: &JobError) -> Checked {
         }
         JobError::Field(field) => field.to_string(),
     };
-    Checked::Invalid { line, reason }
+    Checked::Invalid { line, reason, ids }
 }
 
 /// Reads JSON Lines; blank lines are skipped but still counted, so reported
@@ -298,7 +509,9 @@ fn read_jsonl(
     input: Box<dyn BufRead + Send>,
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
+    rejects: Option<File>,
 ) -> Result<(), EnqueueError> {
+    let mut rejects = rejects.map(|file| JsonlRejects(BufWriter::new(file)));
     let mut lines = LineReader::new(input, MAX_BODY_BYTES);
     let mut guard = DuplicateGuard::default();
     let mut line = 0u64;
@@ -310,6 +523,7 @@ fn read_jsonl(
                 reason: format!(
                     "line is over the {MAX_BODY_BYTES}-byte message limit (skipped unread)"
                 ),
+                ids: RecordIds::default(),
             },
             LineRead::Complete => {
                 let record = lines.line().trim_ascii();
@@ -319,11 +533,15 @@ fn read_jsonl(
                 guard.check(validator.check_json(line, record))
             }
         };
+        if let Some(rejects) = &mut rejects {
+            let record = (read == LineRead::Complete).then(|| lines.line().trim_ascii());
+            rejects.write(&checked, record)?;
+        }
         if sender.blocking_send(checked).is_err() {
-            return Ok(());
+            break;
         }
     }
-    Ok(())
+    rejects.map_or(Ok(()), JsonlRejects::finish)
 }
 
 /// How a line ended up in a [`LineReader`].
@@ -447,6 +665,7 @@ impl DuplicateGuard {
                     "field `transaction_id`: {id} is already used on line {first}; \
                      one transaction_id per job"
                 ),
+                ids: RecordIds::of_job(&record.job),
             },
             None => {
                 self.first_lines.insert(id.clone(), record.line);
@@ -458,37 +677,67 @@ impl DuplicateGuard {
 
 /// Reads CSV with a header row. Columns map to job fields by header name
 /// (unknown columns are ignored, like unknown JSON fields); an empty cell is
-/// an absent field. A row that is not UTF-8 is an invalid record, not a fatal
-/// error.
+/// an absent field, except in a required column, where it is a blank value
+/// (reported like a JSON `""`).
 fn read_csv(
     input: Box<dyn BufRead + Send>,
     validator: &RecordValidator,
     sender: &mpsc::Sender<Checked>,
+    rejects: Option<File>,
 ) -> Result<(), EnqueueError> {
     let max_record = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
     let (capped, limit) = CappedRecords::new(input, max_record);
+    let (input, recorded) = RecordedBytes::new(capped);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
-        .from_reader(capped);
+        .from_reader(input);
     let headers = csv_headers(&mut reader)?;
+    let mut rejects = match rejects {
+        Some(file) => Some(CsvRejects::start(
+            file,
+            reader.byte_headers().map_err(csv_fatal)?,
+        )?),
+        None => None,
+    };
     limit.next_record_at(reader.position().byte());
     let mut guard = DuplicateGuard::default();
-    let mut record = csv::StringRecord::new();
+    let mut cells = csv::ByteRecord::new();
     loop {
-        let read = reader.read_record(&mut record);
+        let start = reader.position().clone();
+        let read = reader.read_byte_record(&mut cells).map_err(csv_fatal)?;
         limit.next_record_at(reader.position().byte());
-        let checked = match read {
-            Ok(false) => return Ok(()),
-            Ok(true) => {
-                let line = record.position().map_or(0, csv::Position::line);
-                guard.check(validator.check_object(line, csv_object(&headers, &record)))
-            }
-            Err(error) => csv_row_error(error)?,
-        };
-        if sender.blocking_send(checked).is_err() {
-            return Ok(());
+        let line = start.line() + recorded.newlines_before_record(start.byte());
+        recorded.forget_before(reader.position().byte());
+        if !read {
+            break;
         }
+        let checked = check_csv_row(validator, &headers, line, &cells, &mut guard);
+        if let Some(rejects) = &mut rejects {
+            rejects.write(&checked, &cells)?;
+        }
+        if sender.blocking_send(checked).is_err() {
+            break;
+        }
+    }
+    rejects.map_or(Ok(()), CsvRejects::finish)
+}
+
+/// A row that is not UTF-8 is an invalid record, not a fatal error.
+fn check_csv_row(
+    validator: &RecordValidator,
+    headers: &[String],
+    line: u64,
+    cells: &csv::ByteRecord,
+    guard: &mut DuplicateGuard,
+) -> Checked {
+    match csv::StringRecord::from_byte_record(cells.clone()) {
+        Ok(record) => guard.check(validator.check_object(line, csv_object(headers, &record))),
+        Err(_) => Checked::Invalid {
+            line,
+            reason: "row is not valid UTF-8".to_owned(),
+            ids: RecordIds::default(),
+        },
     }
 }
 
@@ -505,19 +754,11 @@ fn csv_object(headers: &[String], record: &csv::StringRecord) -> Map<String, Val
     headers
         .iter()
         .zip(record.iter())
-        .filter(|(name, cell)| !name.is_empty() && !cell.is_empty())
+        .filter(|(name, cell)| {
+            !name.is_empty() && (!cell.is_empty() || REQUIRED_FIELDS.contains(&name.as_str()))
+        })
         .map(|(name, cell)| (name.clone(), Value::String(cell.to_owned())))
         .collect()
-}
-
-fn csv_row_error(error: csv::Error) -> Result<Checked, EnqueueError> {
-    match error.kind() {
-        csv::ErrorKind::Utf8 { pos, .. } => Ok(Checked::Invalid {
-            line: pos.as_ref().map_or(0, csv::Position::line),
-            reason: "row is not valid UTF-8".to_owned(),
-        }),
-        _ => Err(csv_fatal(error)),
-    }
 }
 
 fn csv_fatal(error: csv::Error) -> EnqueueError {
@@ -527,6 +768,63 @@ fn csv_fatal(error: csv::Error) -> EnqueueError {
             max_kib: too_long.max_kib,
         },
         None => EnqueueError::Csv(error),
+    }
+}
+
+/// The bytes handed to the CSV reader from the start of the record being
+/// read, so a record's line can be counted from its first byte: the CSV
+/// reader's position is where the previous record ended, before any blank
+/// lines and, in a CRLF file, before the previous record's `\n`.
+struct RecordedBytes<R> {
+    inner: R,
+    recorded: std::rc::Rc<std::cell::RefCell<Recorded>>,
+}
+
+#[derive(Default)]
+struct Recorded {
+    /// Input offset of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+/// The reading side's handle on a [`RecordedBytes`].
+struct RecordedHandle(std::rc::Rc<std::cell::RefCell<Recorded>>);
+
+impl<R> RecordedBytes<R> {
+    fn new(inner: R) -> (Self, RecordedHandle) {
+        let recorded = std::rc::Rc::default();
+        let handle = RecordedHandle(std::rc::Rc::clone(&recorded));
+        (Self { inner, recorded }, handle)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for RecordedBytes<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        let taken = buffer.get(..read).unwrap_or_default();
+        self.recorded.borrow_mut().bytes.extend_from_slice(taken);
+        Ok(read)
+    }
+}
+
+impl RecordedHandle {
+    /// Line ends between `offset` and the first byte that is not one: the
+    /// blank lines (and a CRLF's `\n`) the CSV reader skips before a record.
+    fn newlines_before_record(&self, offset: u64) -> u64 {
+        let recorded = self.0.borrow();
+        let skip = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
+        let after = recorded.bytes.get(skip..).unwrap_or_default();
+        let terminators = after.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+        terminators.filter(|b| **b == b'\n').count() as u64
+    }
+
+    /// Drops what is before `offset`, the start of the next record.
+    fn forget_before(&self, offset: u64) {
+        let mut recorded = self.0.borrow_mut();
+        let drop = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
+        let drop = drop.min(recorded.bytes.len());
+        recorded.bytes.drain(..drop);
+        recorded.start += drop as u64;
     }
 }
 
@@ -570,11 +868,13 @@ impl<'p> Pipeline<'p> {
         let mut held = Vec::new();
         while let Some(checked) = receiver.recv().await {
             match checked {
-                Checked::Invalid { line, reason } => {
+                Checked::Invalid { line, reason, ids } => {
                     self.report.invalid += 1;
                     observer(EnqueueEvent::Invalid {
                         line,
                         reason: &reason,
+                        transaction_id: ids.transaction_id.as_deref(),
+                        external_ref: ids.external_ref.as_deref(),
                     });
                 }
                 Checked::Valid(record) if strict => held.push(record),
@@ -660,7 +960,7 @@ mod tests {
 
     fn reason_of(checked: Checked) -> String {
         match checked {
-            Checked::Invalid { line, reason } => {
+            Checked::Invalid { line, reason, .. } => {
                 assert_eq!(line, 7);
                 reason
             }
@@ -672,8 +972,8 @@ mod tests {
         let (sender, mut receiver) = mpsc::channel(100);
         let input: Box<dyn BufRead + Send> = Box::new(text.as_bytes());
         let outcome = match format {
-            InputFormat::Jsonl => read_jsonl(input, &validator(), &sender),
-            InputFormat::Csv => read_csv(input, &validator(), &sender),
+            InputFormat::Jsonl => read_jsonl(input, &validator(), &sender, None),
+            InputFormat::Csv => read_csv(input, &validator(), &sender, None),
         };
         outcome.unwrap();
         drop(sender);
@@ -759,7 +1059,7 @@ mod tests {
         assert_eq!(record.line, 2);
         assert!(record.assigned);
         assert_eq!(record.job.query.relation, None);
-        let Checked::Invalid { line, reason } = &all[1] else {
+        let Checked::Invalid { line, reason, .. } = &all[1] else {
             panic!("second row is invalid")
         };
         assert_eq!(*line, 3);
@@ -768,7 +1068,7 @@ mod tests {
 
     fn collect_from(input: Box<dyn BufRead + Send>) -> Vec<Checked> {
         let (sender, mut receiver) = mpsc::channel(100);
-        read_jsonl(input, &validator(), &sender).unwrap();
+        read_jsonl(input, &validator(), &sender, None).unwrap();
         drop(sender);
         let mut all = Vec::new();
         while let Ok(checked) = receiver.try_recv() {
@@ -780,7 +1080,7 @@ mod tests {
     fn lines_and_reasons(all: &[Checked]) -> Vec<(u64, String)> {
         all.iter()
             .map(|checked| match checked {
-                Checked::Invalid { line, reason } => (*line, reason.clone()),
+                Checked::Invalid { line, reason, .. } => (*line, reason.clone()),
                 Checked::Valid(record) => (record.line, "valid".to_owned()),
             })
             .collect()
@@ -850,6 +1150,7 @@ mod tests {
             Box::new(std::io::BufReader::new(input)),
             &validator(),
             &sender,
+            None,
         )
         .unwrap_err();
         assert!(
@@ -934,6 +1235,169 @@ mod tests {
             "{}",
             all[2].1
         );
+    }
+
+    #[test]
+    fn a_blank_field_gets_the_same_reason_in_csv_and_jsonl() {
+        let header = "name,cert_no,relation_phone,relation_name,transaction_id\n";
+        let csv = format!("{header},640202199007164686,15843991158,李四,c_1\n");
+        let csv = lines_and_reasons(&collect(InputFormat::Csv, Box::leak(csv.into_boxed_str())));
+        let jsonl = one_line(&VALID.replace("张三", ""));
+        let jsonl = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(jsonl))));
+        let spaces = one_line(&VALID.replace("15843991158", "  "));
+        let spaces = lines_and_reasons(&collect_from(Box::new(std::io::Cursor::new(spaces))));
+        let blank = "field `name`: is blank; a value is required";
+        assert_eq!(csv, [(2, blank.to_owned())]);
+        assert_eq!(jsonl, [(1, blank.to_owned())]);
+        let blank_phone = "field `relation_phone`: is blank; a value is required";
+        assert_eq!(spaces, [(1, blank_phone.to_owned())]);
+    }
+
+    fn ids_of(checked: &Checked) -> RecordIds {
+        match checked {
+            Checked::Invalid { ids, .. } => ids.clone(),
+            Checked::Valid(_) => panic!("expected an invalid record"),
+        }
+    }
+
+    #[test]
+    fn a_rejected_record_is_named_by_its_readable_transaction_id_and_external_ref() {
+        let with_ref = VALID.replace("4686\"", "4685\", \"external_ref\": \"loan-1/c-1\"");
+        let both = RecordIds {
+            transaction_id: Some("t_1".into()),
+            external_ref: Some("loan-1/c-1".into()),
+        };
+        assert_eq!(ids_of(&check(&with_ref)), both);
+        let unreadable = with_ref
+            .replace("t_1", "t 1")
+            .replace("loan-1/c-1", "a\\nb");
+        assert_eq!(ids_of(&check(&unreadable)), RecordIds::default());
+        let minted = VALID.replace("\"t_1\"", "\"\"").replace("4686", "4685");
+        assert_eq!(ids_of(&check(&minted)), RecordIds::default());
+        assert_eq!(ids_of(&check("not json")), RecordIds::default());
+        let csv = "transaction_id,external_ref,name,cert_no,relation_phone,relation_name\n\
+                   c_1,r-1,张三,640202199007164686,158,李四\n\
+                   c_2,r-2,张三,640202199007164686,15843991158,李四\n\
+                   c_2,,王五,640202199007164686,15843991158,李四\n";
+        let all = collect(InputFormat::Csv, csv);
+        assert_eq!(ids_of(&all[0]).transaction_id.as_deref(), Some("c_1"));
+        assert_eq!(ids_of(&all[0]).external_ref.as_deref(), Some("r-1"));
+        assert_eq!(ids_of(&all[2]).transaction_id.as_deref(), Some("c_2"));
+        assert_eq!(ids_of(&all[2]).external_ref, None);
+    }
+
+    #[test]
+    fn rejects_file_holds_each_rejected_jsonl_line_with_its_reason_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.jsonl");
+        let bad = VALID.replace("4686", "4685");
+        let text = format!(
+            "{}  {}\nnot json\n",
+            one_line(VALID),
+            one_line(&bad).trim_end()
+        );
+        let (sender, _receiver) = mpsc::channel(100);
+        let file = create_rejects_file(&path).unwrap();
+        read_jsonl(
+            Box::new(std::io::Cursor::new(text)),
+            &validator(),
+            &sender,
+            Some(file),
+        )
+        .unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        let entries: Vec<Value> = written
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(entries.len(), 2, "{written}");
+        assert_eq!(entries[0]["line"], 2);
+        assert_eq!(entries[0]["transaction_id"], "t_1");
+        assert_eq!(entries[0]["external_ref"], Value::Null);
+        assert!(entries[0]["reason"].as_str().unwrap().contains("cert_no"));
+        assert_eq!(entries[0]["record"], one_line(&bad).trim_end());
+        assert_eq!(entries[1]["line"], 3);
+        assert_eq!(entries[1]["record"], "not json");
+        assert!(
+            entries[1]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON")
+        );
+    }
+
+    #[test]
+    fn rejects_file_for_csv_keeps_the_columns_adds_the_reason_and_enqueues_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.csv");
+        let text = "transaction_id,name,cert_no,relation_phone,relation_name\r\n\
+                    c_1,张三,640202199007164686,15843991158,李四\r\n\
+                    c_2,\"张\r\n三\",640202199007164686,158,李四\r\n\
+                    c_3,张三\r\n";
+        let (sender, _receiver) = mpsc::channel(100);
+        let file = create_rejects_file(&path).unwrap();
+        let input = Box::new(std::io::Cursor::new(text));
+        read_csv(input, &validator(), &sender, Some(file)).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        let mut lines = written.lines();
+        assert_eq!(
+            lines.next(),
+            Some(
+                "transaction_id,name,cert_no,relation_phone,relation_name,reject_line,reject_reason"
+            )
+        );
+        assert!(
+            written.contains("c_2,\"张\r\n三\",640202199007164686,158,李四,3,\"field `name`"),
+            "{written}"
+        );
+        assert!(
+            written.contains("c_3,张三,,,,5,field `cert_no`: is required"),
+            "{written}"
+        );
+        let again = lines_and_reasons(&collect(
+            InputFormat::Csv,
+            Box::leak(written.into_boxed_str()),
+        ));
+        assert_eq!(again.len(), 2, "{again:?}");
+        assert!(again[0].1.contains("`name`") && again[1].1.contains("cert_no"));
+    }
+
+    #[test]
+    fn rejects_file_is_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rejects.jsonl");
+        create_rejects_file(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let error = create_rejects_file(&path).unwrap_err();
+        assert!(
+            matches!(error, EnqueueError::RejectsExist { .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("already exists"), "{error}");
+    }
+
+    fn lines_of(all: &[Checked]) -> Vec<u64> {
+        lines_and_reasons(all)
+            .into_iter()
+            .map(|(line, _)| line)
+            .collect()
+    }
+
+    #[test]
+    fn csv_line_numbers_are_physical_lines_with_crlf_blank_lines_and_multi_line_cells() {
+        let crlf = "name,cert_no\r\na,b\r\nc,d\r\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, crlf)), [2, 3]);
+        let blank = "name,cert_no\n\na,b\n\n\nc,d\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, blank)), [3, 6]);
+        let blank_crlf = "name,cert_no\r\n\r\na,b\r\n\r\nc,d\r\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, blank_crlf)), [3, 5]);
+        let multi = "name,cert_no\na,\"b\r\nb\"\r\nc,d\n";
+        assert_eq!(lines_of(&collect(InputFormat::Csv, multi)), [2, 4]);
     }
 
     #[test]

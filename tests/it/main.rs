@@ -22,6 +22,7 @@ mod cli;
 mod client;
 mod deploy;
 mod enqueue;
+mod enqueue_input;
 mod in_process;
 mod reconcile;
 mod sandbox;
