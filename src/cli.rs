@@ -36,16 +36,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume and process jobs until SIGINT/SIGTERM.
+    #[command(after_help = help::RUN)]
     Run {
         /// Exit 0 once the main and delay queues are empty and nothing is in flight.
         #[arg(long)]
         until_idle: bool,
     },
     /// Apply the database migrations for database.url.
+    #[command(after_help = help::MIGRATE)]
     Migrate,
     /// Run the simulated gateway.do (for tests and demos).
+    #[command(after_help = help::SANDBOX)]
     Sandbox(crate::sandbox::SandboxArgs),
     /// Sign request parameters exactly as given (debugging signature mismatches).
+    #[command(after_help = help::SIGN)]
     Sign {
         /// A flat JSON object of string values: every request parameter but `sign`.
         #[arg(long, value_name = "FILE")]
@@ -55,6 +59,7 @@ pub enum Command {
         private_key: PathBuf,
     },
     /// Check a gateway response's signature over its raw bytes.
+    #[command(after_help = help::VERIFY_RESPONSE)]
     VerifyResponse {
         /// The raw response body as received.
         #[arg(long, value_name = "FILE")]
@@ -70,6 +75,7 @@ pub enum Command {
         sign_type: SignTypeChoice,
     },
     /// Validate job records (JSON Lines or CSV) and publish the valid ones; exit 2 if any is invalid.
+    #[command(after_help = help::ENQUEUE)]
     Enqueue {
         /// The records; `-` reads standard input.
         #[arg(value_name = "FILE")]
@@ -93,20 +99,44 @@ pub enum Command {
         rejects: Option<PathBuf>,
     },
     /// Job counts by status and queue depths (main, retry, dead).
+    #[command(after_help = help::STATUS)]
     Status,
     /// Move dead-lettered jobs back to the main queue, resetting their rows to retrying.
+    #[command(after_help = help::REQUEUE_DEAD)]
     RequeueDead {
         /// Requeue at most N jobs.
         #[arg(long, value_name = "N")]
         limit: Option<u64>,
     },
     /// Compare the upstream's statement with stored results by biz_no; exit 3 on discrepancies.
+    #[command(after_help = help::RECONCILE)]
     Reconcile(reconciliation::ReconcileArgs),
     /// Our side of a day as CSV (biz_no, transaction_id, external_ref, status, completed_at).
+    #[command(after_help = help::EXPORT)]
     Export {
         /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
         #[arg(long, value_name = "YYYY-MM-DD")]
         date: Option<String>,
+    },
+    /// Inspect the configuration.
+    #[command(after_help = help::CONFIG)]
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+        /// The global `--config`, copied here by `Cli::parse_or_exit`.
+        #[arg(skip)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The effective configuration, secrets redacted, each key with its source.
+    #[command(after_help = help::CONFIG_SHOW)]
+    Show {
+        /// One JSON array of {"key", "value", "source"} instead of TOML-like lines.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -114,7 +144,12 @@ impl Cli {
     /// Parses the command line; usage errors exit 64, `--help` and `--version` 0.
     pub fn parse_or_exit() -> Self {
         match Self::try_parse() {
-            Ok(cli) => cli,
+            Ok(mut cli) => {
+                if let Command::Config { file, .. } = &mut cli.command {
+                    file.clone_from(&cli.config);
+                }
+                cli
+            }
             Err(error) => {
                 let code = if error.use_stderr() {
                     i32::from(EXIT_USAGE)
@@ -171,8 +206,31 @@ impl Command {
             Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
             Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
+            Command::Config { action, file } => match action {
+                ConfigCommand::Show { json } => config_show(file.as_deref(), json),
+            },
         }
     }
+}
+
+/// `settings` were loaded already (an invalid configuration stopped there);
+/// this loads the layers again to know where each value came from.
+fn config_show(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let values = crate::config::effective(file).context("loading configuration")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let width = values
+        .iter()
+        .map(|entry| entry.key.len() + entry.value.len())
+        .max()
+        .unwrap_or(0);
+    for entry in &values {
+        let line = format!("{} = {}", entry.key, entry.value);
+        println!("{line:<pad$}  # from: {}", entry.source, pad = width + 3);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_sign_type_choice(value: &str) -> Result<SignTypeChoice, String> {
@@ -690,4 +748,172 @@ mod reconciliation {
         out.flush().context("writing to stdout")?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The text after each subcommand's `--help`: its exit codes, the environment
+/// variables it reads and one example, so that the help stands alone. A test
+/// (`tests/it/help.rs`) walks clap's subcommand list and fails a subcommand
+/// without these three sections.
+mod help {
+    pub(super) const RUN: &str = "\
+Exit codes:
+  0   stopped by SIGINT/SIGTERM after draining, or idle with --until-idle
+  1   error (configuration, broker, database, keys); the message says which
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key, e.g. ZHIMA__RATE_LIMIT__QPS=20
+  RUST_LOG                           log filter, overrides log.filter
+
+Example:
+  ZHIMA__WORKER__CONCURRENCY=16 zhima-worker --config /etc/zhima/prod.toml run";
+
+    pub(super) const MIGRATE: &str = "\
+Exit codes:
+  0   migrations applied (or nothing to do)
+  1   error: configuration, or the database refused
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url (postgres:// or sqlite:)
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  DATABASE_URL=postgres://zhima@db/zhima zhima-worker migrate";
+
+    pub(super) const SANDBOX: &str = "\
+Exit codes:
+  0   stopped by SIGINT/SIGTERM
+  1   error: cannot listen, or a key file cannot be read
+  64  usage error
+
+Environment:
+  RUST_LOG                           log filter (the configuration is loaded as for every command)
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  zhima-worker sandbox --listen 127.0.0.1:8480 --system-error-rate 0.1 --seed 7";
+
+    pub(super) const SIGN: &str = "\
+Exit codes:
+  0   signed; one JSON line {\"string_to_sign\", \"sign\"} on stdout
+  1   error: unreadable params or key
+  64  usage error
+
+Environment:
+  none of its own (the configuration is loaded as for every command)
+
+Example:
+  zhima-worker sign --params params.json --private-key config/keys/test_merchant_private.pem";
+
+    pub(super) const VERIFY_RESPONSE: &str = "\
+Exit codes:
+  0   verified
+  1   not verified (the reason is printed), or an unreadable body or key
+  64  usage error
+
+Environment:
+  none of its own (the configuration is loaded as for every command)
+
+Example:
+  zhima-worker verify-response --body body.json --alipay-public-key config/keys/test_sandbox_public.pem";
+
+    pub(super) const ENQUEUE: &str = "\
+Exit codes:
+  0   every record valid and published
+  1   error: configuration, broker, unreadable input, --rejects file exists
+  2   some records invalid (the valid ones published, unless --strict)
+  64  usage error, or a format that cannot be told from the extension
+
+Environment:
+  AMQP_URL                           shortcut for amqp.url
+  ZHIMA__AMQP__EXCHANGE              where jobs are published (any ZHIMA__<SECTION>__<KEY> works)
+
+Example:
+  zhima-worker enqueue jobs.csv --rejects rejects.csv";
+
+    pub(super) const STATUS: &str = "\
+Exit codes:
+  0   counts printed
+  1   error: configuration, database or broker unreachable
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  DATABASE_URL=postgres://zhima@db/zhima zhima-worker status";
+
+    pub(super) const REQUEUE_DEAD: &str = "\
+Exit codes:
+  0   requeued (records still invalid stay in the dead queue and are listed)
+  1   error: configuration, database or broker unreachable
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__AMQP__DEAD_QUEUE            the queue read from (any ZHIMA__<SECTION>__<KEY> works)
+
+Example:
+  zhima-worker requeue-dead --limit 100";
+
+    pub(super) const RECONCILE: &str = "\
+Exit codes:
+  0   the statement and our rows agree
+  1   error: configuration, database, unreadable statement
+  3   discrepancies found (see the summary and --out)
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url
+  ZHIMA__RECONCILE__UTC_OFFSET_HOURS the statement's time zone (default 8)
+  AMQP_URL                           for --repair only
+
+Example:
+  zhima-worker reconcile --bill bill-2026-11-30.csv --date 2026-11-30 --out report.json";
+
+    pub(super) const EXPORT: &str = "\
+Exit codes:
+  0   the day's rows written to stdout as CSV
+  1   error: configuration, database, bad --date
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url
+  ZHIMA__RECONCILE__UTC_OFFSET_HOURS the time zone of the day (default 8)
+
+Example:
+  zhima-worker export --date 2026-11-30 > ours-2026-11-30.csv";
+
+    pub(super) const CONFIG: &str = "\
+Exit codes:
+  0   success
+  1   invalid configuration (the same message as every other command)
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  zhima-worker --config prod.toml config show";
+
+    pub(super) const CONFIG_SHOW: &str = "\
+Prints `key = value  # from: default | file <path> | env <VARIABLE>` for every
+key. Passwords in URLs and secrets (app_auth_token) are shown as ***; key files
+are named by path, their contents never read.
+
+Exit codes:
+  0   printed
+  1   invalid configuration (the same message as every other command)
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key, e.g. ZHIMA__UPSTREAM__APP_ID
+
+Example:
+  ZHIMA__RATE_LIMIT__QPS=20 zhima-worker --config prod.toml config show --json";
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::collections::BTreeSet;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use secrecy::{ExposeSecret, SecretString};
@@ -232,6 +232,12 @@ pub struct PiiSettings {
 
 /// Loads the layered settings and validates them.
 pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
+    load_layers(config_file).map(|(settings, _)| settings)
+}
+
+/// The layers in order (defaults, `--config FILE`, `DATABASE_URL`/`AMQP_URL`,
+/// `ZHIMA__…`), extracted and validated; the figment is kept for provenance.
+fn load_layers(config_file: Option<&Path>) -> Result<(Settings, Figment), ConfigError> {
     let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
     if let Some(path) = config_file {
         if !path.is_file() {
@@ -248,16 +254,141 @@ pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
             _ => "amqp.url".into(),
         });
     let string_keys = string_keys();
-    let settings: Settings = figment
-        .merge(EnvLayer::new(shortcuts, &string_keys))
+    let figment = figment
+        .merge(EnvLayer::new(shortcuts, &string_keys, shortcut_variable))
         .merge(EnvLayer::new(
             Env::prefixed("ZHIMA__").split("__"),
             &string_keys,
-        ))
-        .extract()
-        .map_err(parse_error)?;
+            prefixed_variable,
+        ));
+    let settings: Settings = figment.extract().map_err(parse_error)?;
     settings.validate()?;
-    Ok(settings)
+    Ok((settings, figment))
+}
+
+fn shortcut_variable(keys: &[&str]) -> String {
+    match keys {
+        ["database", "url"] => "DATABASE_URL".to_owned(),
+        _ => "AMQP_URL".to_owned(),
+    }
+}
+
+fn prefixed_variable(keys: &[&str]) -> String {
+    let upper: Vec<String> = keys.iter().map(|key| key.to_ascii_uppercase()).collect();
+    format!("ZHIMA__{}", upper.join("__"))
+}
+
+/// Where a value of the effective configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum ValueSource {
+    /// `config/default.toml`, compiled in.
+    Default,
+    /// The `--config` file.
+    File(PathBuf),
+    /// The environment variable that set it.
+    Env(String),
+}
+
+impl std::fmt::Display for ValueSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Default => write!(f, "default"),
+            Self::File(path) => write!(f, "file {}", path.display()),
+            Self::Env(variable) => write!(f, "env {variable}"),
+        }
+    }
+}
+
+/// One key of the effective configuration, its value already redacted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EffectiveValue {
+    /// In the file's spelling: `rate_limit.qps`.
+    pub key: String,
+    /// TOML-like (strings quoted); a secret's password or contents are `***`.
+    pub value: String,
+    pub source: ValueSource,
+}
+
+/// The configuration `load` would return, key by key with its source, for
+/// `config show`. Fails exactly as `load` does, so an invalid configuration
+/// reads the same here as for every other command.
+pub fn effective(config_file: Option<&Path>) -> Result<Vec<EffectiveValue>, ConfigError> {
+    let (_, figment) = load_layers(config_file)?;
+    Ok(leaf_keys()
+        .into_iter()
+        .filter_map(|key| {
+            let value = figment.find_value(&key).ok()?;
+            let source = figment
+                .find_metadata(&key)
+                .map_or(ValueSource::Default, |metadata| {
+                    value_source(&key, metadata)
+                });
+            Some(EffectiveValue {
+                value: redacted(&key, &value),
+                key,
+                source,
+            })
+        })
+        .collect())
+}
+
+fn value_source(key: &str, metadata: &Metadata) -> ValueSource {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => ValueSource::File(path.clone()),
+        _ if metadata.name.contains("environment") => {
+            let keys: Vec<&str> = key.split('.').collect();
+            ValueSource::Env(metadata.interpolate(&Profile::Default, &keys))
+        }
+        _ => ValueSource::Default,
+    }
+}
+
+/// A secret key's value with its password (URLs) or whole contents replaced
+/// by `***`; an empty secret stays `""` so that "not set" remains visible.
+fn redacted(key: &str, value: &Value) -> String {
+    let shown = serde_json::to_string(value).unwrap_or_else(|_| "?".to_owned());
+    let has_password = |text: &str| Url::parse(text).is_ok_and(|url| url.password().is_some());
+    match value.as_str() {
+        Some("") => shown,
+        Some(text) if is_secret_key(key) && key.ends_with("url") => {
+            format!("{:?}", redacted_url(text))
+        }
+        _ if is_secret_key(key) => "\"***\"".to_owned(),
+        Some(text) if has_password(text) => format!("{:?}", redacted_url(text)),
+        _ => shown,
+    }
+}
+
+/// `postgres://user:***@host/db`: the user, host and path stay (they are what
+/// an operator checks), the password and any credential in the query go.
+fn redacted_url(text: &str) -> String {
+    let Ok(mut url) = Url::parse(text) else {
+        return "***".to_owned();
+    };
+    if url.password().is_some() && url.set_password(Some("***")).is_err() {
+        return "***".to_owned();
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let lower = name.to_ascii_lowercase();
+                let is_secret = ["pass", "secret", "token", "key"]
+                    .iter()
+                    .any(|word| lower.contains(word));
+                let value = if is_secret { "***".into() } else { value };
+                (name.into_owned(), value.into_owned())
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+/// Every key of `config/default.toml` (the settings allow no others).
+fn leaf_keys() -> Vec<String> {
+    default_keys(|_| true).into_iter().collect()
 }
 
 /// The defaults alone (`config/default.toml`), without the environment: for
@@ -274,7 +405,12 @@ pub(crate) fn defaults() -> Settings {
 /// their environment variable is taken as written. Derived from the defaults so
 /// that a new string key needs no second list.
 fn string_keys() -> BTreeSet<String> {
-    fn walk(prefix: &str, dict: &Dict, keys: &mut BTreeSet<String>) {
+    default_keys(|value| matches!(value, Value::String(..)))
+}
+
+/// The keys of `config/default.toml` whose default value passes `wanted`.
+fn default_keys(wanted: fn(&Value) -> bool) -> BTreeSet<String> {
+    fn walk(prefix: &str, dict: &Dict, wanted: fn(&Value) -> bool, keys: &mut BTreeSet<String>) {
         for (name, value) in dict {
             let path = if prefix.is_empty() {
                 name.clone()
@@ -282,10 +418,10 @@ fn string_keys() -> BTreeSet<String> {
                 format!("{prefix}.{name}")
             };
             match value {
-                Value::String(..) => {
+                Value::Dict(_, inner) => walk(&path, inner, wanted, keys),
+                _ if wanted(value) => {
                     keys.insert(path);
                 }
-                Value::Dict(_, inner) => walk(&path, inner, keys),
                 _ => {}
             }
         }
@@ -293,7 +429,7 @@ fn string_keys() -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
     if let Ok(data) = Toml::string(DEFAULT_TOML).data() {
         for dict in data.values() {
-            walk("", dict, &mut keys);
+            walk("", dict, wanted, &mut keys);
         }
     }
     keys
@@ -307,24 +443,33 @@ fn string_keys() -> BTreeSet<String> {
 struct EnvLayer {
     env: Env,
     string_keys: BTreeSet<String>,
+    /// The variable that sets a key (`["upstream", "app_id"]` ->
+    /// `ZHIMA__UPSTREAM__APP_ID`), for `config show`.
+    variable: fn(&[&str]) -> String,
 }
 
 impl EnvLayer {
-    fn new(env: Env, string_keys: &BTreeSet<String>) -> Self {
+    fn new(env: Env, string_keys: &BTreeSet<String>, variable: fn(&[&str]) -> String) -> Self {
         Self {
             env,
             string_keys: string_keys.clone(),
+            variable,
         }
     }
 }
 
 impl Provider for EnvLayer {
     fn metadata(&self) -> Metadata {
-        self.env.metadata()
+        let variable = self.variable;
+        self.env
+            .metadata()
+            .interpolater(move |_: &Profile, keys: &[&str]| variable(keys))
     }
 
+    /// Values are left untagged, so that the figment tags them with this
+    /// layer's metadata (which `config show` reads back per key).
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut values = Figment::new();
+        let mut dict = Dict::new();
         for (key, text) in self.env.iter() {
             let key = key.as_str();
             let value = if self.string_keys.contains(key) {
@@ -335,9 +480,23 @@ impl Provider for EnvLayer {
                     Err(never) => match never {},
                 }
             };
-            values = values.merge(Serialized::default(key, value));
+            if let Value::Dict(_, nested) = figment::util::nest(key, value) {
+                merge_dict(&mut dict, nested);
+            }
         }
-        values.data()
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// `source` over `target`, dictionaries merged key by key.
+fn merge_dict(target: &mut Dict, source: Dict) {
+    for (name, value) in source {
+        match (target.get_mut(&name), value) {
+            (Some(Value::Dict(_, existing)), Value::Dict(_, inner)) => merge_dict(existing, inner),
+            (_, value) => {
+                target.insert(name, value);
+            }
+        }
     }
 }
 
