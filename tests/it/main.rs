@@ -23,6 +23,7 @@ mod client;
 mod deploy;
 mod enqueue;
 mod enqueue_input;
+mod help;
 mod in_process;
 mod reconcile;
 mod sandbox;
