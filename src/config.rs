@@ -996,4 +996,60 @@ mod tests {
         let error = load(Some(Path::new("/nonexistent/zhima.toml"))).unwrap_err();
         assert!(matches!(error, ConfigError::MissingFile { .. }));
     }
+
+    #[test]
+    fn shown_urls_keep_user_and_host_but_never_a_password_or_credential_query() {
+        let redacted_url = |text: &str| redacted("database.url", &Value::from(text.to_owned()));
+        assert_eq!(
+            redacted_url("postgres://user:pw1@host/db"),
+            "\"postgres://user:***@host/db\""
+        );
+        let shown = redacted_url("postgres://host/db?user=u&password=pw2&sslmode=require");
+        assert!(
+            !shown.contains("pw2") && shown.contains("sslmode=require"),
+            "{shown}"
+        );
+        assert_eq!(redacted_url("not a url pw3"), "\"***\"");
+        assert_eq!(
+            redacted(
+                "upstream.proxy",
+                &Value::from("http://u:pw4@proxy:3128".to_owned())
+            ),
+            "\"http://u:***@proxy:3128/\""
+        );
+    }
+
+    #[test]
+    fn shown_secrets_are_stars_unless_empty() {
+        let token = |text: &str| redacted("upstream.app_auth_token", &Value::from(text.to_owned()));
+        assert_eq!(token("tok-123"), "\"***\"");
+        assert_eq!(token(""), "\"\"");
+        assert_eq!(redacted("rate_limit.qps", &Value::from(50u32)), "50");
+    }
+
+    #[test]
+    fn each_value_is_traced_to_its_layer_and_variable() {
+        Jail::expect_with(|jail| {
+            jail.create_file("file.toml", "[worker]\nconcurrency = 4\n")?;
+            jail.set_env("ZHIMA__RETRY__MAX_ATTEMPTS", "3");
+            jail.set_env("AMQP_URL", "amqp://u:pw@mq/%2f");
+            let values = effective(Some(Path::new("file.toml"))).expect("valid");
+            let source = |key: &str| {
+                values
+                    .iter()
+                    .find(|value| value.key == key)
+                    .map(|value| value.source.to_string())
+                    .expect("key shown")
+            };
+            assert_eq!(source("worker.concurrency"), "file file.toml");
+            assert_eq!(
+                source("retry.max_attempts"),
+                "env ZHIMA__RETRY__MAX_ATTEMPTS"
+            );
+            assert_eq!(source("amqp.url"), "env AMQP_URL");
+            assert_eq!(source("rate_limit.qps"), "default");
+            assert_eq!(values.len(), leaf_keys().len());
+            Ok(())
+        });
+    }
 }
