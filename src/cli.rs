@@ -23,7 +23,8 @@ pub(crate) const EXIT_USAGE: u8 = 64;
     name = "zhima-worker",
     version,
     about = "Contact-verification jobs from RabbitMQ \
-    checked against Zhima Credit's zhima.credit.relation.query"
+    checked against Zhima Credit's zhima.credit.relation.query",
+    after_help = help::TOP
 )]
 pub struct Cli {
     /// Configuration file layered over the built-in defaults.
@@ -755,6 +756,19 @@ mod reconciliation {
 /// (`tests/it/help.rs`) walks clap's subcommand list and fails a subcommand
 /// without these three sections.
 mod help {
+    pub(super) const TOP: &str = "\
+Exit codes:
+  0 success, 1 error, 2 enqueue found invalid records, 3 reconcile found
+  discrepancies, 64 usage error (each subcommand's --help lists its own)
+
+Environment:
+  ZHIMA__<SECTION>__<KEY>            any key of config/default.toml, e.g. ZHIMA__RATE_LIMIT__QPS=20
+  DATABASE_URL, AMQP_URL             shortcuts for database.url and amqp.url
+  RUST_LOG                           log filter, overrides log.filter
+
+Example:
+  zhima-worker --config prod.toml config show";
+
     pub(super) const RUN: &str = "\
 Exit codes:
   0   stopped by SIGINT/SIGTERM after draining, or idle with --until-idle

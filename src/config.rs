@@ -281,7 +281,7 @@ fn prefixed_variable(keys: &[&str]) -> String {
 /// Where a value of the effective configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", content = "name", rename_all = "lowercase")]
-pub enum ValueSource {
+pub(crate) enum ValueSource {
     /// `config/default.toml`, compiled in.
     Default,
     /// The `--config` file.
@@ -302,18 +302,18 @@ impl std::fmt::Display for ValueSource {
 
 /// One key of the effective configuration, its value already redacted.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct EffectiveValue {
+pub(crate) struct EffectiveValue {
     /// In the file's spelling: `rate_limit.qps`.
-    pub key: String,
+    pub(crate) key: String,
     /// TOML-like (strings quoted); a secret's password or contents are `***`.
-    pub value: String,
-    pub source: ValueSource,
+    pub(crate) value: String,
+    pub(crate) source: ValueSource,
 }
 
 /// The configuration `load` would return, key by key with its source, for
 /// `config show`. Fails exactly as `load` does, so an invalid configuration
 /// reads the same here as for every other command.
-pub fn effective(config_file: Option<&Path>) -> Result<Vec<EffectiveValue>, ConfigError> {
+pub(crate) fn effective(config_file: Option<&Path>) -> Result<Vec<EffectiveValue>, ConfigError> {
     let (_, figment) = load_layers(config_file)?;
     Ok(leaf_keys()
         .into_iter()
