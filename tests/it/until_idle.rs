@@ -164,6 +164,11 @@ async fn max_wait_of_zero_or_garbage_is_a_usage_error_naming_the_flag() {
             .expect("runs");
         assert_eq!(output.status.code(), Some(64), "--max-wait {value}");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("--max-wait"), "{value}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "invalid value '{value}' for '--max-wait <DURATION>'"
+            )),
+            "{value}: {stderr}"
+        );
     }
 }
