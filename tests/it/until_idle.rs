@@ -131,7 +131,26 @@ async fn paused_longer_than_max_wait_exits_4_with_the_jobs_still_queued() {
     let (status, lines) = finish(child, Duration::from_secs(30)).await;
     let took = began.elapsed();
     assert_eq!(status.code(), Some(4), "run exited {status}");
-    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(20)).contains(&took),
+        "gave up after {took:?}"
+    );
+    let why = lines
+        .iter()
+        .find(|line| {
+            line["level"] == "ERROR"
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("longer than --max-wait"))
+        })
+        .expect("the reason for exit 4 is logged");
+    assert_eq!(
+        why["fields"]["reason"]
+            .as_str()
+            .map(|r| r.contains("isv.invalid-app-id")),
+        Some(true),
+        "{why}"
+    );
     let statuses = worker.statuses().await;
     assert!(
         statuses.values().all(|s| s != "failed" && s != "succeeded"),
