@@ -40,8 +40,9 @@ pub struct Cli {
 pub enum Command {
     /// Consume and process jobs until SIGINT/SIGTERM.
     ///
-    /// Every exit logs one INFO line, "run summary": the jobs this process
-    /// finished by outcome, the duration and the rate.
+    /// Once the components are up, every exit logs one INFO line, "run
+    /// summary": the jobs this process finished by outcome, the duration and
+    /// the rate.
     ///
     /// Exit codes: 0 stopped by SIGINT/SIGTERM or, with --until-idle, nothing
     /// left to do; 1 error (configuration, database, broker refused at
