@@ -1,15 +1,17 @@
 //! `zhima-worker run`: builds the worker's components and owns the lifetimes
 //! of its tasks: the jobs in flight (bounded, drained on SIGINT/SIGTERM within
 //! `worker.shutdown_grace_s`), the lease keeper, the readiness flag, and the
-//! configuration probe that ends a pause.
+//! configuration probe that ends a pause (or, past `--max-wait`, gives up),
+//! and the summary of the jobs it finished, logged at exit.
 //!
 //! The per-job logic is in `processor`; everything on the broker (sessions,
 //! reconnects, hand-back, `--until-idle`) in `queue::session`. This module
 //! speaks no AMQP and decides no outcome.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -18,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::config::Settings;
 use crate::control::Control;
 use crate::health::{self, Readiness};
-use crate::processor::{Processor, ProcessorParts};
+use crate::processor::{JobOutcome, Processor, ProcessorParts};
 use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
@@ -29,12 +31,56 @@ use crate::upstream::UpstreamClient;
 pub(crate) struct RunOptions {
     /// Exit once every queue is empty and nothing is in flight.
     pub(crate) until_idle: bool,
+    /// Give up once consumption has stayed paused (on a configuration fault)
+    /// this long without a break: the jobs are handed back and `run` exits 4.
+    pub(crate) max_wait: Option<Duration>,
+}
+
+/// How `run` ended, which decides its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunEnd {
+    /// A signal, or `--until-idle` found nothing left to do.
+    Stopped,
+    /// Paused for longer than `--max-wait`.
+    PausedTooLong,
+}
+
+/// The smallest `--max-wait`: a zero wait would give up at the first pause.
+const MIN_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Parses `--max-wait`: a positive whole number with a unit, `90s`, `15m`
+/// or `2h`. clap names the flag in the error.
+pub(crate) fn parse_max_wait(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{text}' has no unit: write e.g. 90s, 15m or 2h"))?;
+    let (number, unit) = text.split_at(unit_at);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: write e.g. 90s, 15m or 2h"))?;
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}': use s, m or h (e.g. 90s, 15m, 2h)"
+            ));
+        }
+    };
+    let wait = Duration::from_secs(number.saturating_mul(seconds_per_unit));
+    if wait < MIN_MAX_WAIT {
+        return Err("must be at least 1s (e.g. 90s, 15m, 2h)".into());
+    }
+    Ok(wait)
 }
 
 /// The longest wait between two attempts to reach the database at start-up.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
-pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<RunEnd> {
+    let started = Instant::now();
     let pii_key =
         crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));
@@ -86,6 +132,10 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
         probe_interval: settings.worker.probe_interval(),
         control: Arc::clone(&control),
         readiness,
+        tally: JobTally::default(),
+        max_wait: options.max_wait,
+        paused_since: None,
+        has_waited_too_long: false,
     };
     let options = ConsumeOptions {
         concurrency: settings.worker.concurrency,
@@ -95,7 +145,60 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
         session::consume_until_stopped(&settings.amqp, topology, options, &control, &mut worker)
             .await;
     lease.release().await;
-    outcome.context("connecting to the broker at start-up")
+    worker.tally.log_summary(started.elapsed());
+    outcome.context("connecting to the broker at start-up")?;
+    Ok(match worker.has_waited_too_long {
+        true => RunEnd::PausedTooLong,
+        false => RunEnd::Stopped,
+    })
+}
+
+/// The jobs this process finished, by outcome: counted where each job's task
+/// ends (an aborted task's delivery returns to the queue: `handed_back`).
+#[derive(Debug, Default)]
+pub(crate) struct JobTally {
+    counts: [u64; JobOutcome::ALL.len()],
+}
+
+impl JobTally {
+    pub(crate) fn add(&mut self, outcome: JobOutcome) {
+        if let Some(index) = JobOutcome::ALL.iter().position(|o| *o == outcome) {
+            self.counts[index] += 1;
+        }
+    }
+
+    pub(crate) fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The one INFO line every exit of `run` ends with.
+    fn log_summary(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let rate = match seconds > 0.0 {
+            true => self.total() as f64 / seconds,
+            false => 0.0,
+        };
+        tracing::info!(
+            jobs = %self,
+            jobs_total = self.total(),
+            duration_s = (seconds * 10.0).round() / 10.0,
+            jobs_per_second = (rate * 100.0).round() / 100.0,
+            "run summary"
+        );
+    }
+}
+
+/// `succeeded=3 failed=0 ...`: every outcome word, zeros included.
+impl fmt::Display for JobTally {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, (outcome, count)) in JobOutcome::ALL.iter().zip(self.counts).enumerate() {
+            if index > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{outcome}={count}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Migrates and connects, waiting out a database that is not up yet; a
@@ -139,11 +242,35 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Worker {
+    /// `--max-wait` ran out: stop as on SIGTERM (the paused session holds no
+    /// delivery; anything left goes back to the queue) and exit 4.
+    fn give_up_waiting(&mut self, paused_for: Duration) {
+        tracing::error!(
+            paused_for_s = paused_for.as_secs(),
+            max_wait_s = self.max_wait.map(|wait| wait.as_secs()),
+            reason = self.control.pause_reason().as_deref().unwrap_or("unknown"),
+            "consumption paused on a configuration fault for longer than --max-wait: \
+             leaving the jobs queued and exiting with code 4"
+        );
+        self.has_waited_too_long = true;
+        self.control.stop();
+    }
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The jobs in flight and the probe that ends a pause: the [`JobRunner`] the
 /// broker sessions hand their deliveries to.
 struct Worker {
     processor: Arc<Processor>,
-    tasks: JoinSet<()>,
+    tasks: JoinSet<JobOutcome>,
     shutdown_grace: Duration,
     client: Arc<UpstreamClient>,
     limiter: Arc<UpstreamLimiter>,
@@ -151,6 +278,12 @@ struct Worker {
     probe_interval: Duration,
     control: Arc<Control>,
     readiness: Arc<Readiness>,
+    tally: JobTally,
+    max_wait: Option<Duration>,
+    /// When the current pause began (kept across reconnects; cleared on
+    /// resume): `--max-wait` counts from here.
+    paused_since: Option<tokio::time::Instant>,
+    has_waited_too_long: bool,
 }
 
 impl JobRunner for Worker {
@@ -160,14 +293,15 @@ impl JobRunner for Worker {
 
     fn start(&mut self, job: Inbound) {
         let processor = Arc::clone(&self.processor);
-        self.tasks.spawn(async move {
-            job.handle(&processor).await;
-        });
+        self.tasks
+            .spawn(async move { job.handle(&processor).await });
     }
 
     async fn join_one(&mut self) {
-        if let Some(Err(error)) = self.tasks.join_next().await {
-            tracing::error!(error.message = %error, "job task failed");
+        match self.tasks.join_next().await {
+            Some(Ok(outcome)) => self.tally.add(outcome),
+            Some(Err(error)) => tracing::error!(error.message = %error, "job task failed"),
+            None => {}
         }
     }
 
@@ -184,16 +318,19 @@ impl JobRunner for Worker {
             tokio::select! {
                 joined = self.tasks.join_next() => match joined {
                     None => return,
+                    Some(Ok(outcome)) => self.tally.add(outcome),
                     Some(Err(error)) if error.is_panic() => {
                         tracing::error!(error.message = %error, "job task panicked");
                     }
-                    Some(_) => {}
+                    Some(Err(_)) => self.tally.add(JobOutcome::HandedBack),
                 },
                 () = &mut grace => {
                     tracing::warn!(in_flight = self.tasks.len(),
                         "shutdown grace over: handing back the remaining jobs");
                     self.tasks.abort_all();
-                    while self.tasks.join_next().await.is_some() {}
+                    while let Some(joined) = self.tasks.join_next().await {
+                        self.tally.add(joined.unwrap_or(JobOutcome::HandedBack));
+                    }
                     return;
                 }
             }
@@ -202,14 +339,23 @@ impl JobRunner for Worker {
 
     /// A configuration fault paused consumption: the session has cancelled
     /// its consumer, handed back what it had buffered and drained the jobs in
-    /// flight, then calls this before consuming again. Probes the gateway every `worker.probe_interval_s` with a
-    /// request that cannot be billed, and resumes once one passes; returns
-    /// early when shutdown begins.
+    /// flight, then calls this before consuming again. Probes the gateway
+    /// every `worker.probe_interval_s` with a request that cannot be billed,
+    /// and resumes once one passes; returns early when shutdown begins, and
+    /// begins it once the pause has lasted `--max-wait`.
     async fn wait_for_resume(&mut self) {
+        let paused_since = *self
+            .paused_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let give_up_at = self.max_wait.map(|wait| paused_since + wait);
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.probe_interval) => {},
                 () = self.control.stopped() => return,
+                () = sleep_until(give_up_at) => {
+                    self.give_up_waiting(paused_since.elapsed());
+                    return;
+                }
             }
             // The probe reaches the upstream too: it takes a permit.
             let permit = tokio::select! {
@@ -221,6 +367,7 @@ impl JobRunner for Worker {
             match probed {
                 Ok(()) => {
                     tracing::info!("configuration probe passed: resuming consumption");
+                    self.paused_since = None;
                     self.control.resume();
                     metrics::gauge!(crate::telemetry::metric::CONSUMPTION_PAUSED).set(0.0);
                     return;
@@ -237,5 +384,40 @@ impl JobRunner for Worker {
         self.readiness
             .broker_connected
             .store(connected, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn max_wait_takes_seconds_minutes_and_hours() {
+        assert_eq!(parse_max_wait("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_max_wait("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_max_wait("2h"), Ok(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn max_wait_rejects_zero_bare_numbers_and_garbage() {
+        for text in [
+            "0", "0s", "0m", "90", "", "s", "abc", "1.5h", "10d", "-5s", "5 s",
+        ] {
+            assert!(parse_max_wait(text).is_err(), "{text:?} accepted");
+        }
+    }
+
+    #[test]
+    fn job_tally_names_every_outcome_word_with_its_count() {
+        let mut tally = JobTally::default();
+        tally.add(JobOutcome::Succeeded);
+        tally.add(JobOutcome::Succeeded);
+        tally.add(JobOutcome::HandedBack);
+        assert_eq!(tally.total(), 3);
+        assert_eq!(
+            tally.to_string(),
+            "succeeded=2 failed=0 retried=0 handed_back=1 duplicate=0 invalid=0 conflict=0"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! thin call into the library.
 //!
 //! Exit codes: 0 success, 1 error, 2 `enqueue` found invalid records,
-//! 3 `reconcile` found discrepancies, 64 usage error. Logs go to stderr,
+//! 3 `reconcile` found discrepancies, 4 `run` stayed paused longer than
+//! `--max-wait`, 64 usage error. Logs go to stderr,
 //! results to stdout. No business logic lives here.
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use crate::upstream::signing::{self, PrivateKey, PublicKey};
 
 /// Exit code for a command line that cannot be understood (BSD's EX_USAGE).
 pub(crate) const EXIT_USAGE: u8 = 64;
+/// `run`'s exit code when consumption stayed paused longer than `--max-wait`.
+pub(crate) const EXIT_PAUSED_TOO_LONG: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,11 +40,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Consume and process jobs until SIGINT/SIGTERM.
+    ///
+    /// Once the components are up, every exit logs one INFO line, "run
+    /// summary": the jobs this process finished by outcome, the duration and
+    /// the rate.
     #[command(after_help = help::RUN)]
     Run {
         /// Exit 0 once the main and delay queues are empty and nothing is in flight.
         #[arg(long)]
         until_idle: bool,
+        /// Exit 4 once consumption has stayed paused on a configuration fault
+        /// this long without a break (the clock is the time paused
+        /// continuously; it restarts after a resume). The jobs stay queued.
+        /// A whole number with a unit: 90s, 15m, 2h.
+        #[arg(long, value_name = "DURATION", value_parser = crate::app::parse_max_wait)]
+        max_wait: Option<std::time::Duration>,
     },
     /// Apply the database migrations for database.url.
     #[command(after_help = help::MIGRATE)]
@@ -178,9 +191,18 @@ impl Command {
 
     pub async fn run(self, settings: Settings) -> anyhow::Result<ExitCode> {
         match self {
-            Command::Run { until_idle } => {
-                crate::app::run(settings, crate::app::RunOptions { until_idle }).await?;
-                Ok(ExitCode::SUCCESS)
+            Command::Run {
+                until_idle,
+                max_wait,
+            } => {
+                let options = crate::app::RunOptions {
+                    until_idle,
+                    max_wait,
+                };
+                Ok(match crate::app::run(settings, options).await? {
+                    crate::app::RunEnd::Stopped => ExitCode::SUCCESS,
+                    crate::app::RunEnd::PausedTooLong => ExitCode::from(EXIT_PAUSED_TOO_LONG),
+                })
             }
             Command::Migrate => migrate(&settings).await,
             Command::Sandbox(args) => {
@@ -773,6 +795,7 @@ Example:
 Exit codes:
   0   stopped by SIGINT/SIGTERM after draining, or idle with --until-idle
   1   error (configuration, broker, database, keys); the message says which
+  4   paused on a configuration fault for longer than --max-wait
   64  usage error
 
 Environment:
@@ -781,7 +804,8 @@ Environment:
   RUST_LOG                           log filter, overrides log.filter
 
 Example:
-  ZHIMA__WORKER__CONCURRENCY=16 zhima-worker --config /etc/zhima/prod.toml run";
+  ZHIMA__WORKER__CONCURRENCY=16 zhima-worker --config /etc/zhima/prod.toml run
+  zhima-worker run --until-idle --max-wait 15m     # a cron job or a Kubernetes Job";
 
     pub(super) const MIGRATE: &str = "\
 Exit codes:

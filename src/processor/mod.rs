@@ -141,9 +141,19 @@ impl Processor {
     /// Runs inside the consumer's `process_job` span, whose `transaction_id`
     /// and `outcome` fields it fills in.
     pub async fn process(&self, body: &[u8], attempt: Attempt) -> Disposition {
+        self.process_with_outcome(body, attempt).await.0
+    }
+
+    /// [`Self::process`], also saying what became of the delivery, so that
+    /// `run` can sum its jobs by outcome at exit without reading metrics.
+    pub(crate) async fn process_with_outcome(
+        &self,
+        body: &[u8],
+        attempt: Attempt,
+    ) -> (Disposition, JobOutcome) {
         let job = match job::decode_job(body, &self.default_product_code) {
             Ok(job) => job,
-            Err(rejected) => return self.reject(rejected).await,
+            Err(rejected) => return (self.reject(rejected).await, JobOutcome::Invalid),
         };
         Span::current().record("transaction_id", job.query.transaction_id.as_str());
         let Handled {
@@ -152,7 +162,7 @@ impl Processor {
         } = self.process_valid(&job, attempt).await;
         Span::current().record("outcome", outcome.as_str());
         tracing::info!(outcome = outcome.as_str(), "job processed");
-        disposition
+        (disposition, outcome)
     }
 
     async fn process_valid(&self, job: &Job, attempt: Attempt) -> Handled {

@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use super::publisher::Outgoing;
 use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology, header_u32};
-use crate::processor::{Attempt, Disposition, Processor};
+use crate::processor::{Attempt, Disposition, JobOutcome, Processor};
 
 /// Reads our retry counters from the delivery's headers.
 pub(crate) fn attempt_of(delivery: &Delivery) -> Attempt {
@@ -25,12 +25,15 @@ pub(crate) fn attempt_of(delivery: &Delivery) -> Attempt {
 
 /// Processes one delivery inside its `process_job` span (transaction_id,
 /// attempt, queue, outcome), so every log line of the job carries them.
+/// Returns the processor's outcome for the job (a copy that could not be
+/// published hands the delivery back, but the outcome stays the decided one,
+/// as in `zhima_jobs_total`).
 pub(crate) async fn handle(
     delivery: Delivery,
     processor: &Processor,
     publisher: &Publisher,
     topology: &Topology,
-) {
+) -> JobOutcome {
     let attempt = attempt_of(&delivery);
     let span = tracing::info_span!(
         "process_job",
@@ -41,7 +44,7 @@ pub(crate) async fn handle(
     );
     handle_in_span(delivery, attempt, processor, publisher, topology)
         .instrument(span)
-        .await;
+        .await
 }
 
 async fn handle_in_span(
@@ -50,8 +53,10 @@ async fn handle_in_span(
     processor: &Processor,
     publisher: &Publisher,
     topology: &Topology,
-) {
-    let disposition = processor.process(&delivery.data, attempt).await;
+) -> JobOutcome {
+    let (disposition, outcome) = processor
+        .process_with_outcome(&delivery.data, attempt)
+        .await;
     let message_id = delivery
         .properties
         .message_id()
@@ -61,7 +66,7 @@ async fn handle_in_span(
         Disposition::Ack => Ok(()),
         Disposition::HandBack => {
             hand_back(&delivery).await;
-            return;
+            return outcome;
         }
         Disposition::Retry {
             delay,
@@ -94,6 +99,7 @@ async fn handle_in_span(
             hand_back(&delivery).await;
         }
     }
+    outcome
 }
 
 async fn ack(delivery: &Delivery) {

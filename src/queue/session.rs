@@ -21,7 +21,7 @@ use lapin::{Channel, Connection, Consumer};
 use super::{Publisher, QueueError, Topology, consumer, short};
 use crate::config::AmqpSettings;
 use crate::control::Control;
-use crate::processor::Processor;
+use crate::processor::{JobOutcome, Processor};
 
 /// How long `--until-idle` waits between its two emptiness checks.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -36,9 +36,10 @@ pub(crate) struct Inbound {
 
 impl Inbound {
     /// Processes the job, then acks, retries, dead-letters or hands back the
-    /// delivery as the processor decided (see [`consumer::handle`]).
-    pub(crate) async fn handle(self, processor: &Processor) {
-        consumer::handle(self.delivery, processor, &self.publisher, &self.topology).await;
+    /// delivery as the processor decided (see [`consumer::handle`]); what
+    /// became of the job.
+    pub(crate) async fn handle(self, processor: &Processor) -> JobOutcome {
+        consumer::handle(self.delivery, processor, &self.publisher, &self.topology).await
     }
 }
 
@@ -55,7 +56,8 @@ pub(crate) trait JobRunner {
     /// out are aborted, and their deliveries return when the channel closes.
     fn drain(&mut self) -> impl Future<Output = ()> + Send;
     /// Consumption is paused and no consumer is open: returns once it may
-    /// resume, or shutdown began.
+    /// resume, or shutdown began (which the runner may begin itself, e.g.
+    /// when `--max-wait` runs out).
     fn wait_for_resume(&mut self) -> impl Future<Output = ()> + Send;
     /// Whether a session is up (the readiness check reports it).
     fn set_broker_connected(&self, connected: bool);

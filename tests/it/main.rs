@@ -9,6 +9,8 @@
 //! - `worker`, `scale`, `reconcile`: the real `zhima-worker run` end to end
 //!   (`support::worker`); `in_process`: the processor's fault handling with
 //!   no broker (`support::in_process`).
+//! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
+//!   summary at exit).
 //! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands.
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
 //! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
@@ -28,4 +30,5 @@ mod in_process;
 mod reconcile;
 mod sandbox;
 mod scale;
+mod until_idle;
 mod worker;
