@@ -110,6 +110,8 @@ struct Instead(Handled);
 /// before handing the delivery back.
 const STORE_RETRY_BUDGET: Duration = Duration::from_secs(30);
 const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
+/// The error code (row and dead-letter reason) of a job past its window.
+const WINDOW_EXCEEDED: &str = "TRANSACTION_WINDOW_EXCEEDED";
 const UNVERIFIED_STREAK_ADVICE: &str = "many answers in a row failed signature verification: \
      check upstream.alipay_public_key_path (the Alipay public key, not the app's) and \
      upstream.sign_type";
@@ -258,13 +260,13 @@ impl Processor {
     /// transaction_id without risking TRANSACTION_ID_EXPIRED.
     async fn expire(&self, key: &JobKey<'_>) -> Handled {
         let reason = format!(
-            "TRANSACTION_WINDOW_EXCEEDED: the first upstream call is older than {} s: \
+            "{WINDOW_EXCEEDED}: the first upstream call is older than {} s: \
              calling again risks TRANSACTION_ID_EXPIRED; re-submit with a new transaction_id \
              after checking the bill",
             self.safe_call_window.as_secs()
         );
         let update = RowUpdate::Failed {
-            error_code: "TRANSACTION_WINDOW_EXCEEDED".into(),
+            error_code: WINDOW_EXCEEDED.into(),
             error_message: reason.clone(),
             response_body: None,
         };

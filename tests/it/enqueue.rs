@@ -9,13 +9,12 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use zhima_worker::queue::Topology;
 
 use crate::support;
+use crate::support::broker::{UniqueQueues, unique_queues};
 use zhima_worker::store::{JobStatus, JobStore};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -46,18 +45,12 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let tag: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(12)
-            .map(char::from)
-            .collect();
-        let (exchange, queue) = (format!("t_{tag}.jobs"), format!("t_{tag}.verify"));
-        let dead_queue = format!("{queue}.dead");
-        let mut settings = zhima_worker::config::load(None).unwrap();
-        settings.amqp.exchange.clone_from(&exchange);
-        settings.amqp.queue.clone_from(&queue);
-        settings.amqp.dead_queue.clone_from(&dead_queue);
-        let topology = Topology::from_settings(&settings).unwrap();
+        let UniqueQueues {
+            exchange,
+            queue,
+            dead_queue,
+            topology,
+        } = unique_queues();
         let dir = tempfile::tempdir().unwrap();
         let database_url = format!("sqlite:{}?mode=rwc", dir.path().join("x.sqlite").display());
         let properties = ConnectionProperties::default();

@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use zhima_worker::queue::Topology;
 
 use crate::support;
+use crate::support::broker::{UniqueQueues, unique_queues};
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -35,18 +34,12 @@ struct Outcome {
 
 impl Input {
     fn new() -> Self {
-        let tag: String = rand::rng()
-            .sample_iter(&Alphanumeric)
-            .take(12)
-            .map(char::from)
-            .collect();
-        let (exchange, queue) = (format!("t_{tag}.jobs"), format!("t_{tag}.verify"));
-        let dead_queue = format!("{queue}.dead");
-        let mut settings = zhima_worker::config::load(None).unwrap();
-        settings.amqp.exchange.clone_from(&exchange);
-        settings.amqp.queue.clone_from(&queue);
-        settings.amqp.dead_queue.clone_from(&dead_queue);
-        let topology = Topology::from_settings(&settings).unwrap();
+        let UniqueQueues {
+            exchange,
+            queue,
+            dead_queue,
+            topology,
+        } = unique_queues();
         Self {
             exchange,
             queue,
