@@ -1,0 +1,181 @@
+//! The text after each subcommand's `--help`: its exit codes, the environment
+//! variables it reads and one example, so that the help stands alone. A test
+//! (`tests/it/help.rs`) walks clap's subcommand list and fails a subcommand
+//! without these three sections.
+
+pub(super) const TOP: &str = "\
+Exit codes:
+  0 success, 1 error, 2 enqueue found invalid records, 3 reconcile found
+  discrepancies, 64 usage error (each subcommand's --help lists its own)
+
+Environment:
+  ZHIMA__<SECTION>__<KEY>            any key of config/default.toml, e.g. ZHIMA__RATE_LIMIT__QPS=20
+  DATABASE_URL, AMQP_URL             shortcuts for database.url and amqp.url
+  RUST_LOG                           log filter, overrides log.filter
+
+Example:
+  zhima-worker --config prod.toml config show";
+
+pub(super) const RUN: &str = "\
+Exit codes:
+  0   stopped by SIGINT/SIGTERM after draining, or idle with --until-idle
+  1   error (configuration, broker, database, keys); the message says which
+  4   paused on a configuration fault for longer than --max-wait
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key, e.g. ZHIMA__RATE_LIMIT__QPS=20
+  RUST_LOG                           log filter, overrides log.filter
+
+Example:
+  ZHIMA__WORKER__CONCURRENCY=16 zhima-worker --config /etc/zhima/prod.toml run
+  zhima-worker run --until-idle --max-wait 15m     # a cron job or a Kubernetes Job";
+
+pub(super) const MIGRATE: &str = "\
+Exit codes:
+  0   migrations applied (or nothing to do)
+  1   error: configuration, or the database refused
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url (postgres:// or sqlite:)
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  DATABASE_URL=postgres://zhima@db/zhima zhima-worker migrate";
+
+pub(super) const SANDBOX: &str = "\
+Exit codes:
+  0   stopped by SIGINT/SIGTERM
+  1   error: cannot listen, or a key file cannot be read
+  64  usage error
+
+Environment:
+  RUST_LOG                           log filter (the configuration is loaded as for every command)
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  zhima-worker sandbox --listen 127.0.0.1:8480 --system-error-rate 0.1 --seed 7";
+
+pub(super) const SIGN: &str = "\
+Exit codes:
+  0   signed; one JSON line {\"string_to_sign\", \"sign\"} on stdout
+  1   error: unreadable params or key
+  64  usage error
+
+Environment:
+  none of its own (the configuration is loaded as for every command)
+
+Example:
+  zhima-worker sign --params params.json --private-key config/keys/test_merchant_private.pem";
+
+pub(super) const VERIFY_RESPONSE: &str = "\
+Exit codes:
+  0   verified
+  1   not verified (the reason is printed), or an unreadable body or key
+  64  usage error
+
+Environment:
+  none of its own (the configuration is loaded as for every command)
+
+Example:
+  zhima-worker verify-response --body body.json --alipay-public-key config/keys/test_sandbox_public.pem";
+
+pub(super) const ENQUEUE: &str = "\
+Exit codes:
+  0   every record valid and published
+  1   error: configuration, broker, unreadable input, --rejects file exists
+  2   some records invalid (the valid ones published, unless --strict)
+  64  usage error, or a format that cannot be told from the extension
+
+Environment:
+  AMQP_URL                           shortcut for amqp.url
+  ZHIMA__AMQP__EXCHANGE              where jobs are published (any ZHIMA__<SECTION>__<KEY> works)
+
+Example:
+  zhima-worker enqueue jobs.csv --rejects rejects.csv";
+
+pub(super) const STATUS: &str = "\
+Exit codes:
+  0   counts printed
+  1   error: configuration, database or broker unreachable
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  DATABASE_URL=postgres://zhima@db/zhima zhima-worker status";
+
+pub(super) const REQUEUE_DEAD: &str = "\
+Exit codes:
+  0   requeued (records still invalid stay in the dead queue and are listed)
+  1   error: configuration, database or broker unreachable
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__AMQP__DEAD_QUEUE            the queue read from (any ZHIMA__<SECTION>__<KEY> works)
+
+Example:
+  zhima-worker requeue-dead --limit 100";
+
+pub(super) const RECONCILE: &str = "\
+Exit codes:
+  0   the statement and our rows agree
+  1   error: configuration, database, unreadable statement
+  3   discrepancies found (see the summary and --out)
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url
+  ZHIMA__RECONCILE__UTC_OFFSET_HOURS the statement's time zone (default 8)
+  AMQP_URL                           for --repair only
+
+Example:
+  zhima-worker reconcile --bill bill-2026-11-30.csv --date 2026-11-30 --out report.json";
+
+pub(super) const EXPORT: &str = "\
+Exit codes:
+  0   the day's rows written to stdout as CSV
+  1   error: configuration, database, bad --date
+  64  usage error
+
+Environment:
+  DATABASE_URL                       shortcut for database.url
+  ZHIMA__RECONCILE__UTC_OFFSET_HOURS the time zone of the day (default 8)
+
+Example:
+  zhima-worker export --date 2026-11-30 > ours-2026-11-30.csv";
+
+pub(super) const CONFIG: &str = "\
+Exit codes:
+  0   success
+  1   invalid configuration (the same message as every other command)
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key
+
+Example:
+  zhima-worker --config prod.toml config show";
+
+pub(super) const CONFIG_SHOW: &str = "\
+Prints `key = value  # from: default | file <path> | env <VARIABLE>` for every
+key. Passwords in URLs and secrets (app_auth_token) are shown as ***; key files
+are named by path, their contents never read.
+
+Exit codes:
+  0   printed
+  1   invalid configuration (the same message as every other command)
+  64  usage error
+
+Environment:
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
+  ZHIMA__<SECTION>__<KEY>            any configuration key, e.g. ZHIMA__UPSTREAM__APP_ID
+
+Example:
+  ZHIMA__RATE_LIMIT__QPS=20 zhima-worker --config prod.toml config show --json";
