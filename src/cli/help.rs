@@ -109,19 +109,6 @@ Environment:
 Example:
   DATABASE_URL=postgres://zhima@db/zhima zhima-worker status";
 
-pub(super) const REQUEUE_DEAD: &str = "\
-Exit codes:
-  0   requeued (records still invalid stay in the dead queue and are listed)
-  1   error: configuration, database or broker unreachable
-  64  usage error
-
-Environment:
-  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
-  ZHIMA__AMQP__DEAD_QUEUE            the queue read from (any ZHIMA__<SECTION>__<KEY> works)
-
-Example:
-  zhima-worker requeue-dead --limit 100";
-
 pub(super) const RECONCILE: &str = "\
 Exit codes:
   0   the statement and our rows agree

@@ -116,16 +116,23 @@ pub enum Command {
     #[command(after_help = help::STATUS)]
     Status,
     /// Move dead-lettered jobs back to the main queue, resetting their rows to retrying.
-    #[command(after_help = help::REQUEUE_DEAD)]
-    RequeueDead {
-        /// Requeue at most N jobs.
-        #[arg(long, value_name = "N")]
-        limit: Option<u64>,
+    #[command(after_help = dead::REQUEUE_DEAD)]
+    RequeueDead(dead::RequeueArgs),
+    /// One job: its row (masked), its upstream calls, and the queue its message is in.
+    #[command(after_help = lookup::SHOW)]
+    Show(lookup::ShowArgs),
+    /// The dead-letter queue: list, show one job, purge invalid messages.
+    #[command(after_help = dead::DEAD)]
+    Dead {
+        #[command(subcommand)]
+        action: dead::DeadCommand,
     },
     /// Compare the upstream's statement with stored results by biz_no; exit 3 on discrepancies.
     #[command(after_help = help::RECONCILE)]
     Reconcile(reconciliation::ReconcileArgs),
-    /// Our side of a day as CSV (biz_no, transaction_id, external_ref, status, completed_at).
+    /// Our side of a day as CSV (biz_no, transaction_id, external_ref, status,
+    /// completed_at, then relation_rank, recency, relation_score, error_code,
+    /// error_message, attempts, batch_id).
     #[command(after_help = help::EXPORT)]
     Export {
         /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
@@ -178,13 +185,15 @@ impl Cli {
 }
 
 impl Command {
-    /// The log filter for this command: `status` silences the client
-    /// library's channel errors, since probing a queue that does not exist
-    /// yet closes a channel (which lapin logs at ERROR) and `status` reports
-    /// missing queues itself.
+    /// The log filter for this command: `status`, `show` and `dead` silence
+    /// the client library's channel errors, since probing a queue that does
+    /// not exist yet closes a channel (which lapin logs at ERROR) and they
+    /// report missing queues themselves.
     pub fn log_filter(&self, configured: &str) -> String {
         match self {
-            Command::Status => format!("{configured},lapin::channel=off"),
+            Command::Status | Command::Show(_) | Command::Dead { .. } => {
+                format!("{configured},lapin::channel=off")
+            }
             _ => configured.to_owned(),
         }
     }
@@ -226,7 +235,9 @@ impl Command {
                 rejects,
             } => operator::enqueue(&settings, &file, format, strict, rejects).await,
             Command::Status => operator::status(&settings).await,
-            Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
+            Command::RequeueDead(args) => dead::requeue(&settings, args).await,
+            Command::Show(args) => lookup::show(&settings, args).await,
+            Command::Dead { action } => dead::dead(&settings, action).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
             Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
             Command::Config { action, file } => match action {
@@ -315,6 +326,8 @@ fn verify_response(
     }
 }
 
+mod dead;
 mod help;
+mod lookup;
 mod operator;
 mod reconciliation;

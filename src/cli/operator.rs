@@ -1,6 +1,7 @@
-//! Handlers of the operator commands around the worker: `enqueue`, `status`,
-//! `requeue-dead`. They open inputs, print, and choose exit codes; the work is
-//! in `crate::queue::{enqueue, admin}`.
+//! Handlers of the operator commands around the worker: `enqueue`, `status`
+//! (`requeue-dead` is with the other dead-letter tools in `dead`). They open
+//! inputs, print, and choose exit codes; the work is in
+//! `crate::queue::{enqueue, admin}`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -179,31 +180,6 @@ pub(crate) async fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
         .await
         .context("reading queue depths")?;
     print!("{}", admin::render_status(&counts, &depths));
-    Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) async fn requeue_dead(
-    settings: &Settings,
-    limit: Option<u64>,
-) -> anyhow::Result<ExitCode> {
-    let store = JobStore::connect(settings.database.url.expose_secret(), 1)
-        .await
-        .context("connecting to the database")?;
-    let report = admin::requeue_dead(settings, &store, admin::Selection::All { limit })
-        .await
-        .context("requeueing dead jobs")?;
-    for invalid in &report.invalid {
-        let id = invalid.message_id.as_deref().unwrap_or("(no message_id)");
-        eprintln!(
-            "still invalid, left in the dead queue: {id}: {}",
-            invalid.reason
-        );
-    }
-    println!(
-        "requeued {}, left {} invalid",
-        report.requeued.len(),
-        report.invalid.len()
-    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,16 +13,13 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lapin::message::{BasicGetMessage, Delivery};
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
-use lapin::{Acker, Channel, Connection, ErrorKind};
+use lapin::{Channel, Connection, ErrorKind};
 
-use super::publisher::Outgoing;
+use super::dead::{self, Mover, QueuedMessage, Verdict, Visitor};
 use super::topology::ready_messages;
 use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, QueueError, THROTTLED_HEADER, Topology};
 use crate::config::Settings;
-use crate::job::decode_job;
 use crate::store::{JobStatus, JobStore, StoreError};
 
 /// The AMQP reply code for a queue that does not exist.
@@ -127,7 +124,7 @@ async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {
         .map_err(QueueError::broker("channel.open"))
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
+pub(super) fn is_not_found(error: &lapin::Error) -> bool {
     matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND)
 }
 
@@ -217,6 +214,8 @@ pub(crate) struct StillInvalid {
 pub(crate) struct RequeueReport {
     /// The transaction_ids moved back to the main queue, in the order moved.
     pub(crate) requeued: Vec<String>,
+    /// `--dry-run`: the transaction_ids that would have moved.
+    pub(crate) would_requeue: Vec<String>,
     pub(crate) invalid: Vec<StillInvalid>,
 }
 
@@ -274,7 +273,7 @@ fn is_stale_header(name: &str) -> bool {
         || name.starts_with("x-last-death-")
 }
 
-fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
+pub(super) fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
     let mut fresh = FieldTable::default();
     for (name, value) in headers.map(FieldTable::inner).into_iter().flatten() {
         if !is_stale_header(name.as_str()) {
@@ -284,6 +283,16 @@ fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
     fresh
 }
 
+/// Narrows a `requeue-dead` pass beyond its [`Selection`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RequeueFilter {
+    /// Only jobs whose dead-letter reason (`x-zhima-error`) contains this
+    /// text, compared case-insensitively.
+    pub(crate) reason: Option<String>,
+    /// Report what would move and move nothing.
+    pub(crate) dry_run: bool,
+}
+
 /// Moves the selected valid jobs from the dead queue back to the main queue,
 /// looking at each message present at the start only once.
 ///
@@ -291,155 +300,107 @@ fn fresh_headers(headers: Option<&FieldTable>) -> FieldTable {
 /// and wait for its confirm, then ack the dead copy. Still-invalid and
 /// unselected messages are held unacknowledged until the scan ends (so
 /// `basic.get` cannot hand the same one back) and then returned to the dead
-/// queue.
+/// queue (see [`super::dead`]).
 pub(crate) async fn requeue_dead(
     settings: &Settings,
     store: &JobStore,
     selection: Selection,
 ) -> Result<RequeueReport, RequeueError> {
+    requeue_dead_filtered(settings, store, selection, RequeueFilter::default()).await
+}
+
+/// [`requeue_dead`] with a reason filter and a dry run (`requeue-dead
+/// --reason`, `--dry-run`).
+pub(crate) async fn requeue_dead_filtered(
+    settings: &Settings,
+    store: &JobStore,
+    selection: Selection,
+    filter: RequeueFilter,
+) -> Result<RequeueReport, RequeueError> {
     let topology = Topology::from_settings(settings)?;
     let connection = super::connect(&settings.amqp, selection.role()).await?;
     let publisher = Publisher::open(&connection).await?;
     topology.declare(publisher.channel()).await?;
-    let getter = open_channel(&connection).await?;
-    let names = &topology.names;
-    let depth = ready_messages(&getter, &names.dead_queue).await?;
-    let mut mover = DeadMover {
-        settings,
+    let mover = Mover {
         store,
         publisher: &publisher,
         topology: &topology,
+    };
+    let mut chooser = Chooser {
         selection,
-        held: Vec::new(),
+        reason: filter.reason.map(|r| r.to_lowercase()),
+        dry_run: filter.dry_run,
         report: RequeueReport::default(),
     };
-    let outcome = mover.scan(&getter, depth).await;
-    let returned = mover.return_held().await;
+    let outcome = dead::scan(
+        &connection,
+        &topology.names.dead_queue,
+        &settings.upstream.product_code,
+        Some(&mover),
+        &mut chooser,
+    )
+    .await;
     let _ = connection.close(200, "requeue-dead done".into()).await;
     outcome?;
-    returned?;
-    Ok(mover.report)
+    Ok(chooser.report)
 }
 
-/// The state of one `requeue-dead` pass.
-struct DeadMover<'a> {
-    settings: &'a Settings,
-    store: &'a JobStore,
-    publisher: &'a Publisher,
-    topology: &'a Topology,
+/// The choices of one `requeue-dead` pass.
+struct Chooser {
     /// What is still to be moved.
     selection: Selection,
-    /// Still-invalid and unselected messages, unacknowledged until the scan
-    /// ends.
-    held: Vec<Acker>,
+    /// Lower-cased.
+    reason: Option<String>,
+    dry_run: bool,
     report: RequeueReport,
 }
 
-impl DeadMover<'_> {
-    async fn scan(&mut self, getter: &Channel, depth: u32) -> Result<(), RequeueError> {
-        let dead_queue = super::short(&self.topology.names.dead_queue)?;
-        for _ in 0..depth {
-            if self.selection.is_done(self.report.requeued.len()) {
-                break;
-            }
-            let Some(message) = getter
-                .basic_get(dead_queue.clone(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(QueueError::broker("basic.get"))?
-            else {
-                break;
-            };
-            self.handle(message).await?;
-        }
-        Ok(())
+impl Chooser {
+    fn moved(&self) -> usize {
+        self.report.requeued.len() + self.report.would_requeue.len()
     }
 
-    async fn handle(&mut self, message: BasicGetMessage) -> Result<(), RequeueError> {
-        let delivery = message.delivery;
-        let product_code = &self.settings.upstream.product_code;
-        let job = match decode_job(&delivery.data, product_code) {
-            Ok(job) => job,
-            Err(rejected) => {
-                let message_id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|id| id.to_string());
-                self.report.invalid.push(StillInvalid {
-                    message_id,
-                    reason: rejected.error.to_string(),
-                });
-                self.held.push(delivery.acker);
-                return Ok(());
-            }
-        };
-        let transaction_id = job.query.transaction_id.as_str();
-        if !self.selection.is_selected(transaction_id) {
-            self.held.push(delivery.acker);
-            return Ok(());
-        }
-        self.move_back(delivery, transaction_id).await
-    }
-
-    /// A failed republish hands the dead copy straight back, so the message
-    /// stays dead and the error ends the pass.
-    async fn move_back(
-        &mut self,
-        delivery: Delivery,
-        transaction_id: &str,
-    ) -> Result<(), RequeueError> {
-        if let Err(error) = self
-            .republish(
-                transaction_id,
-                &delivery.data,
-                delivery.properties.headers().as_ref(),
-            )
-            .await
-        {
-            let _ = delivery.acker.nack(requeue()).await;
-            return Err(error);
-        }
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(QueueError::broker("basic.ack"))?;
-        self.selection.mark_requeued(transaction_id);
-        self.report.requeued.push(transaction_id.to_owned());
-        Ok(())
-    }
-
-    /// The original body goes back as it was (a producer's extra fields
-    /// included); only the headers are renewed.
-    async fn republish(
-        &self,
-        transaction_id: &str,
-        body: &[u8],
-        headers: Option<&FieldTable>,
-    ) -> Result<(), RequeueError> {
-        self.store.reset_to_retrying(transaction_id).await?;
-        let mut message = Outgoing::job(&self.topology.names, body, Some(transaction_id));
-        message.headers = fresh_headers(headers);
-        self.publisher.publish(message).await?;
-        Ok(())
-    }
-
-    /// Hands the still-invalid and unselected messages back to the dead queue.
-    async fn return_held(&mut self) -> Result<(), QueueError> {
-        for acker in self.held.drain(..) {
-            acker
-                .nack(requeue())
-                .await
-                .map_err(QueueError::broker("basic.nack"))?;
-        }
-        Ok(())
+    fn reason_matches(&self, message: &QueuedMessage) -> bool {
+        self.reason.as_deref().is_none_or(|wanted| {
+            message
+                .reason()
+                .is_some_and(|reason| reason.to_lowercase().contains(wanted))
+        })
     }
 }
 
-fn requeue() -> BasicNackOptions {
-    BasicNackOptions {
-        multiple: false,
-        requeue: true,
+impl Visitor for Chooser {
+    fn visit(&mut self, message: &QueuedMessage) -> Verdict {
+        if message.is_invalid() {
+            let entry = message.entry();
+            self.report.invalid.push(StillInvalid {
+                message_id: entry.message_id,
+                reason: entry.invalid.unwrap_or_default(),
+            });
+            return Verdict::Keep;
+        }
+        let Some(transaction_id) = message.transaction_id() else {
+            return Verdict::Keep;
+        };
+        if !self.selection.is_selected(transaction_id) || !self.reason_matches(message) {
+            return Verdict::Keep;
+        }
+        if self.dry_run {
+            let transaction_id = transaction_id.to_owned();
+            self.selection.mark_requeued(&transaction_id);
+            self.report.would_requeue.push(transaction_id);
+            return Verdict::Keep;
+        }
+        Verdict::Requeue
+    }
+
+    fn is_done(&self) -> bool {
+        self.selection.is_done(self.moved())
+    }
+
+    fn requeued(&mut self, transaction_id: &str) {
+        self.selection.mark_requeued(transaction_id);
+        self.report.requeued.push(transaction_id.to_owned());
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod consumer;
+pub(crate) mod dead;
 pub mod enqueue;
 pub mod publisher;
 pub(crate) mod session;

@@ -4,8 +4,12 @@
 //!
 //! Columns: `biz_no,transaction_id,external_ref,status,completed_at`, with
 //! `completed_at` as `yyyy-MM-dd HH:mm:ss` in the reconcile zone (the
-//! statement's own form, so the two join without conversion). No personal
-//! data: the masked columns are not exported.
+//! statement's own form, so the two join without conversion), then the
+//! result fields `relation_rank,recency,relation_score,error_code,
+//! error_message,attempts,batch_id` (empty when absent). The first five stay
+//! first and in that order, so a consumer reading columns by position keeps
+//! working. No personal data: the masked columns are not exported, and
+//! `error_message` is stored already masked.
 //!
 //! Text cells are made safe for spreadsheets (OWASP's CSV-injection advice):
 //! a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return gets a
@@ -22,6 +26,22 @@ use futures_util::TryStreamExt;
 use super::{Day, ReconcileError};
 use crate::store::{ExportRow, JobStore};
 
+/// The header, in order; the first five are the original columns.
+pub(crate) const EXPORT_HEADER: [&str; 12] = [
+    "biz_no",
+    "transaction_id",
+    "external_ref",
+    "status",
+    "completed_at",
+    "relation_rank",
+    "recency",
+    "relation_score",
+    "error_code",
+    "error_message",
+    "attempts",
+    "batch_id",
+];
+
 /// Writes the day's rows to `out` and returns how many there were.
 pub(crate) async fn export_day(
     store: &JobStore,
@@ -29,15 +49,7 @@ pub(crate) async fn export_day(
     out: &mut dyn Write,
 ) -> Result<u64, ReconcileError> {
     let mut writer = csv::Writer::from_writer(out);
-    writer
-        .write_record([
-            "biz_no",
-            "transaction_id",
-            "external_ref",
-            "status",
-            "completed_at",
-        ])
-        .map_err(csv_failed)?;
+    writer.write_record(EXPORT_HEADER).map_err(csv_failed)?;
     let mut rows = store.export_rows(day.start(), day.end());
     let mut count = 0;
     while let Some(row) = rows.try_next().await? {
@@ -72,13 +84,26 @@ fn write_row<W: Write>(
         .with_timezone(&day.offset)
         .format("%Y-%m-%d %H:%M:%S")
         .to_string();
+    let text =
+        |value: &Option<String>| spreadsheet_safe(value.as_deref().unwrap_or("")).into_owned();
+    let result = &row.result;
     writer
         .write_record([
-            spreadsheet_safe(row.biz_no.as_deref().unwrap_or("")).as_ref(),
+            text(&row.biz_no).as_str(),
             &spreadsheet_safe(&row.transaction_id),
-            &spreadsheet_safe(row.external_ref.as_deref().unwrap_or("")),
+            &text(&row.external_ref),
             row.status.as_str(),
             &completed_at,
+            &text(&result.relation_rank),
+            &text(&result.recency),
+            &result
+                .relation_score
+                .map(|score| score.to_string())
+                .unwrap_or_default(),
+            &text(&result.error_code),
+            &text(&result.error_message),
+            &result.attempts.to_string(),
+            &text(&result.batch_id),
         ])
         .map_err(csv_failed)
 }
@@ -88,17 +113,21 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use crate::store::JobStatus;
+    use crate::store::{ExportResult, JobStatus};
 
     fn exported(external_ref: &str, transaction_id: &str) -> Vec<String> {
-        let day = Day::parse("2024-05-21", 8).unwrap();
-        let row = ExportRow {
+        exported_row(ExportRow {
             biz_no: Some("ZM1".into()),
             transaction_id: transaction_id.into(),
             external_ref: Some(external_ref.into()),
             status: JobStatus::Succeeded,
-            completed_at: day.start(),
-        };
+            completed_at: Day::parse("2024-05-21", 8).unwrap().start(),
+            result: ExportResult::default(),
+        })
+    }
+
+    fn exported_row(row: ExportRow) -> Vec<String> {
+        let day = Day::parse("2024-05-21", 8).unwrap();
         let mut writer = csv::Writer::from_writer(Vec::new());
         write_row(&mut writer, &row, &day).unwrap();
         let bytes = writer.into_inner().unwrap();
@@ -126,5 +155,62 @@ mod tests {
         assert_eq!(row[2], "loan-7/contact-1", "harmless text is untouched");
         assert_eq!(row[1], "'-t1", "every text cell is checked");
         assert_eq!(row[4], "2024-05-21 00:00:00");
+    }
+
+    #[test]
+    fn export_keeps_the_original_columns_first_and_adds_the_result_fields() {
+        assert_eq!(
+            EXPORT_HEADER[..5],
+            [
+                "biz_no",
+                "transaction_id",
+                "external_ref",
+                "status",
+                "completed_at"
+            ]
+        );
+        let completed_at = Day::parse("2024-05-21", 8).unwrap().start();
+        let succeeded = exported_row(ExportRow {
+            biz_no: Some("ZM1".into()),
+            transaction_id: "t1".into(),
+            external_ref: None,
+            status: JobStatus::Succeeded,
+            completed_at,
+            result: ExportResult {
+                relation_rank: Some("A".into()),
+                recency: Some("R1".into()),
+                relation_score: Some(87),
+                attempts: 3,
+                batch_id: Some("b_7".into()),
+                ..ExportResult::default()
+            },
+        });
+        assert_eq!(succeeded.len(), EXPORT_HEADER.len());
+        assert_eq!(succeeded[5..], ["A", "R1", "87", "", "", "3", "b_7"]);
+        let failed = exported_row(ExportRow {
+            biz_no: None,
+            transaction_id: "t2".into(),
+            external_ref: None,
+            status: JobStatus::Failed,
+            completed_at,
+            result: ExportResult {
+                error_code: Some("INVALID_PARAMETER".into()),
+                error_message: Some("=cmd|' /C calc'!A0".into()),
+                attempts: 1,
+                ..ExportResult::default()
+            },
+        });
+        assert_eq!(
+            failed[5..],
+            [
+                "",
+                "",
+                "",
+                "INVALID_PARAMETER",
+                "'=cmd|' /C calc'!A0",
+                "1",
+                ""
+            ]
+        );
     }
 }

@@ -18,16 +18,16 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction};
 
-#[cfg(test)]
 use super::LedgerRow;
 use super::leases::LeaseSql;
+use super::lookup::LookupSql;
 use super::reconcile::ReconcileSql;
 use super::{CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError};
 
 /// The statements of `relation_checks` and the `upstream_calls` ledger. The
 /// transaction methods take the open transaction of
 /// [`JobStore::record`](super::JobStore::record); the others run on the pool.
-pub(super) trait Dialect: Database + LeaseSql + ReconcileSql {
+pub(super) trait Dialect: Database + LeaseSql + ReconcileSql + LookupSql {
     /// Round-trips a trivial query.
     fn ping(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -104,8 +104,7 @@ pub(super) trait Dialect: Database + LeaseSql + ReconcileSql {
         transaction_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The ledger rows of one job, by attempt, start time and insertion.
-    #[cfg(test)]
+    /// The ledger rows of one job, by attempt, start time and insertion (`show`).
     fn calls_for(
         pool: &Pool<Self>,
         transaction_id: &str,

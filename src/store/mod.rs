@@ -33,6 +33,7 @@ macro_rules! with_pool {
 
 mod dialect;
 mod leases;
+mod lookup;
 mod postgres;
 mod reconcile;
 mod sqlite;
@@ -40,6 +41,9 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
 pub(crate) use leases::Membership;
+pub(crate) use lookup::{JobRecord, MAX_ROWS_PER_REFERENCE};
+#[cfg(test)]
+pub(crate) use reconcile::ExportResult;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
 
 use std::fmt;
@@ -579,7 +583,6 @@ impl JobStore {
     }
 
     /// The ledger rows of one job, by attempt then start time.
-    #[cfg(test)]
     pub(crate) async fn calls_for(
         &self,
         transaction_id: &str,
@@ -681,7 +684,6 @@ fn attempts_from_db(value: i64) -> Result<u32, StoreError> {
     })
 }
 
-#[cfg(test)]
 fn call_from_db(row: LedgerRow) -> Result<CallRecord, StoreError> {
     let attempt = attempts_from_db(row.attempt)?;
     let duration_ms = u64::try_from(row.duration_ms).map_err(|_| StoreError::Malformed {
@@ -709,7 +711,6 @@ fn call_from_db(row: LedgerRow) -> Result<CallRecord, StoreError> {
 }
 
 /// A ledger row as both backends read it (SQLite's timestamp already parsed).
-#[cfg(test)]
 struct LedgerRow {
     attempt: i64,
     started_at: DateTime<Utc>,

@@ -13,7 +13,6 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
 
-#[cfg(test)]
 use super::LedgerRow;
 use super::dialect::Dialect;
 use super::{
@@ -239,7 +238,6 @@ impl Dialect for Postgres {
         Ok(())
     }
 
-    #[cfg(test)]
     async fn calls_for(pool: &PgPool, transaction_id: &str) -> Result<Vec<LedgerRow>, StoreError> {
         let rows: Vec<PgLedgerRow> = sqlx::query_as(
             "SELECT attempt, started_at, duration_ms, http_status, code, sub_code, outcome \
@@ -311,7 +309,6 @@ const RECORD_REJECTED: &str = "\
         completed_at = now(), updated_at = now() \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
-#[cfg(test)]
 #[derive(FromRow)]
 struct PgLedgerRow {
     attempt: i32,
@@ -323,7 +320,6 @@ struct PgLedgerRow {
     outcome: String,
 }
 
-#[cfg(test)]
 impl From<PgLedgerRow> for LedgerRow {
     fn from(row: PgLedgerRow) -> Self {
         LedgerRow {

@@ -52,6 +52,20 @@ pub(crate) struct ExportRow {
     pub(crate) external_ref: Option<String>,
     pub(crate) status: JobStatus,
     pub(crate) completed_at: DateTime<Utc>,
+    /// The result fields (issue 11), after the original columns.
+    pub(crate) result: ExportResult,
+}
+
+/// The answer or the error of an exported row, and its batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, FromRow)]
+pub(crate) struct ExportResult {
+    pub(crate) relation_rank: Option<String>,
+    pub(crate) recency: Option<String>,
+    pub(crate) relation_score: Option<i64>,
+    pub(crate) error_code: Option<String>,
+    pub(crate) error_message: Option<String>,
+    pub(crate) attempts: i64,
+    pub(crate) batch_id: Option<String>,
 }
 
 impl JobStore {
@@ -162,8 +176,9 @@ pub(super) trait ReconcileSql: Database {
 const CHECK_COLUMNS: &str =
     "SELECT transaction_id, biz_no, status, error_code, completed_at FROM relation_checks";
 
-const EXPORT_COLUMNS: &str =
-    "SELECT biz_no, transaction_id, external_ref, status, completed_at FROM relation_checks";
+const EXPORT_COLUMNS: &str = "SELECT biz_no, transaction_id, external_ref, status, completed_at, \
+     relation_rank, recency, relation_score, error_code, error_message, \
+     CAST(attempts AS BIGINT) AS attempts, batch_id FROM relation_checks";
 
 /// `first_call_at IS NULL` counts as "not before": such a row never called.
 #[derive(FromRow)]
@@ -268,6 +283,7 @@ impl ReconcileSql for Postgres {
                     transaction_id: row.transaction_id,
                     external_ref: row.external_ref,
                     completed_at: row.completed_at,
+                    result: row.result,
                 })
             })
             .boxed()
@@ -302,6 +318,8 @@ struct PgExportRow {
     external_ref: Option<String>,
     status: String,
     completed_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    result: ExportResult,
 }
 
 /// SQLite keeps timestamps as text (see `super::sqlite`) and takes key lists
@@ -392,6 +410,7 @@ impl ReconcileSql for Sqlite {
                     biz_no: row.biz_no,
                     transaction_id: row.transaction_id,
                     external_ref: row.external_ref,
+                    result: row.result,
                 })
             })
             .boxed()
@@ -429,6 +448,8 @@ struct SqliteExportRow {
     external_ref: Option<String>,
     status: String,
     completed_at: String,
+    #[sqlx(flatten)]
+    result: ExportResult,
 }
 
 /// SQLite takes a key list as one JSON array (`json_each`), so the SQL text

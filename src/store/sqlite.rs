@@ -18,7 +18,6 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, FromRow, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-#[cfg(test)]
 use super::LedgerRow;
 use super::dialect::Dialect;
 use super::{
@@ -340,7 +339,6 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
-    #[cfg(test)]
     async fn calls_for(
         pool: &SqlitePool,
         transaction_id: &str,
@@ -416,7 +414,6 @@ const RECORD_REJECTED: &str = "\
         completed_at = excluded.completed_at, updated_at = excluded.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
 
-#[cfg(test)]
 #[derive(FromRow)]
 struct SqliteLedgerRow {
     attempt: i64,
@@ -428,7 +425,6 @@ struct SqliteLedgerRow {
     outcome: String,
 }
 
-#[cfg(test)]
 impl SqliteLedgerRow {
     fn into_ledger_row(self) -> Result<LedgerRow, StoreError> {
         Ok(LedgerRow {
