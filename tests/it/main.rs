@@ -11,7 +11,8 @@
 //!   no broker (`support::in_process`).
 //! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
 //!   summary at exit).
-//! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands.
+//! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands;
+//!   `lookup` (`show`) and `dead` (the dead-letter tools).
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
 //! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,11 +23,13 @@ mod support;
 mod broker;
 mod cli;
 mod client;
+mod dead;
 mod deploy;
 mod enqueue;
 mod enqueue_input;
 mod help;
 mod in_process;
+mod lookup;
 mod reconcile;
 mod sandbox;
 mod scale;
