@@ -26,6 +26,7 @@
 //! requeued job's row is reset through [`JobStore`].
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -186,6 +187,9 @@ pub(crate) enum Verdict {
 
 /// Decides, message by message, what a scan does.
 pub(crate) trait Visitor {
+    /// Called before the scan of each queue.
+    fn entering(&mut self, _queue: &str) {}
+
     fn visit(&mut self, message: &QueuedMessage) -> Verdict;
 
     /// True once nothing more needs to be seen (a limit reached).
@@ -206,7 +210,8 @@ pub(crate) struct Mover<'a> {
 
 /// One scan over `queue` (see the module docs): each message present at the
 /// start is seen once, unless the visitor is done first. Kept messages go
-/// back even when the scan fails.
+/// back even when the scan fails, and the scan ends only once the broker
+/// shows them ready again (see [`settle`]).
 pub(crate) async fn scan(
     connection: &Connection,
     queue: &str,
@@ -230,13 +235,44 @@ pub(crate) async fn scan(
         &mut held,
     )
     .await;
+    let kept = held.len();
     let returned = hand_back(held).await;
     let _ = channel.close(200, "scan done".into()).await;
+    if let (Ok(gone), Ok(()), true) = (&outcome, &returned, kept > 0) {
+        settle(connection, queue, depth.saturating_sub(*gone)).await;
+    }
     outcome?;
     returned?;
     Ok(())
 }
 
+/// How long a scan waits for the messages it handed back to be ready again.
+const SETTLE_LIMIT: Duration = Duration::from_secs(3);
+
+/// A quorum queue applies hand-backs asynchronously: for a few milliseconds
+/// after the scan they are neither ready nor held, and a command started
+/// right after this one (`dead list` then `requeue-dead` in a script) would
+/// see a shorter queue and miss them. So the scan waits until the queue has
+/// `expected` ready messages again, or [`SETTLE_LIMIT`] has passed (another
+/// consumer, or TTL expiry in a delay queue, may keep it from ever getting
+/// there; nothing is lost either way).
+async fn settle(connection: &Connection, queue: &str, expected: u32) {
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match ready_messages(&channel, queue).await {
+            Ok(ready) if ready < expected => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => break,
+        }
+    }
+    let _ = channel.close(200, "settled".into()).await;
+}
+
+/// Returns how many messages left the queue (removed or requeued).
 async fn scan_held(
     channel: &Channel,
     queue: &str,
@@ -245,8 +281,9 @@ async fn scan_held(
     mover: Option<&Mover<'_>>,
     visitor: &mut dyn Visitor,
     held: &mut Vec<Acker>,
-) -> Result<(), RequeueError> {
+) -> Result<u32, RequeueError> {
     let name = short(queue)?;
+    let mut gone = 0;
     for _ in 0..depth {
         if visitor.is_done() {
             break;
@@ -266,16 +303,18 @@ async fn scan_held(
                     .ack(BasicAckOptions::default())
                     .await
                     .map_err(QueueError::broker("basic.ack"))?;
+                gone += 1;
             }
             (Verdict::Requeue, Some(mover), Ok(job)) => {
                 let transaction_id = job.query.transaction_id.as_str();
                 move_back(mover, delivery, transaction_id).await?;
                 visitor.requeued(transaction_id);
+                gone += 1;
             }
             _ => held.push(delivery.acker),
         }
     }
-    Ok(())
+    Ok(gone)
 }
 
 /// A failed reset or republish hands the message straight back, so it stays
@@ -368,22 +407,27 @@ pub(crate) async fn list_dead(
         listing: DeadListing::default(),
     };
     let queue = settings.amqp.dead_queue.clone();
-    read_only(settings, "dead-list", &[queue], &mut lister).await?;
+    scan_queues(settings, "dead-list", &[queue], &mut lister).await?;
     Ok(lister.listing)
 }
 
-/// Every message of one transaction_id, kept.
+/// Every message of one transaction_id, kept, named by its queue.
 struct Finder<'a> {
     transaction_id: &'a str,
-    found: Vec<DeadEntry>,
+    queue: String,
+    found: Vec<(String, DeadEntry)>,
 }
 
 impl Visitor for Finder<'_> {
+    fn entering(&mut self, queue: &str) {
+        queue.clone_into(&mut self.queue);
+    }
+
     fn visit(&mut self, message: &QueuedMessage) -> Verdict {
         let matches = message.transaction_id() == Some(self.transaction_id)
             || message.message_id.as_deref() == Some(self.transaction_id);
         if matches {
-            self.found.push(message.entry());
+            self.found.push((self.queue.clone(), message.entry()));
         }
         Verdict::Keep
     }
@@ -452,29 +496,26 @@ pub(crate) async fn locate(
     })
 }
 
-/// Scans `queues` for `transaction_id`, each queue on its own so that every
-/// hit is named by its queue.
+/// Scans `queues` for `transaction_id` on one connection.
 async fn find_in(
     settings: &Settings,
     role: &str,
     queues: &[String],
     transaction_id: &str,
 ) -> Result<Vec<(String, DeadEntry)>, RequeueError> {
-    let mut found = Vec::new();
-    for queue in queues {
-        let mut finder = Finder {
-            transaction_id,
-            found: Vec::new(),
-        };
-        read_only(settings, role, std::slice::from_ref(queue), &mut finder).await?;
-        found.extend(finder.found.into_iter().map(|entry| (queue.clone(), entry)));
-    }
-    Ok(found)
+    let mut finder = Finder {
+        transaction_id,
+        queue: String::new(),
+        found: Vec::new(),
+    };
+    scan_queues(settings, role, queues, &mut finder).await?;
+    Ok(finder.found)
 }
 
-/// Scans `queues` in turn without moving anything; a queue that does not
-/// exist (nothing declared it yet) holds nothing and is skipped.
-async fn read_only(
+/// Scans `queues` in turn on one connection, with no [`Mover`] (nothing is
+/// requeued; a visitor may still remove); a queue that does not exist
+/// (nothing declared it yet) holds nothing and is skipped.
+async fn scan_queues(
     settings: &Settings,
     role: &str,
     queues: &[String],
@@ -484,6 +525,7 @@ async fn read_only(
     let product_code = &settings.upstream.product_code;
     let mut outcome = Ok(());
     for queue in queues {
+        visitor.entering(queue);
         outcome = match scan(&connection, queue, product_code, None, visitor).await {
             Err(RequeueError::Queue(QueueError::Broker { source, .. }))
                 if super::admin::is_not_found(&source) =>
@@ -532,7 +574,7 @@ pub(crate) async fn purge_invalid(
         removed: Vec::new(),
     };
     let queue = settings.amqp.dead_queue.clone();
-    read_only(settings, "dead-purge", &[queue], &mut purger).await?;
+    scan_queues(settings, "dead-purge", &[queue], &mut purger).await?;
     Ok(purger.removed)
 }
 
