@@ -286,3 +286,133 @@ async fn requeue_dead_by_id_by_reason_and_as_a_dry_run_moves_exactly_what_was_ch
     );
     worker.cleanup().await;
 }
+
+/// Enough dead messages that a scan takes a while to read them all.
+const MANY: u32 = 3000;
+
+/// Publishes `count` valid jobs `{prefix}_{n}` straight into the dead queue
+/// (as the worker dead-letters them: `message_id` = transaction_id), with
+/// confirms.
+async fn fill_dead_queue(worker: &TestWorker, prefix: &str, count: u32) -> lapin::Connection {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let settings = zhima_worker::config::load(None).unwrap();
+    let connection = zhima_worker::queue::connect(&settings.amqp, "test")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let dead_queue = worker.topology.names.dead_queue.as_str();
+    let mut confirms = Vec::new();
+    for n in 0..count {
+        let body = serde_json::to_vec(&job(prefix, n)).unwrap();
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(format!("{prefix}_{n}").into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                dead_queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap();
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    connection
+}
+
+/// Every message id in `queue`, taken for good (the test's own queue).
+async fn drain_ids(connection: &lapin::Connection, queue: &str) -> Vec<String> {
+    use lapin::options::BasicGetOptions;
+    let channel = connection.create_channel().await.unwrap();
+    let mut ids = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        let id = message.delivery.properties.message_id().clone().unwrap();
+        ids.push(id.to_string());
+    }
+    ids
+}
+
+/// Waits (polling every 5 ms, so that a scan of [`MANY`] messages is caught
+/// half-way) until `condition` holds for the ready counts of (main, dead).
+async fn wait_for_depths(worker: &TestWorker, what: &str, condition: impl Fn(u32, u32) -> bool) {
+    let names = &worker.topology.names;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let (main, dead) = (
+            worker.ready(&names.queue).await,
+            worker.ready(&names.dead_queue).await,
+        );
+        if condition(main, dead) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: main {main}, dead {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_scan_or_a_requeue_killed_half_way_loses_no_dead_message_and_doubles_none() {
+    let worker = crate::support::spawn_worker(Db::Sqlite).await;
+    let connection = fill_dead_queue(&worker, "kill", MANY).await;
+    let (main, dead_queue) = (
+        worker.topology.names.queue.clone(),
+        worker.topology.names.dead_queue.clone(),
+    );
+    wait_for_depths(&worker, "the dead queue is full", |_, dead| dead == MANY).await;
+
+    let mut listing = worker.command(&["dead", "list"]).spawn().unwrap();
+    wait_for_depths(&worker, "the scan holds messages", |_, dead| dead < MANY).await;
+    listing.start_kill().unwrap();
+    let killed = listing.wait().await.unwrap();
+    assert!(!killed.success(), "killed before it finished: {killed}");
+    wait_for_depths(&worker, "every message is back", |_, dead| dead == MANY).await;
+
+    let mut requeue = worker.command(&["requeue-dead"]).spawn().unwrap();
+    wait_for_depths(&worker, "some jobs moved", |main, _| main > 0).await;
+    requeue.start_kill().unwrap();
+    let killed = requeue.wait().await.unwrap();
+    assert!(!killed.success(), "killed before it finished: {killed}");
+    wait_for_depths(&worker, "every message is in a queue", |main, dead| {
+        main + dead >= MANY
+    })
+    .await;
+
+    let mut dead_ids = drain_ids(&connection, &dead_queue).await;
+    let main_ids = drain_ids(&connection, &main).await;
+    assert!(
+        !main_ids.is_empty() && !dead_ids.is_empty(),
+        "killed half-way"
+    );
+    let dead_count = dead_ids.len();
+    dead_ids.sort();
+    dead_ids.dedup();
+    assert_eq!(dead_ids.len(), dead_count, "no dead message doubled");
+    let mut all: Vec<String> = dead_ids.iter().chain(&main_ids).cloned().collect();
+    let total = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), MANY as usize, "every job is in a queue");
+    assert!(
+        total <= MANY as usize + 1,
+        "at most the one job being moved at the kill is in both queues: {total}"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    worker.cleanup().await;
+}
