@@ -12,6 +12,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 
 use super::EXIT_USAGE;
+use super::lookup::printable;
 use crate::config::Settings;
 use crate::job::TransactionId;
 use crate::queue::admin::{self, RequeueFilter, Selection};
@@ -20,7 +21,10 @@ use crate::store::JobStore;
 
 pub(super) const DEAD: &str = "\
 Exit codes:
-  see each subcommand: zhima-worker dead list --help
+  0   success
+  1   error: configuration, broker unreachable; dead show: the job has no
+      dead message
+  64  usage error (each subcommand's --help has the details)
 
 Environment:
   AMQP_URL                           shortcut for amqp.url
@@ -337,20 +341,6 @@ fn requeue_plan(args: RequeueArgs) -> Result<(Selection, RequeueFilter), String>
         dry_run: args.dry_run,
     };
     Ok((selection, filter))
-}
-
-/// Control characters as escapes: message ids, references and reasons come
-/// from producers and must not drive the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn or_dash(value: Option<&str>) -> String {

@@ -212,9 +212,10 @@ async fn locate(settings: &Settings, transaction_id: &str, status: Option<JobSta
     }
 }
 
-/// Control characters as escapes, so a hostile value cannot drive the
-/// terminal; everything else as it is.
-fn printable(text: &str) -> String {
+/// Control characters as escapes, so a hostile value (a producer's
+/// reference, a message id, a reason) cannot drive the terminal; everything
+/// else as it is.
+pub(super) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() {

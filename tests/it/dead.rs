@@ -141,6 +141,20 @@ async fn dead_list_show_and_purge_show_masked_data_and_remove_only_invalid_messa
             "{output}"
         );
     }
+    let located = zhima(&worker, &["show", "dl_1", "--json"], &[]).await;
+    assert_eq!(located.code, 0, "{}", located.stderr);
+    let located: serde_json::Value = serde_json::from_str(&located.stdout).unwrap();
+    assert_eq!(located["status"], "failed");
+    let queues = located["location"]["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 1, "{located}");
+    assert_eq!(queues[0]["kind"], "dead");
+    assert_eq!(queues[0]["queue"], dead_queue.as_str());
+    assert!(
+        queues[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SYSTEM_ERROR")
+    );
     let unknown = zhima(&worker, &["dead", "show", "nobody_1"], &[]).await;
     assert_eq!(unknown.code, 1);
     assert!(
