@@ -391,6 +391,13 @@ async fn a_scan_or_a_requeue_killed_half_way_loses_no_dead_message_and_doubles_n
     );
     wait_for_depths(&worker, "the dead queue is full", |_, dead| dead == MANY).await;
 
+    let no_row = zhima(&worker, &["show", "kill_7", "--json"], &[]).await;
+    assert_eq!(no_row.code, 0, "{}", no_row.stderr);
+    let no_row: serde_json::Value = serde_json::from_str(&no_row.stdout).unwrap();
+    assert_eq!(no_row["status"], serde_json::Value::Null, "no row yet");
+    assert_eq!(no_row["location"]["queues"][0]["kind"], "dead", "{no_row}");
+    assert_eq!(worker.ready(&dead_queue).await, MANY, "show moved nothing");
+
     let mut listing = worker.command(&["dead", "list"]).spawn().unwrap();
     wait_for_depths(&worker, "the scan holds messages", |_, dead| dead < MANY).await;
     listing.start_kill().unwrap();
