@@ -188,6 +188,11 @@ async fn find(
     }
     if let (Key::TransactionId(id), true) = (key, jobs.is_empty()) {
         let location = locate(settings, id, None).await;
+        if let Located::Unknown(error) = &location {
+            anyhow::bail!(
+                "no row for transaction_id {id}, and the queues could not be read: {error}"
+            );
+        }
         let queued = matches!(&location, Located::Looked(w) if !w.found.is_empty());
         let calls = store.calls_for(id).await?;
         if queued || !calls.is_empty() {

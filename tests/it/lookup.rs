@@ -213,6 +213,15 @@ async fn show_of_an_unknown_id_exits_1_and_hostile_ids_exit_64_without_being_ech
         unknown.stderr
     );
 
+    let no_broker = [("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")];
+    let unreadable = zhima(&worker, &["show", "never_seen_1"], &no_broker).await;
+    assert_eq!(unreadable.code, 1);
+    assert!(
+        unreadable.stderr.contains("the queues could not be read"),
+        "{}",
+        unreadable.stderr
+    );
+
     let long = "a".repeat(10_000);
     for (id, rule) in [
         ("", "must not be empty"),
