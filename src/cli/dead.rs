@@ -238,15 +238,16 @@ async fn show(settings: &Settings, transaction_id: &str, json: bool) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
+/// Each message is printed before it is removed (stdout is flushed per
+/// line), so a purge that dies half-way has reported everything it removed.
 async fn purge(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let removed = dead::purge_invalid(settings, dry_run)
+    let verb = if dry_run { "would remove" } else { "removing" };
+    let mut report = |entry: &DeadEntry| println!("{verb}: {}", entry_line(entry));
+    let count = dead::purge_invalid(settings, dry_run, &mut report)
         .await
         .context("purging invalid dead messages")?;
-    let verb = if dry_run { "would remove" } else { "removed" };
-    for entry in &removed {
-        println!("{verb}: {}", entry_line(entry));
-    }
-    println!("{verb} {} invalid dead messages", removed.len());
+    let done = if dry_run { "would remove" } else { "removed" };
+    println!("{done} {count} invalid dead messages");
     Ok(ExitCode::SUCCESS)
 }
 

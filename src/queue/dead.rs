@@ -542,19 +542,22 @@ async fn scan_queues(
     outcome
 }
 
-/// `dead purge --invalid`: removes (or, dry, only reports) every dead
-/// message that is not a valid job; the others stay.
-struct Purger {
+/// `dead purge --invalid`: reports, then removes (or, dry, only reports)
+/// every dead message that is not a valid job; the others stay.
+struct Purger<'r> {
     dry_run: bool,
-    removed: Vec<DeadEntry>,
+    /// Called with each message before it is removed.
+    report: &'r mut dyn FnMut(&DeadEntry),
+    count: u64,
 }
 
-impl Visitor for Purger {
+impl Visitor for Purger<'_> {
     fn visit(&mut self, message: &QueuedMessage) -> Verdict {
         if !message.is_invalid() {
             return Verdict::Keep;
         }
-        self.removed.push(message.entry());
+        (self.report)(&message.entry());
+        self.count += 1;
         if self.dry_run {
             Verdict::Keep
         } else {
@@ -563,19 +566,23 @@ impl Visitor for Purger {
     }
 }
 
-/// Removes the dead messages that can never succeed and returns them
-/// (masked) so they can be reported; with `dry_run` nothing is removed.
+/// Removes the dead messages that can never succeed, handing each (masked)
+/// to `report` before it is acked, so that a message is never gone without
+/// having been reported; with `dry_run` nothing is removed. Returns how many
+/// were reported.
 pub(crate) async fn purge_invalid(
     settings: &Settings,
     dry_run: bool,
-) -> Result<Vec<DeadEntry>, RequeueError> {
+    report: &mut dyn FnMut(&DeadEntry),
+) -> Result<u64, RequeueError> {
     let mut purger = Purger {
         dry_run,
-        removed: Vec::new(),
+        report,
+        count: 0,
     };
     let queue = settings.amqp.dead_queue.clone();
     scan_queues(settings, "dead-purge", &[queue], &mut purger).await?;
-    Ok(purger.removed)
+    Ok(purger.count)
 }
 
 #[cfg(test)]
