@@ -436,6 +436,78 @@ mod tests {
         );
     }
 
+    fn record(status: JobStatus) -> JobRecord {
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-01T06:12:09.114Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        JobRecord {
+            transaction_id: "t_1".into(),
+            external_ref: Some("loan-1\u{1b}[2J".into()),
+            batch_id: None,
+            status,
+            attempts: 1,
+            biz_no: None,
+            relation_rank: None,
+            recency: None,
+            relation_score: None,
+            error_code: Some("SYSTEM_ERROR".into()),
+            error_message: None,
+            cert_no_masked: Some("640202********4686".into()),
+            name_masked: Some("张*".into()),
+            relation_phone_masked: Some("158****1158".into()),
+            relation_name_masked: None,
+            created_at: at,
+            updated_at: at,
+            first_call_at: Some(at),
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_job_in_no_queue_says_the_main_queue_was_not_read_and_json_keeps_types() {
+        let shown = Shown {
+            transaction_id: "t_1".into(),
+            record: Some(record(JobStatus::Retrying)),
+            calls: vec![CallRecord {
+                attempt: 1,
+                started_at: record(JobStatus::Retrying).created_at,
+                duration_ms: 48,
+                http_status: Some(200),
+                code: Some("40004".into()),
+                sub_code: Some("SYSTEM_ERROR".into()),
+                outcome: "retryable".into(),
+            }],
+            location: Located::Looked(Whereabouts {
+                found: Vec::new(),
+                main_not_scanned: Some("zhima.relation.verify".into()),
+            }),
+        };
+        let text = to_text(&shown);
+        assert!(
+            text.contains("waiting in the main queue zhima.relation.verify (not read"),
+            "{text}"
+        );
+        assert!(text.contains("external_ref    loan-1\\u{1b}[2J"), "{text}");
+        assert!(text.contains("calls (1):"), "{text}");
+        let json = to_json(&shown);
+        assert_eq!(json["attempts"], 1);
+        assert_eq!(json["relation_score"], Value::Null);
+        assert_eq!(json["status"], "retrying");
+        assert_eq!(json["calls"][0]["duration_ms"], 48);
+        assert_eq!(json["calls"][0]["http_status"], 200);
+        assert_eq!(json["location"]["state"], "not_found");
+        assert_eq!(
+            json["location"]["main_queue_not_read"],
+            "zhima.relation.verify"
+        );
+        let done = Shown {
+            location: Located::Final,
+            ..shown
+        };
+        assert_eq!(to_json(&done)["location"]["state"], "final");
+        assert!(to_text(&done).contains("none: the job succeeded"));
+    }
+
     #[test]
     fn control_characters_from_stored_values_are_printed_escaped() {
         assert_eq!(printable("ok 张三"), "ok 张三");
