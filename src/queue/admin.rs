@@ -263,12 +263,13 @@ impl Selection {
 }
 
 /// Headers a requeued job must not carry: the worker's retry bookkeeping
-/// (a requeued job starts a fresh attempt count) and the broker's death
-/// records (which would otherwise grow with each round trip).
+/// (a requeued job starts a fresh attempt count), the broker's death
+/// records (which would otherwise grow with each round trip) and the quorum
+/// queue's delivery count (every scan of the dead queue adds one).
 fn is_stale_header(name: &str) -> bool {
     matches!(
         name,
-        ATTEMPT_HEADER | THROTTLED_HEADER | ERROR_HEADER | "x-death"
+        ATTEMPT_HEADER | THROTTLED_HEADER | ERROR_HEADER | "x-death" | "x-delivery-count"
     ) || name.starts_with("x-first-death-")
         || name.starts_with("x-last-death-")
 }
@@ -427,6 +428,7 @@ mod tests {
             THROTTLED_HEADER,
             ERROR_HEADER,
             "x-death",
+            "x-delivery-count",
             "x-first-death-queue",
             "x-first-death-reason",
             "x-last-death-exchange",
