@@ -161,6 +161,7 @@ fn check_external_ref(reference: &str) -> Result<String, String> {
 }
 
 /// The jobs for `key`, and whether an external_ref matched more than shown.
+/// The queues are read once for all the jobs that are not final.
 async fn find(
     settings: &Settings,
     store: &JobStore,
@@ -173,9 +174,22 @@ async fn find(
     let limit = usize::try_from(MAX_ROWS_PER_REFERENCE).unwrap_or(usize::MAX);
     let truncated = records.len() > limit;
     records.truncate(limit);
+    let ids: Vec<String> = match (key, records.is_empty()) {
+        (Key::TransactionId(id), true) => vec![id.clone()],
+        _ => records
+            .iter()
+            .filter(|record| record.status != JobStatus::Succeeded)
+            .map(|record| record.transaction_id.clone())
+            .collect(),
+    };
+    let mut located = locate(settings, &ids).await;
     let mut jobs = Vec::with_capacity(records.len());
     for record in records {
-        let location = locate(settings, &record.transaction_id, Some(record.status)).await;
+        let location = if record.status == JobStatus::Succeeded {
+            Located::Final
+        } else {
+            located.take(&record.transaction_id)
+        };
         jobs.push(Shown {
             transaction_id: record.transaction_id.clone(),
             calls: store
@@ -187,7 +201,7 @@ async fn find(
         });
     }
     if let (Key::TransactionId(id), true) = (key, jobs.is_empty()) {
-        let location = locate(settings, id, None).await;
+        let location = located.take(id);
         if let Located::Unknown(error) = &location {
             anyhow::bail!(
                 "no row for transaction_id {id}, and the queues could not be read: {error}"
@@ -207,13 +221,32 @@ async fn find(
     Ok((jobs, truncated))
 }
 
-async fn locate(settings: &Settings, transaction_id: &str, status: Option<JobStatus>) -> Located {
-    if status == Some(JobStatus::Succeeded) {
-        return Located::Final;
+/// What one pass over the queues found for each id looked for.
+enum LocatedAll {
+    Found(Vec<(String, Whereabouts)>),
+    Failed(String),
+}
+
+impl LocatedAll {
+    fn take(&mut self, transaction_id: &str) -> Located {
+        match self {
+            Self::Failed(error) => Located::Unknown(error.clone()),
+            Self::Found(all) => all
+                .iter()
+                .position(|(id, _)| id == transaction_id)
+                .map(|at| Located::Looked(all.swap_remove(at).1))
+                .unwrap_or_else(|| Located::Unknown("not looked for".into())),
+        }
     }
-    match dead::locate(settings, transaction_id).await {
-        Ok(whereabouts) => Located::Looked(whereabouts),
-        Err(error) => Located::Unknown(format!("{:#}", anyhow::Error::from(error))),
+}
+
+async fn locate(settings: &Settings, transaction_ids: &[String]) -> LocatedAll {
+    if transaction_ids.is_empty() {
+        return LocatedAll::Found(Vec::new());
+    }
+    match dead::locate(settings, transaction_ids).await {
+        Ok(found) => LocatedAll::Found(transaction_ids.iter().cloned().zip(found).collect()),
+        Err(error) => LocatedAll::Failed(format!("{:#}", anyhow::Error::from(error))),
     }
 }
 

@@ -25,7 +25,7 @@
 //! themselves are never returned, printed or logged. No SQL runs here: a
 //! requeued job's row is reset through [`JobStore`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use lapin::message::{BasicGetMessage, Delivery};
@@ -411,11 +411,12 @@ pub(crate) async fn list_dead(
     Ok(lister.listing)
 }
 
-/// Every message of one transaction_id, kept, named by its queue.
+/// Every message of the wanted transaction_ids, kept, named by its queue
+/// and by the wanted id it carries.
 struct Finder<'a> {
-    transaction_id: &'a str,
+    wanted: HashSet<&'a str>,
     queue: String,
-    found: Vec<(String, DeadEntry)>,
+    found: Vec<(String, String, DeadEntry)>,
 }
 
 impl Visitor for Finder<'_> {
@@ -424,10 +425,13 @@ impl Visitor for Finder<'_> {
     }
 
     fn visit(&mut self, message: &QueuedMessage) -> Verdict {
-        let matches = message.transaction_id() == Some(self.transaction_id)
-            || message.message_id.as_deref() == Some(self.transaction_id);
-        if matches {
-            self.found.push((self.queue.clone(), message.entry()));
+        let hit = [message.transaction_id(), message.message_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|id| self.wanted.contains(id));
+        if let Some(id) = hit {
+            self.found
+                .push((self.queue.clone(), id.to_owned(), message.entry()));
         }
         Verdict::Keep
     }
@@ -439,9 +443,9 @@ pub(crate) async fn find_dead(
     transaction_id: &str,
 ) -> Result<Vec<DeadEntry>, RequeueError> {
     let queue = settings.amqp.dead_queue.clone();
-    find_in(settings, "dead-show", &[queue], transaction_id)
-        .await
-        .map(|found| found.into_iter().map(|(_, entry)| entry).collect())
+    let ids = [transaction_id.to_owned()];
+    let found = find_in(settings, "dead-show", &[queue], &ids).await?;
+    Ok(found.into_iter().map(|(_, _, entry)| entry).collect())
 }
 
 /// Where a job's message is now: which queue, and what it says there.
@@ -453,7 +457,7 @@ pub(crate) struct Location {
     pub(crate) entry: DeadEntry,
 }
 
-/// What [`locate`] looked at.
+/// What [`locate`] found for one transaction_id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Whereabouts {
     pub(crate) found: Vec<Location>,
@@ -461,14 +465,15 @@ pub(crate) struct Whereabouts {
     pub(crate) main_not_scanned: Option<String>,
 }
 
-/// `show`: the queues holding a message of `transaction_id`: every delay
+/// `show`: the queues holding a message of each of `transaction_ids` (one
+/// [`Whereabouts`] per id, in order), read in one pass over every delay
 /// queue, the dead queue, and the main queue when it is a classic queue (see
 /// the module docs). A message being processed is held by a worker and is
 /// in none of them.
 pub(crate) async fn locate(
     settings: &Settings,
-    transaction_id: &str,
-) -> Result<Whereabouts, RequeueError> {
+    transaction_ids: &[String],
+) -> Result<Vec<Whereabouts>, RequeueError> {
     let topology = Topology::from_settings(settings)?;
     let names = &topology.names;
     let mut queues: Vec<(String, &'static str)> = Vec::new();
@@ -479,32 +484,42 @@ pub(crate) async fn locate(
     queues.extend(topology.delay_queues().into_iter().map(|q| (q, "delay")));
     queues.push((names.dead_queue.clone(), "dead"));
     let only: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
-    let found = find_in(settings, "show", &only, transaction_id).await?;
-    let found = found
-        .into_iter()
-        .map(|(queue, entry)| {
-            let kind = queues
-                .iter()
-                .find(|(q, _)| *q == queue)
-                .map_or("dead", |(_, kind)| *kind);
-            Location { queue, kind, entry }
+    let mut found = find_in(settings, "show", &only, transaction_ids).await?;
+    let kind_of = |queue: &str| {
+        queues
+            .iter()
+            .find(|(q, _)| q == queue)
+            .map_or("dead", |(_, kind)| *kind)
+    };
+    Ok(transaction_ids
+        .iter()
+        .map(|id| {
+            let (mine, rest) = found.drain(..).partition(|(_, hit, _)| hit == id);
+            found = rest;
+            Whereabouts {
+                found: mine
+                    .into_iter()
+                    .map(|(queue, _, entry)| Location {
+                        kind: kind_of(&queue),
+                        queue,
+                        entry,
+                    })
+                    .collect(),
+                main_not_scanned: (!scan_main).then(|| names.queue.clone()),
+            }
         })
-        .collect();
-    Ok(Whereabouts {
-        found,
-        main_not_scanned: (!scan_main).then(|| names.queue.clone()),
-    })
+        .collect())
 }
 
-/// Scans `queues` for `transaction_id` on one connection.
+/// Scans `queues` for `transaction_ids` on one connection.
 async fn find_in(
     settings: &Settings,
     role: &str,
     queues: &[String],
-    transaction_id: &str,
-) -> Result<Vec<(String, DeadEntry)>, RequeueError> {
+    transaction_ids: &[String],
+) -> Result<Vec<(String, String, DeadEntry)>, RequeueError> {
     let mut finder = Finder {
-        transaction_id,
+        wanted: transaction_ids.iter().map(String::as_str).collect(),
         queue: String::new(),
         found: Vec::new(),
     };

@@ -120,6 +120,30 @@ async fn show_by_external_ref_shows_every_job_carrying_it() {
     assert_eq!(ids.len(), 2, "{shown}");
     assert!(ids.contains(&"shared_ref_1") && ids.contains(&"shared_ref_2"));
 
+    let values: Vec<String> = (0..101)
+        .map(|n| format!("('many_{n}', 'loan-many', 'pending')"))
+        .collect();
+    let inserted = worker
+        .execute(&format!(
+            "INSERT INTO relation_checks (transaction_id, external_ref, status) VALUES {}",
+            values.join(", ")
+        ))
+        .await;
+    assert_eq!(inserted, 101);
+    let many = zhima(
+        &worker,
+        &["show", "--external-ref", "loan-many", "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(json(&many).as_array().unwrap().len(), 100);
+    assert!(
+        many.stderr
+            .contains("more than 100 jobs carry this external_ref"),
+        "{}",
+        many.stderr
+    );
+
     let missing = zhima(&worker, &["show", "--external-ref", "loan-404"], &[]).await;
     assert_eq!(missing.code, 1);
     assert!(
