@@ -154,8 +154,8 @@ pub(crate) struct DeadEntry {
 
 /// The reason without what differs between jobs of one cause, so `--group-by
 /// reason` counts causes: `gave up after 8 attempts; last error SYSTEM_ERROR:
-/// …` is `gave up: SYSTEM_ERROR`; `field \`cert_no\`: …` stays `field
-/// \`cert_no\``; a message that is invalid without a recorded reason is
+/// …` is `gave up: SYSTEM_ERROR`; ``field `cert_no`: …`` stays
+/// ``field `cert_no` ``; a message that is invalid without a recorded reason is
 /// grouped by why it is invalid.
 pub(crate) fn reason_group(reason: Option<&str>, invalid: Option<&str>) -> String {
     let Some(reason) = reason.or(invalid).map(str::trim).filter(|r| !r.is_empty()) else {
