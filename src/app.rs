@@ -25,6 +25,7 @@ use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::store::JobStore;
+use crate::telemetry::metric;
 use crate::upstream::UpstreamClient;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -165,6 +166,16 @@ impl JobTally {
         if let Some(index) = JobOutcome::ALL.iter().position(|o| *o == outcome) {
             self.counts[index] += 1;
         }
+    }
+
+    /// A task aborted at the end of the grace: its delivery returns to the
+    /// queue when the channel closes. The processor never saw it end, so
+    /// `zhima_jobs_total` is counted here.
+    fn add_aborted(&mut self) {
+        metrics::counter!(metric::JOBS_TOTAL,
+            metric::OUTCOME => JobOutcome::HandedBack.as_str())
+        .increment(1);
+        self.add(JobOutcome::HandedBack);
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -322,14 +333,17 @@ impl JobRunner for Worker {
                     Some(Err(error)) if error.is_panic() => {
                         tracing::error!(error.message = %error, "job task panicked");
                     }
-                    Some(Err(_)) => self.tally.add(JobOutcome::HandedBack),
+                    Some(Err(_)) => self.tally.add_aborted(),
                 },
                 () = &mut grace => {
                     tracing::warn!(in_flight = self.tasks.len(),
                         "shutdown grace over: handing back the remaining jobs");
                     self.tasks.abort_all();
                     while let Some(joined) = self.tasks.join_next().await {
-                        self.tally.add(joined.unwrap_or(JobOutcome::HandedBack));
+                        match joined {
+                            Ok(outcome) => self.tally.add(outcome),
+                            Err(_) => self.tally.add_aborted(),
+                        }
                     }
                     return;
                 }
@@ -364,6 +378,11 @@ impl JobRunner for Worker {
             };
             let probed = self.client.probe(&self.product_code).await;
             drop(permit);
+            let result = match probed {
+                Ok(()) => metric::PROBE_PASSED,
+                Err(_) => metric::PROBE_FAILED,
+            };
+            metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(1);
             match probed {
                 Ok(()) => {
                     tracing::info!("configuration probe passed: resuming consumption");

@@ -115,6 +115,9 @@ impl LeaseKeeper {
     ) -> Self {
         let worker_id = new_worker_id();
         if !store.is_shared() {
+            // The whole rate, one replica: the gauges say so once.
+            limiter.record_rate();
+            metrics::gauge!(crate::telemetry::metric::REPLICAS_LIVE).set(1.0);
             return Self {
                 worker_id,
                 store,

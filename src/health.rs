@@ -108,6 +108,13 @@ fn register_metrics() {
         "Times the upstream's call-rate limit halved this replica's rate"
     );
     metrics::counter!(metric::RATE_LIMIT_BACKOFFS_TOTAL).increment(0);
+    metrics::describe_counter!(
+        metric::CONFIG_PROBES_TOTAL,
+        "Gateway probes made while paused on a configuration fault, by result"
+    );
+    for result in [metric::PROBE_PASSED, metric::PROBE_FAILED] {
+        metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(0);
+    }
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until

@@ -228,6 +228,7 @@ impl Processor {
 
     async fn call_and_settle(&self, job: &Job, key: &JobKey<'_>, attempt: Attempt) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
+            count_job(JobOutcome::HandedBack);
             return Handled::handed_back();
         };
         let started_at = Utc::now();
@@ -589,6 +590,21 @@ fn count_job(outcome: JobOutcome) {
 /// One sample per gateway call, and the job's count by the outcome the call
 /// was settled with.
 fn record_call_metrics(report: &CallReport<RelationAnswer>, outcome: JobOutcome) {
+    let (code, sub_code) = call_labels(report);
+    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => code, metric::SUB_CODE => sub_code)
+        .increment(1);
+    metrics::histogram!(metric::UPSTREAM_LATENCY_SECONDS).record(report.elapsed.as_secs_f64());
+    count_job(outcome);
+}
+
+/// The `code` and `sub_code` labels of a call. An answer that failed
+/// verification is counted under [`metric::CODE_UNVERIFIED`] with the code it
+/// claimed as `sub_code`: an unverified `10000` is no success.
+fn call_labels(report: &CallReport<RelationAnswer>) -> (String, String) {
+    if let Err(UpstreamError::Unverified { code, .. }) = &report.outcome {
+        let claimed = code.clone().or_else(|| report.code.clone());
+        return (metric::CODE_UNVERIFIED.into(), claimed.unwrap_or_default());
+    }
     let code = report
         .code
         .clone()
@@ -596,11 +612,7 @@ fn record_call_metrics(report: &CallReport<RelationAnswer>, outcome: JobOutcome)
             Some(status) => format!("HTTP_{status}"),
             None => "NONE".into(),
         });
-    let sub_code = report.sub_code.clone().unwrap_or_default();
-    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => code, metric::SUB_CODE => sub_code)
-        .increment(1);
-    metrics::histogram!(metric::UPSTREAM_LATENCY_SECONDS).record(report.elapsed.as_secs_f64());
-    count_job(outcome);
+    (code, report.sub_code.clone().unwrap_or_default())
 }
 
 #[cfg(test)]

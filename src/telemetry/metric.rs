@@ -27,6 +27,10 @@ pub(crate) const REPLICAS_LIVE: &str = "zhima_replicas_live";
 pub(crate) const RATE_LIMIT_PERMITS_PER_SECOND: &str = "zhima_rate_limit_permits_per_second";
 /// Counter: times the upstream's call-rate limit halved this replica's rate.
 pub(crate) const RATE_LIMIT_BACKOFFS_TOTAL: &str = "zhima_rate_limit_backoffs_total";
+/// Counter, by [`RESULT`]: gateway probes made while paused (`app`); they
+/// reach the upstream but are no job's call, so they are not in
+/// [`UPSTREAM_CALLS_TOTAL`].
+pub(crate) const CONFIG_PROBES_TOTAL: &str = "zhima_config_probes_total";
 
 /// Label of [`JOBS_TOTAL`]: a [`crate::processor::JobOutcome`].
 pub(crate) const OUTCOME: &str = "outcome";
@@ -35,3 +39,13 @@ pub(crate) const OUTCOME: &str = "outcome";
 pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
 pub(crate) const SUB_CODE: &str = "sub_code";
+/// Label of [`CONFIG_PROBES_TOTAL`]: [`PROBE_PASSED`] or [`PROBE_FAILED`].
+pub(crate) const RESULT: &str = "result";
+/// A probe whose answer shows the configuration works again.
+pub(crate) const PROBE_PASSED: &str = "passed";
+/// A probe that still meets the configuration fault (or no answer).
+pub(crate) const PROBE_FAILED: &str = "failed";
+/// [`CODE`] of an answer whose signature is missing or wrong: its code was
+/// not trusted, so it is not counted as one (the claimed code goes in
+/// [`SUB_CODE`]).
+pub(crate) const CODE_UNVERIFIED: &str = "UNVERIFIED";

@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use zhima_worker::queue::{self, ATTEMPT_HEADER};
 use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
 
-use crate::support::http::{free_local_addr, scrape, scrape_when_up, value_of};
+use crate::support::http::{free_local_addr, sample, scrape, scrape_when_up, value_of};
 use crate::support::worker::throttled_calls;
 use crate::support::{
-    self, Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker,
+    self, Db, TestWorker, count_values, eventually, exits_zero_within, job, sigterm, spawn_worker,
     spawn_worker_with, until,
 };
 
@@ -316,7 +316,7 @@ async fn keys_signatures_and_secrets_never_appear_in_logs_even_at_trace() {
 /// Every counter and gauge the README lists in the `/metrics` row, with the
 /// labels they carry before any job. Histograms appear with their first
 /// sample (a fake zero would be data), so they are left out here.
-const SERIES_AT_ZERO: [&str; 12] = [
+const SERIES_AT_ZERO: [&str; 14] = [
     r#"zhima_jobs_total{outcome="succeeded"}"#,
     r#"zhima_jobs_total{outcome="failed"}"#,
     r#"zhima_jobs_total{outcome="retried"}"#,
@@ -329,6 +329,8 @@ const SERIES_AT_ZERO: [&str; 12] = [
     "zhima_jobs_in_flight",
     "zhima_consumption_paused",
     "zhima_rate_limit_backoffs_total",
+    r#"zhima_config_probes_total{result="passed"}"#,
+    r#"zhima_config_probes_total{result="failed"}"#,
 ];
 
 /// Gauges that hold the replica's share as soon as it is known: they exist
@@ -338,7 +340,17 @@ const GAUGES_FROM_START_UP: [&str; 2] =
 
 #[tokio::test]
 async fn counters_and_gauges_exist_at_zero_from_start_up() {
-    let worker = spawn_worker(Db::Postgres).await;
+    counters_and_gauges_from_start_up(Db::Postgres).await;
+}
+
+/// SQLite keeps no lease: the gauges still say one replica, the whole rate.
+#[tokio::test]
+async fn on_sqlite_the_replica_and_rate_gauges_read_one_and_the_whole_rate() {
+    counters_and_gauges_from_start_up(Db::Sqlite).await;
+}
+
+async fn counters_and_gauges_from_start_up(db: Db) {
+    let worker = spawn_worker(db).await;
     let listen = free_local_addr();
     let metrics_url = format!("http://{listen}/metrics");
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
@@ -787,5 +799,239 @@ async fn a_whole_run_in_gbk_with_chinese_names_succeeds_stored_masked_and_billed
             );
         }
     }
+    worker.cleanup().await;
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn sum_of(metrics: &str, name: &str) -> f64 {
+    sum_where(metrics, name, |_| true)
+}
+
+/// The sum of the samples of `name` whose label text passes `keep`.
+fn sum_where(metrics: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let labels = match key.strip_prefix(name)? {
+                "" => "",
+                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            keep(labels).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The worker's stderr, line by line, as it comes.
+fn keep_lines(child: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&lines);
+    let stderr = child.stderr.take().expect("stderr piped");
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// JSON log lines whose `fields.message` is `message`.
+fn log_events(lines: &Mutex<Vec<String>>, message: &str) -> Vec<serde_json::Value> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["fields"]["message"] == message)
+        .collect()
+}
+
+/// Jobs somewhere on the broker (ready in the main or a delay queue) or
+/// final in the database: with nothing unacked, every published job is one
+/// of these.
+async fn jobs_accounted_for(worker: &TestWorker) -> u32 {
+    let mut total = worker.ready(&worker.topology.names.queue).await;
+    for queue in worker.topology.delay_queues() {
+        total += worker.ready(&queue).await;
+    }
+    let statuses = worker.statuses().await;
+    total + statuses.values().filter(|s| *s == "succeeded").count() as u32
+}
+
+#[tokio::test]
+async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a_pause_and_a_shutdown()
+ {
+    let worker = spawn_worker(Db::Sqlite).await;
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let url = metrics_url.as_str();
+    let mut command = worker.command(&["run"]);
+    command
+        .envs([
+            ("ZHIMA__HTTP__LISTEN", listen.as_str()),
+            ("ZHIMA__LOG__FORMAT", "json"),
+            ("ZHIMA__LOG__FILTER", "info"),
+            ("ZHIMA__WORKER__MAX_UNVERIFIED_IN_ROW", "3"),
+            ("ZHIMA__WORKER__PROBE_INTERVAL_S", "1"),
+            ("ZHIMA__WORKER__CONCURRENCY", "4"),
+            ("ZHIMA__WORKER__SHUTDOWN_GRACE_S", "1"),
+        ])
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("worker starts");
+    let log = keep_lines(&mut child);
+    let total: f64 = worker.env["ZHIMA__RATE_LIMIT__QPS"].parse().unwrap();
+    until(
+        LIMIT,
+        "SQLite: one replica with the whole rate",
+        || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_replicas_live") == Some(1.0)
+                && value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(total)
+        },
+    )
+    .await;
+
+    // Transient faults, then answers that never verify until the worker pauses.
+    worker.sandbox.respond_next(2, SandboxReply::SystemError);
+    for n in 0..10 {
+        worker.publish_job(&job("truth_a", n)).await;
+    }
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 10)
+        .await;
+    worker.sandbox.set_faults(Faults {
+        broken_sign_rate: 1.0,
+        latency_ms: 100,
+        ..Faults::default()
+    });
+    for n in 0..12 {
+        worker.publish_job(&job("truth_b", n)).await;
+    }
+    let test_worker = &worker;
+    until(
+        LIMIT,
+        "paused, nothing in flight, every job queued or stored",
+        || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_consumption_paused") == Some(1.0)
+                && value_of(&metrics, "zhima_jobs_in_flight") == Some(0.0)
+                && jobs_accounted_for(test_worker).await == 22
+        },
+    )
+    .await;
+    worker.sandbox.set_faults(Faults::default());
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 22)
+        .await;
+    until(LIMIT, "resumed with nothing in flight", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_consumption_paused") == Some(0.0)
+            && value_of(&metrics, "zhima_jobs_in_flight") == Some(0.0)
+    })
+    .await;
+
+    let metrics = scrape(url).await.expect("metrics");
+    let stats = worker.sandbox.stats();
+    let calls = sum_of(&metrics, "zhima_upstream_calls_total");
+    let probes = sum_of(&metrics, "zhima_config_probes_total");
+    let failed_probes = sample(&metrics, r#"zhima_config_probes_total{result="failed"}"#);
+    assert!(
+        sample(&metrics, r#"zhima_config_probes_total{result="passed"}"#) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        calls + probes,
+        stats.requests as f64,
+        "every request the sandbox saw is a counted call or probe\n{metrics}"
+    );
+    let unverified = sum_where(&metrics, "zhima_upstream_calls_total", |labels| {
+        labels.contains(r#"code="UNVERIFIED""#)
+    });
+    assert!(unverified >= 3.0, "the pause took 3 in a row: {unverified}");
+    assert_eq!(
+        unverified + failed_probes,
+        stats.broken_signatures as f64,
+        "answers with a broken sign have their own label, not 10000\n{metrics}"
+    );
+    let system_errors = sum_where(&metrics, "zhima_upstream_calls_total", |labels| {
+        !labels.contains(r#"code="10000""#) && !labels.contains(r#"code="UNVERIFIED""#)
+    });
+    assert_eq!(system_errors, 2.0, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"zhima_upstream_calls_total{code="10000",sub_code=""}"#
+        ),
+        22.0,
+        "one verified success per job"
+    );
+    for n in 0..10 {
+        assert_eq!(worker.sandbox.billed_for(&format!("truth_a_{n}")), 1);
+    }
+    for n in 0..12 {
+        assert_eq!(worker.sandbox.billed_for(&format!("truth_b_{n}")), 1);
+    }
+    let jobs = |outcome: &str| {
+        sample(
+            &metrics,
+            &format!(r#"zhima_jobs_total{{outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(jobs("succeeded"), 22.0);
+    assert_eq!(jobs("retried"), system_errors + unverified);
+    assert_eq!(
+        sample(&metrics, "zhima_retries_scheduled_total"),
+        jobs("retried")
+    );
+    let processed = log_events(&log, "job processed");
+    let handed_back_lines = processed
+        .iter()
+        .filter(|event| event["fields"]["outcome"] == "handed_back")
+        .count();
+    assert_eq!(jobs("handed_back"), handed_back_lines as f64, "{metrics}");
+    assert_eq!(
+        sum_of(&metrics, "zhima_jobs_total"),
+        processed.len() as f64,
+        "one count per `job processed` line"
+    );
+    assert_eq!(
+        sample(&metrics, "zhima_rate_limit_wait_seconds_count"),
+        calls,
+        "one timed permit per job call"
+    );
+
+    // Shutdown with calls in flight past the grace: they are handed back.
+    worker.sandbox.set_faults(Faults {
+        latency_ms: 20_000,
+        ..Faults::default()
+    });
+    let handed_back_before = jobs("handed_back");
+    for n in 0..3 {
+        worker.publish_job(&job("truth_c", n)).await;
+    }
+    until(LIMIT, "three calls in flight", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_jobs_in_flight") == Some(3.0)
+    })
+    .await;
+    sigterm(&child);
+    exits_zero_within(&mut child, LIMIT).await;
+    let main_queue = worker.topology.names.queue.as_str();
+    until(LIMIT, "the three back on the broker", || async move {
+        test_worker.ready(main_queue).await == 3
+    })
+    .await;
+    let summary = eventually(LIMIT, "the run summary line", || async {
+        log_events(&log, "run summary").pop()
+    })
+    .await;
+    let tally = summary["fields"]["jobs"].as_str().unwrap_or_default();
+    let handed_back = handed_back_before as u64 + 3;
+    assert!(
+        tally.contains(&format!("handed_back={handed_back} ")),
+        "{tally}"
+    );
     worker.cleanup().await;
 }
