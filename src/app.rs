@@ -100,6 +100,7 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
     let policy = settings.retry_policy().context("retry settings")?;
     let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
+    register_delay_queues(&store, &topology).await;
     let client = Arc::new(client);
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,
@@ -214,6 +215,19 @@ impl fmt::Display for JobTally {
 
 /// Migrates and connects, waiting out a database that is not up yet; a
 /// database that refuses us for another reason (bad URL, password) is fatal.
+/// Records this configuration's delay queues for `status`, which cannot
+/// list queues over AMQP. A failure costs only that listing: logged, not fatal.
+async fn register_delay_queues(store: &JobStore, topology: &Topology) {
+    let queues: Vec<(String, u64)> = topology
+        .delay_tiers()
+        .map(|(name, delay)| (name, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)))
+        .collect();
+    if let Err(error) = store.register_delay_queues(&queues).await {
+        tracing::warn!(error.message = %error,
+            "could not register the delay queues; `status` may not list them");
+    }
+}
+
 async fn open_store(settings: &Settings, control: &Control) -> anyhow::Result<JobStore> {
     let url = settings.database.url.expose_secret();
     let mut backoff = Duration::from_millis(500);

@@ -112,9 +112,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
     },
-    /// Job counts by status and queue depths (main, retry, dead).
+    /// Job counts and rate from the database, queue depths and consumers from
+    /// the broker, the dead queue by reason; or one batch's progress.
     #[command(after_help = help::STATUS)]
-    Status,
+    Status {
+        /// One batch's progress: total, succeeded, failed, in progress, not
+        /// yet started, the last minute's rate and an ETA.
+        #[arg(long, value_name = "ID", value_parser = status::parse_batch_id)]
+        batch: Option<String>,
+        /// Print one JSON object (with --watch: one per refresh, a line each).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS (1 to 3600, default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1,
+              default_missing_value = "2", value_parser = status::parse_watch)]
+        watch: Option<std::time::Duration>,
+    },
     /// Move dead-lettered jobs back to the main queue, resetting their rows to retrying.
     #[command(after_help = help::REQUEUE_DEAD)]
     RequeueDead {
@@ -184,7 +197,7 @@ impl Command {
     /// missing queues itself.
     pub fn log_filter(&self, configured: &str) -> String {
         match self {
-            Command::Status => format!("{configured},lapin::channel=off"),
+            Command::Status { .. } => format!("{configured},lapin::channel=off"),
             _ => configured.to_owned(),
         }
     }
@@ -225,7 +238,10 @@ impl Command {
                 strict,
                 rejects,
             } => operator::enqueue(&settings, &file, format, strict, rejects).await,
-            Command::Status => operator::status(&settings).await,
+            Command::Status { batch, json, watch } => {
+                let options = status::StatusOptions { batch, json, watch };
+                status::status(&settings, options).await
+            }
             Command::RequeueDead { limit } => operator::requeue_dead(&settings, limit).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
             Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
@@ -318,3 +334,4 @@ fn verify_response(
 mod help;
 mod operator;
 mod reconciliation;
+mod status;

@@ -1,6 +1,6 @@
-//! Handlers of the operator commands around the worker: `enqueue`, `status`,
-//! `requeue-dead`. They open inputs, print, and choose exit codes; the work is
-//! in `crate::queue::{enqueue, admin}`.
+//! Handlers of the operator commands around the worker: `enqueue` and
+//! `requeue-dead` (`status` has its own file). They open inputs, print, and
+//! choose exit codes; the work is in `crate::queue::{enqueue, admin}`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -165,21 +165,6 @@ fn naming(transaction_id: Option<&str>, external_ref: Option<&str>) -> String {
     } else {
         format!(" ({})", names.join(", "))
     }
-}
-
-pub(crate) async fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = JobStore::connect(settings.database.url.expose_secret(), 1)
-        .await
-        .context("connecting to the database")?;
-    let counts = store
-        .counts_by_status()
-        .await
-        .context("counting jobs (has `zhima-worker migrate` run?)")?;
-    let depths = admin::queue_depths(settings)
-        .await
-        .context("reading queue depths")?;
-    print!("{}", admin::render_status(&counts, &depths));
-    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn requeue_dead(

@@ -11,6 +11,7 @@ pub(crate) mod consumer;
 pub mod enqueue;
 pub mod publisher;
 pub(crate) mod session;
+pub(crate) mod status;
 pub mod topology;
 
 use std::time::Duration;

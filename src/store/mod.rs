@@ -36,11 +36,13 @@ mod leases;
 mod postgres;
 mod reconcile;
 mod sqlite;
+mod status;
 
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
 pub(crate) use leases::Membership;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
+pub(crate) use status::{BatchRecord, StoreOverview};
 
 use std::fmt;
 use std::str::FromStr;

@@ -11,7 +11,7 @@
 //!   no broker (`support::in_process`).
 //! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
 //!   summary at exit).
-//! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands.
+//! - `broker`, `cli`, `enqueue`, `status`: the binary's operator and debugging commands.
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
 //! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -30,5 +30,6 @@ mod in_process;
 mod reconcile;
 mod sandbox;
 mod scale;
+mod status;
 mod until_idle;
 mod worker;

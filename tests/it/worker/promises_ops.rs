@@ -1001,6 +1001,11 @@ async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a
         calls,
         "one timed permit per job call"
     );
+    assert_eq!(
+        worker.count("SELECT count(*) FROM delay_queues").await,
+        worker.topology.delay_queues().len() as i64,
+        "run registers its delay queues for `status`"
+    );
 
     // Shutdown with calls in flight past the grace: they are handed back.
     worker.sandbox.set_faults(Faults {
