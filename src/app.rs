@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::control::Control;
@@ -81,6 +82,19 @@ pub(crate) fn parse_max_wait(text: &str) -> Result<Duration, String> {
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<RunEnd> {
+    let worker_id = crate::cluster::new_worker_id();
+    // Every line of this replica, its job tasks' included, carries worker_id.
+    let span = tracing::info_span!("worker", worker_id = %worker_id);
+    run_replica(settings, options, worker_id)
+        .instrument(span)
+        .await
+}
+
+async fn run_replica(
+    settings: Settings,
+    options: RunOptions,
+    worker_id: String,
+) -> anyhow::Result<RunEnd> {
     let started = Instant::now();
     let pii_key =
         crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
@@ -118,6 +132,7 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
     }));
     // Before consuming: the other replicas must have made room for this one.
     let lease = crate::cluster::LeaseKeeper::start(
+        worker_id,
         store,
         Arc::clone(&limiter),
         &settings.rate_limit,
@@ -256,14 +271,17 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {},
-            _ = interrupt.recv() => {},
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            tracing::info!("shutdown requested: no new deliveries, finishing in-flight jobs");
+            control.stop();
         }
-        tracing::info!("shutdown requested: no new deliveries, finishing in-flight jobs");
-        control.stop();
-    });
+        .in_current_span(),
+    );
     Ok(())
 }
 
@@ -319,7 +337,7 @@ impl JobRunner for Worker {
     fn start(&mut self, job: Inbound) {
         let processor = Arc::clone(&self.processor);
         self.tasks
-            .spawn(async move { job.handle(&processor).await });
+            .spawn(async move { job.handle(&processor).await }.in_current_span());
     }
 
     async fn join_one(&mut self) {

@@ -33,6 +33,7 @@ use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 use crate::config::RateLimitSettings;
 use crate::control::Control;
@@ -108,12 +109,12 @@ impl LeaseKeeper {
     /// outages are waited out, not returned: the store was reachable a moment
     /// ago and the heartbeat keeps trying.
     pub(crate) async fn start(
+        worker_id: String,
         store: JobStore,
         limiter: Arc<UpstreamLimiter>,
         settings: &RateLimitSettings,
         control: &Control,
     ) -> Self {
-        let worker_id = new_worker_id();
         if !store.is_shared() {
             // The whole rate, one replica: the gauges say so once.
             limiter.record_rate();
@@ -128,7 +129,7 @@ impl LeaseKeeper {
         let (stop, stopped) = oneshot::channel();
         let (joined_tx, mut joined) = watch::channel(false);
         let heartbeat = Heartbeat::new(worker_id.clone(), store.clone(), limiter, settings);
-        let task = tokio::spawn(heartbeat.run(stopped, joined_tx));
+        let task = tokio::spawn(heartbeat.run(stopped, joined_tx).in_current_span());
         tokio::select! {
             _ = joined.wait_for(|joined| *joined) => {},
             () = control.stopped() => {},
@@ -157,7 +158,7 @@ impl LeaseKeeper {
         let released =
             tokio::time::timeout(RELEASE_TIMEOUT, self.store.release_lease(&self.worker_id)).await;
         match released {
-            Ok(Ok(())) => tracing::info!(worker_id = %self.worker_id, "lease released"),
+            Ok(Ok(())) => tracing::info!("lease released"),
             Ok(Err(error)) => tracing::warn!(error.message = %error,
                 "could not delete the lease; it expires by itself within rate_limit.lease_ms"),
             Err(_) => tracing::warn!(

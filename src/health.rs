@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 
 use crate::control::Control;
 use crate::processor::JobOutcome;
@@ -145,12 +146,9 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(readiness);
-    tokio::spawn(serve_http(
-        listener,
-        app,
-        HEADER_READ_TIMEOUT,
-        std::future::pending(),
-    ));
+    tokio::spawn(
+        serve_http(listener, app, HEADER_READ_TIMEOUT, std::future::pending()).in_current_span(),
+    );
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(addr)
 }

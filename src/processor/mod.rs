@@ -162,8 +162,9 @@ impl Processor {
             disposition,
             outcome,
         } = self.process_valid(&job, attempt).await;
+        // The outcome is the span's field, so the line shows it once.
         Span::current().record("outcome", outcome.as_str());
-        tracing::info!(outcome = outcome.as_str(), "job processed");
+        tracing::info!("job processed");
         (disposition, outcome)
     }
 
@@ -311,6 +312,7 @@ impl Processor {
         if let Some(reason) = pause_reason {
             self.pause(reason);
         }
+        log_settlement(&settlement, &report);
         Handled {
             disposition: disposition(settlement.next, &report),
             outcome: settlement.job_outcome(),
@@ -580,6 +582,35 @@ fn disposition(next: Next, report: &CallReport<RelationAnswer>) -> Disposition {
             },
         },
         Next::HandBack => Disposition::HandBack,
+    }
+}
+
+/// One WARN line for a call that did not settle the job: throttled, retried
+/// or out of attempts, with the code and sub_code of `zhima_upstream_calls_total`.
+fn log_settlement(settlement: &Settlement, report: &CallReport<RelationAnswer>) {
+    let Err(error) = &report.outcome else {
+        return;
+    };
+    let (code, sub_code) = call_labels(report);
+    // The text the row stores: PII-free, like every stored error_message.
+    let message = error_message(error);
+    match settlement.next {
+        Next::Retry {
+            delay,
+            next_attempt,
+            ..
+        } if settlement.slow_down => tracing::warn!(%code, %sub_code,
+            error.message = %message, delay_ms = delay.as_millis() as u64, next_attempt,
+            "upstream throttled us: this replica's rate halved, job retried"),
+        Next::Retry {
+            delay,
+            next_attempt,
+            ..
+        } => tracing::warn!(%code, %sub_code, error.message = %message,
+            delay_ms = delay.as_millis() as u64, next_attempt, "job retried"),
+        Next::GiveUp { attempts } => tracing::warn!(%code, %sub_code,
+            error.message = %message, attempts, "attempts exhausted: job dead-lettered"),
+        Next::Ack | Next::HandBack => {}
     }
 }
 

@@ -848,6 +848,14 @@ fn log_events(lines: &Mutex<Vec<String>>, message: &str) -> Vec<serde_json::Valu
         .collect()
 }
 
+/// A field of the span `name` in a JSON line's `spans` (outermost first).
+fn span_field<'a>(event: &'a serde_json::Value, name: &str, field: &str) -> &'a serde_json::Value {
+    event["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|span| span["name"] == name))
+        .map_or(&serde_json::Value::Null, |span| &span[field])
+}
+
 /// Jobs somewhere on the broker (ready in the main or a delay queue) or
 /// final in the database: with nothing unacked, every published job is one
 /// of these.
@@ -988,7 +996,7 @@ async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a
     let processed = log_events(&log, "job processed");
     let handed_back_lines = processed
         .iter()
-        .filter(|event| event["fields"]["outcome"] == "handed_back")
+        .filter(|event| span_field(event, "process_job", "outcome") == "handed_back")
         .count();
     assert_eq!(jobs("handed_back"), handed_back_lines as f64, "{metrics}");
     assert_eq!(
@@ -1037,6 +1045,119 @@ async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a
     assert!(
         tally.contains(&format!("handed_back={handed_back} ")),
         "{tally}"
+    );
+    worker.cleanup().await;
+}
+
+/// Every key of a JSON line: its event fields and each span's fields.
+fn keys_of(event: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = event["fields"]
+        .as_object()
+        .map(|fields| fields.keys().cloned().collect())
+        .unwrap_or_default();
+    for span in event["spans"].as_array().into_iter().flatten() {
+        let fields = span.as_object().into_iter().flatten();
+        keys.extend(
+            fields
+                .filter(|(key, _)| *key != "name")
+                .map(|(key, _)| key.clone()),
+        );
+    }
+    keys
+}
+
+#[tokio::test]
+async fn throttling_retries_and_exhausted_attempts_log_a_warn_with_code_and_sub_code_and_every_line_its_worker_id()
+ {
+    let worker = spawn_worker(Db::Postgres).await;
+    let mut command = worker.command(&["run"]);
+    command
+        .envs([
+            ("ZHIMA__LOG__FORMAT", "json"),
+            ("ZHIMA__LOG__FILTER", "info"),
+            ("ZHIMA__RETRY__MAX_ATTEMPTS", "2"),
+        ])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("worker starts");
+    let log = keep_lines(&mut child);
+    worker.sandbox.respond_next(1, SandboxReply::Throttled);
+    worker.publish_job(&job("logged_throttle", 1)).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 1)
+        .await;
+    worker.sandbox.respond_next(2, SandboxReply::SystemError);
+    worker.publish_job(&job("logged_exhausted", 1)).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| {
+            s.values().filter(|v| *v == "failed").count() == 1
+        })
+        .await;
+    sigterm(&child);
+    exits_zero_within(&mut child, LIMIT).await;
+    let lines: Vec<serde_json::Value> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let warn = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["level"] == "WARN" && l["fields"]["message"] == message)
+            .collect()
+    };
+    let throttled = warn("upstream throttled us: this replica's rate halved, job retried");
+    assert_eq!(throttled.len(), 1, "one 40005, one line");
+    assert_eq!(throttled[0]["fields"]["code"], "40005", "{}", throttled[0]);
+    assert_eq!(
+        throttled[0]["fields"]["sub_code"], "isv.app-call-limited",
+        "{}",
+        throttled[0]
+    );
+    let retried = warn("job retried");
+    assert_eq!(retried.len(), 1, "the first SYSTEM_ERROR is retried");
+    let exhausted = warn("attempts exhausted: job dead-lettered");
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0]["fields"]["attempts"], 2);
+    for line in retried.iter().chain(&exhausted) {
+        let code = line["fields"]["code"].as_str().unwrap();
+        assert!(!code.is_empty() && code != "10000", "{line}");
+        assert!(line["fields"]["sub_code"].is_string(), "{line}");
+        assert_eq!(
+            span_field(line, "process_job", "transaction_id"),
+            "logged_exhausted_1"
+        );
+    }
+    let worker_ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("zhima_worker")
+        })
+        .map(|l| {
+            span_field(l, "worker", "worker_id")
+                .as_str()
+                .unwrap_or_else(|| panic!("no worker_id: {l}"))
+        })
+        .collect();
+    assert_eq!(worker_ids.len(), 1, "one replica, one id: {worker_ids:?}");
+    for line in &lines {
+        let keys = keys_of(line);
+        let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "a field repeated in {line}");
+        assert!(
+            line.get("span").is_none(),
+            "no copy of the innermost span: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.to_string().contains("already exists, skipping")),
+        "the sqlx notice is not shown at INFO"
     );
     worker.cleanup().await;
 }
