@@ -131,6 +131,7 @@ async fn run_replica(
         safe_call_window: settings.upstream.safe_call_window(),
     }));
     // Before consuming: the other replicas must have made room for this one.
+    let store_for_gauges = store.clone();
     let lease = crate::cluster::LeaseKeeper::start(
         worker_id,
         store,
@@ -139,6 +140,8 @@ async fn run_replica(
         &control,
     )
     .await;
+    let depth_gauges = (!settings.http.listen.is_empty())
+        .then(|| spawn_depth_gauges(&settings, &store_for_gauges, lease.queue_reporter()));
     let mut worker = Worker {
         processor,
         tasks: JoinSet::new(),
@@ -161,6 +164,9 @@ async fn run_replica(
     let outcome =
         session::consume_until_stopped(&settings.amqp, topology, options, &control, &mut worker)
             .await;
+    if let Some(gauges) = depth_gauges {
+        gauges.abort();
+    }
     lease.release().await;
     worker.tally.log_summary(started.elapsed());
     outcome.context("connecting to the broker at start-up")?;
@@ -230,6 +236,24 @@ impl fmt::Display for JobTally {
 
 /// Migrates and connects, waiting out a database that is not up yet; a
 /// database that refuses us for another reason (bad URL, password) is fatal.
+/// With `/metrics` served: the queue depth gauges (one replica refreshes
+/// them, see `queue::status::report_depths`).
+fn spawn_depth_gauges(
+    settings: &Settings,
+    store: &JobStore,
+    reporter: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let settings = settings.clone();
+    let store = store.clone();
+    tokio::spawn(
+        async move {
+            let registered = store.registered_delay_queues().await.unwrap_or_default();
+            crate::queue::status::report_depths(settings, registered, reporter).await;
+        }
+        .in_current_span(),
+    )
+}
+
 /// Records this configuration's delay queues for `status`, which cannot
 /// list queues over AMQP. A failure costs only that listing: logged, not fatal.
 async fn register_delay_queues(store: &JobStore, topology: &Topology) {

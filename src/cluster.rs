@@ -26,6 +26,7 @@
 //! `store`) and never calls the upstream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -100,6 +101,9 @@ pub(crate) fn new_worker_id() -> String {
 pub(crate) struct LeaseKeeper {
     worker_id: String,
     store: JobStore,
+    /// Whether this replica refreshes the queue depth gauges: the live
+    /// lease with the lowest worker_id does (SQLite: the one replica).
+    reports_queues: Arc<AtomicBool>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -122,13 +126,16 @@ impl LeaseKeeper {
             return Self {
                 worker_id,
                 store,
+                reports_queues: Arc::new(AtomicBool::new(true)),
                 running: None,
             };
         }
         limiter.grant_until(Instant::now());
         let (stop, stopped) = oneshot::channel();
         let (joined_tx, mut joined) = watch::channel(false);
-        let heartbeat = Heartbeat::new(worker_id.clone(), store.clone(), limiter, settings);
+        let reports_queues = Arc::new(AtomicBool::new(false));
+        let mut heartbeat = Heartbeat::new(worker_id.clone(), store.clone(), limiter, settings);
+        heartbeat.reports_queues = Arc::clone(&reports_queues);
         let task = tokio::spawn(heartbeat.run(stopped, joined_tx).in_current_span());
         tokio::select! {
             _ = joined.wait_for(|joined| *joined) => {},
@@ -137,8 +144,15 @@ impl LeaseKeeper {
         Self {
             worker_id,
             store,
+            reports_queues,
             running: Some((stop, task)),
         }
+    }
+
+    /// True while this replica is the one that refreshes the queue depth
+    /// gauges (see the field); read by `queue::status::report_depths`.
+    pub(crate) fn queue_reporter(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reports_queues)
     }
 
     /// Stops the heartbeat, then deletes the lease so the other replicas take
@@ -199,6 +213,7 @@ struct Heartbeat {
     replicas: usize,
     failing_since: Option<Instant>,
     last_failure_log: Option<Instant>,
+    reports_queues: Arc<AtomicBool>,
 }
 
 impl Heartbeat {
@@ -223,6 +238,7 @@ impl Heartbeat {
             replicas: 0,
             failing_since: None,
             last_failure_log: None,
+            reports_queues: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -298,6 +314,9 @@ impl Heartbeat {
 
     fn apply(&mut self, membership: &Membership, sent: Instant) {
         let ids = membership.live.iter().map(|lease| lease.worker_id.as_str());
+        let lowest = ids.clone().chain([self.worker_id.as_str()]).min();
+        self.reports_queues
+            .store(lowest == Some(self.worker_id.as_str()), Ordering::Relaxed);
         let share = share_for(self.total, ids, &self.worker_id);
         self.limiter.set_share(share);
         let until = sent + self.lease;

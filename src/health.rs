@@ -113,6 +113,24 @@ fn register_metrics() {
         metric::CONFIG_PROBES_TOTAL,
         "Gateway probes made while paused on a configuration fault, by result"
     );
+    metrics::describe_gauge!(
+        metric::BUILD_INFO,
+        "Always 1; the version label names the build"
+    );
+    metrics::gauge!(metric::BUILD_INFO, metric::VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::describe_gauge!(
+        metric::QUEUE_MESSAGES_READY,
+        "Ready messages per queue (main, delay, dead), from the reporting replica; NaN elsewhere"
+    );
+    metrics::describe_gauge!(
+        metric::QUEUE_CONSUMERS,
+        "Consumers per queue, from the reporting replica; NaN elsewhere"
+    );
+    metrics::describe_gauge!(
+        metric::QUEUE_DEPTH_REPORTER,
+        "1 on the replica that refreshes the queue gauges"
+    );
+    metrics::gauge!(metric::QUEUE_DEPTH_REPORTER).set(0.0);
     for result in [metric::PROBE_PASSED, metric::PROBE_FAILED] {
         metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(0);
     }

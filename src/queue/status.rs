@@ -312,6 +312,88 @@ pub(crate) fn reason_of(headers: Option<&FieldTable>) -> String {
     }
 }
 
+/// How often the reporting replica reads the queue depths.
+pub(crate) const DEPTH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refreshes `zhima_queue_messages_ready` and `zhima_queue_consumers` every
+/// [`DEPTH_REFRESH`] while `reporter` is set (one replica: see
+/// `cluster::LeaseKeeper`), for the main, dead and delay queues (the current
+/// tiers and those registered in the database). Elsewhere the gauges read
+/// `NaN` and the broker is not asked. Broker failures are logged at DEBUG
+/// and retried on the next tick with a new connection: the gauges are a
+/// view, never a reason to stop the worker. Runs until aborted.
+pub(crate) async fn report_depths(
+    settings: Settings,
+    registered: Vec<(String, u64)>,
+    reporter: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use crate::telemetry::metric;
+    let Ok(topology) = Topology::from_settings(&settings) else {
+        return;
+    };
+    let mut names = vec![
+        topology.names.queue.clone(),
+        topology.names.dead_queue.clone(),
+    ];
+    names.extend(
+        delay_queues(&topology, &registered)
+            .into_iter()
+            .map(|(name, _, _)| name),
+    );
+    let mut connection: Option<Connection> = None;
+    let mut tick = tokio::time::interval(DEPTH_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reporting = reporter.load(std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!(metric::QUEUE_DEPTH_REPORTER).set(f64::from(u8::from(reporting)));
+        if !reporting {
+            connection = None;
+            set_depth_gauges(&names, |_| None);
+            continue;
+        }
+        if connection.as_ref().is_none_or(|c| !c.status().connected()) {
+            connection = super::connect(&settings.amqp, "queue gauges").await.ok();
+        }
+        let Some(open) = &connection else {
+            continue;
+        };
+        match read_counts(open, &names).await {
+            Ok(counts) => set_depth_gauges(&names, |name| counts.iter().find(|c| c.name == name)),
+            Err(error) => {
+                tracing::debug!(error.message = %error, "reading the queue depths failed");
+                connection = None;
+            }
+        }
+    }
+}
+
+async fn read_counts(
+    connection: &Connection,
+    names: &[String],
+) -> Result<Vec<QueueCounts>, QueueError> {
+    let mut prober = Prober::open(connection).await?;
+    let mut counts = Vec::with_capacity(names.len());
+    for name in names {
+        counts.push(prober.counts(name).await?);
+    }
+    let _ = prober.channel.close(200, "depths read".into()).await;
+    Ok(counts)
+}
+
+/// A queue that does not exist (or no reading) shows `NaN`: unknown, not 0.
+fn set_depth_gauges<'a>(names: &[String], counts: impl Fn(&str) -> Option<&'a QueueCounts>) {
+    use crate::telemetry::metric;
+    for name in names {
+        let found = counts(name);
+        let value = |n: Option<u32>| n.map_or(f64::NAN, f64::from);
+        metrics::gauge!(metric::QUEUE_MESSAGES_READY, metric::QUEUE => name.clone())
+            .set(value(found.and_then(|c| c.ready)));
+        metrics::gauge!(metric::QUEUE_CONSUMERS, metric::QUEUE => name.clone())
+            .set(value(found.and_then(|c| c.consumers)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -31,6 +31,18 @@ pub(crate) const RATE_LIMIT_BACKOFFS_TOTAL: &str = "zhima_rate_limit_backoffs_to
 /// reach the upstream but are no job's call, so they are not in
 /// [`UPSTREAM_CALLS_TOTAL`].
 pub(crate) const CONFIG_PROBES_TOTAL: &str = "zhima_config_probes_total";
+/// Gauge, by [`QUEUE`]: ready messages in the main, each delay and the dead
+/// queue, read from the broker every few seconds by one replica (the live
+/// lease with the lowest worker_id; SQLite: the one replica); `NaN` on the
+/// others, so `max by (queue)` gives the broker's figure.
+pub(crate) const QUEUE_MESSAGES_READY: &str = "zhima_queue_messages_ready";
+/// Gauge, by [`QUEUE`]: consumers of each queue, read with
+/// [`QUEUE_MESSAGES_READY`].
+pub(crate) const QUEUE_CONSUMERS: &str = "zhima_queue_consumers";
+/// Gauge: 1 on the replica that refreshes the queue gauges, 0 elsewhere.
+pub(crate) const QUEUE_DEPTH_REPORTER: &str = "zhima_queue_depth_reporter";
+/// Gauge, always 1, by [`VERSION`]: which build runs.
+pub(crate) const BUILD_INFO: &str = "zhima_build_info";
 
 /// Label of [`JOBS_TOTAL`]: a [`crate::processor::JobOutcome`].
 pub(crate) const OUTCOME: &str = "outcome";
@@ -39,6 +51,10 @@ pub(crate) const OUTCOME: &str = "outcome";
 pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
 pub(crate) const SUB_CODE: &str = "sub_code";
+/// Label of [`QUEUE_MESSAGES_READY`] and [`QUEUE_CONSUMERS`]: the queue's name.
+pub(crate) const QUEUE: &str = "queue";
+/// Label of [`BUILD_INFO`]: the crate version (`CARGO_PKG_VERSION`).
+pub(crate) const VERSION: &str = "version";
 /// Label of [`CONFIG_PROBES_TOTAL`]: [`PROBE_PASSED`] or [`PROBE_FAILED`].
 pub(crate) const RESULT: &str = "result";
 /// A probe whose answer shows the configuration works again.

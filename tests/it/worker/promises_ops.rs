@@ -1161,3 +1161,89 @@ async fn throttling_retries_and_exhausted_attempts_log_a_warn_with_code_and_sub_
     );
     worker.cleanup().await;
 }
+
+#[tokio::test]
+async fn one_replica_of_two_reports_the_queue_depths_and_each_names_its_build() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let listens = [free_local_addr(), free_local_addr()];
+    let urls: Vec<String> = listens
+        .iter()
+        .map(|l| format!("http://{l}/metrics"))
+        .collect();
+    let mut children: Vec<_> = listens
+        .iter()
+        .map(|listen| worker.start_run(&[("ZHIMA__HTTP__LISTEN", listen.as_str())]))
+        .collect();
+    for url in &urls {
+        until(LIMIT, "two live replicas", || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_replicas_live") == Some(2.0)
+        })
+        .await;
+    }
+    let (connection, channel) = broker_channel().await;
+    let dead = worker.topology.names.dead_queue.clone();
+    for _ in 0..3 {
+        channel
+            .basic_publish(
+                "".into(),
+                dead.as_str().into(),
+                Default::default(),
+                b"{}",
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let dead_series = format!(r#"zhima_queue_messages_ready{{queue="{dead}"}}"#);
+    let main_series = format!(
+        r#"zhima_queue_consumers{{queue="{}"}}"#,
+        worker.topology.names.queue
+    );
+    let (dead_series, main_series) = (&dead_series, &main_series);
+    let urls_ref = &urls;
+    let reporter = eventually(
+        LIMIT,
+        "one reporter with the broker's figures",
+        || async move {
+            let mut reporters = Vec::new();
+            for url in urls_ref {
+                let metrics = scrape(url).await.unwrap_or_default();
+                if value_of(&metrics, "zhima_queue_depth_reporter") == Some(1.0) {
+                    reporters.push(metrics);
+                }
+            }
+            let [metrics] = reporters.as_slice() else {
+                return None;
+            };
+            (value_of(metrics, dead_series) == Some(3.0)
+                && value_of(metrics, main_series) == Some(2.0))
+            .then(|| metrics.clone())
+        },
+    )
+    .await;
+    for url in &urls {
+        let metrics = scrape(url).await.unwrap();
+        let build = format!(
+            r#"zhima_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value_of(&metrics, &build), Some(1.0), "{metrics}");
+        if value_of(&metrics, "zhima_queue_depth_reporter") == Some(0.0) {
+            let other = value_of(&metrics, dead_series);
+            assert!(other.is_none_or(f64::is_nan), "not the reporter: {other:?}");
+        }
+    }
+    for delay_queue in worker.topology.delay_queues() {
+        let series = format!(r#"zhima_queue_messages_ready{{queue="{delay_queue}"}}"#);
+        assert_eq!(value_of(&reporter, &series), Some(0.0), "{series}");
+    }
+    let _ = connection.close(200, "done".into()).await;
+    for child in &mut children {
+        sigterm(child);
+        exits_zero_within(child, LIMIT).await;
+    }
+    worker.cleanup().await;
+}
