@@ -331,15 +331,16 @@ pub(crate) async fn report_depths(
     let Ok(topology) = Topology::from_settings(&settings) else {
         return;
     };
-    let mut names = vec![
-        topology.names.queue.clone(),
-        topology.names.dead_queue.clone(),
+    let mut queues = vec![
+        (topology.names.queue.clone(), "main"),
+        (topology.names.dead_queue.clone(), "dead"),
     ];
-    names.extend(
+    queues.extend(
         delay_queues(&topology, &registered)
             .into_iter()
-            .map(|(name, _, _)| name),
+            .map(|(name, _, _)| (name, "delay")),
     );
+    let names: Vec<String> = queues.iter().map(|(name, _)| name.clone()).collect();
     let mut connection: Option<Connection> = None;
     let mut tick = tokio::time::interval(DEPTH_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,7 +350,7 @@ pub(crate) async fn report_depths(
         metrics::gauge!(metric::QUEUE_DEPTH_REPORTER).set(f64::from(u8::from(reporting)));
         if !reporting {
             connection = None;
-            set_depth_gauges(&names, |_| None);
+            set_depth_gauges(&queues, |_| None);
             continue;
         }
         if connection.as_ref().is_none_or(|c| !c.status().connected()) {
@@ -359,7 +360,7 @@ pub(crate) async fn report_depths(
             continue;
         };
         match read_counts(open, &names).await {
-            Ok(counts) => set_depth_gauges(&names, |name| counts.iter().find(|c| c.name == name)),
+            Ok(counts) => set_depth_gauges(&queues, |name| counts.iter().find(|c| c.name == name)),
             Err(error) => {
                 tracing::debug!(error.message = %error, "reading the queue depths failed");
                 connection = None;
@@ -382,14 +383,21 @@ async fn read_counts(
 }
 
 /// A queue that does not exist (or no reading) shows `NaN`: unknown, not 0.
-fn set_depth_gauges<'a>(names: &[String], counts: impl Fn(&str) -> Option<&'a QueueCounts>) {
+fn set_depth_gauges<'a>(
+    queues: &[(String, &'static str)],
+    counts: impl Fn(&str) -> Option<&'a QueueCounts>,
+) {
     use crate::telemetry::metric;
-    for name in names {
+    for (name, kind) in queues {
         let found = counts(name);
         let value = |n: Option<u32>| n.map_or(f64::NAN, f64::from);
-        metrics::gauge!(metric::QUEUE_MESSAGES_READY, metric::QUEUE => name.clone())
+        let labels = [
+            (metric::QUEUE, name.clone()),
+            (metric::KIND, (*kind).to_owned()),
+        ];
+        metrics::gauge!(metric::QUEUE_MESSAGES_READY, &labels)
             .set(value(found.and_then(|c| c.ready)));
-        metrics::gauge!(metric::QUEUE_CONSUMERS, metric::QUEUE => name.clone())
+        metrics::gauge!(metric::QUEUE_CONSUMERS, &labels)
             .set(value(found.and_then(|c| c.consumers)));
     }
 }

@@ -53,6 +53,9 @@ pub(crate) const CODE: &str = "code";
 pub(crate) const SUB_CODE: &str = "sub_code";
 /// Label of [`QUEUE_MESSAGES_READY`] and [`QUEUE_CONSUMERS`]: the queue's name.
 pub(crate) const QUEUE: &str = "queue";
+/// Label of [`QUEUE_MESSAGES_READY`] and [`QUEUE_CONSUMERS`]: `main`,
+/// `delay` or `dead`, so alerts need not know the configured names.
+pub(crate) const KIND: &str = "kind";
 /// Label of [`BUILD_INFO`]: the crate version (`CARGO_PKG_VERSION`).
 pub(crate) const VERSION: &str = "version";
 /// Label of [`CONFIG_PROBES_TOTAL`]: [`PROBE_PASSED`] or [`PROBE_FAILED`].

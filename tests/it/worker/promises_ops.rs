@@ -1197,9 +1197,9 @@ async fn one_replica_of_two_reports_the_queue_depths_and_each_names_its_build() 
             .await
             .unwrap();
     }
-    let dead_series = format!(r#"zhima_queue_messages_ready{{queue="{dead}"}}"#);
+    let dead_series = format!(r#"zhima_queue_messages_ready{{queue="{dead}",kind="dead"}}"#);
     let main_series = format!(
-        r#"zhima_queue_consumers{{queue="{}"}}"#,
+        r#"zhima_queue_consumers{{queue="{}",kind="main"}}"#,
         worker.topology.names.queue
     );
     let (dead_series, main_series) = (&dead_series, &main_series);
@@ -1237,7 +1237,7 @@ async fn one_replica_of_two_reports_the_queue_depths_and_each_names_its_build() 
         }
     }
     for delay_queue in worker.topology.delay_queues() {
-        let series = format!(r#"zhima_queue_messages_ready{{queue="{delay_queue}"}}"#);
+        let series = format!(r#"zhima_queue_messages_ready{{queue="{delay_queue}",kind="delay"}}"#);
         assert_eq!(value_of(&reporter, &series), Some(0.0), "{series}");
     }
     let _ = connection.close(200, "done".into()).await;
