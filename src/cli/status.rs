@@ -169,6 +169,9 @@ pub(crate) struct BatchProgress {
     /// when the total is unknown or nothing finished in the last minute.
     pub(crate) eta_seconds: Option<u64>,
     pub(crate) complete: bool,
+    /// Whether `batches` has the batch (a producer may choose a batch id
+    /// that no `enqueue` registered: its total is never known).
+    pub(crate) registered: bool,
 }
 
 impl BatchProgress {
@@ -202,6 +205,7 @@ impl BatchProgress {
             jobs_per_second_last_minute: per_second(record.completed_last_minute),
             eta_seconds,
             complete: remaining == Some(0),
+            registered: record.registered,
         }
     }
 }
@@ -217,7 +221,10 @@ fn human_duration(seconds: u64) -> String {
 }
 
 pub(crate) fn render_batch(progress: &BatchProgress) -> String {
-    let unknown = "unknown until enqueue finishes";
+    let unknown = match progress.registered {
+        true => "unknown until enqueue finishes",
+        false => "unknown: no `batches` row (a batch id the producer chose)",
+    };
     let total = progress
         .total
         .map_or_else(|| unknown.to_owned(), |total| total.to_string());
@@ -398,6 +405,10 @@ mod tests {
 
     #[test]
     fn a_batch_still_being_enqueued_has_no_total_and_says_so() {
+        let mut unregistered = record(None, [0, 0, 1, 0], 0);
+        unregistered.registered = false;
+        let text = render_batch(&BatchProgress::from_record("b9", &unregistered));
+        assert!(text.contains("no `batches` row"), "{text}");
         let progress = BatchProgress::from_record("b2", &record(None, [0, 0, 3, 0], 3));
         assert_eq!(progress.total, None);
         assert_eq!(progress.not_started, None);
