@@ -322,6 +322,11 @@ async fn a_delay_queue_of_an_earlier_configuration_is_listed_from_the_registry()
         "{}",
         text.stdout
     );
+    assert!(
+        !text.stderr.contains("ERROR"),
+        "probing the vanished queue logs nothing: {}",
+        text.stderr
+    );
     let _ = channel
         .queue_delete(old.as_str().into(), QueueDeleteOptions::default())
         .await;
