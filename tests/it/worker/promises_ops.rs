@@ -1010,6 +1010,19 @@ async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a
         "one timed permit per job call"
     );
     assert_eq!(
+        sample(&metrics, "zhima_upstream_latency_seconds_count"),
+        calls,
+        "one latency sample per job call"
+    );
+    for outcome in ["failed", "duplicate", "invalid", "conflict"] {
+        assert_eq!(jobs(outcome), 0.0, "{outcome}: none happened");
+    }
+    assert_eq!(
+        sample(&metrics, "zhima_rate_limit_backoffs_total"),
+        throttled_calls(&stats) as f64,
+        "no 40005, no back-off"
+    );
+    assert_eq!(
         worker.count("SELECT count(*) FROM delay_queues").await,
         worker.topology.delay_queues().len() as i64,
         "run registers its delay queues for `status`"
