@@ -13,7 +13,9 @@
 //!   summary at exit).
 //! - `broker`, `cli`, `enqueue`, `status`: the binary's operator and debugging commands.
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
-//! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
+//! - `deploy`: everything under deploy/ (compose, Dockerfile, systemd unit,
+//!   Kubernetes manifests, alert rules, dashboard) against the real loader,
+//!   CLI, routes and metric names; promtool and systemd-analyze where present.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
