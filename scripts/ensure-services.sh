@@ -187,7 +187,7 @@ for service in "${wanted[@]}"; do
     rabbitmq) ensure_rabbitmq ;;
     postgres) ensure_postgres ;;
     tools) ensure_tools ;;
-    -h | --help) sed -n '2,16p' "$0"; install_help; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; install_help; exit 0 ;;
     *) say "unknown service '$service' (rabbitmq, postgres, tools)"; exit 64 ;;
   esac
 done
