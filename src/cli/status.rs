@@ -262,8 +262,9 @@ const NOT_DECLARED: &str = "not declared";
 pub(crate) fn render_status(report: &StatusReport) -> String {
     let mut out = String::new();
     let mut jobs = vec![row(["JOBS (database rows)", "", "COUNT", ""])];
-    for (status, count) in &report.jobs {
-        jobs.push(row([status, "", &count.to_string(), ""]));
+    for status in JobStatus::ALL {
+        let count = report.jobs.get(status.as_str()).copied().unwrap_or(0);
+        jobs.push(row([status.as_str(), "", &count.to_string(), ""]));
     }
     let _ = write!(out, "{}", align(&jobs));
     let _ = writeln!(
@@ -288,10 +289,14 @@ pub(crate) fn render_status(report: &StatusReport) -> String {
     let queues = &report.queues;
     let mut rows = vec![row(["QUEUE (broker)", "NAME", "READY", "CONSUMERS"])];
     rows.push(queue_row("main", &queues.main));
+    let retry = match queues.delays.iter().any(|delay| delay.counts.exists) {
+        true => queues.retry_total().to_string(),
+        false => NOT_DECLARED.to_owned(),
+    };
     rows.push(row([
         "retry",
         &format!("({} delay queues)", queues.delays.len()),
-        &queues.retry_total().to_string(),
+        &retry,
         "",
     ]));
     for delay in &queues.delays {
@@ -508,8 +513,15 @@ mod tests {
     #[test]
     fn missing_queues_read_not_declared_and_say_how_to_create_them() {
         let text = render_status(&report(None, &[(1000, true, None)]));
-        let main = text.lines().find(|l| l.starts_with("main")).unwrap();
-        assert!(main.ends_with("not declared"), "{text}");
+        for label in ["main", "retry ", "  1000ms", "dead"] {
+            let line = text.lines().find(|l| l.starts_with(label)).unwrap();
+            assert!(line.ends_with("not declared"), "{label}: {text}");
+        }
+        let order: Vec<&str> = text.lines().skip(1).take(4).collect();
+        assert!(
+            order[0].starts_with("pending") && order[3].starts_with("failed"),
+            "{text}"
+        );
         assert!(text.contains("queue q does not exist yet"), "{text}");
     }
 
