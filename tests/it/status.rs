@@ -455,3 +455,36 @@ async fn status_watch_prints_a_json_line_per_refresh_until_interrupted() {
     }
     fixture.cleanup().await;
 }
+
+#[tokio::test]
+async fn reading_the_dead_reasons_stops_before_a_quorum_queue_could_drop_a_message() {
+    let fixture = Fixture::sqlite().await;
+    assert_eq!(fixture.run(&["enqueue", "-"]).await.code, 0);
+    let dead_queue = fixture.names.dead_queue.clone();
+    fixture
+        .publish(&dead_queue, Some("invalid: field `cert_no`: bad"))
+        .await;
+    let fixture_ref = &fixture;
+    let dead = dead_queue.as_str();
+    let mut stopped = None;
+    for _ in 0..15 {
+        eventually(LIMIT, "the dead message ready", || async move {
+            (fixture_ref.ready(dead).await == 1).then_some(())
+        })
+        .await;
+        let status = fixture.json(&["status", "--json"]).await;
+        let reasons = &status["queues"]["dead_reasons"];
+        assert_eq!(reasons["by_reason"]["invalid"], 1, "{reasons}");
+        if let Some(partial) = reasons["partial"].as_str() {
+            stopped = Some(partial.to_owned());
+            break;
+        }
+    }
+    let stopped = stopped.expect("the reading stopped at a message returned many times");
+    assert!(stopped.contains("x-delivery-count"), "{stopped}");
+    eventually(LIMIT, "the message is still there", || async move {
+        (fixture_ref.ready(dead).await == 1).then_some(())
+    })
+    .await;
+    fixture.cleanup().await;
+}
