@@ -3,7 +3,12 @@
 # accepting connections. Used by `make run` (RabbitMQ only: the default store
 # is SQLite), `make test` and CI (both).
 #
-#   scripts/ensure-services.sh [rabbitmq] [postgres]     (no argument: both)
+#   scripts/ensure-services.sh [rabbitmq] [postgres] [tools]
+#                                     (no argument: rabbitmq and postgres)
+#
+# `tools` installs the checkers the deployment tests run: promtool (package
+# prometheus) for deploy/prometheus and systemd-analyze (package systemd) for
+# deploy/systemd. .ci/run asks for them; under CI those tests fail without them.
 #
 # A missing service is installed with apt-get when this machine has it and we
 # are root (or `sudo -n` works); otherwise the script stops and prints the
@@ -159,13 +164,30 @@ SQL
   psql "$url" -qAtc 'select 1' >/dev/null || { say "role $TEST_ROLE exists but cannot log in over 127.0.0.1 (check pg_hba.conf)"; exit 1; }
 }
 
+ensure_tools() {
+  local missing=()
+  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  ((${#missing[@]} == 0)) && return 0
+  # --no-install-recommends: promtool only, not Prometheus' web assets.
+  apt_install --no-install-recommends "${missing[@]}" || {
+    say "cannot install ${missing[*]} here; install promtool (Prometheus) and systemd-analyze (systemd)"
+    exit 1
+  }
+  command -v promtool >/dev/null 2>&1 && command -v systemd-analyze >/dev/null 2>&1 || {
+    say "${missing[*]} installed, but promtool or systemd-analyze is still missing"
+    exit 1
+  }
+}
+
 wanted=("$@")
 if ((${#wanted[@]} == 0)); then wanted=(rabbitmq postgres); fi
 for service in "${wanted[@]}"; do
   case $service in
     rabbitmq) ensure_rabbitmq ;;
     postgres) ensure_postgres ;;
-    -h | --help) sed -n '2,12p' "$0"; install_help; exit 0 ;;
-    *) say "unknown service '$service' (rabbitmq, postgres)"; exit 64 ;;
+    tools) ensure_tools ;;
+    -h | --help) sed -n '2,17p' "$0"; install_help; exit 0 ;;
+    *) say "unknown service '$service' (rabbitmq, postgres, tools)"; exit 64 ;;
   esac
 done

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::control::Control;
@@ -25,6 +26,7 @@ use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::store::JobStore;
+use crate::telemetry::metric;
 use crate::upstream::UpstreamClient;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,6 +82,19 @@ pub(crate) fn parse_max_wait(text: &str) -> Result<Duration, String> {
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Result<RunEnd> {
+    let worker_id = crate::cluster::new_worker_id();
+    // Every line of this replica, its job tasks' included, carries worker_id.
+    let span = tracing::info_span!("worker", worker_id = %worker_id);
+    run_replica(settings, options, worker_id)
+        .instrument(span)
+        .await
+}
+
+async fn run_replica(
+    settings: Settings,
+    options: RunOptions,
+    worker_id: String,
+) -> anyhow::Result<RunEnd> {
     let started = Instant::now();
     let pii_key =
         crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
@@ -99,6 +114,7 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
     let policy = settings.retry_policy().context("retry settings")?;
     let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
+    register_delay_queues(&store, &topology).await;
     let client = Arc::new(client);
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,
@@ -115,13 +131,17 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
         safe_call_window: settings.upstream.safe_call_window(),
     }));
     // Before consuming: the other replicas must have made room for this one.
+    let store_for_gauges = store.clone();
     let lease = crate::cluster::LeaseKeeper::start(
+        worker_id,
         store,
         Arc::clone(&limiter),
         &settings.rate_limit,
         &control,
     )
     .await;
+    let depth_gauges = (!settings.http.listen.is_empty())
+        .then(|| spawn_depth_gauges(&settings, &store_for_gauges, lease.queue_reporter()));
     let mut worker = Worker {
         processor,
         tasks: JoinSet::new(),
@@ -144,6 +164,9 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
     let outcome =
         session::consume_until_stopped(&settings.amqp, topology, options, &control, &mut worker)
             .await;
+    if let Some(gauges) = depth_gauges {
+        gauges.abort();
+    }
     lease.release().await;
     worker.tally.log_summary(started.elapsed());
     outcome.context("connecting to the broker at start-up")?;
@@ -165,6 +188,16 @@ impl JobTally {
         if let Some(index) = JobOutcome::ALL.iter().position(|o| *o == outcome) {
             self.counts[index] += 1;
         }
+    }
+
+    /// A task aborted at the end of the grace: its delivery returns to the
+    /// queue when the channel closes. The processor never saw it end, so
+    /// `zhima_jobs_total` is counted here.
+    fn add_aborted(&mut self) {
+        metrics::counter!(metric::JOBS_TOTAL,
+            metric::OUTCOME => JobOutcome::HandedBack.as_str())
+        .increment(1);
+        self.add(JobOutcome::HandedBack);
     }
 
     pub(crate) fn total(&self) -> u64 {
@@ -203,6 +236,37 @@ impl fmt::Display for JobTally {
 
 /// Migrates and connects, waiting out a database that is not up yet; a
 /// database that refuses us for another reason (bad URL, password) is fatal.
+/// With `/metrics` served: the queue depth gauges (one replica refreshes
+/// them, see `queue::status::report_depths`).
+fn spawn_depth_gauges(
+    settings: &Settings,
+    store: &JobStore,
+    reporter: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let settings = settings.clone();
+    let store = store.clone();
+    tokio::spawn(
+        async move {
+            let registered = store.registered_delay_queues().await.unwrap_or_default();
+            crate::queue::status::report_depths(settings, registered, reporter).await;
+        }
+        .in_current_span(),
+    )
+}
+
+/// Records this configuration's delay queues for `status`, which cannot
+/// list queues over AMQP. A failure costs only that listing: logged, not fatal.
+async fn register_delay_queues(store: &JobStore, topology: &Topology) {
+    let queues: Vec<(String, u64)> = topology
+        .delay_tiers()
+        .map(|(name, delay)| (name, u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)))
+        .collect();
+    if let Err(error) = store.register_delay_queues(&queues).await {
+        tracing::warn!(error.message = %error,
+            "could not register the delay queues; `status` may not list them");
+    }
+}
+
 async fn open_store(settings: &Settings, control: &Control) -> anyhow::Result<JobStore> {
     let url = settings.database.url.expose_secret();
     let mut backoff = Duration::from_millis(500);
@@ -231,14 +295,17 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {},
-            _ = interrupt.recv() => {},
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            tracing::info!("shutdown requested: no new deliveries, finishing in-flight jobs");
+            control.stop();
         }
-        tracing::info!("shutdown requested: no new deliveries, finishing in-flight jobs");
-        control.stop();
-    });
+        .in_current_span(),
+    );
     Ok(())
 }
 
@@ -294,7 +361,7 @@ impl JobRunner for Worker {
     fn start(&mut self, job: Inbound) {
         let processor = Arc::clone(&self.processor);
         self.tasks
-            .spawn(async move { job.handle(&processor).await });
+            .spawn(async move { job.handle(&processor).await }.in_current_span());
     }
 
     async fn join_one(&mut self) {
@@ -322,14 +389,17 @@ impl JobRunner for Worker {
                     Some(Err(error)) if error.is_panic() => {
                         tracing::error!(error.message = %error, "job task panicked");
                     }
-                    Some(Err(_)) => self.tally.add(JobOutcome::HandedBack),
+                    Some(Err(_)) => self.tally.add_aborted(),
                 },
                 () = &mut grace => {
                     tracing::warn!(in_flight = self.tasks.len(),
                         "shutdown grace over: handing back the remaining jobs");
                     self.tasks.abort_all();
                     while let Some(joined) = self.tasks.join_next().await {
-                        self.tally.add(joined.unwrap_or(JobOutcome::HandedBack));
+                        match joined {
+                            Ok(outcome) => self.tally.add(outcome),
+                            Err(_) => self.tally.add_aborted(),
+                        }
                     }
                     return;
                 }
@@ -364,6 +434,11 @@ impl JobRunner for Worker {
             };
             let probed = self.client.probe(&self.product_code).await;
             drop(permit);
+            let result = match probed {
+                Ok(()) => metric::PROBE_PASSED,
+                Err(_) => metric::PROBE_FAILED,
+            };
+            metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(1);
             match probed {
                 Ok(()) => {
                     tracing::info!("configuration probe passed: resuming consumption");

@@ -26,6 +26,7 @@
 //! `store`) and never calls the upstream.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -33,6 +34,7 @@ use rand::Rng;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 use crate::config::RateLimitSettings;
 use crate::control::Control;
@@ -99,6 +101,9 @@ pub(crate) fn new_worker_id() -> String {
 pub(crate) struct LeaseKeeper {
     worker_id: String,
     store: JobStore,
+    /// Whether this replica refreshes the queue depth gauges: the live
+    /// lease with the lowest worker_id does (SQLite: the one replica).
+    reports_queues: Arc<AtomicBool>,
     running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
@@ -108,24 +113,30 @@ impl LeaseKeeper {
     /// outages are waited out, not returned: the store was reachable a moment
     /// ago and the heartbeat keeps trying.
     pub(crate) async fn start(
+        worker_id: String,
         store: JobStore,
         limiter: Arc<UpstreamLimiter>,
         settings: &RateLimitSettings,
         control: &Control,
     ) -> Self {
-        let worker_id = new_worker_id();
         if !store.is_shared() {
+            // The whole rate, one replica: the gauges say so once.
+            limiter.record_rate();
+            metrics::gauge!(crate::telemetry::metric::REPLICAS_LIVE).set(1.0);
             return Self {
                 worker_id,
                 store,
+                reports_queues: Arc::new(AtomicBool::new(true)),
                 running: None,
             };
         }
         limiter.grant_until(Instant::now());
         let (stop, stopped) = oneshot::channel();
         let (joined_tx, mut joined) = watch::channel(false);
-        let heartbeat = Heartbeat::new(worker_id.clone(), store.clone(), limiter, settings);
-        let task = tokio::spawn(heartbeat.run(stopped, joined_tx));
+        let reports_queues = Arc::new(AtomicBool::new(false));
+        let mut heartbeat = Heartbeat::new(worker_id.clone(), store.clone(), limiter, settings);
+        heartbeat.reports_queues = Arc::clone(&reports_queues);
+        let task = tokio::spawn(heartbeat.run(stopped, joined_tx).in_current_span());
         tokio::select! {
             _ = joined.wait_for(|joined| *joined) => {},
             () = control.stopped() => {},
@@ -133,8 +144,15 @@ impl LeaseKeeper {
         Self {
             worker_id,
             store,
+            reports_queues,
             running: Some((stop, task)),
         }
+    }
+
+    /// True while this replica is the one that refreshes the queue depth
+    /// gauges (see the field); read by `queue::status::report_depths`.
+    pub(crate) fn queue_reporter(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reports_queues)
     }
 
     /// Stops the heartbeat, then deletes the lease so the other replicas take
@@ -154,7 +172,7 @@ impl LeaseKeeper {
         let released =
             tokio::time::timeout(RELEASE_TIMEOUT, self.store.release_lease(&self.worker_id)).await;
         match released {
-            Ok(Ok(())) => tracing::info!(worker_id = %self.worker_id, "lease released"),
+            Ok(Ok(())) => tracing::info!("lease released"),
             Ok(Err(error)) => tracing::warn!(error.message = %error,
                 "could not delete the lease; it expires by itself within rate_limit.lease_ms"),
             Err(_) => tracing::warn!(
@@ -195,6 +213,7 @@ struct Heartbeat {
     replicas: usize,
     failing_since: Option<Instant>,
     last_failure_log: Option<Instant>,
+    reports_queues: Arc<AtomicBool>,
 }
 
 impl Heartbeat {
@@ -219,6 +238,7 @@ impl Heartbeat {
             replicas: 0,
             failing_since: None,
             last_failure_log: None,
+            reports_queues: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -294,6 +314,9 @@ impl Heartbeat {
 
     fn apply(&mut self, membership: &Membership, sent: Instant) {
         let ids = membership.live.iter().map(|lease| lease.worker_id.as_str());
+        let lowest = ids.clone().chain([self.worker_id.as_str()]).min();
+        self.reports_queues
+            .store(lowest == Some(self.worker_id.as_str()), Ordering::Relaxed);
         let share = share_for(self.total, ids, &self.worker_id);
         self.limiter.set_share(share);
         let until = sent + self.lease;

@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 
 use crate::control::Control;
 use crate::processor::JobOutcome;
@@ -108,6 +109,31 @@ fn register_metrics() {
         "Times the upstream's call-rate limit halved this replica's rate"
     );
     metrics::counter!(metric::RATE_LIMIT_BACKOFFS_TOTAL).increment(0);
+    metrics::describe_counter!(
+        metric::CONFIG_PROBES_TOTAL,
+        "Gateway probes made while paused on a configuration fault, by result"
+    );
+    metrics::describe_gauge!(
+        metric::BUILD_INFO,
+        "Always 1; the version label names the build"
+    );
+    metrics::gauge!(metric::BUILD_INFO, metric::VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::describe_gauge!(
+        metric::QUEUE_MESSAGES_READY,
+        "Ready messages per queue (main, delay, dead), from the reporting replica; NaN elsewhere"
+    );
+    metrics::describe_gauge!(
+        metric::QUEUE_CONSUMERS,
+        "Consumers per queue, from the reporting replica; NaN elsewhere"
+    );
+    metrics::describe_gauge!(
+        metric::QUEUE_DEPTH_REPORTER,
+        "1 on the replica that refreshes the queue gauges"
+    );
+    metrics::gauge!(metric::QUEUE_DEPTH_REPORTER).set(0.0);
+    for result in [metric::PROBE_PASSED, metric::PROBE_FAILED] {
+        metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(0);
+    }
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until
@@ -138,12 +164,9 @@ pub(crate) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(readiness);
-    tokio::spawn(serve_http(
-        listener,
-        app,
-        HEADER_READ_TIMEOUT,
-        std::future::pending(),
-    ));
+    tokio::spawn(
+        serve_http(listener, app, HEADER_READ_TIMEOUT, std::future::pending()).in_current_span(),
+    );
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     Ok(addr)
 }

@@ -324,6 +324,14 @@ impl UpstreamLimiter {
         changed
     }
 
+    /// Sets `zhima_rate_limit_permits_per_second` to the rate in force, for
+    /// a replica whose share never changes (SQLite: no leases), where no
+    /// [`UpstreamLimiter::set_share`] would ever set it.
+    pub(crate) fn record_rate(&self) {
+        metrics::gauge!(crate::telemetry::metric::RATE_LIMIT_PERMITS_PER_SECOND)
+            .set(effective_per_second(&self.lock()));
+    }
+
     /// Permits are given only before `deadline` until the next grant: the
     /// share belongs to this replica only while its lease is valid.
     /// Renewing a lapsed grant reopens the window only after [`WINDOW`].

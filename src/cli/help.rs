@@ -97,9 +97,20 @@ Example:
   zhima-worker enqueue jobs.csv --rejects rejects.csv";
 
 pub(super) const STATUS: &str = "\
+Shows, from the database: jobs by status (a row exists once a worker took the
+job), the rate over the last minute (from completed_at) and the replicas (live
+leases; SQLite keeps none). From the broker: each queue's READY messages and
+CONSUMERS (a queue that does not exist reads `not declared`), the delay queues
+of the current and of earlier configurations (those `run` registered), and the
+dead queue's messages by reason (x-zhima-error), read without acknowledging
+them and all given back. AMQP does not report unacknowledged messages: see
+zhima_jobs_in_flight on /metrics. --batch ID shows one batch instead: total
+(unknown until enqueue finishes), succeeded, failed, in progress, not yet
+started, rate and ETA.
+
 Exit codes:
-  0   counts printed
-  1   error: configuration, database or broker unreachable
+  0   printed (with --watch: stopped with Ctrl-C)
+  1   error: configuration, database or broker unreachable; --batch names an unknown batch
   64  usage error
 
 Environment:
@@ -107,7 +118,7 @@ Environment:
   ZHIMA__<SECTION>__<KEY>            any configuration key
 
 Example:
-  DATABASE_URL=postgres://zhima@db/zhima zhima-worker status";
+  DATABASE_URL=postgres://zhima@db/zhima zhima-worker status --batch loans_0412 --watch 5";
 
 pub(super) const RECONCILE: &str = "\
 Exit codes:

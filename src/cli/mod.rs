@@ -112,9 +112,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
     },
-    /// Job counts by status and queue depths (main, retry, dead).
+    /// Job counts and rate from the database, queue depths and consumers from
+    /// the broker, the dead queue by reason; or one batch's progress.
     #[command(after_help = help::STATUS)]
-    Status,
+    Status {
+        /// One batch's progress: total, succeeded, failed, in progress, not
+        /// yet started, the last minute's rate and an ETA.
+        #[arg(long, value_name = "ID", value_parser = status::parse_batch_id)]
+        batch: Option<String>,
+        /// Print one JSON object (with --watch: one per refresh, a line each).
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECONDS (1 to 3600, default 2) until Ctrl-C.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1,
+              default_missing_value = "2", value_parser = status::parse_watch)]
+        watch: Option<std::time::Duration>,
+    },
     /// Move dead-lettered jobs back to the main queue, resetting their rows to retrying.
     #[command(after_help = dead::REQUEUE_DEAD)]
     RequeueDead(dead::RequeueArgs),
@@ -191,7 +204,7 @@ impl Command {
     /// report missing queues themselves.
     pub fn log_filter(&self, configured: &str) -> String {
         match self {
-            Command::Status | Command::Show(_) | Command::Dead { .. } => {
+            Command::Status { .. } | Command::Show(_) | Command::Dead { .. } => {
                 format!("{configured},lapin::channel=off")
             }
             _ => configured.to_owned(),
@@ -234,7 +247,10 @@ impl Command {
                 strict,
                 rejects,
             } => operator::enqueue(&settings, &file, format, strict, rejects).await,
-            Command::Status => operator::status(&settings).await,
+            Command::Status { batch, json, watch } => {
+                let options = status::StatusOptions { batch, json, watch };
+                status::status(&settings, options).await
+            }
             Command::RequeueDead(args) => dead::requeue(&settings, args).await,
             Command::Show(args) => lookup::show(&settings, args).await,
             Command::Dead { action } => dead::dead(&settings, action).await,
@@ -331,3 +347,4 @@ mod help;
 mod lookup;
 mod operator;
 mod reconciliation;
+mod status;

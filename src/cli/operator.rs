@@ -1,7 +1,6 @@
-//! Handlers of the operator commands around the worker: `enqueue`, `status`
-//! (`requeue-dead` is with the other dead-letter tools in `dead`). They open
-//! inputs, print, and choose exit codes; the work is in
-//! `crate::queue::{enqueue, admin}`.
+//! Handlers of the `enqueue` operator command (`status` has its own file,
+//! `requeue-dead` is with the other dead-letter tools in `dead`). They open
+//! inputs, print, and choose exit codes; the work is in `crate::queue::enqueue`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -10,13 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use secrecy::ExposeSecret;
 
 use super::EXIT_USAGE;
 use crate::config::Settings;
-use crate::queue::admin;
 use crate::queue::enqueue::{self, EnqueueEvent, EnqueueOptions, EnqueueReport, InputFormat};
-use crate::store::JobStore;
 
 /// `enqueue`'s exit code when some records were invalid.
 const EXIT_INVALID: u8 = 2;
@@ -166,21 +162,6 @@ fn naming(transaction_id: Option<&str>, external_ref: Option<&str>) -> String {
     } else {
         format!(" ({})", names.join(", "))
     }
-}
-
-pub(crate) async fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = JobStore::connect(settings.database.url.expose_secret(), 1)
-        .await
-        .context("connecting to the database")?;
-    let counts = store
-        .counts_by_status()
-        .await
-        .context("counting jobs (has `zhima-worker migrate` run?)")?;
-    let depths = admin::queue_depths(settings)
-        .await
-        .context("reading queue depths")?;
-    print!("{}", admin::render_status(&counts, &depths));
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -162,8 +162,9 @@ impl Processor {
             disposition,
             outcome,
         } = self.process_valid(&job, attempt).await;
+        // The outcome is the span's field, so the line shows it once.
         Span::current().record("outcome", outcome.as_str());
-        tracing::info!(outcome = outcome.as_str(), "job processed");
+        tracing::info!("job processed");
         (disposition, outcome)
     }
 
@@ -228,6 +229,7 @@ impl Processor {
 
     async fn call_and_settle(&self, job: &Job, key: &JobKey<'_>, attempt: Attempt) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
+            count_job(JobOutcome::HandedBack);
             return Handled::handed_back();
         };
         let started_at = Utc::now();
@@ -310,6 +312,7 @@ impl Processor {
         if let Some(reason) = pause_reason {
             self.pause(reason);
         }
+        log_settlement(&settlement, &report);
         Handled {
             disposition: disposition(settlement.next, &report),
             outcome: settlement.job_outcome(),
@@ -582,6 +585,35 @@ fn disposition(next: Next, report: &CallReport<RelationAnswer>) -> Disposition {
     }
 }
 
+/// One WARN line for a call that did not settle the job: throttled, retried
+/// or out of attempts, with the code and sub_code of `zhima_upstream_calls_total`.
+fn log_settlement(settlement: &Settlement, report: &CallReport<RelationAnswer>) {
+    let Err(error) = &report.outcome else {
+        return;
+    };
+    let (code, sub_code) = call_labels(report);
+    // The text the row stores: PII-free, like every stored error_message.
+    let message = error_message(error);
+    match settlement.next {
+        Next::Retry {
+            delay,
+            next_attempt,
+            ..
+        } if settlement.slow_down => tracing::warn!(%code, %sub_code,
+            error.message = %message, delay_ms = delay.as_millis() as u64, next_attempt,
+            "upstream throttled us: this replica's rate halved, job retried"),
+        Next::Retry {
+            delay,
+            next_attempt,
+            ..
+        } => tracing::warn!(%code, %sub_code, error.message = %message,
+            delay_ms = delay.as_millis() as u64, next_attempt, "job retried"),
+        Next::GiveUp { attempts } => tracing::warn!(%code, %sub_code,
+            error.message = %message, attempts, "attempts exhausted: job dead-lettered"),
+        Next::Ack | Next::HandBack => {}
+    }
+}
+
 fn count_job(outcome: JobOutcome) {
     metrics::counter!(metric::JOBS_TOTAL, metric::OUTCOME => outcome.as_str()).increment(1);
 }
@@ -589,6 +621,21 @@ fn count_job(outcome: JobOutcome) {
 /// One sample per gateway call, and the job's count by the outcome the call
 /// was settled with.
 fn record_call_metrics(report: &CallReport<RelationAnswer>, outcome: JobOutcome) {
+    let (code, sub_code) = call_labels(report);
+    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => code, metric::SUB_CODE => sub_code)
+        .increment(1);
+    metrics::histogram!(metric::UPSTREAM_LATENCY_SECONDS).record(report.elapsed.as_secs_f64());
+    count_job(outcome);
+}
+
+/// The `code` and `sub_code` labels of a call. An answer that failed
+/// verification is counted under [`metric::CODE_UNVERIFIED`] with the code it
+/// claimed as `sub_code`: an unverified `10000` is no success.
+fn call_labels(report: &CallReport<RelationAnswer>) -> (String, String) {
+    if let Err(UpstreamError::Unverified { code, .. }) = &report.outcome {
+        let claimed = code.clone().or_else(|| report.code.clone());
+        return (metric::CODE_UNVERIFIED.into(), claimed.unwrap_or_default());
+    }
     let code = report
         .code
         .clone()
@@ -596,11 +643,7 @@ fn record_call_metrics(report: &CallReport<RelationAnswer>, outcome: JobOutcome)
             Some(status) => format!("HTTP_{status}"),
             None => "NONE".into(),
         });
-    let sub_code = report.sub_code.clone().unwrap_or_default();
-    metrics::counter!(metric::UPSTREAM_CALLS_TOTAL, metric::CODE => code, metric::SUB_CODE => sub_code)
-        .increment(1);
-    metrics::histogram!(metric::UPSTREAM_LATENCY_SECONDS).record(report.elapsed.as_secs_f64());
-    count_job(outcome);
+    (code, report.sub_code.clone().unwrap_or_default())
 }
 
 #[cfg(test)]

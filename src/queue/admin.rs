@@ -1,197 +1,20 @@
-//! The operator commands that look at or move queued messages: `status`
-//! (queue depths next to the stored job counts) and `requeue-dead` (dead
+//! The operator command that moves queued messages: `requeue-dead` (dead
 //! letters back to the main queue, all of them or, for `reconcile --repair`,
-//! only chosen transaction_ids).
+//! only chosen transaction_ids). `status` is in `queue::status`.
 //!
-//! `status` only reads: it uses passive declares and never creates a queue.
 //! `requeue-dead` never loses a message: a dead copy is removed only after its
 //! replacement is confirmed by the broker, and a message that is still
 //! invalid or not selected stays in the dead queue. Neither runs SQL itself;
 //! rows are changed through [`JobStore`].
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
-use std::time::Duration;
 
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ErrorKind};
 
 use super::dead::{self, Mover, QueuedMessage, Verdict, Visitor};
-use super::topology::ready_messages;
 use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, QueueError, THROTTLED_HEADER, Topology};
 use crate::config::Settings;
-use crate::store::{JobStatus, JobStore, StoreError};
-
-/// The AMQP reply code for a queue that does not exist.
-const NOT_FOUND: u16 = 404;
-
-/// Ready messages in one queue; `None` when the queue does not exist (nothing
-/// has declared the topology yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct QueueDepth {
-    pub(crate) name: String,
-    pub(crate) ready: Option<u32>,
-}
-
-/// Depths of every queue the worker declares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct QueueDepths {
-    pub(crate) main: QueueDepth,
-    /// One per retry tier, shortest delay first.
-    pub(crate) delays: Vec<(Duration, QueueDepth)>,
-    pub(crate) dead: QueueDepth,
-}
-
-impl QueueDepths {
-    /// Messages waiting in any delay queue: the jobs being retried.
-    pub(crate) fn retry_total(&self) -> u64 {
-        self.delays
-            .iter()
-            .filter_map(|(_, depth)| depth.ready)
-            .map(u64::from)
-            .sum()
-    }
-}
-
-/// Counts ready messages with passive declares on a fresh connection. When
-/// the main queue does not exist, nothing has declared the topology yet and
-/// the other queues are not probed (each miss closes a channel, which the
-/// client library logs as an error).
-pub(crate) async fn queue_depths(settings: &Settings) -> Result<QueueDepths, QueueError> {
-    let topology = Topology::from_settings(settings)?;
-    let connection = super::connect(&settings.amqp, "status").await?;
-    let mut prober = DepthProber::open(&connection).await?;
-    let names = &topology.names;
-    let main = prober.depth(&names.queue).await?;
-    let unprobed = |name: String| QueueDepth { name, ready: None };
-    if main.ready.is_none() {
-        let _ = connection.close(200, "status done".into()).await;
-        return Ok(QueueDepths {
-            main,
-            delays: topology
-                .delays
-                .iter()
-                .map(|delay| (*delay, unprobed(names.delay_queue(*delay))))
-                .collect(),
-            dead: unprobed(names.dead_queue.clone()),
-        });
-    }
-    let mut delays = Vec::with_capacity(topology.delays.len());
-    for delay in &topology.delays {
-        delays.push((*delay, prober.depth(&names.delay_queue(*delay)).await?));
-    }
-    let dead = prober.depth(&names.dead_queue).await?;
-    let _ = connection.close(200, "status done".into()).await;
-    Ok(QueueDepths { main, delays, dead })
-}
-
-/// A passive declare of a missing queue closes the channel, so the prober
-/// opens a new one after each miss.
-struct DepthProber<'c> {
-    connection: &'c Connection,
-    channel: Channel,
-}
-
-impl<'c> DepthProber<'c> {
-    async fn open(connection: &'c Connection) -> Result<Self, QueueError> {
-        let channel = open_channel(connection).await?;
-        Ok(Self {
-            connection,
-            channel,
-        })
-    }
-
-    async fn depth(&mut self, name: &str) -> Result<QueueDepth, QueueError> {
-        let ready = match ready_messages(&self.channel, name).await {
-            Ok(ready) => Some(ready),
-            Err(QueueError::Broker { source, .. }) if is_not_found(&source) => {
-                self.channel = open_channel(self.connection).await?;
-                None
-            }
-            Err(error) => return Err(error),
-        };
-        Ok(QueueDepth {
-            name: name.to_owned(),
-            ready,
-        })
-    }
-}
-
-async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {
-    connection
-        .create_channel()
-        .await
-        .map_err(QueueError::broker("channel.open"))
-}
-
-pub(super) fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND)
-}
-
-/// The `status` table: job counts (every status, zeros included), then queue
-/// depths, numbers right-aligned. A missing queue shows `-`; a missing main
-/// queue adds a line saying how to create the topology.
-pub(crate) fn render_status(counts: &[(JobStatus, i64)], depths: &QueueDepths) -> String {
-    let mut rows: Vec<(String, String, String)> =
-        vec![("JOBS".into(), String::new(), "COUNT".into())];
-    rows.extend(
-        counts
-            .iter()
-            .map(|(status, count)| (status.to_string(), String::new(), count.to_string())),
-    );
-    rows.push(Default::default());
-    rows.push(("QUEUE".into(), "NAME".into(), "READY".into()));
-    rows.push(depth_row("main", &depths.main));
-    let missing = depths.delays.iter().all(|(_, d)| d.ready.is_none());
-    let retry = if missing {
-        "-".into()
-    } else {
-        depths.retry_total().to_string()
-    };
-    rows.push((
-        "retry".into(),
-        format!("({} delay queues)", depths.delays.len()),
-        retry,
-    ));
-    for (delay, depth) in &depths.delays {
-        rows.push(depth_row(&format!("  {}ms", delay.as_millis()), depth));
-    }
-    rows.push(depth_row("dead", &depths.dead));
-    let mut out = align(&rows);
-    if depths.main.ready.is_none() {
-        let _ = writeln!(
-            out,
-            "\nqueue {} does not exist yet: run `zhima-worker run` or `enqueue` once",
-            depths.main.name
-        );
-    }
-    out
-}
-
-fn depth_row(label: &str, depth: &QueueDepth) -> (String, String, String) {
-    let ready = depth.ready.map_or_else(|| "-".into(), |n| n.to_string());
-    (label.to_owned(), depth.name.clone(), ready)
-}
-
-fn align(rows: &[(String, String, String)]) -> String {
-    let width = |pick: fn(&(String, String, String)) -> &String| {
-        rows.iter()
-            .map(|row| pick(row).chars().count())
-            .max()
-            .unwrap_or(0)
-    };
-    let (first, second, third) = (width(|r| &r.0), width(|r| &r.1), width(|r| &r.2));
-    let mut out = String::new();
-    for (label, name, number) in rows {
-        let line = if name.is_empty() && second > 0 {
-            format!("{label:<first$}  {:second$}  {number:>third$}", "")
-        } else {
-            format!("{label:<first$}  {name:<second$}  {number:>third$}")
-        };
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
-    out
-}
+use crate::store::{JobStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RequeueError {
@@ -413,13 +236,6 @@ mod tests {
 
     use super::*;
 
-    fn depth(name: &str, ready: Option<u32>) -> QueueDepth {
-        QueueDepth {
-            name: name.into(),
-            ready,
-        }
-    }
-
     #[test]
     fn stale_headers_are_dropped_and_producer_headers_kept() {
         let mut headers = FieldTable::default();
@@ -440,61 +256,5 @@ mod tests {
         let names: Vec<&str> = fresh.inner().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["tenant"]);
         assert!(fresh_headers(None).inner().is_empty());
-    }
-
-    #[test]
-    fn status_lists_every_status_and_sums_the_delay_queues() {
-        let counts: Vec<(JobStatus, i64)> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        let depths = QueueDepths {
-            main: depth("q", Some(3)),
-            delays: vec![
-                (Duration::from_secs(1), depth("q.delay.1000", Some(2))),
-                (Duration::from_secs(2), depth("q.delay.2000", Some(5))),
-            ],
-            dead: depth("q.dead", None),
-        };
-        let table = render_status(&counts, &depths);
-        for status in ["pending", "retrying", "succeeded", "failed"] {
-            assert!(
-                table
-                    .lines()
-                    .any(|l| l.starts_with(status) && l.ends_with(" 0")),
-                "{table}"
-            );
-        }
-        let line = |label: &str| {
-            table
-                .lines()
-                .find(|l| l.starts_with(label))
-                .unwrap()
-                .to_owned()
-        };
-        assert!(line("main").ends_with(" 3"));
-        assert!(line("retry ").ends_with(" 7"));
-        assert!(line("  1000ms").ends_with(" 2"));
-        assert!(line("dead").ends_with(" -"));
-        let widths: Vec<usize> = [line("main"), line("retry"), line("dead")]
-            .iter()
-            .map(|l| l.chars().count())
-            .collect();
-        assert!(widths.iter().all(|w| *w == widths[0]), "{table}");
-        assert!(!table.contains("does not exist yet"), "{table}");
-    }
-
-    #[test]
-    fn status_before_the_topology_exists_says_how_to_create_it() {
-        let counts: Vec<(JobStatus, i64)> = JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        let depths = QueueDepths {
-            main: depth("zhima.relation.verify", None),
-            delays: vec![(Duration::from_secs(1), depth("q.delay.1000", None))],
-            dead: depth("q.dead", None),
-        };
-        let table = render_status(&counts, &depths);
-        assert!(
-            table.contains(
-                "queue zhima.relation.verify does not exist yet: run `zhima-worker run` or `enqueue` once"
-            ),
-            "{table}"
-        );
     }
 }

@@ -543,7 +543,7 @@ async fn scan_queues(
         visitor.entering(queue);
         outcome = match scan(&connection, queue, product_code, None, visitor).await {
             Err(RequeueError::Queue(QueueError::Broker { source, .. }))
-                if super::admin::is_not_found(&source) =>
+                if super::status::is_not_found(&source) =>
             {
                 Ok(())
             }

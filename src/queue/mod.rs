@@ -12,6 +12,7 @@ pub(crate) mod dead;
 pub mod enqueue;
 pub mod publisher;
 pub(crate) mod session;
+pub(crate) mod status;
 pub mod topology;
 
 use std::time::Duration;

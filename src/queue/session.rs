@@ -179,6 +179,7 @@ impl<R: JobRunner> Sessions<'_, R> {
             }
         }
         self.runner.drain().await;
+        record_in_flight(self.runner.in_flight());
         let _ = connection.close(200, "worker stopping".into()).await;
         Ok(())
     }
@@ -203,8 +204,7 @@ impl<R: JobRunner> Sessions<'_, R> {
         let concurrency = self.options.concurrency.get() as usize;
         let mut idle_tick = tokio::time::interval(IDLE_CHECK_INTERVAL);
         loop {
-            metrics::gauge!(crate::telemetry::metric::JOBS_IN_FLIGHT)
-                .set(self.runner.in_flight() as f64);
+            record_in_flight(self.runner.in_flight());
             tokio::select! {
                 biased;
                 () = self.control.stopped() => {
@@ -214,6 +214,7 @@ impl<R: JobRunner> Sessions<'_, R> {
                 () = self.control.paused() => {
                     stop_consuming(channel, &mut consumer).await;
                     self.runner.drain().await;
+                    record_in_flight(self.runner.in_flight());
                     return Ok(ConsumeEnd::Paused);
                 }
                 () = self.runner.join_one(), if self.runner.in_flight() > 0 => {}
@@ -242,6 +243,13 @@ impl<R: JobRunner> Sessions<'_, R> {
             }
         }
     }
+}
+
+/// `zhima_jobs_in_flight`: the deliveries a job task holds unacked now.
+/// Set on every turn of the consume loop and after each drain, so a pause
+/// or a shutdown never leaves the handed-back jobs counted.
+fn record_in_flight(in_flight: usize) {
+    metrics::gauge!(crate::telemetry::metric::JOBS_IN_FLIGHT).set(in_flight as f64);
 }
 
 async fn open_channel(connection: &Connection) -> Result<Channel, QueueError> {

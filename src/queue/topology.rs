@@ -44,6 +44,13 @@ impl Topology {
         Self::new(QueueNames::from_settings(settings), policy.tiers())
     }
 
+    /// Each delay queue's name with its delay.
+    pub(crate) fn delay_tiers(&self) -> impl Iterator<Item = (String, Duration)> + '_ {
+        self.delays
+            .iter()
+            .map(|delay| (self.names.delay_queue(*delay), *delay))
+    }
+
     pub fn delay_queues(&self) -> Vec<String> {
         self.delays
             .iter()

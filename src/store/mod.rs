@@ -37,6 +37,7 @@ mod lookup;
 mod postgres;
 mod reconcile;
 mod sqlite;
+mod status;
 
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
@@ -45,6 +46,7 @@ pub(crate) use lookup::{JobRecord, MAX_ROWS_PER_REFERENCE};
 #[cfg(test)]
 pub(crate) use reconcile::ExportResult;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
+pub(crate) use status::{BatchRecord, StoreOverview};
 
 use std::fmt;
 use std::str::FromStr;

@@ -27,6 +27,22 @@ pub(crate) const REPLICAS_LIVE: &str = "zhima_replicas_live";
 pub(crate) const RATE_LIMIT_PERMITS_PER_SECOND: &str = "zhima_rate_limit_permits_per_second";
 /// Counter: times the upstream's call-rate limit halved this replica's rate.
 pub(crate) const RATE_LIMIT_BACKOFFS_TOTAL: &str = "zhima_rate_limit_backoffs_total";
+/// Counter, by [`RESULT`]: gateway probes made while paused (`app`); they
+/// reach the upstream but are no job's call, so they are not in
+/// [`UPSTREAM_CALLS_TOTAL`].
+pub(crate) const CONFIG_PROBES_TOTAL: &str = "zhima_config_probes_total";
+/// Gauge, by [`QUEUE`]: ready messages in the main, each delay and the dead
+/// queue, read from the broker every few seconds by one replica (the live
+/// lease with the lowest worker_id; SQLite: the one replica); `NaN` on the
+/// others, so `max by (queue)` gives the broker's figure.
+pub(crate) const QUEUE_MESSAGES_READY: &str = "zhima_queue_messages_ready";
+/// Gauge, by [`QUEUE`]: consumers of each queue, read with
+/// [`QUEUE_MESSAGES_READY`].
+pub(crate) const QUEUE_CONSUMERS: &str = "zhima_queue_consumers";
+/// Gauge: 1 on the replica that refreshes the queue gauges, 0 elsewhere.
+pub(crate) const QUEUE_DEPTH_REPORTER: &str = "zhima_queue_depth_reporter";
+/// Gauge, always 1, by [`VERSION`]: which build runs.
+pub(crate) const BUILD_INFO: &str = "zhima_build_info";
 
 /// Label of [`JOBS_TOTAL`]: a [`crate::processor::JobOutcome`].
 pub(crate) const OUTCOME: &str = "outcome";
@@ -35,3 +51,20 @@ pub(crate) const OUTCOME: &str = "outcome";
 pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
 pub(crate) const SUB_CODE: &str = "sub_code";
+/// Label of [`QUEUE_MESSAGES_READY`] and [`QUEUE_CONSUMERS`]: the queue's name.
+pub(crate) const QUEUE: &str = "queue";
+/// Label of [`QUEUE_MESSAGES_READY`] and [`QUEUE_CONSUMERS`]: `main`,
+/// `delay` or `dead`, so alerts need not know the configured names.
+pub(crate) const KIND: &str = "kind";
+/// Label of [`BUILD_INFO`]: the crate version (`CARGO_PKG_VERSION`).
+pub(crate) const VERSION: &str = "version";
+/// Label of [`CONFIG_PROBES_TOTAL`]: [`PROBE_PASSED`] or [`PROBE_FAILED`].
+pub(crate) const RESULT: &str = "result";
+/// A probe whose answer shows the configuration works again.
+pub(crate) const PROBE_PASSED: &str = "passed";
+/// A probe that still meets the configuration fault (or no answer).
+pub(crate) const PROBE_FAILED: &str = "failed";
+/// [`CODE`] of an answer whose signature is missing or wrong: its code was
+/// not trusted, so it is not counted as one (the claimed code goes in
+/// [`SUB_CODE`]).
+pub(crate) const CODE_UNVERIFIED: &str = "UNVERIFIED";

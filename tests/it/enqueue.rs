@@ -359,9 +359,19 @@ async fn status_prints_job_counts_and_queue_depths() {
     for status in ["pending", "retrying", "succeeded", "failed"] {
         assert!(line(status).ends_with(" 0"), "{}", outcome.stdout);
     }
-    assert!(line("main").contains(&fixture.queue) && line("main").ends_with(" 2"));
+    // QUEUE, NAME, READY, CONSUMERS
+    let cells = |label: &str| {
+        line(label)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cells("main"), ["main", fixture.queue.as_str(), "2", "0"]);
     assert!(line("retry ").ends_with(" 0"), "{}", outcome.stdout);
-    assert!(line("dead").contains(&fixture.dead_queue) && line("dead").ends_with(" 0"));
+    assert_eq!(
+        cells("dead"),
+        ["dead", fixture.dead_queue.as_str(), "0", "0"]
+    );
     fixture.cleanup().await;
 }
 

@@ -11,10 +11,12 @@
 //!   no broker (`support::in_process`).
 //! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
 //!   summary at exit).
-//! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands;
-//!   `lookup` (`show`) and `dead` (the dead-letter tools).
+//! - `broker`, `cli`, `enqueue`, `status`: the binary's operator and debugging
+//!   commands; `lookup` (`show`) and `dead` (the dead-letter tools).
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
-//! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
+//! - `deploy`: everything under deploy/ (compose, Dockerfile, systemd unit,
+//!   Kubernetes manifests, alert rules, dashboard) against the real loader,
+//!   CLI, routes and metric names; promtool and systemd-analyze where present.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -33,5 +35,6 @@ mod lookup;
 mod reconcile;
 mod sandbox;
 mod scale;
+mod status;
 mod until_idle;
 mod worker;

@@ -577,7 +577,11 @@ async fn job_log_lines_carry_transaction_id_and_attempt_and_no_pii() {
         processed.len()
     );
     for line in &processed {
-        let span = &line["span"];
+        let spans = line["spans"].as_array().unwrap();
+        let span = spans
+            .iter()
+            .find(|span| span["name"] == "process_job")
+            .unwrap_or_else(|| panic!("no process_job span in {line}"));
         assert!(
             span["transaction_id"]
                 .as_str()

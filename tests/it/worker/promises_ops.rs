@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use zhima_worker::queue::{self, ATTEMPT_HEADER};
 use zhima_worker::sandbox::{self, AppAuthToken, Faults, SandboxConfig, SandboxReply};
 
-use crate::support::http::{free_local_addr, scrape, scrape_when_up, value_of};
+use crate::support::http::{free_local_addr, sample, scrape, scrape_when_up, value_of};
 use crate::support::worker::throttled_calls;
 use crate::support::{
-    self, Db, TestWorker, count_values, exits_zero_within, job, sigterm, spawn_worker,
+    self, Db, TestWorker, count_values, eventually, exits_zero_within, job, sigterm, spawn_worker,
     spawn_worker_with, until,
 };
 
@@ -316,7 +316,7 @@ async fn keys_signatures_and_secrets_never_appear_in_logs_even_at_trace() {
 /// Every counter and gauge the README lists in the `/metrics` row, with the
 /// labels they carry before any job. Histograms appear with their first
 /// sample (a fake zero would be data), so they are left out here.
-const SERIES_AT_ZERO: [&str; 12] = [
+const SERIES_AT_ZERO: [&str; 14] = [
     r#"zhima_jobs_total{outcome="succeeded"}"#,
     r#"zhima_jobs_total{outcome="failed"}"#,
     r#"zhima_jobs_total{outcome="retried"}"#,
@@ -329,6 +329,8 @@ const SERIES_AT_ZERO: [&str; 12] = [
     "zhima_jobs_in_flight",
     "zhima_consumption_paused",
     "zhima_rate_limit_backoffs_total",
+    r#"zhima_config_probes_total{result="passed"}"#,
+    r#"zhima_config_probes_total{result="failed"}"#,
 ];
 
 /// Gauges that hold the replica's share as soon as it is known: they exist
@@ -338,7 +340,17 @@ const GAUGES_FROM_START_UP: [&str; 2] =
 
 #[tokio::test]
 async fn counters_and_gauges_exist_at_zero_from_start_up() {
-    let worker = spawn_worker(Db::Postgres).await;
+    counters_and_gauges_from_start_up(Db::Postgres).await;
+}
+
+/// SQLite keeps no lease: the gauges still say one replica, the whole rate.
+#[tokio::test]
+async fn on_sqlite_the_replica_and_rate_gauges_read_one_and_the_whole_rate() {
+    counters_and_gauges_from_start_up(Db::Sqlite).await;
+}
+
+async fn counters_and_gauges_from_start_up(db: Db) {
+    let worker = spawn_worker(db).await;
     let listen = free_local_addr();
     let metrics_url = format!("http://{listen}/metrics");
     let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
@@ -786,6 +798,465 @@ async fn a_whole_run_in_gbk_with_chinese_names_succeeds_stored_masked_and_billed
                 "{text} went out in GBK"
             );
         }
+    }
+    worker.cleanup().await;
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn sum_of(metrics: &str, name: &str) -> f64 {
+    sum_where(metrics, name, |_| true)
+}
+
+/// The sum of the samples of `name` whose label text passes `keep`.
+fn sum_where(metrics: &str, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let labels = match key.strip_prefix(name)? {
+                "" => "",
+                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+            };
+            keep(labels).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The worker's stderr, line by line, as it comes.
+fn keep_lines(child: &mut tokio::process::Child) -> Arc<Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&lines);
+    let stderr = child.stderr.take().expect("stderr piped");
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// JSON log lines whose `fields.message` is `message`.
+fn log_events(lines: &Mutex<Vec<String>>, message: &str) -> Vec<serde_json::Value> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["fields"]["message"] == message)
+        .collect()
+}
+
+/// A field of the span `name` in a JSON line's `spans` (outermost first).
+fn span_field<'a>(event: &'a serde_json::Value, name: &str, field: &str) -> &'a serde_json::Value {
+    event["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|span| span["name"] == name))
+        .map_or(&serde_json::Value::Null, |span| &span[field])
+}
+
+/// Jobs somewhere on the broker (ready in the main or a delay queue) or
+/// final in the database: with nothing unacked, every published job is one
+/// of these.
+async fn jobs_accounted_for(worker: &TestWorker) -> u32 {
+    let mut total = worker.ready(&worker.topology.names.queue).await;
+    for queue in worker.topology.delay_queues() {
+        total += worker.ready(&queue).await;
+    }
+    let statuses = worker.statuses().await;
+    total + statuses.values().filter(|s| *s == "succeeded").count() as u32
+}
+
+#[tokio::test]
+async fn every_counter_matches_the_sandbox_the_broker_and_the_log_after_faults_a_pause_and_a_shutdown()
+ {
+    let worker = spawn_worker(Db::Sqlite).await;
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let url = metrics_url.as_str();
+    let mut command = worker.command(&["run"]);
+    command
+        .envs([
+            ("ZHIMA__HTTP__LISTEN", listen.as_str()),
+            ("ZHIMA__LOG__FORMAT", "json"),
+            ("ZHIMA__LOG__FILTER", "info"),
+            ("ZHIMA__WORKER__MAX_UNVERIFIED_IN_ROW", "3"),
+            ("ZHIMA__WORKER__PROBE_INTERVAL_S", "1"),
+            ("ZHIMA__WORKER__CONCURRENCY", "4"),
+            ("ZHIMA__WORKER__SHUTDOWN_GRACE_S", "1"),
+        ])
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("worker starts");
+    let log = keep_lines(&mut child);
+    let total: f64 = worker.env["ZHIMA__RATE_LIMIT__QPS"].parse().unwrap();
+    until(
+        LIMIT,
+        "SQLite: one replica with the whole rate",
+        || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_replicas_live") == Some(1.0)
+                && value_of(&metrics, "zhima_rate_limit_permits_per_second") == Some(total)
+        },
+    )
+    .await;
+
+    // Transient faults, then answers that never verify until the worker pauses.
+    worker.sandbox.respond_next(2, SandboxReply::SystemError);
+    for n in 0..10 {
+        worker.publish_job(&job("truth_a", n)).await;
+    }
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 10)
+        .await;
+    worker.sandbox.set_faults(Faults {
+        broken_sign_rate: 1.0,
+        latency_ms: 100,
+        ..Faults::default()
+    });
+    for n in 0..12 {
+        worker.publish_job(&job("truth_b", n)).await;
+    }
+    let test_worker = &worker;
+    until(
+        LIMIT,
+        "paused, nothing in flight, every job queued or stored",
+        || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_consumption_paused") == Some(1.0)
+                && value_of(&metrics, "zhima_jobs_in_flight") == Some(0.0)
+                && jobs_accounted_for(test_worker).await == 22
+        },
+    )
+    .await;
+    worker.sandbox.set_faults(Faults::default());
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 22)
+        .await;
+    until(LIMIT, "resumed with nothing in flight", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_consumption_paused") == Some(0.0)
+            && value_of(&metrics, "zhima_jobs_in_flight") == Some(0.0)
+    })
+    .await;
+
+    let metrics = scrape(url).await.expect("metrics");
+    let stats = worker.sandbox.stats();
+    let calls = sum_of(&metrics, "zhima_upstream_calls_total");
+    let probes = sum_of(&metrics, "zhima_config_probes_total");
+    let failed_probes = sample(&metrics, r#"zhima_config_probes_total{result="failed"}"#);
+    assert!(
+        sample(&metrics, r#"zhima_config_probes_total{result="passed"}"#) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        calls + probes,
+        stats.requests as f64,
+        "every request the sandbox saw is a counted call or probe\n{metrics}"
+    );
+    let unverified = sum_where(&metrics, "zhima_upstream_calls_total", |labels| {
+        labels.contains(r#"code="UNVERIFIED""#)
+    });
+    assert!(unverified >= 3.0, "the pause took 3 in a row: {unverified}");
+    assert_eq!(
+        unverified + failed_probes,
+        stats.broken_signatures as f64,
+        "answers with a broken sign have their own label, not 10000\n{metrics}"
+    );
+    let system_errors = sum_where(&metrics, "zhima_upstream_calls_total", |labels| {
+        !labels.contains(r#"code="10000""#) && !labels.contains(r#"code="UNVERIFIED""#)
+    });
+    assert_eq!(system_errors, 2.0, "{metrics}");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"zhima_upstream_calls_total{code="10000",sub_code=""}"#
+        ),
+        22.0,
+        "one verified success per job"
+    );
+    for n in 0..10 {
+        assert_eq!(worker.sandbox.billed_for(&format!("truth_a_{n}")), 1);
+    }
+    for n in 0..12 {
+        assert_eq!(worker.sandbox.billed_for(&format!("truth_b_{n}")), 1);
+    }
+    let jobs = |outcome: &str| {
+        sample(
+            &metrics,
+            &format!(r#"zhima_jobs_total{{outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(jobs("succeeded"), 22.0);
+    assert_eq!(jobs("retried"), system_errors + unverified);
+    assert_eq!(
+        sample(&metrics, "zhima_retries_scheduled_total"),
+        jobs("retried")
+    );
+    let processed = log_events(&log, "job processed");
+    let handed_back_lines = processed
+        .iter()
+        .filter(|event| span_field(event, "process_job", "outcome") == "handed_back")
+        .count();
+    assert_eq!(jobs("handed_back"), handed_back_lines as f64, "{metrics}");
+    assert_eq!(
+        sum_of(&metrics, "zhima_jobs_total"),
+        processed.len() as f64,
+        "one count per `job processed` line"
+    );
+    assert_eq!(
+        sample(&metrics, "zhima_rate_limit_wait_seconds_count"),
+        calls,
+        "one timed permit per job call"
+    );
+    assert_eq!(
+        sample(&metrics, "zhima_upstream_latency_seconds_count"),
+        calls,
+        "one latency sample per job call"
+    );
+    for outcome in ["failed", "duplicate", "invalid", "conflict"] {
+        assert_eq!(jobs(outcome), 0.0, "{outcome}: none happened");
+    }
+    assert_eq!(
+        sample(&metrics, "zhima_rate_limit_backoffs_total"),
+        throttled_calls(&stats) as f64,
+        "no 40005, no back-off"
+    );
+    assert_eq!(
+        worker.count("SELECT count(*) FROM delay_queues").await,
+        worker.topology.delay_queues().len() as i64,
+        "run registers its delay queues for `status`"
+    );
+
+    // Shutdown with calls in flight past the grace: they are handed back.
+    worker.sandbox.set_faults(Faults {
+        latency_ms: 20_000,
+        ..Faults::default()
+    });
+    let handed_back_before = jobs("handed_back");
+    for n in 0..3 {
+        worker.publish_job(&job("truth_c", n)).await;
+    }
+    until(LIMIT, "three calls in flight", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_jobs_in_flight") == Some(3.0)
+    })
+    .await;
+    sigterm(&child);
+    exits_zero_within(&mut child, LIMIT).await;
+    let main_queue = worker.topology.names.queue.as_str();
+    until(LIMIT, "the three back on the broker", || async move {
+        test_worker.ready(main_queue).await == 3
+    })
+    .await;
+    let summary = eventually(LIMIT, "the run summary line", || async {
+        log_events(&log, "run summary").pop()
+    })
+    .await;
+    let tally = summary["fields"]["jobs"].as_str().unwrap_or_default();
+    let handed_back = handed_back_before as u64 + 3;
+    assert!(
+        tally.contains(&format!("handed_back={handed_back} ")),
+        "{tally}"
+    );
+    worker.cleanup().await;
+}
+
+/// Every key of a JSON line: its event fields and each span's fields.
+fn keys_of(event: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = event["fields"]
+        .as_object()
+        .map(|fields| fields.keys().cloned().collect())
+        .unwrap_or_default();
+    for span in event["spans"].as_array().into_iter().flatten() {
+        let fields = span.as_object().into_iter().flatten();
+        keys.extend(
+            fields
+                .filter(|(key, _)| *key != "name")
+                .map(|(key, _)| key.clone()),
+        );
+    }
+    keys
+}
+
+#[tokio::test]
+async fn throttling_retries_and_exhausted_attempts_log_a_warn_with_code_and_sub_code_and_every_line_its_worker_id()
+ {
+    let worker = spawn_worker(Db::Postgres).await;
+    let mut command = worker.command(&["run"]);
+    command
+        .envs([
+            ("ZHIMA__LOG__FORMAT", "json"),
+            ("ZHIMA__LOG__FILTER", "info"),
+            ("ZHIMA__RETRY__MAX_ATTEMPTS", "2"),
+        ])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("worker starts");
+    let log = keep_lines(&mut child);
+    worker.sandbox.respond_next(1, SandboxReply::Throttled);
+    worker.publish_job(&job("logged_throttle", 1)).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| support::succeeded(s) == 1)
+        .await;
+    worker.sandbox.respond_next(2, SandboxReply::SystemError);
+    worker.publish_job(&job("logged_exhausted", 1)).await;
+    worker
+        .wait_for_statuses(LIMIT, |s| {
+            s.values().filter(|v| *v == "failed").count() == 1
+        })
+        .await;
+    sigterm(&child);
+    exits_zero_within(&mut child, LIMIT).await;
+    let lines: Vec<serde_json::Value> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let warn = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["level"] == "WARN" && l["fields"]["message"] == message)
+            .collect()
+    };
+    let throttled = warn("upstream throttled us: this replica's rate halved, job retried");
+    assert_eq!(throttled.len(), 1, "one 40005, one line");
+    assert_eq!(throttled[0]["fields"]["code"], "40005", "{}", throttled[0]);
+    assert_eq!(
+        throttled[0]["fields"]["sub_code"], "isv.app-call-limited",
+        "{}",
+        throttled[0]
+    );
+    let retried = warn("job retried");
+    assert_eq!(retried.len(), 1, "the first SYSTEM_ERROR is retried");
+    let exhausted = warn("attempts exhausted: job dead-lettered");
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0]["fields"]["attempts"], 2);
+    for line in retried.iter().chain(&exhausted) {
+        let code = line["fields"]["code"].as_str().unwrap();
+        assert!(!code.is_empty() && code != "10000", "{line}");
+        assert!(line["fields"]["sub_code"].is_string(), "{line}");
+        assert_eq!(
+            span_field(line, "process_job", "transaction_id"),
+            "logged_exhausted_1"
+        );
+    }
+    let worker_ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("zhima_worker")
+        })
+        .map(|l| {
+            span_field(l, "worker", "worker_id")
+                .as_str()
+                .unwrap_or_else(|| panic!("no worker_id: {l}"))
+        })
+        .collect();
+    assert_eq!(worker_ids.len(), 1, "one replica, one id: {worker_ids:?}");
+    for line in &lines {
+        let keys = keys_of(line);
+        let unique: std::collections::BTreeSet<&String> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len(), "a field repeated in {line}");
+        assert!(
+            line.get("span").is_none(),
+            "no copy of the innermost span: {line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.to_string().contains("already exists, skipping")),
+        "the sqlx notice is not shown at INFO"
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_replica_of_two_reports_the_queue_depths_and_each_names_its_build() {
+    let worker = spawn_worker(Db::Postgres).await;
+    let listens = [free_local_addr(), free_local_addr()];
+    let urls: Vec<String> = listens
+        .iter()
+        .map(|l| format!("http://{l}/metrics"))
+        .collect();
+    let mut children: Vec<_> = listens
+        .iter()
+        .map(|listen| worker.start_run(&[("ZHIMA__HTTP__LISTEN", listen.as_str())]))
+        .collect();
+    for url in &urls {
+        until(LIMIT, "two live replicas", || async move {
+            let metrics = scrape(url).await.unwrap_or_default();
+            value_of(&metrics, "zhima_replicas_live") == Some(2.0)
+        })
+        .await;
+    }
+    let (connection, channel) = broker_channel().await;
+    let dead = worker.topology.names.dead_queue.clone();
+    for _ in 0..3 {
+        channel
+            .basic_publish(
+                "".into(),
+                dead.as_str().into(),
+                Default::default(),
+                b"{}",
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let dead_series = format!(r#"zhima_queue_messages_ready{{queue="{dead}",kind="dead"}}"#);
+    let main_series = format!(
+        r#"zhima_queue_consumers{{queue="{}",kind="main"}}"#,
+        worker.topology.names.queue
+    );
+    let (dead_series, main_series) = (&dead_series, &main_series);
+    let urls_ref = &urls;
+    let reporter = eventually(
+        LIMIT,
+        "one reporter with the broker's figures",
+        || async move {
+            let mut reporters = Vec::new();
+            for url in urls_ref {
+                let metrics = scrape(url).await.unwrap_or_default();
+                if value_of(&metrics, "zhima_queue_depth_reporter") == Some(1.0) {
+                    reporters.push(metrics);
+                }
+            }
+            let [metrics] = reporters.as_slice() else {
+                return None;
+            };
+            (value_of(metrics, dead_series) == Some(3.0)
+                && value_of(metrics, main_series) == Some(2.0))
+            .then(|| metrics.clone())
+        },
+    )
+    .await;
+    for url in &urls {
+        let metrics = scrape(url).await.unwrap();
+        let build = format!(
+            r#"zhima_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(value_of(&metrics, &build), Some(1.0), "{metrics}");
+        if value_of(&metrics, "zhima_queue_depth_reporter") == Some(0.0) {
+            let other = value_of(&metrics, dead_series);
+            assert!(other.is_none_or(f64::is_nan), "not the reporter: {other:?}");
+        }
+    }
+    for delay_queue in worker.topology.delay_queues() {
+        let series = format!(r#"zhima_queue_messages_ready{{queue="{delay_queue}",kind="delay"}}"#);
+        assert_eq!(value_of(&reporter, &series), Some(0.0), "{series}");
+    }
+    let _ = connection.close(200, "done".into()).await;
+    for child in &mut children {
+        sigterm(child);
+        exits_zero_within(child, LIMIT).await;
     }
     worker.cleanup().await;
 }
