@@ -46,6 +46,7 @@ pub mod processor;
 pub mod queue;
 pub mod rate_limit;
 mod reconcile;
+pub mod results;
 pub mod retry;
 pub mod sandbox;
 pub mod store;

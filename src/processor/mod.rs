@@ -173,6 +173,7 @@ impl Processor {
         let key = JobKey {
             transaction_id: job.query.transaction_id.as_str(),
             external_ref: job.external_ref.as_deref(),
+            batch_id: job.batch_id.as_deref(),
             masked: &masked,
             fingerprint: &fingerprint,
         };
@@ -418,6 +419,7 @@ impl Processor {
                     self.store.record_rejected(
                         transaction_id.as_str(),
                         rejected.external_ref.as_deref(),
+                        rejected.batch_id.as_deref(),
                         rejected.error.code(),
                         &reason,
                     )

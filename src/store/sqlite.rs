@@ -185,6 +185,7 @@ impl Dialect for Sqlite {
             .bind(&job.masked.relation_name)
             .bind(to_text(now))
             .bind(job.fingerprint)
+            .bind(job.batch_id)
             .fetch_optional(pool)
             .await
             .map_err(StoreError::query("begin call"))?;
@@ -230,8 +231,8 @@ impl Dialect for Sqlite {
         sqlx::query(
             "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
                  cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-                 created_at, updated_at, business_fingerprint) \
-             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
+                 created_at, updated_at, business_fingerprint, batch_id) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9) \
              ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(job.transaction_id)
@@ -242,6 +243,7 @@ impl Dialect for Sqlite {
         .bind(&job.masked.relation_name)
         .bind(now_text())
         .bind(job.fingerprint)
+        .bind(job.batch_id)
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("create job row"))?;
@@ -306,17 +308,21 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
-    async fn record_rejected(pool: &SqlitePool, rejected: &Rejected<'_>) -> Result<(), StoreError> {
-        sqlx::query(RECORD_REJECTED)
+    async fn record_rejected(
+        tx: &mut Transaction<'_, Sqlite>,
+        rejected: &Rejected<'_>,
+    ) -> Result<bool, StoreError> {
+        let written: Option<(String,)> = sqlx::query_as(RECORD_REJECTED)
             .bind(rejected.transaction_id)
             .bind(rejected.external_ref)
             .bind(rejected.error_code)
             .bind(rejected.error_message)
             .bind(now_text())
-            .execute(pool)
+            .bind(rejected.batch_id)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(StoreError::query("record rejected job"))?;
-        Ok(())
+        Ok(written.is_some())
     }
 
     async fn counts_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
@@ -373,8 +379,8 @@ struct ExistingRow {
 const START_CALL: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
         cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint) \
-    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
+        created_at, updated_at, first_call_at, business_fingerprint, batch_id) \
+    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
         external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
@@ -386,6 +392,7 @@ const START_CALL: &str = "\
             COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
         business_fingerprint = \
             COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
+        batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
         updated_at = excluded.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
         AND (relation_checks.business_fingerprint IS NULL \
@@ -407,14 +414,16 @@ const APPLY_UPDATE: &str = "\
 
 const RECORD_REJECTED: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        error_code, error_message, created_at, updated_at, completed_at) \
-    VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5) \
+        error_code, error_message, created_at, updated_at, completed_at, batch_id) \
+    VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5, ?6) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         status = 'failed', \
         external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
         error_code = excluded.error_code, error_message = excluded.error_message, \
+        batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
         completed_at = excluded.completed_at, updated_at = excluded.updated_at \
-      WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+    RETURNING transaction_id";
 
 #[cfg(test)]
 #[derive(FromRow)]

@@ -35,3 +35,9 @@ pub(crate) const OUTCOME: &str = "outcome";
 pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
 pub(crate) const SUB_CODE: &str = "sub_code";
+
+/// Counter: result events published to the results exchange and confirmed
+/// (`results::relay`).
+pub(crate) const RESULT_EVENTS_PUBLISHED_TOTAL: &str = "zhima_result_events_published_total";
+/// Gauge: result events in the outbox not yet sent (every replica's).
+pub(crate) const RESULT_EVENTS_BACKLOG: &str = "zhima_result_events_backlog";
