@@ -182,6 +182,9 @@ impl Processor {
             .await;
         match existing {
             Ok(Some(existing)) => {
+                if let Err(Instead(handled)) = self.join_new_batch(&existing, &key).await {
+                    return handled;
+                }
                 if let Some(handled) = Self::settled_without_call(&existing, &key) {
                     return handled;
                 }
@@ -207,6 +210,29 @@ impl Processor {
             return self.expire(&key).await;
         }
         self.call_and_settle(job, &key, attempt).await
+    }
+
+    /// A final job delivered again under another batch (a producer
+    /// re-enqueued a transaction_id that was done already) joins that batch,
+    /// so the batch still completes and its consumer gets the result.
+    async fn join_new_batch(
+        &self,
+        existing: &ExistingJob,
+        key: &JobKey<'_>,
+    ) -> Result<(), Instead> {
+        let Some(batch_id) = key.batch_id else {
+            return Ok(());
+        };
+        let joins = existing.status.is_final()
+            && !existing.conflicts_with(key.fingerprint)
+            && existing.batch_id.as_deref() != Some(batch_id);
+        if !joins {
+            return Ok(());
+        }
+        self.persist("move the final job into its new batch", || {
+            self.store.join_batch(key.transaction_id, batch_id)
+        })
+        .await
     }
 
     /// A stored job that needs no call: a reused transaction_id, or a final

@@ -393,6 +393,8 @@ pub struct ExistingJob {
     /// The business-field fingerprint stored when the job was first seen;
     /// None for rows from before fingerprints and for rejected messages.
     pub(crate) fingerprint: Option<String>,
+    /// The batch the row counts in, if any.
+    pub(crate) batch_id: Option<String>,
 }
 
 impl ExistingJob {

@@ -65,8 +65,8 @@ impl Dialect for Postgres {
 
     async fn find(pool: &PgPool, transaction_id: &str) -> Result<Option<ExistingJob>, StoreError> {
         let row: Option<ExistingRow> = sqlx::query_as(
-            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-             WHERE transaction_id = $1",
+            "SELECT status, attempts, first_call_at, business_fingerprint, batch_id \
+             FROM relation_checks WHERE transaction_id = $1",
         )
         .bind(transaction_id)
         .fetch_optional(pool)
@@ -78,6 +78,7 @@ impl Dialect for Postgres {
                 attempts: attempts_from_db(i64::from(row.attempts))?,
                 first_call_at: row.first_call_at,
                 fingerprint: row.business_fingerprint,
+                batch_id: row.batch_id,
             })
         })
         .transpose()
@@ -264,6 +265,7 @@ struct ExistingRow {
     status: String,
     attempts: i32,
     business_fingerprint: Option<String>,
+    batch_id: Option<String>,
     first_call_at: Option<DateTime<Utc>>,
 }
 

@@ -181,6 +181,26 @@ impl JobStore {
         Ok(completed)
     }
 
+    /// A final job delivered again with another batch id (a producer
+    /// re-enqueued an id that was already done): the row moves to that batch
+    /// and, in the same transaction, its result event is written again (with
+    /// the new batch id) and the batch moves on, so it still completes.
+    /// Nothing happens for a row that is not final or already in the batch.
+    pub(crate) async fn join_batch(
+        &self,
+        transaction_id: &str,
+        batch_id: &str,
+    ) -> Result<(), StoreError> {
+        let events = self.events_enabled();
+        let wrote_event = with_pool!(self, pool => {
+            join_batch_in(pool, transaction_id, batch_id, events).await
+        })?;
+        if wrote_event {
+            self.notify_events();
+        }
+        Ok(())
+    }
+
     /// Every final row of the batch or the day, in completion order, streamed.
     pub(crate) fn results<'a>(
         &'a self,
@@ -203,6 +223,21 @@ async fn record_size_in<D: Dialect>(
     };
     tx.commit().await.map_err(StoreError::query("commit"))?;
     Ok(completed)
+}
+
+async fn join_batch_in<D: Dialect>(
+    pool: &Pool<D>,
+    transaction_id: &str,
+    batch_id: &str,
+    events: bool,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
+    let mut wrote_event = false;
+    if D::move_to_batch(&mut tx, transaction_id, batch_id).await? {
+        wrote_event = after_final(&mut tx, transaction_id, events).await?;
+    }
+    tx.commit().await.map_err(StoreError::query("commit"))?;
+    Ok(wrote_event)
 }
 
 /// In the outcome transaction, once the job's row has just become final:
@@ -314,6 +349,13 @@ pub(super) trait ResultsSql: Database {
         tx: &mut Transaction<'_, Self>,
         batch_id: &str,
     ) -> impl Future<Output = Result<Option<(Option<DateTime<Utc>>, DateTime<Utc>)>, StoreError>> + Send;
+
+    /// Sets a final row's batch_id when it differs; true when it did.
+    fn move_to_batch(
+        tx: &mut Transaction<'_, Self>,
+        transaction_id: &str,
+        batch_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn unsent(pool: &Pool<Self>) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 
@@ -482,6 +524,25 @@ impl ResultsSql for Postgres {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::query("complete the batch"))
+    }
+
+    async fn move_to_batch(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+        batch_id: &str,
+    ) -> Result<bool, StoreError> {
+        let moved: Option<(String,)> = sqlx::query_as(
+            "UPDATE relation_checks SET batch_id = $2, updated_at = now() \
+             WHERE transaction_id = $1 AND status IN ('succeeded', 'failed') \
+               AND batch_id IS DISTINCT FROM $2 \
+             RETURNING transaction_id",
+        )
+        .bind(transaction_id)
+        .bind(batch_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::query("move the job into its batch"))?;
+        Ok(moved.is_some())
     }
 
     async fn unsent(pool: &PgPool) -> Result<i64, sqlx::Error> {
@@ -699,6 +760,26 @@ impl ResultsSql for Sqlite {
             ))
         })
         .transpose()
+    }
+
+    async fn move_to_batch(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        batch_id: &str,
+    ) -> Result<bool, StoreError> {
+        let moved: Option<(String,)> = sqlx::query_as(
+            "UPDATE relation_checks SET batch_id = ?2, updated_at = ?3 \
+             WHERE transaction_id = ?1 AND status IN ('succeeded', 'failed') \
+               AND batch_id IS NOT ?2 \
+             RETURNING transaction_id",
+        )
+        .bind(transaction_id)
+        .bind(batch_id)
+        .bind(to_text(Utc::now()))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::query("move the job into its batch"))?;
+        Ok(moved.is_some())
     }
 
     async fn unsent(pool: &SqlitePool) -> Result<i64, sqlx::Error> {

@@ -150,8 +150,8 @@ impl Dialect for Sqlite {
         transaction_id: &str,
     ) -> Result<Option<ExistingJob>, StoreError> {
         let row: Option<ExistingRow> = sqlx::query_as(
-            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-             WHERE transaction_id = ?1",
+            "SELECT status, attempts, first_call_at, business_fingerprint, batch_id \
+             FROM relation_checks WHERE transaction_id = ?1",
         )
         .bind(transaction_id)
         .fetch_optional(pool)
@@ -166,6 +166,7 @@ impl Dialect for Sqlite {
                     .map(|text| from_text("first_call_at", &text))
                     .transpose()?,
                 fingerprint: row.business_fingerprint,
+                batch_id: row.batch_id,
             })
         })
         .transpose()
@@ -370,6 +371,7 @@ struct ExistingRow {
     status: String,
     attempts: i64,
     business_fingerprint: Option<String>,
+    batch_id: Option<String>,
     first_call_at: Option<String>,
 }
 

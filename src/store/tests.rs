@@ -297,6 +297,7 @@ async fn a_successful_call_stores_the_answer_and_one_ledger_row(db: &TestDb) {
             attempts: 1,
             first_call_at: Some(at(0)),
             fingerprint: Some("fp_first_contact".into()),
+            batch_id: None,
         }
     );
     assert!(found.status.is_final());
@@ -1141,3 +1142,60 @@ async fn results_stream_the_final_rows_of_a_batch_in_completion_order(db: &TestD
     assert_eq!(day.len(), 3);
 }
 on_both_backends!(results_stream_the_final_rows_of_a_batch_in_completion_order);
+
+async fn a_final_job_enqueued_again_joins_the_new_batch_which_completes(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    store
+        .record(
+            &batch_key("again_1", "b-old", &masked),
+            None,
+            &success("biz_again"),
+        )
+        .await
+        .unwrap();
+    store.start_batch("b-new").await.unwrap();
+    store.record_batch_size("b-new", 1).await.unwrap();
+    store.join_batch("again_1", "b-new").await.unwrap();
+    // Joining the batch it is in already changes nothing.
+    store.join_batch("again_1", "b-new").await.unwrap();
+    let events = outbox(&store).await;
+    let results: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.message_id == "again_1")
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "the result again, for the new batch");
+    assert_eq!(results[1]["batch_id"], "b-new");
+    assert_eq!(results[1]["biz_no"], "biz_again");
+    let done = completions(&events, "b-new");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["succeeded"], 1);
+    assert_eq!(
+        store
+            .find("again_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .batch_id
+            .as_deref(),
+        Some("b-new")
+    );
+    // A row that is not final never moves.
+    store
+        .record(&batch_key("again_2", "b-old", &masked), None, &retrying())
+        .await
+        .unwrap();
+    store.join_batch("again_2", "b-new").await.unwrap();
+    assert_eq!(
+        store
+            .find("again_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .batch_id
+            .as_deref(),
+        Some("b-old")
+    );
+}
+on_both_backends!(a_final_job_enqueued_again_joins_the_new_batch_which_completes);

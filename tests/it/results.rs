@@ -445,6 +445,21 @@ async fn the_results_command_lists_a_batch_as_jsonl_and_csv() {
         .await
         .unwrap();
     assert_eq!(bad_enqueue.status.code(), Some(64));
+    // The same jobs enqueued again in a new batch: already final, they
+    // join it without a call, and it completes.
+    enqueue(&worker, &records, "cmd-again").await;
+    worker.run_until_idle(LIMIT).await;
+    let again = worker
+        .command(&["results", "--batch", "cmd-again"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap().lines().count(), 4);
+    let completed = worker
+        .count("SELECT count(*) FROM batches WHERE batch_id = 'cmd-again' AND completed_at IS NOT NULL")
+        .await;
+    assert_eq!(completed, 1);
+    assert_eq!(worker.sandbox.stats().billed, 4, "no job called twice");
     let reused = worker
         .command(&["enqueue", "-", "--batch-id", "cmd-batch"])
         .output()
