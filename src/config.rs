@@ -844,6 +844,49 @@ mod tests {
     }
 
     #[test]
+    fn result_events_default_on_and_bad_results_keys_are_rejected_naming_them() {
+        Jail::expect_with(|jail| {
+            let settings = load(None).expect("defaults");
+            assert_eq!(settings.results.exchange, "zhima.results");
+            assert!(settings.results.enabled());
+            jail.set_env("ZHIMA__RESULTS__EXCHANGE", "");
+            assert!(!load(None).expect("empty is off").results.enabled());
+            for (key, value, named) in [
+                ("ZHIMA__RESULTS__EXCHANGE", "zhima.jobs", "results.exchange"),
+                (
+                    "ZHIMA__RESULTS__EXCHANGE",
+                    "x".repeat(201).as_str(),
+                    "results.exchange",
+                ),
+                ("ZHIMA__RESULTS__BATCH_SIZE", "0", "results.batch_size"),
+                ("ZHIMA__RESULTS__BATCH_SIZE", "10001", "results.batch_size"),
+                (
+                    "ZHIMA__RESULTS__POLL_INTERVAL_MS",
+                    "0",
+                    "results.poll_interval_ms",
+                ),
+                ("ZHIMA__RESULTS__POLL_INTERVAL_MS", "-5", "poll_interval_ms"),
+            ] {
+                jail.set_env(key, value);
+                let error = load(None).expect_err(value).to_string();
+                assert!(error.contains(named), "{key}={value}: {error}");
+                jail.set_env(key, "");
+                if key != "ZHIMA__RESULTS__EXCHANGE" {
+                    jail.set_env(
+                        key,
+                        if key.ends_with("BATCH_SIZE") {
+                            "200"
+                        } else {
+                            "1000"
+                        },
+                    );
+                }
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn zero_qps_is_rejected_naming_the_key() {
         Jail::expect_with(|jail| {
             jail.set_env("ZHIMA__RATE_LIMIT__QPS", "0");
