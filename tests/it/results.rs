@@ -468,3 +468,37 @@ async fn the_results_command_lists_a_batch_as_jsonl_and_csv() {
     assert_eq!(reused.status.code(), Some(1), "a batch id enqueued before");
     worker.cleanup().await;
 }
+
+/// The relay's metrics exist at zero from start-up, then count the events
+/// it published; the backlog returns to zero.
+#[tokio::test]
+async fn the_relay_metrics_count_published_events_and_the_backlog() {
+    use crate::support::http::{free_local_addr, scrape, scrape_when_up, value_of};
+    let mut worker = spawn_worker(Db::Sqlite).await;
+    let results = ResultsQueue::bind(&mut worker).await;
+    let listen = free_local_addr();
+    let metrics_url = format!("http://{listen}/metrics");
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    let metrics = scrape_when_up(&metrics_url).await;
+    for series in [
+        "zhima_result_events_published_total",
+        "zhima_result_events_backlog",
+    ] {
+        assert_eq!(value_of(&metrics, series), Some(0.0), "{series}\n{metrics}");
+    }
+    for n in 0..3 {
+        worker.publish_job(&job("metered", n)).await;
+    }
+    let url = &metrics_url;
+    until(LIMIT, "three events published", || async move {
+        let metrics = scrape(url).await.unwrap_or_default();
+        value_of(&metrics, "zhima_result_events_published_total") == Some(3.0)
+            && value_of(&metrics, "zhima_result_events_backlog") == Some(0.0)
+    })
+    .await;
+    support::sigterm(&child);
+    support::exits_zero_within(&mut child, LIMIT).await;
+    assert_eq!(results.take_all().await.len(), 3);
+    results.delete().await;
+    worker.cleanup().await;
+}
