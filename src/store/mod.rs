@@ -1,6 +1,8 @@
 //! `JobStore`: every SQL statement in the crate. One row per job in
 //! `relation_checks`, one append-only ledger row per upstream call in
-//! `upstream_calls`, and `worker_leases` for replicas sharing a rate limit.
+//! `upstream_calls`, `worker_leases` for replicas sharing a rate limit, and
+//! (in `results`) the `result_events` outbox and the `batches`: a job's event
+//! is written in the transaction that makes it final.
 //!
 //! PostgreSQL (production, several replicas) and SQLite (one machine) sit
 //! behind one interface, each with its own SQL in `postgres` and `sqlite`

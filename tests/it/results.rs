@@ -193,7 +193,7 @@ async fn two_replicas_one_killed_every_job_gets_one_distinct_event_and_the_batch
     let mut worker = spawn_worker_with(Db::Postgres, faults).await;
     worker
         .env
-        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "60".into());
+        .insert("ZHIMA__RATE_LIMIT__QPS".into(), "40".into());
     worker
         .env
         .insert("ZHIMA__WORKER__CONCURRENCY".into(), "4".into());
