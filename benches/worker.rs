@@ -4,8 +4,10 @@
 //! (read from /proc while it runs).
 //!
 //! Scenarios: a zero-latency sandbox with no effective rate limit (the
-//! worker's own ceiling), and a 200 ms sandbox under `rate_limit.qps = 100`
-//! (the target is ≥ 97 jobs/s).
+//! worker's own ceiling), with result events off and on (the outbox row in
+//! each outcome transaction and the relay publishing it: CPU per job on is
+//! to stay within 15 % of off), and a 200 ms sandbox under
+//! `rate_limit.qps = 100` (the target is ≥ 97 jobs/s).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -27,18 +29,30 @@ struct Scenario {
     qps: u32,
     burst: u32,
     concurrency: u32,
+    /// Result events on (a results exchange of the run's own) or off.
+    events: bool,
 }
 
 #[tokio::main]
 async fn main() {
     let scenarios = [
         Scenario {
-            name: "zero-latency sandbox, qps unlimited",
+            name: "zero-latency sandbox, qps unlimited, events off",
             jobs: 5000,
             latency_ms: 0,
             qps: 100_000,
             burst: 100,
             concurrency: 64,
+            events: false,
+        },
+        Scenario {
+            name: "zero-latency sandbox, qps unlimited, events on",
+            jobs: 5000,
+            latency_ms: 0,
+            qps: 100_000,
+            burst: 100,
+            concurrency: 64,
+            events: true,
         },
         Scenario {
             name: "200 ms sandbox, qps 100",
@@ -47,6 +61,7 @@ async fn main() {
             qps: 100,
             burst: 5,
             concurrency: 64,
+            events: true,
         },
     ];
     for scenario in scenarios {
@@ -72,6 +87,10 @@ async fn run(scenario: &Scenario) {
     settings.amqp.exchange = format!("b_{id}.jobs");
     settings.amqp.queue = format!("b_{id}.verify");
     settings.amqp.dead_queue = format!("b_{id}.dead");
+    let results_exchange = match scenario.events {
+        true => format!("b_{id}.results"),
+        false => String::new(),
+    };
     let topology = Topology::from_settings(&settings).expect("topology");
     let connection = queue::connect(&settings.amqp, "bench")
         .await
@@ -93,6 +112,7 @@ async fn run(scenario: &Scenario) {
         .env("ZHIMA__AMQP__EXCHANGE", &settings.amqp.exchange)
         .env("ZHIMA__AMQP__QUEUE", &settings.amqp.queue)
         .env("ZHIMA__AMQP__DEAD_QUEUE", &settings.amqp.dead_queue)
+        .env("ZHIMA__RESULTS__EXCHANGE", &results_exchange)
         .env("ZHIMA__RATE_LIMIT__QPS", scenario.qps.to_string())
         .env("ZHIMA__RATE_LIMIT__BURST", scenario.burst.to_string())
         .env(
@@ -112,6 +132,9 @@ async fn run(scenario: &Scenario) {
         u64::from(scenario.jobs),
         "every job billed once"
     );
+    let sent = sent_events(&database_url).await;
+    let expected_events = if scenario.events { scenario.jobs } else { 0 };
+    assert_eq!(sent, i64::from(expected_events), "every event sent once");
     let jobs = f64::from(scenario.jobs);
     println!(
         "worker [{}]: {} jobs in {:.2} s = {:.0} jobs/s wall clock (incl. start-up and idle \
@@ -127,6 +150,14 @@ async fn run(scenario: &Scenario) {
         stats.max_requests_per_second,
     );
     support::broker::delete_topology(&channel, &topology).await;
+    if scenario.events {
+        let _ = channel
+            .exchange_delete(
+                results_exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
     support::postgres::drop_database(&format!("zb_{id}")).await;
 }
 
@@ -151,6 +182,19 @@ async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs:
             .await
             .expect("confirmed");
     }
+}
+
+/// Result events marked sent in the outbox (`run --until-idle` exits only
+/// once it is drained).
+async fn sent_events(database_url: &str) -> i64 {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("database");
+    sqlx::query_scalar("SELECT count(*) FROM result_events WHERE sent_at IS NOT NULL")
+        .fetch_one(&mut connection)
+        .await
+        .expect("count events")
 }
 
 fn cert_no(n: u32) -> String {

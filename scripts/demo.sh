@@ -3,7 +3,7 @@
 # under data/, RabbitMQ on localhost, the sandbox gateway instead of Alipay).
 #
 #   data/ (0700) and its PII key (0600) if absent -> migrate -> sandbox (background) -> enqueue examples/contacts.jsonl
-#   -> run --until-idle -> status
+#   -> run --until-idle -> status -> a few results of the batch and its summary
 #
 # The example file plants a few invalid records, so `enqueue` exits 2 after
 # naming them; the demo shows that and goes on. Any other failure fails the
@@ -67,7 +67,10 @@ export ZHIMA__UPSTREAM__GATEWAY_URL="$address/gateway.do"
 
 step "zhima-worker enqueue $EXAMPLE"
 status=0
-"$BIN" enqueue "$EXAMPLE" || status=$?
+enqueue_out=$(mktemp)
+"$BIN" enqueue "$EXAMPLE" | tee "$enqueue_out" || status=${PIPESTATUS[0]}
+batch_id=$(sed -n 's/.*; batch_id \([A-Za-z0-9_-]*\)$/\1/p' "$enqueue_out")
+rm -f "$enqueue_out"
 case $status in
   0) ;;
   2) echo "(exit 2: the invalid records above were planted in $EXAMPLE and were not published)" ;;
@@ -82,6 +85,24 @@ ZHIMA__LOG__FILTER=${ZHIMA__LOG__FILTER:-warn,zhima_worker::app=info,zhima_worke
 
 step "zhima-worker status"
 "$BIN" status
+
+[[ -n $batch_id ]] || fail "enqueue printed no batch id"
+step "zhima-worker results --batch $batch_id --format csv (a few of them)"
+# The event fields of every final job of this run's batch (see README
+# "Getting results"); a consumer would get the same as events on the
+# zhima.results exchange. The columns before error_message hold no comma in
+# the example, so plain awk can pick them.
+results_csv=$(mktemp)
+"$BIN" results --batch "$batch_id" --format csv >"$results_csv"
+awk -F, 'NR == 1 || ($4 == "succeeded" && ++shown <= 5) { print $2 "," $4 "," $6 "," $7 "," $8 }' \
+  "$results_csv" | column -t -s,
+echo "..."
+echo
+echo "batch $batch_id:"
+awk -F, 'NR > 1 { n[$4]++; total++ }
+  END { printf "  %d jobs final: %d succeeded, %d failed\n", total, n["succeeded"], n["failed"] }' \
+  "$results_csv"
+rm -f "$results_csv"
 
 echo
 echo "demo: done"

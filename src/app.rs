@@ -25,6 +25,7 @@ use crate::processor::{JobOutcome, Processor, ProcessorParts};
 use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
+use crate::results::relay::Relay;
 use crate::store::JobStore;
 use crate::telemetry::metric;
 use crate::upstream::UpstreamClient;
@@ -100,7 +101,10 @@ async fn run_replica(
         crate::pii::PiiKey::load(&settings.pii.hmac_key_path).context("loading the PII key")?;
     let control = Arc::new(Control::new(settings.worker.max_unverified_in_row.get()));
     spawn_signal_listener(Arc::clone(&control))?;
-    let store = open_store(&settings, &control).await?;
+    let store = open_store(&settings, &control)
+        .await?
+        .with_result_events(settings.results.enabled());
+    let relay = Relay::spawn(&store, &settings.amqp, &settings.results);
     let readiness = Arc::new(Readiness {
         broker_connected: AtomicBool::new(false),
         store: store.clone(),
@@ -113,7 +117,10 @@ async fn run_replica(
     let client =
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
     let policy = settings.retry_policy().context("retry settings")?;
-    let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
+    let topology = Arc::new(
+        Topology::for_policy(&settings.amqp, &policy)
+            .with_results_exchange(&settings.results.exchange),
+    );
     register_delay_queues(&store, &topology).await;
     let client = Arc::new(client);
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
@@ -167,6 +174,15 @@ async fn run_replica(
     if let Some(gauges) = depth_gauges {
         gauges.abort();
     }
+    if let Some(relay) = relay {
+        finish_relay(
+            relay,
+            options.until_idle,
+            &control,
+            settings.worker.shutdown_grace(),
+        )
+        .await;
+    }
     lease.release().await;
     worker.tally.log_summary(started.elapsed());
     outcome.context("connecting to the broker at start-up")?;
@@ -174,6 +190,28 @@ async fn run_replica(
         true => RunEnd::PausedTooLong,
         false => RunEnd::Stopped,
     })
+}
+
+/// Sends the events still in the outbox before `run` returns. After
+/// `--until-idle` found the queues idle, `run` exits only once the outbox is
+/// drained (a signal meanwhile turns that into the best effort below); after
+/// a signal, the relay gets `worker.shutdown_grace_s`, and what is left goes
+/// out after the next start.
+async fn finish_relay(relay: Relay, until_idle: bool, control: &Control, grace: Duration) {
+    if until_idle && !control.is_stopping() {
+        let drained = relay.finish(None);
+        tokio::pin!(drained);
+        tokio::select! {
+            () = &mut drained => return,
+            () = control.stopped() => {},
+        }
+        // A signal while draining: give the rest the shutdown grace.
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("result events left in the outbox at shutdown; sent after restart");
+        }
+        return;
+    }
+    relay.finish(Some(grace)).await;
 }
 
 /// The jobs this process finished, by outcome: counted where each job's task

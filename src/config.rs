@@ -65,6 +65,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub(crate) reconcile: ReconcileSettings,
     pub pii: PiiSettings,
+    pub results: ResultSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,6 +229,29 @@ pub struct PiiSettings {
     /// The PII key: >= 32 random bytes shared by every replica (job
     /// fingerprints today, the PIPL blind index later).
     pub hmac_key_path: PathBuf,
+}
+
+/// Result events (the transactional outbox and its relay).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultSettings {
+    /// The durable topic exchange result events go to; empty = no events.
+    pub exchange: String,
+    /// How often the relay looks for events other replicas left unsent.
+    pub poll_interval_ms: u64,
+    /// Events published (and confirmed together) per relay round.
+    pub batch_size: u32,
+}
+
+impl ResultSettings {
+    /// Whether result events are written and published.
+    pub fn enabled(&self) -> bool {
+        !self.exchange.is_empty()
+    }
+
+    pub(crate) fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.poll_interval_ms)
+    }
 }
 
 /// Loads the layered settings and validates them.
@@ -578,6 +602,7 @@ impl Settings {
                 "must name the PII key file (make one with `head -c 32 /dev/urandom > FILE`)",
             ));
         }
+        self.validate_results()?;
         if !(-12..=14).contains(&self.reconcile.utc_offset_hours) {
             return Err(ConfigError::invalid(
                 "reconcile.utc_offset_hours",
@@ -608,6 +633,35 @@ impl Settings {
             return Err(ConfigError::invalid(
                 "rate_limit.lease_ms",
                 "heartbeat_ms must be > 0 and lease_ms at least 3 × heartbeat_ms",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_results(&self) -> Result<(), ConfigError> {
+        let results = &self.results;
+        if results.exchange.len() > 200 {
+            return Err(ConfigError::invalid(
+                "results.exchange",
+                "must be empty (off) or 1 to 200 characters",
+            ));
+        }
+        if results.enabled() && results.exchange == self.amqp.exchange {
+            return Err(ConfigError::invalid(
+                "results.exchange",
+                "must differ from amqp.exchange (results would be consumed as jobs)",
+            ));
+        }
+        if !(10..=MAX_LEASE_MS).contains(&results.poll_interval_ms) {
+            return Err(ConfigError::invalid(
+                "results.poll_interval_ms",
+                format!("must be between 10 and {MAX_LEASE_MS}"),
+            ));
+        }
+        if !(1..=10_000).contains(&results.batch_size) {
+            return Err(ConfigError::invalid(
+                "results.batch_size",
+                "must be between 1 and 10000",
             ));
         }
         Ok(())
@@ -785,6 +839,49 @@ mod tests {
             jail.set_env("ZHIMA__DATABASE__URL", "postgres://b/y");
             let settings = load(None).expect("valid");
             assert_eq!(settings.database.url.expose_secret(), "postgres://b/y");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn result_events_default_on_and_bad_results_keys_are_rejected_naming_them() {
+        Jail::expect_with(|jail| {
+            let settings = load(None).expect("defaults");
+            assert_eq!(settings.results.exchange, "zhima.results");
+            assert!(settings.results.enabled());
+            jail.set_env("ZHIMA__RESULTS__EXCHANGE", "");
+            assert!(!load(None).expect("empty is off").results.enabled());
+            for (key, value, named) in [
+                ("ZHIMA__RESULTS__EXCHANGE", "zhima.jobs", "results.exchange"),
+                (
+                    "ZHIMA__RESULTS__EXCHANGE",
+                    "x".repeat(201).as_str(),
+                    "results.exchange",
+                ),
+                ("ZHIMA__RESULTS__BATCH_SIZE", "0", "results.batch_size"),
+                ("ZHIMA__RESULTS__BATCH_SIZE", "10001", "results.batch_size"),
+                (
+                    "ZHIMA__RESULTS__POLL_INTERVAL_MS",
+                    "0",
+                    "results.poll_interval_ms",
+                ),
+                ("ZHIMA__RESULTS__POLL_INTERVAL_MS", "-5", "poll_interval_ms"),
+            ] {
+                jail.set_env(key, value);
+                let error = load(None).expect_err(value).to_string();
+                assert!(error.contains(named), "{key}={value}: {error}");
+                jail.set_env(key, "");
+                if key != "ZHIMA__RESULTS__EXCHANGE" {
+                    jail.set_env(
+                        key,
+                        if key.ends_with("BATCH_SIZE") {
+                            "200"
+                        } else {
+                            "1000"
+                        },
+                    );
+                }
+            }
             Ok(())
         });
     }

@@ -134,6 +134,16 @@ fn register_metrics() {
     for result in [metric::PROBE_PASSED, metric::PROBE_FAILED] {
         metrics::counter!(metric::CONFIG_PROBES_TOTAL, metric::RESULT => result).increment(0);
     }
+    metrics::describe_counter!(
+        metric::RESULT_EVENTS_PUBLISHED_TOTAL,
+        "Result events published to the results exchange and confirmed"
+    );
+    metrics::counter!(metric::RESULT_EVENTS_PUBLISHED_TOTAL).increment(0);
+    metrics::describe_gauge!(
+        metric::RESULT_EVENTS_BACKLOG,
+        "Result events in the outbox not yet sent (every replica's)"
+    );
+    metrics::gauge!(metric::RESULT_EVENTS_BACKLOG).set(0.0);
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until

@@ -26,6 +26,10 @@ const NAME_MAX_CHARS: usize = 64;
 const CODE_MAX_CHARS: usize = 32;
 /// `external_ref` is the producer's free text, bounded so rows stay small.
 const EXTERNAL_REF_MAX_CHARS: usize = 256;
+/// A batch id is at most 64 characters of `[A-Za-z0-9_-]`.
+const BATCH_ID_MAX: usize = 64;
+/// The rule a batch id breaks, as reported (never quoting the value).
+pub(crate) const BATCH_ID_RULE: &str = "must be 1 to 64 characters of A-Z, a-z, 0-9, `_` and `-`";
 /// Characters forbidden in names besides control characters: the seed's set
 /// (`/u0001` in the seed means U+0001) is a floor; a quote is not part of a
 /// real name either, and both `"` and `\` only invite escaping bugs downstream.
@@ -223,6 +227,8 @@ impl RelationQuery {
 pub(crate) struct Job {
     pub(crate) query: RelationQuery,
     pub(crate) external_ref: Option<String>,
+    /// The producer's batch (`[A-Za-z0-9_-]{1,64}`), if any.
+    pub(crate) batch_id: Option<String>,
 }
 
 impl Job {
@@ -248,6 +254,9 @@ impl Job {
         put("product_code", &q.product_code);
         if let Some(external_ref) = &self.external_ref {
             put("external_ref", external_ref);
+        }
+        if let Some(batch_id) = &self.batch_id {
+            put("batch_id", batch_id);
         }
         Value::Object(map).to_string().into_bytes()
     }
@@ -289,6 +298,8 @@ pub(crate) struct RejectedJob {
     pub(crate) transaction_id: Option<TransactionId>,
     /// Present only when the body carried a valid external_ref.
     pub(crate) external_ref: Option<String>,
+    /// Present only when the body carried a valid batch_id.
+    pub(crate) batch_id: Option<String>,
 }
 
 /// Decodes and validates an AMQP message body.
@@ -311,6 +322,7 @@ pub(crate) fn decode_job(body: &[u8], default_product_code: &str) -> Result<Job,
         error: JobError::Field(e),
         transaction_id: salvage_transaction_id(&object),
         external_ref: salvage_external_ref(&object),
+        batch_id: salvage_batch_id(&object),
     })
 }
 
@@ -319,6 +331,7 @@ fn rejected(error: JobError) -> RejectedJob {
         error,
         transaction_id: None,
         external_ref: None,
+        batch_id: None,
     }
 }
 
@@ -344,9 +357,14 @@ fn job_from_object(
     if let Some(text) = &external_ref {
         validate_external_ref(text)?;
     }
+    let batch_id = non_empty(optional_string(object, "batch_id")?);
+    if let Some(text) = &batch_id {
+        validate_batch_id(text)?;
+    }
     Ok(Job {
         query,
         external_ref,
+        batch_id,
     })
 }
 
@@ -401,6 +419,22 @@ fn salvage_external_ref(object: &Map<String, Value>) -> Option<String> {
     let s = object.get("external_ref")?.as_str()?;
     validate_external_ref(s).ok()?;
     non_empty(Some(s))
+}
+
+fn salvage_batch_id(object: &Map<String, Value>) -> Option<String> {
+    let s = object.get("batch_id")?.as_str()?;
+    validate_batch_id(s).ok()?;
+    Some(s.to_owned())
+}
+
+/// A batch id: 1 to 64 characters of `[A-Za-z0-9_-]` (it names a row, a
+/// routing message_id and a CLI argument, so nothing else is let in).
+pub(crate) fn validate_batch_id(v: &str) -> Result<(), FieldError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if v.is_empty() || v.len() > BATCH_ID_MAX || !v.chars().all(allowed) {
+        return Err(FieldError::new("batch_id", BATCH_ID_RULE));
+    }
+    Ok(())
 }
 
 fn validate_external_ref(v: &str) -> Result<(), FieldError> {
@@ -1101,6 +1135,58 @@ mod tests {
                 assert!(!text.contains(secret), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn batch_id_is_optional_and_echoed_in_the_published_body() {
+        let job = decode(&body_with(|o| {
+            o.insert("batch_id".into(), Value::from("run-2026_12_01-A"));
+        }))
+        .unwrap();
+        assert_eq!(job.batch_id.as_deref(), Some("run-2026_12_01-A"));
+        assert_eq!(decode(&job.to_message_body()).unwrap(), job);
+        let without = decode(&body_with(|o| {
+            o.insert("batch_id".into(), Value::from(""));
+        }))
+        .unwrap();
+        assert_eq!(without.batch_id, None);
+        assert!(validate_batch_id(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn hostile_batch_ids_are_refused_with_the_field_and_the_rule() {
+        let hostile = [
+            Value::from("a".repeat(65)),
+            Value::from("run 1"),
+            Value::from("run/1"),
+            Value::from("run.1"),
+            Value::from("run\u{0}1"),
+            Value::from("run\n1"),
+            Value::from("批次1"),
+            Value::from("x'; DROP TABLE batches;--"),
+            Value::from(42),
+            Value::Bool(true),
+            Value::Array(vec![]),
+            Value::Null,
+        ];
+        for value in hostile {
+            let rejected = decode(&body_with(|o| {
+                o.insert("batch_id".into(), value.clone());
+            }))
+            .unwrap_err();
+            let JobError::Field(field) = &rejected.error else {
+                panic!("{value:?}: {rejected:?}");
+            };
+            assert_eq!(field.field, "batch_id", "{value:?}");
+            assert!(rejected.batch_id.is_none(), "{value:?}");
+            assert!(rejected.transaction_id.is_some(), "{value:?}");
+        }
+        let other_field_wrong = decode(&body_with(|o| {
+            o.insert("batch_id".into(), Value::from("b-1"));
+            o.insert("relation_phone".into(), Value::from("1"));
+        }))
+        .unwrap_err();
+        assert_eq!(other_field_wrong.batch_id.as_deref(), Some("b-1"));
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //!    delivery, with the backoff from [`retry`]. The outcome is committed to
 //!    [`store`] first; only then does [`queue`] ack, or publish a confirmed copy
 //!    to a delay tier, or dead-letter it.
+//! 4. When the job became final, the same transaction wrote its result event
+//!    to the outbox (and completed its batch when it was the last one); the
+//!    [`results`] relay publishes it to the results exchange with confirms.
 //!
 //! `app` wires these together, owns the in-flight jobs and drains on
 //! shutdown ([`queue`] runs the broker sessions); [`sandbox`] is the
@@ -46,6 +49,7 @@ pub mod processor;
 pub mod queue;
 pub mod rate_limit;
 mod reconcile;
+pub mod results;
 pub mod retry;
 pub mod sandbox;
 pub mod store;

@@ -85,16 +85,22 @@ Example:
 pub(super) const ENQUEUE: &str = "\
 Exit codes:
   0   every record valid and published
-  1   error: configuration, broker, unreadable input, --rejects file exists
+  1   error: configuration, broker, database, unreadable input, --rejects file
+      exists, a --batch-id enqueued before
   2   some records invalid (the valid ones published, unless --strict)
   64  usage error, or a format that cannot be told from the extension
 
 Environment:
-  AMQP_URL                           shortcut for amqp.url
+  AMQP_URL, DATABASE_URL             shortcuts for amqp.url and database.url
   ZHIMA__AMQP__EXCHANGE              where jobs are published (any ZHIMA__<SECTION>__<KEY> works)
 
+Every run is one batch: its id (--batch-id, or a new one) is stamped on each
+published job and printed on the summary line (\"; batch_id ID\"); follow it with
+`zhima-worker results --batch ID`. enqueue records the batch in the database
+(applying the migrations first, as `run` does).
+
 Example:
-  zhima-worker enqueue jobs.csv --rejects rejects.csv";
+  zhima-worker enqueue jobs.csv --rejects rejects.csv --batch-id loans-2026-12-01";
 
 pub(super) const STATUS: &str = "\
 Shows, from the database: jobs by status (a row exists once a worker took the

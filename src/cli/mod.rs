@@ -111,6 +111,11 @@ pub enum Command {
         /// refused (exit 1), never overwritten.
         #[arg(long, value_name = "FILE")]
         rejects: Option<PathBuf>,
+        /// The run's batch id ([A-Za-z0-9_-]{1,64}), stamped on every
+        /// published job; default: a new one (printed). A batch id whose
+        /// size an earlier run recorded is refused.
+        #[arg(long, value_name = "ID", value_parser = results::parse_batch_id)]
+        batch_id: Option<String>,
     },
     /// Job counts and rate from the database, queue depths and consumers from
     /// the broker, the dead queue by reason; or one batch's progress.
@@ -151,6 +156,17 @@ pub enum Command {
         /// The day, YYYY-MM-DD in reconcile.utc_offset_hours (default: yesterday there).
         #[arg(long, value_name = "YYYY-MM-DD")]
         date: Option<String>,
+    },
+    /// Every final job of a batch or a day, with its result event's fields (JSON Lines or CSV).
+    #[command(after_help = results::RESULTS)]
+    Results {
+        #[command(flatten)]
+        selection: results::ResultSelection,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: results::ResultFormat,
+        /// Where to write; `-` is stdout. A file is created new (never overwritten).
+        #[arg(long, value_name = "FILE", default_value = "-")]
+        out: PathBuf,
     },
     /// Inspect the configuration.
     #[command(after_help = help::CONFIG)]
@@ -246,7 +262,17 @@ impl Command {
                 format,
                 strict,
                 rejects,
-            } => operator::enqueue(&settings, &file, format, strict, rejects).await,
+                batch_id,
+            } => {
+                let input = operator::EnqueueInput {
+                    file: &file,
+                    format,
+                    strict,
+                    rejects,
+                    batch_id,
+                };
+                operator::enqueue(&settings, input).await
+            }
             Command::Status { batch, json, watch } => {
                 let options = status::StatusOptions { batch, json, watch };
                 status::status(&settings, options).await
@@ -256,6 +282,11 @@ impl Command {
             Command::Dead { action } => dead::dead(&settings, action).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
             Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
+            Command::Results {
+                selection,
+                format,
+                out,
+            } => results::results(&settings, &selection, format, &out).await,
             Command::Config { action, file } => match action {
                 ConfigCommand::Show { json } => config_show(file.as_deref(), json),
             },
@@ -347,4 +378,5 @@ mod help;
 mod lookup;
 mod operator;
 mod reconciliation;
+mod results;
 mod status;

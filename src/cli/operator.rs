@@ -17,13 +17,26 @@ use crate::queue::enqueue::{self, EnqueueEvent, EnqueueOptions, EnqueueReport, I
 /// `enqueue`'s exit code when some records were invalid.
 const EXIT_INVALID: u8 = 2;
 
+/// The arguments of `enqueue`.
+pub(crate) struct EnqueueInput<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) format: Option<InputFormat>,
+    pub(crate) strict: bool,
+    pub(crate) rejects: Option<PathBuf>,
+    pub(crate) batch_id: Option<String>,
+}
+
 pub(crate) async fn enqueue(
     settings: &Settings,
-    file: &Path,
-    format: Option<InputFormat>,
-    strict: bool,
-    rejects: Option<PathBuf>,
+    input: EnqueueInput<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let EnqueueInput {
+        file,
+        format,
+        strict,
+        rejects,
+        batch_id,
+    } = input;
     let is_stdin = file == Path::new("-");
     let guessed = if is_stdin {
         Some(InputFormat::Jsonl)
@@ -45,6 +58,7 @@ pub(crate) async fn enqueue(
     let options = EnqueueOptions {
         strict,
         rejects,
+        batch_id,
         ..EnqueueOptions::default()
     };
     let outcome = enqueue::enqueue(input, format, settings, &options, &mut observer).await;
@@ -70,8 +84,8 @@ fn print_summary(report: &EnqueueReport) {
         String::new()
     };
     println!(
-        "enqueued {}, invalid {}, assigned {} transaction_ids{withheld}",
-        report.published, report.invalid, report.assigned
+        "enqueued {}, invalid {}, assigned {} transaction_ids{withheld}; batch_id {}",
+        report.published, report.invalid, report.assigned, report.batch_id
     );
 }
 

@@ -174,6 +174,7 @@ impl Processor {
         let key = JobKey {
             transaction_id: job.query.transaction_id.as_str(),
             external_ref: job.external_ref.as_deref(),
+            batch_id: job.batch_id.as_deref(),
             masked: &masked,
             fingerprint: &fingerprint,
         };
@@ -182,6 +183,9 @@ impl Processor {
             .await;
         match existing {
             Ok(Some(existing)) => {
+                if let Err(Instead(handled)) = self.join_new_batch(&existing, &key).await {
+                    return handled;
+                }
                 if let Some(handled) = Self::settled_without_call(&existing, &key) {
                     return handled;
                 }
@@ -207,6 +211,29 @@ impl Processor {
             return self.expire(&key).await;
         }
         self.call_and_settle(job, &key, attempt).await
+    }
+
+    /// A final job delivered again under another batch (a producer
+    /// re-enqueued a transaction_id that was done already) joins that batch,
+    /// so the batch still completes and its consumer gets the result.
+    async fn join_new_batch(
+        &self,
+        existing: &ExistingJob,
+        key: &JobKey<'_>,
+    ) -> Result<(), Instead> {
+        let Some(batch_id) = key.batch_id else {
+            return Ok(());
+        };
+        let joins = existing.status.is_final()
+            && !existing.conflicts_with(key.fingerprint)
+            && existing.batch_id.as_deref() != Some(batch_id);
+        if !joins {
+            return Ok(());
+        }
+        self.persist("move the final job into its new batch", || {
+            self.store.join_batch(key.transaction_id, batch_id)
+        })
+        .await
     }
 
     /// A stored job that needs no call: a reused transaction_id, or a final
@@ -421,6 +448,7 @@ impl Processor {
                     self.store.record_rejected(
                         transaction_id.as_str(),
                         rejected.external_ref.as_deref(),
+                        rejected.batch_id.as_deref(),
                         rejected.error.code(),
                         &reason,
                     )

@@ -62,6 +62,7 @@ async fn begin_call_at(store: &JobStore, at: DateTime<Utc>) {
     let key = JobKey {
         transaction_id: job.query.transaction_id.as_str(),
         external_ref: None,
+        batch_id: None,
         masked: &masked,
         fingerprint: &fingerprint,
     };

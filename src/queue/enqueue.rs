@@ -11,6 +11,11 @@
 //! Publishing is pipelined: up to `window` messages are in flight before the
 //! oldest confirm is awaited.
 //!
+//! Every run is one batch: its id (`--batch-id`, or one minted here) is
+//! stamped on every published message, its `batches` row is created before
+//! the first publish and its size recorded once everything is confirmed, so
+//! the worker can tell when the batch's last job is final (`batch.completed`).
+//!
 //! This module prints nothing and logs no record content (records are personal
 //! data): it reports invalid lines, assigned ids and progress through
 //! [`EnqueueEvent`]s and leaves the presentation to the caller. The one place
@@ -33,7 +38,8 @@ use super::publisher::{Outgoing, describe};
 use super::{Publisher, QueueError, QueueNames, Topology};
 use crate::capped::{CappedRecords, RecordTooLong};
 use crate::config::Settings;
-use crate::job::{Job, JobError, MAX_BODY_BYTES, TransactionId, decode_job};
+use crate::job::{Job, JobError, MAX_BODY_BYTES, TransactionId, decode_job, validate_batch_id};
+use crate::store::{BatchStart, JobStore, StoreError};
 
 /// Confirms awaited at most this far behind the newest publish by default:
 /// enough to keep the broker busy, small enough to bound memory.
@@ -74,6 +80,8 @@ pub struct EnqueueOptions {
     /// Where to write the rejected records with their reasons (created new,
     /// mode 0600; see [`JsonlRejects`] and [`CsvRejects`] for the layout).
     pub(crate) rejects: Option<PathBuf>,
+    /// The batch id to use (`[A-Za-z0-9_-]{1,64}`); None mints one.
+    pub(crate) batch_id: Option<String>,
 }
 
 impl Default for EnqueueOptions {
@@ -82,6 +90,7 @@ impl Default for EnqueueOptions {
             strict: false,
             window: DEFAULT_WINDOW,
             rejects: None,
+            batch_id: None,
         }
     }
 }
@@ -120,6 +129,8 @@ pub struct EnqueueReport {
     pub(crate) assigned: u64,
     /// Valid records not published because `strict` found invalid ones.
     pub(crate) withheld: u64,
+    /// The batch every published record was stamped with.
+    pub batch_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +159,22 @@ pub enum EnqueueError {
     },
     #[error("the input reader thread stopped unexpectedly")]
     ReaderCrashed,
+    #[error("--batch-id: {0}")]
+    BatchId(crate::job::FieldError),
+    #[error(
+        "batch {batch_id} was enqueued already (its size is recorded); \
+         choose another --batch-id, or leave it out to get a new one"
+    )]
+    BatchTaken { batch_id: String },
+    /// The database could not record the batch: before publishing, nothing
+    /// was published; after, the jobs are queued but the batch has no size
+    /// (it never completes): re-running with the same `--batch-id` records it.
+    #[error("recording batch {batch_id} in the database failed (has `zhima-worker migrate` run?)")]
+    Batch {
+        batch_id: String,
+        #[source]
+        source: StoreError,
+    },
     /// It would hold personal data of another run, or something else.
     #[error(
         "the rejects file {} already exists; enqueue never overwrites one: \
@@ -179,11 +206,19 @@ pub async fn enqueue(
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
+    let batch_id = match &options.batch_id {
+        Some(chosen) => {
+            validate_batch_id(chosen).map_err(EnqueueError::BatchId)?;
+            chosen.clone()
+        }
+        None => new_batch_id(),
+    };
     let rejects = options
         .rejects
         .as_deref()
         .map(create_rejects_file)
         .transpose()?;
+    let store = open_batch(settings, &batch_id).await?;
     let topology = Topology::from_settings(settings).map_err(EnqueueError::Setup)?;
     let connection = super::connect(&settings.amqp, "enqueue")
         .await
@@ -203,15 +238,67 @@ pub async fn enqueue(
     let outcome = publish_input(
         source,
         settings,
-        &publisher,
-        &topology.names,
+        Target {
+            publisher: &publisher,
+            names: &topology.names,
+            batch_id: &batch_id,
+        },
         options,
         observer,
     )
     .await;
     // Best effort: every publish that matters has been confirmed already.
     let _ = connection.close(200, "enqueue done".into()).await;
-    outcome
+    let report = outcome?;
+    store
+        .record_batch_size(&batch_id, report.published)
+        .await
+        .map_err(|source| EnqueueError::Batch {
+            batch_id: batch_id.clone(),
+            source,
+        })?;
+    Ok(report)
+}
+
+/// Migrates (as `run` does) and creates the batch's row, refusing a batch id
+/// whose size an earlier run recorded.
+async fn open_batch(settings: &Settings, batch_id: &str) -> Result<JobStore, EnqueueError> {
+    use secrecy::ExposeSecret;
+    let failed = |source| EnqueueError::Batch {
+        batch_id: batch_id.to_owned(),
+        source,
+    };
+    let url = settings.database.url.expose_secret();
+    JobStore::migrate(url).await.map_err(failed)?;
+    let store = JobStore::connect(url, 1)
+        .await
+        .map_err(failed)?
+        .with_result_events(settings.results.enabled());
+    match store.start_batch(batch_id).await.map_err(failed)? {
+        BatchStart::Open => Ok(store),
+        BatchStart::AlreadyEnqueued => Err(EnqueueError::BatchTaken {
+            batch_id: batch_id.to_owned(),
+        }),
+    }
+}
+
+/// A fresh batch id: `b_` + the UTC time + 8 random characters, e.g.
+/// `b_20261201T140712Z_k3J9xQ2a` (valid under the batch id rule).
+pub(crate) fn new_batch_id() -> String {
+    let random: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect();
+    format!("b_{}_{random}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Where the valid records go.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    publisher: &'a Publisher,
+    names: &'a QueueNames,
+    batch_id: &'a str,
 }
 
 /// Runs the reader thread and the publishing loop against an already
@@ -219,8 +306,7 @@ pub async fn enqueue(
 async fn publish_input(
     source: Source,
     settings: &Settings,
-    publisher: &Publisher,
-    names: &QueueNames,
+    target: Target<'_>,
     options: &EnqueueOptions,
     observer: &mut Observer<'_>,
 ) -> Result<EnqueueReport, EnqueueError> {
@@ -237,10 +323,11 @@ async fn publish_input(
         InputFormat::Jsonl => read_jsonl(input, &validator, &sender, rejects),
         InputFormat::Csv => read_csv(input, &validator, &sender, rejects),
     });
-    let mut pipeline = Pipeline::new(publisher, names, options.window);
+    let mut pipeline = Pipeline::new(target, options.window);
     let published = pipeline.run(receiver, options.strict, observer).await;
     let read = reader.await.map_err(|_| EnqueueError::ReaderCrashed)?;
-    let report = pipeline.report;
+    let mut report = pipeline.report;
+    report.batch_id = target.batch_id.to_owned();
     published.map_err(|source| EnqueueError::Publish {
         published: report.published,
         source,
@@ -839,6 +926,7 @@ struct InFlight {
 struct Pipeline<'p> {
     publisher: &'p Publisher,
     names: &'p QueueNames,
+    batch_id: &'p str,
     target: String,
     window: usize,
     in_flight: VecDeque<InFlight>,
@@ -846,11 +934,12 @@ struct Pipeline<'p> {
 }
 
 impl<'p> Pipeline<'p> {
-    fn new(publisher: &'p Publisher, names: &'p QueueNames, window: usize) -> Self {
+    fn new(target: Target<'p>, window: usize) -> Self {
         Self {
-            publisher,
-            names,
-            target: describe(&Outgoing::job(names, &[], None)),
+            publisher: target.publisher,
+            names: target.names,
+            batch_id: target.batch_id,
+            target: describe(&Outgoing::job(target.names, &[], None)),
             window: window.max(1),
             in_flight: VecDeque::new(),
             report: EnqueueReport::default(),
@@ -893,9 +982,10 @@ impl<'p> Pipeline<'p> {
 
     async fn push(
         &mut self,
-        record: ValidRecord,
+        mut record: ValidRecord,
         observer: &mut Observer<'_>,
     ) -> Result<(), QueueError> {
+        record.job.batch_id = Some(self.batch_id.to_owned());
         let body = record.job.to_message_body();
         let id = &record.job.query.transaction_id;
         let message = Outgoing::job(self.names, &body, Some(id.as_str()));

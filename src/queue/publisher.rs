@@ -1,7 +1,8 @@
 //! Publishing with publisher confirms: a message counts as handed over only
 //! when the broker has confirmed it, so the caller may then ack the delivery
 //! it came from. Messages are persistent and `mandatory`: an unroutable
-//! message (a queue deleted behind our back) is an error, not a silent drop.
+//! message (a queue deleted behind our back) is an error, not a silent drop;
+//! only result events are not mandatory (nobody bound is fine).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -27,6 +28,9 @@ pub struct Outgoing<'a> {
     /// Shown by the broker's tools; we use the transaction_id (never PII).
     pub(crate) message_id: Option<&'a str>,
     pub(crate) headers: FieldTable,
+    /// An unroutable message is an error (true), or dropped by the broker
+    /// (false: result events nobody has bound a queue for).
+    pub(crate) mandatory: bool,
 }
 
 impl<'a> Outgoing<'a> {
@@ -38,6 +42,7 @@ impl<'a> Outgoing<'a> {
             body,
             message_id: transaction_id,
             headers: FieldTable::default(),
+            mandatory: true,
         }
     }
 
@@ -53,6 +58,25 @@ impl<'a> Outgoing<'a> {
             body,
             message_id: transaction_id,
             headers: FieldTable::default(),
+            mandatory: true,
+        }
+    }
+
+    /// A result event for the results exchange: not mandatory, since having
+    /// nobody bound to the exchange is fine (the broker drops it).
+    pub(crate) fn result_event(
+        exchange: &'a str,
+        routing_key: &'a str,
+        body: &'a [u8],
+        message_id: &'a str,
+    ) -> Self {
+        Self {
+            exchange,
+            routing_key,
+            body,
+            message_id: Some(message_id),
+            headers: FieldTable::default(),
+            mandatory: false,
         }
     }
 
@@ -109,7 +133,7 @@ impl Publisher {
                 short(message.exchange)?,
                 short(message.routing_key)?,
                 BasicPublishOptions {
-                    mandatory: true,
+                    mandatory: message.mandatory,
                     ..BasicPublishOptions::default()
                 },
                 message.body,

@@ -1,5 +1,6 @@
-//! Declares the exchange, the main queue, one delay queue per retry tier and
-//! the dead queue, idempotently (declaring again with the same arguments is a
+//! Declares the exchange, the main queue, one delay queue per retry tier,
+//! the dead queue and (when result events are on) the results exchange,
+//! idempotently (declaring again with the same arguments is a
 //! no-op for the broker).
 //!
 //! Retries are delayed without a plugin: each delay queue has a fixed
@@ -22,6 +23,8 @@ use crate::retry::RetryPolicy;
 pub struct Topology {
     pub names: QueueNames,
     pub(crate) delays: Vec<Duration>,
+    /// The durable topic exchange of result events; None when they are off.
+    pub(crate) results_exchange: Option<String>,
 }
 
 impl Topology {
@@ -29,13 +32,21 @@ impl Topology {
         Self {
             names,
             delays: delays.to_vec(),
+            results_exchange: None,
         }
+    }
+
+    /// Also declares the results exchange `name` (empty = none).
+    pub(crate) fn with_results_exchange(mut self, name: &str) -> Self {
+        self.results_exchange = (!name.is_empty()).then(|| name.to_owned());
+        self
     }
 
     /// The topology `run` and `enqueue` declare for these settings: one delay
     /// queue per retry tier.
     pub fn from_settings(settings: &Settings) -> Result<Self, QueueError> {
-        Ok(Self::for_policy(&settings.amqp, &settings.retry_policy()?))
+        Ok(Self::for_policy(&settings.amqp, &settings.retry_policy()?)
+            .with_results_exchange(&settings.results.exchange))
     }
 
     /// The topology for the policy the caller already built (`run` shares
@@ -105,6 +116,9 @@ impl Topology {
         for delay in &self.delays {
             self.declare_delay_queue(channel, *delay).await?;
         }
+        if let Some(results) = &self.results_exchange {
+            declare_results_exchange(channel, results).await?;
+        }
         Ok(())
     }
 
@@ -146,6 +160,27 @@ impl Topology {
         }
         arguments
     }
+}
+
+/// The durable topic exchange result events are published to; consumers
+/// bind their own queues to it (`relation.*`, `batch.completed`, `#`).
+pub(crate) async fn declare_results_exchange(
+    channel: &Channel,
+    name: &str,
+) -> Result<(), QueueError> {
+    channel
+        .exchange_declare(
+            short(name)?,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(QueueError::broker("exchange.declare"))?;
+    Ok(())
 }
 
 async fn declare_queue(

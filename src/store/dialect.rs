@@ -8,7 +8,8 @@
 //! once over this trait in [`super`]. A method here runs its statement and
 //! decides nothing: a rule that holds on every backend belongs there.
 //!
-//! A new backend implements this trait with [`LeaseSql`] and [`ReconcileSql`],
+//! A new backend implements this trait with [`LeaseSql`], [`ReconcileSql`] and
+//! [`ResultsSql`],
 //! and gets a `Backend` variant in `store/mod.rs` with its arm in `with_pool!`,
 //! `scheme_of`, `connect`, `migrate`, `Debug` and `is_shared`, and its
 //! transient error codes in `is_transient`.
@@ -22,12 +23,15 @@ use super::LedgerRow;
 use super::leases::LeaseSql;
 use super::lookup::LookupSql;
 use super::reconcile::ReconcileSql;
+use super::results::ResultsSql;
 use super::{CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError};
 
 /// The statements of `relation_checks` and the `upstream_calls` ledger. The
 /// transaction methods take the open transaction of
 /// [`JobStore::record`](super::JobStore::record); the others run on the pool.
-pub(super) trait Dialect: Database + LeaseSql + ReconcileSql + LookupSql {
+pub(super) trait Dialect:
+    Database + LeaseSql + ReconcileSql + LookupSql + ResultsSql
+{
     /// Round-trips a trivial query.
     fn ping(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -87,11 +91,12 @@ pub(super) trait Dialect: Database + LeaseSql + ReconcileSql + LookupSql {
         values: &RowValues<'_>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-    /// Creates or fails the row of a rejected message, unless it is final.
+    /// Creates or fails the row of a rejected message, unless it is final;
+    /// true when it wrote the row.
     fn record_rejected(
-        pool: &Pool<Self>,
+        tx: &mut Transaction<'_, Self>,
         rejected: &Rejected<'_>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// `(status text, count)` for each status present.
     fn counts_by_status(

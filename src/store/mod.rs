@@ -1,6 +1,8 @@
 //! `JobStore`: every SQL statement in the crate. One row per job in
 //! `relation_checks`, one append-only ledger row per upstream call in
-//! `upstream_calls`, and `worker_leases` for replicas sharing a rate limit.
+//! `upstream_calls`, `worker_leases` for replicas sharing a rate limit, and
+//! (in `results`) the `result_events` outbox and the `batches`: a job's event
+//! is written in the transaction that makes it final.
 //!
 //! PostgreSQL (production, several replicas) and SQLite (one machine) sit
 //! behind one interface, each with its own SQL in `postgres` and `sqlite`
@@ -36,6 +38,7 @@ mod leases;
 mod lookup;
 mod postgres;
 mod reconcile;
+mod results;
 mod sqlite;
 mod status;
 
@@ -46,13 +49,16 @@ pub(crate) use lookup::{JobRecord, MAX_ROWS_PER_REFERENCE};
 #[cfg(test)]
 pub(crate) use reconcile::ExportResult;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
+pub(crate) use results::{BatchStart, ResultFilter};
 pub(crate) use status::{BatchRecord, StoreOverview};
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Pool, SqlitePool};
+use tokio::sync::Notify;
 
 use dialect::Dialect;
 use leases::LeaseSql;
@@ -274,6 +280,8 @@ pub(crate) struct PiiMasked {
 pub(crate) struct JobKey<'a> {
     pub(crate) transaction_id: &'a str,
     pub(crate) external_ref: Option<&'a str>,
+    /// The producer's batch, stored when the row is created.
+    pub(crate) batch_id: Option<&'a str>,
     pub(crate) masked: &'a PiiMasked,
     /// The keyed hash of the job's business fields
     /// ([`crate::pii::PiiKey::fingerprint`]), stored when the row is created.
@@ -393,6 +401,8 @@ pub struct ExistingJob {
     /// The business-field fingerprint stored when the job was first seen;
     /// None for rows from before fingerprints and for rejected messages.
     pub(crate) fingerprint: Option<String>,
+    /// The batch the row counts in, if any.
+    pub(crate) batch_id: Option<String>,
 }
 
 impl ExistingJob {
@@ -409,6 +419,9 @@ impl ExistingJob {
 #[derive(Clone)]
 pub struct JobStore {
     backend: Backend,
+    /// Set when result events are on: every outcome transaction that writes
+    /// an outbox row wakes the relay through it after the commit.
+    events: Option<Arc<Notify>>,
 }
 
 /// Shows only the backend: connection details may hold a password.
@@ -457,7 +470,33 @@ impl JobStore {
             Scheme::Postgres => Backend::Postgres(postgres::connect(url, max_connections).await?),
             Scheme::Sqlite => Backend::Sqlite(sqlite::connect(url, max_connections).await?),
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            events: None,
+        })
+    }
+
+    /// Turns result events on (`results.exchange` set): outcome transactions
+    /// then write their events into the `result_events` outbox.
+    pub(crate) fn with_result_events(mut self, enabled: bool) -> Self {
+        self.events = enabled.then(|| Arc::new(Notify::new()));
+        self
+    }
+
+    pub(crate) fn events_enabled(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// What the relay waits on: notified after each commit that wrote an
+    /// event. None when events are off.
+    pub(crate) fn events_written(&self) -> Option<Arc<Notify>> {
+        self.events.clone()
+    }
+
+    fn notify_events(&self) {
+        if let Some(notify) = &self.events {
+            notify.notify_one();
+        }
     }
 
     /// Applies the embedded migrations on a dedicated connection: a failed
@@ -517,25 +556,40 @@ impl JobStore {
         update: &RowUpdate,
     ) -> Result<JobStatus, StoreError> {
         let values = RowValues::from(update);
-        with_pool!(self, pool => record_in(pool, job, call, &values).await)
+        let events = self.events_enabled();
+        let (status, wrote_event) =
+            with_pool!(self, pool => record_in(pool, job, call, &values, events).await)?;
+        if wrote_event {
+            self.notify_events();
+        }
+        Ok(status)
     }
 
     /// For an invalid message that still carries a valid transaction_id: a
-    /// `failed` row, so the producer can see why. A final row is left alone.
+    /// `failed` row, so the producer can see why (with its result event, in
+    /// the same transaction). A final row is left alone.
     pub async fn record_rejected(
         &self,
         transaction_id: &str,
         external_ref: Option<&str>,
+        batch_id: Option<&str>,
         error_code: &str,
         error_message: &str,
     ) -> Result<(), StoreError> {
         let rejected = Rejected {
             transaction_id,
             external_ref,
+            batch_id,
             error_code,
             error_message,
         };
-        with_pool!(self, pool => Dialect::record_rejected(pool, &rejected).await)
+        let events = self.events_enabled();
+        let wrote_event =
+            with_pool!(self, pool => record_rejected_in(pool, &rejected, events).await)?;
+        if wrote_event {
+            self.notify_events();
+        }
+        Ok(())
     }
 
     /// Job counts for every status (zero included), in [`JobStatus::ALL`] order.
@@ -622,12 +676,18 @@ async fn begin_call_in<D: Dialect>(
 /// that write come first (ledger, then the row if missing), so SQLite takes
 /// its writer lock at once and never has to upgrade a read lock, which could
 /// fail as busy without waiting; PostgreSQL locks the row on reading it.
+///
+/// When the row becomes final (from a non-final status, or from the other
+/// final status), [`results::after_final`] writes its result event and moves
+/// its batch on, in this same transaction. Returns the stored status and
+/// whether an outbox row was written.
 async fn record_in<D: Dialect>(
     pool: &Pool<D>,
     job: &JobKey<'_>,
     call: Option<&CallRecord>,
     values: &RowValues<'_>,
-) -> Result<JobStatus, StoreError> {
+    events: bool,
+) -> Result<(JobStatus, bool), StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
     if let Some(call) = call {
         D::append_call(&mut tx, job.transaction_id, call).await?;
@@ -635,6 +695,7 @@ async fn record_in<D: Dialect>(
     D::ensure_row(&mut tx, job).await?;
     let current = D::lock_status(&mut tx, job.transaction_id).await?;
     let attempts_added = u8::from(call.is_some());
+    let mut wrote_event = false;
     let status = if current == JobStatus::Succeeded {
         D::count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
         current
@@ -642,10 +703,30 @@ async fn record_in<D: Dialect>(
         D::apply_update(&mut tx, job.transaction_id, attempts_added, values)
             .await
             .map_err(|e| update_error(e, values))?;
+        if values.status.is_final() && values.status != current {
+            wrote_event = results::after_final(&mut tx, job.transaction_id, events).await?;
+        }
         values.status
     };
     tx.commit().await.map_err(StoreError::query("commit"))?;
-    Ok(status)
+    Ok((status, wrote_event))
+}
+
+/// [`JobStore::record_rejected`] on any backend, in one transaction: the
+/// row's upsert is the first statement (SQLite's writer lock at once), and
+/// only a row it changed (one that was not final) gets an event.
+async fn record_rejected_in<D: Dialect>(
+    pool: &Pool<D>,
+    rejected: &Rejected<'_>,
+    events: bool,
+) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
+    let mut wrote_event = false;
+    if D::record_rejected(&mut tx, rejected).await? {
+        wrote_event = results::after_final(&mut tx, rejected.transaction_id, events).await?;
+    }
+    tx.commit().await.map_err(StoreError::query("commit"))?;
+    Ok(wrote_event)
 }
 
 /// The row update never changes the primary key, so the only unique
@@ -667,6 +748,7 @@ fn update_error(e: sqlx::Error, values: &RowValues<'_>) -> StoreError {
 struct Rejected<'a> {
     transaction_id: &'a str,
     external_ref: Option<&'a str>,
+    batch_id: Option<&'a str>,
     error_code: &'a str,
     error_message: &'a str,
 }

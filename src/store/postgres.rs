@@ -64,8 +64,8 @@ impl Dialect for Postgres {
 
     async fn find(pool: &PgPool, transaction_id: &str) -> Result<Option<ExistingJob>, StoreError> {
         let row: Option<ExistingRow> = sqlx::query_as(
-            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-             WHERE transaction_id = $1",
+            "SELECT status, attempts, first_call_at, business_fingerprint, batch_id \
+             FROM relation_checks WHERE transaction_id = $1",
         )
         .bind(transaction_id)
         .fetch_optional(pool)
@@ -77,6 +77,7 @@ impl Dialect for Postgres {
                 attempts: attempts_from_db(i64::from(row.attempts))?,
                 first_call_at: row.first_call_at,
                 fingerprint: row.business_fingerprint,
+                batch_id: row.batch_id,
             })
         })
         .transpose()
@@ -96,6 +97,7 @@ impl Dialect for Postgres {
             .bind(&job.masked.relation_name)
             .bind(now)
             .bind(job.fingerprint)
+            .bind(job.batch_id)
             .fetch_optional(pool)
             .await
             .map_err(StoreError::query("begin call"))?;
@@ -134,8 +136,8 @@ impl Dialect for Postgres {
         sqlx::query(
             "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
                  cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-                 business_fingerprint) \
-             VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7) \
+                 business_fingerprint, batch_id) \
+             VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(job.transaction_id)
@@ -145,6 +147,7 @@ impl Dialect for Postgres {
         .bind(&job.masked.relation_phone)
         .bind(&job.masked.relation_name)
         .bind(job.fingerprint)
+        .bind(job.batch_id)
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("create job row"))?;
@@ -206,16 +209,20 @@ impl Dialect for Postgres {
         Ok(())
     }
 
-    async fn record_rejected(pool: &PgPool, rejected: &Rejected<'_>) -> Result<(), StoreError> {
-        sqlx::query(RECORD_REJECTED)
+    async fn record_rejected(
+        tx: &mut Transaction<'_, Postgres>,
+        rejected: &Rejected<'_>,
+    ) -> Result<bool, StoreError> {
+        let written: Option<(String,)> = sqlx::query_as(RECORD_REJECTED)
             .bind(rejected.transaction_id)
             .bind(rejected.external_ref)
             .bind(rejected.error_code)
             .bind(rejected.error_message)
-            .execute(pool)
+            .bind(rejected.batch_id)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(StoreError::query("record rejected job"))?;
-        Ok(())
+        Ok(written.is_some())
     }
 
     async fn counts_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, StoreError> {
@@ -256,6 +263,7 @@ struct ExistingRow {
     status: String,
     attempts: i32,
     business_fingerprint: Option<String>,
+    batch_id: Option<String>,
     first_call_at: Option<DateTime<Utc>>,
 }
 
@@ -265,8 +273,8 @@ struct ExistingRow {
 const START_CALL: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
         cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint) \
-    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8) \
+        created_at, updated_at, first_call_at, business_fingerprint, batch_id) \
+    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8, $9) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
         external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
@@ -278,6 +286,7 @@ const START_CALL: &str = "\
             COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
         business_fingerprint = \
             COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
+        batch_id = COALESCE(relation_checks.batch_id, EXCLUDED.batch_id), \
         updated_at = EXCLUDED.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
         AND (relation_checks.business_fingerprint IS NULL \
@@ -300,14 +309,16 @@ const APPLY_UPDATE: &str = "\
 
 const RECORD_REJECTED: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        error_code, error_message, completed_at) \
-    VALUES ($1, $2, 'failed', 0, $3, $4, now()) \
+        error_code, error_message, completed_at, batch_id) \
+    VALUES ($1, $2, 'failed', 0, $3, $4, now(), $5) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         status = 'failed', \
         external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
         error_code = EXCLUDED.error_code, error_message = EXCLUDED.error_message, \
+        batch_id = COALESCE(relation_checks.batch_id, EXCLUDED.batch_id), \
         completed_at = now(), updated_at = now() \
-      WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+    RETURNING transaction_id";
 
 #[derive(FromRow)]
 struct PgLedgerRow {

@@ -149,8 +149,8 @@ impl Dialect for Sqlite {
         transaction_id: &str,
     ) -> Result<Option<ExistingJob>, StoreError> {
         let row: Option<ExistingRow> = sqlx::query_as(
-            "SELECT status, attempts, first_call_at, business_fingerprint FROM relation_checks \
-             WHERE transaction_id = ?1",
+            "SELECT status, attempts, first_call_at, business_fingerprint, batch_id \
+             FROM relation_checks WHERE transaction_id = ?1",
         )
         .bind(transaction_id)
         .fetch_optional(pool)
@@ -165,6 +165,7 @@ impl Dialect for Sqlite {
                     .map(|text| from_text("first_call_at", &text))
                     .transpose()?,
                 fingerprint: row.business_fingerprint,
+                batch_id: row.batch_id,
             })
         })
         .transpose()
@@ -184,6 +185,7 @@ impl Dialect for Sqlite {
             .bind(&job.masked.relation_name)
             .bind(to_text(now))
             .bind(job.fingerprint)
+            .bind(job.batch_id)
             .fetch_optional(pool)
             .await
             .map_err(StoreError::query("begin call"))?;
@@ -229,8 +231,8 @@ impl Dialect for Sqlite {
         sqlx::query(
             "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
                  cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-                 created_at, updated_at, business_fingerprint) \
-             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8) \
+                 created_at, updated_at, business_fingerprint, batch_id) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9) \
              ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(job.transaction_id)
@@ -241,6 +243,7 @@ impl Dialect for Sqlite {
         .bind(&job.masked.relation_name)
         .bind(now_text())
         .bind(job.fingerprint)
+        .bind(job.batch_id)
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("create job row"))?;
@@ -305,17 +308,21 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
-    async fn record_rejected(pool: &SqlitePool, rejected: &Rejected<'_>) -> Result<(), StoreError> {
-        sqlx::query(RECORD_REJECTED)
+    async fn record_rejected(
+        tx: &mut Transaction<'_, Sqlite>,
+        rejected: &Rejected<'_>,
+    ) -> Result<bool, StoreError> {
+        let written: Option<(String,)> = sqlx::query_as(RECORD_REJECTED)
             .bind(rejected.transaction_id)
             .bind(rejected.external_ref)
             .bind(rejected.error_code)
             .bind(rejected.error_message)
             .bind(now_text())
-            .execute(pool)
+            .bind(rejected.batch_id)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(StoreError::query("record rejected job"))?;
-        Ok(())
+        Ok(written.is_some())
     }
 
     async fn counts_by_status(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
@@ -362,6 +369,7 @@ struct ExistingRow {
     status: String,
     attempts: i64,
     business_fingerprint: Option<String>,
+    batch_id: Option<String>,
     first_call_at: Option<String>,
 }
 
@@ -371,8 +379,8 @@ struct ExistingRow {
 const START_CALL: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
         cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint) \
-    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8) \
+        created_at, updated_at, first_call_at, business_fingerprint, batch_id) \
+    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
         external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
@@ -384,6 +392,7 @@ const START_CALL: &str = "\
             COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
         business_fingerprint = \
             COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
+        batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
         updated_at = excluded.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
         AND (relation_checks.business_fingerprint IS NULL \
@@ -405,14 +414,16 @@ const APPLY_UPDATE: &str = "\
 
 const RECORD_REJECTED: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        error_code, error_message, created_at, updated_at, completed_at) \
-    VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5) \
+        error_code, error_message, created_at, updated_at, completed_at, batch_id) \
+    VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?5, ?5, ?6) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         status = 'failed', \
         external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
         error_code = excluded.error_code, error_message = excluded.error_message, \
+        batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
         completed_at = excluded.completed_at, updated_at = excluded.updated_at \
-      WHERE relation_checks.status NOT IN ('succeeded', 'failed')";
+      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+    RETURNING transaction_id";
 
 #[derive(FromRow)]
 struct SqliteLedgerRow {

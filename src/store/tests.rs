@@ -176,6 +176,7 @@ fn key<'a>(transaction_id: &'a str, masked: &'a PiiMasked) -> JobKey<'a> {
     JobKey {
         transaction_id,
         external_ref: Some("loan-8812/contact-1"),
+        batch_id: None,
         masked,
         fingerprint: "fp_first_contact",
     }
@@ -233,11 +234,11 @@ fn failed() -> RowUpdate {
     }
 }
 
-/// Every migration applied once: as many rows as files (both dialects have
-/// the same list).
+/// The migrations shipped (both dialects have the same files).
 fn migration_files() -> i64 {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
-    std::fs::read_dir(dir).unwrap().count() as i64
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    let files = std::fs::read_dir(dir).unwrap().count();
+    i64::try_from(files).unwrap()
 }
 
 async fn migrating_twice_is_a_no_op(db: &TestDb) {
@@ -296,6 +297,7 @@ async fn a_successful_call_stores_the_answer_and_one_ledger_row(db: &TestDb) {
             attempts: 1,
             first_call_at: Some(at(0)),
             fingerprint: Some("fp_first_contact".into()),
+            batch_id: None,
         }
     );
     assert!(found.status.is_final());
@@ -382,7 +384,7 @@ async fn a_succeeded_row_is_never_downgraded(db: &TestDb) {
         .unwrap();
     assert_eq!(second_success, JobStatus::Succeeded);
     db.store
-        .record_rejected("done_once", None, "INVALID_JSON", "body is not JSON")
+        .record_rejected("done_once", None, None, "INVALID_JSON", "body is not JSON")
         .await
         .unwrap();
     db.store.reset_to_retrying("done_once").await.unwrap();
@@ -447,6 +449,7 @@ async fn a_rejected_message_gets_a_failed_row_unless_already_final(db: &TestDb) 
         .record_rejected(
             "bad_cert",
             Some("ref-1"),
+            None,
             "INVALID_PARAMETER",
             "field `cert_no`: check",
         )
@@ -462,7 +465,7 @@ async fn a_rejected_message_gets_a_failed_row_unless_already_final(db: &TestDb) 
     assert_eq!(row.cert_no_masked, None);
 
     db.store
-        .record_rejected("bad_cert", None, "INVALID_JSON", "second reason")
+        .record_rejected("bad_cert", None, None, "INVALID_JSON", "second reason")
         .await
         .unwrap();
     let row = snapshot(&db.store, "bad_cert").await;
@@ -472,7 +475,13 @@ async fn a_rejected_message_gets_a_failed_row_unless_already_final(db: &TestDb) 
     let job = key("in_flight", &masked);
     db.store.begin_call(&job, at(0)).await.unwrap();
     db.store
-        .record_rejected("in_flight", None, "INVALID_PARAMETER", "later copy was bad")
+        .record_rejected(
+            "in_flight",
+            None,
+            None,
+            "INVALID_PARAMETER",
+            "later copy was bad",
+        )
         .await
         .unwrap();
     let row = snapshot(&db.store, "in_flight").await;
@@ -502,7 +511,7 @@ async fn counts_cover_every_status_including_zero(db: &TestDb) {
         .await
         .unwrap();
     db.store
-        .record_rejected("f1", None, "INVALID_JSON", "x")
+        .record_rejected("f1", None, None, "INVALID_JSON", "x")
         .await
         .unwrap();
     let counts = db.store.counts_by_status().await.unwrap();
@@ -544,7 +553,7 @@ on_both_backends!(requeued_dead_jobs_become_retrying_and_keep_their_history);
 
 async fn begin_call_leaves_a_final_row_untouched(db: &TestDb) {
     db.store
-        .record_rejected("rejected_first", None, "INVALID_PARAMETER", "x")
+        .record_rejected("rejected_first", None, None, "INVALID_PARAMETER", "x")
         .await
         .unwrap();
     let masked = masked();
@@ -797,3 +806,396 @@ async fn a_missing_sqlite_directory_is_reported_with_its_path() {
     }
     assert!(!missing.exists(), "the directory is reported, not created");
 }
+
+// --- result events (the outbox) and batches ---
+
+#[derive(Debug, FromRow)]
+struct OutboxRow {
+    message_id: String,
+    routing_key: String,
+    body: String,
+}
+
+async fn outbox(store: &JobStore) -> Vec<OutboxRow> {
+    let sql = "SELECT message_id, routing_key, body FROM result_events ORDER BY id";
+    match &store.backend {
+        Backend::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        Backend::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+    }
+}
+
+fn batch_key<'a>(transaction_id: &'a str, batch_id: &'a str, masked: &'a PiiMasked) -> JobKey<'a> {
+    JobKey {
+        batch_id: Some(batch_id),
+        ..key(transaction_id, masked)
+    }
+}
+
+fn with_events(db: &TestDb) -> JobStore {
+    db.store.clone().with_result_events(true)
+}
+
+async fn a_final_outcome_writes_exactly_one_event_with_the_row_s_fields(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    let job = key("ev_1", &masked);
+    store.begin_call(&job, at(0)).await.unwrap();
+    store
+        .record(&job, Some(&call(1, at(0), "retryable")), &retrying())
+        .await
+        .unwrap();
+    assert!(outbox(&store).await.is_empty(), "a retry is not final");
+    store
+        .record(
+            &job,
+            Some(&call(2, at(5), "succeeded")),
+            &success("biz_ev_1"),
+        )
+        .await
+        .unwrap();
+    // A redelivery after a crash: the row stays succeeded, no second event.
+    store
+        .record(
+            &job,
+            Some(&call(3, at(9), "succeeded")),
+            &success("biz_ev_1"),
+        )
+        .await
+        .unwrap();
+    let events = outbox(&store).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].message_id, "ev_1");
+    assert_eq!(events[0].routing_key, "relation.succeeded");
+    let body: serde_json::Value = serde_json::from_str(&events[0].body).unwrap();
+    assert_eq!(body["event"], "relation.result");
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["biz_no"], "biz_ev_1");
+    assert_eq!(body["relation_rank"], "V_CT_RL_SG");
+    assert_eq!(body["relation_score"], 99);
+    assert_eq!(body["external_ref"], "loan-8812/contact-1");
+    assert_eq!(body["batch_id"], serde_json::Value::Null);
+    assert_eq!(body["error_code"], serde_json::Value::Null);
+    assert_eq!(body["attempts"], 2);
+    assert_eq!(body["first_call_at"], "2025-06-15T15:06:40.123Z");
+    assert!(body["completed_at"].is_string());
+    let text = &events[0].body;
+    assert!(!text.contains("李*") && !text.contains("640202"), "{text}");
+    assert_eq!(store.unsent_events().await.unwrap(), 1);
+}
+on_both_backends!(a_final_outcome_writes_exactly_one_event_with_the_row_s_fields);
+
+async fn a_rejected_message_with_a_readable_id_gets_a_failed_event_once(db: &TestDb) {
+    let store = with_events(db);
+    for _ in 0..2 {
+        store
+            .record_rejected(
+                "rej_1",
+                Some("ref-9"),
+                Some("b-rej"),
+                "INVALID_PARAMETER",
+                "field `cert_no`: check digit",
+            )
+            .await
+            .unwrap();
+    }
+    let events = outbox(&store).await;
+    let jobs: Vec<&OutboxRow> = events.iter().filter(|e| e.message_id == "rej_1").collect();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].routing_key, "relation.failed");
+    let body: serde_json::Value = serde_json::from_str(&jobs[0].body).unwrap();
+    assert_eq!(body["error_code"], "INVALID_PARAMETER");
+    assert_eq!(body["batch_id"], "b-rej");
+    assert_eq!(body["attempts"], 0);
+    assert_eq!(body["biz_no"], serde_json::Value::Null);
+}
+on_both_backends!(a_rejected_message_with_a_readable_id_gets_a_failed_event_once);
+
+async fn with_events_off_no_outbox_row_is_written(db: &TestDb) {
+    let masked = masked();
+    let job = key("quiet_1", &masked);
+    db.store
+        .record(&job, Some(&call(1, at(0), "permanent")), &failed())
+        .await
+        .unwrap();
+    db.store
+        .record_rejected("quiet_2", None, None, "INVALID_JSON", "x")
+        .await
+        .unwrap();
+    assert!(outbox(&db.store).await.is_empty());
+}
+on_both_backends!(with_events_off_no_outbox_row_is_written);
+
+async fn claimed_events_are_sent_once_and_a_dropped_claim_gives_them_back(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    for id in ["c_1", "c_2", "c_3"] {
+        store
+            .record(&key(id, &masked), None, &failed())
+            .await
+            .unwrap();
+    }
+    let dropped = store.claim_events(2).await.unwrap();
+    assert_eq!(dropped.events.len(), 2);
+    drop(dropped);
+    assert_eq!(store.unsent_events().await.unwrap(), 3);
+    let claim = store.claim_events(2).await.unwrap();
+    let ids: Vec<&str> = claim.events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["c_1", "c_2"], "oldest first");
+    store.mark_sent(claim).await.unwrap();
+    assert_eq!(store.unsent_events().await.unwrap(), 1);
+    let rest = store.claim_events(10).await.unwrap();
+    let ids: Vec<&str> = rest.events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids, ["c_3"]);
+    store.mark_sent(rest).await.unwrap();
+    assert_eq!(store.unsent_events().await.unwrap(), 0);
+    assert!(store.claim_events(10).await.unwrap().events.is_empty());
+}
+on_both_backends!(claimed_events_are_sent_once_and_a_dropped_claim_gives_them_back);
+
+/// PostgreSQL: two relays claiming at once never hold the same row.
+#[tokio::test]
+async fn two_relays_on_postgres_claim_disjoint_events() {
+    let db = TestDb::postgres().await;
+    let store = with_events(&db);
+    let masked = masked();
+    for n in 0..6 {
+        let id = format!("pair_{n}");
+        store
+            .record(&key(&id, &masked), None, &failed())
+            .await
+            .unwrap();
+    }
+    let first = store.claim_events(4).await.unwrap();
+    let second = store.claim_events(4).await.unwrap();
+    assert_eq!(first.events.len(), 4);
+    assert_eq!(second.events.len(), 2, "the locked rows are skipped");
+    let mut all: Vec<i64> = first
+        .events
+        .iter()
+        .chain(&second.events)
+        .map(|e| e.id)
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 6);
+    store.mark_sent(second).await.unwrap();
+    store.mark_sent(first).await.unwrap();
+    assert_eq!(store.unsent_events().await.unwrap(), 0);
+    db.finish().await;
+}
+
+fn completions(events: &[OutboxRow], batch_id: &str) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| e.routing_key == "batch.completed" && e.message_id == batch_id)
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect()
+}
+
+async fn a_batch_completes_once_its_last_job_is_final(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    assert_eq!(store.start_batch("b-1").await.unwrap(), BatchStart::Open);
+    let jobs = ["b1_a", "b1_b", "b1_c"];
+    store
+        .record(
+            &batch_key(jobs[0], "b-1", &masked),
+            None,
+            &success("biz_b1_a"),
+        )
+        .await
+        .unwrap();
+    store
+        .record(&batch_key(jobs[1], "b-1", &masked), None, &failed())
+        .await
+        .unwrap();
+    assert!(!store.record_batch_size("b-1", 3).await.unwrap());
+    assert!(completions(&outbox(&store).await, "b-1").is_empty());
+    store
+        .record(&batch_key(jobs[2], "b-1", &masked), None, &retrying())
+        .await
+        .unwrap();
+    assert!(completions(&outbox(&store).await, "b-1").is_empty());
+    store
+        .record(
+            &batch_key(jobs[2], "b-1", &masked),
+            None,
+            &success("biz_b1_c"),
+        )
+        .await
+        .unwrap();
+    let done = completions(&outbox(&store).await, "b-1");
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0]["event"], "batch.completed");
+    assert_eq!(done[0]["size"], 3);
+    assert_eq!(done[0]["succeeded"], 2);
+    assert_eq!(done[0]["failed"], 1);
+    assert!(done[0]["enqueued_at"].is_string());
+    // Recording again, or re-finishing a job, completes nothing twice.
+    assert!(!store.record_batch_size("b-1", 3).await.unwrap());
+    store
+        .record_rejected(jobs[1], None, Some("b-1"), "INVALID_JSON", "x")
+        .await
+        .unwrap();
+    assert_eq!(completions(&outbox(&store).await, "b-1").len(), 1);
+    assert_eq!(
+        store.start_batch("b-1").await.unwrap(),
+        BatchStart::AlreadyEnqueued
+    );
+}
+on_both_backends!(a_batch_completes_once_its_last_job_is_final);
+
+async fn a_batch_finished_before_its_size_was_recorded_completes_then(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    store.start_batch("b-early").await.unwrap();
+    for id in ["early_1", "early_2"] {
+        store
+            .record(&batch_key(id, "b-early", &masked), None, &failed())
+            .await
+            .unwrap();
+    }
+    assert!(completions(&outbox(&store).await, "b-early").is_empty());
+    assert!(store.record_batch_size("b-early", 2).await.unwrap());
+    let done = completions(&outbox(&store).await, "b-early");
+    assert_eq!(done.len(), 1);
+    assert_eq!(
+        (done[0]["succeeded"].as_u64(), done[0]["failed"].as_u64()),
+        (Some(0), Some(2))
+    );
+}
+on_both_backends!(a_batch_finished_before_its_size_was_recorded_completes_then);
+
+/// The last two jobs of many batches finish at the same moment on separate
+/// connections: each batch still completes exactly once.
+async fn racing_last_jobs_complete_their_batch_exactly_once(db: &TestDb) {
+    let store = with_events(db);
+    const BATCHES: usize = 12;
+    for b in 0..BATCHES {
+        let batch = format!("race-{b}");
+        store.start_batch(&batch).await.unwrap();
+        store.record_batch_size(&batch, 2).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for b in 0..BATCHES {
+        for j in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let batch = format!("race-{b}");
+                let id = format!("race_{b}_{j}");
+                let masked = masked();
+                store
+                    .record(&batch_key(&id, &batch, &masked), None, &failed())
+                    .await
+                    .unwrap();
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let events = outbox(&store).await;
+    for b in 0..BATCHES {
+        let done = completions(&events, &format!("race-{b}"));
+        assert_eq!(done.len(), 1, "batch race-{b}: {done:?}");
+        assert_eq!(done[0]["failed"], 2);
+    }
+}
+on_both_backends!(racing_last_jobs_complete_their_batch_exactly_once);
+
+async fn results_stream_the_final_rows_of_a_batch_in_completion_order(db: &TestDb) {
+    use futures_util::TryStreamExt;
+    let masked = masked();
+    for (id, update) in [
+        ("r_1", success("biz_r_1")),
+        ("r_2", failed()),
+        ("r_3", retrying()),
+    ] {
+        db.store
+            .record(&batch_key(id, "b-r", &masked), None, &update)
+            .await
+            .unwrap();
+    }
+    db.store
+        .record(&key("r_other", &masked), None, &failed())
+        .await
+        .unwrap();
+    let rows: Vec<_> = db
+        .store
+        .results(ResultFilter::Batch("b-r"))
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r.transaction_id.as_str()).collect();
+    assert_eq!(ids, ["r_1", "r_2"], "final rows of the batch only");
+    assert_eq!(rows[0].biz_no.as_deref(), Some("biz_r_1"));
+    assert_eq!(rows[1].error_code.as_deref(), Some("INVALID_PARAMETER"));
+    let day: Vec<_> = db
+        .store
+        .results(ResultFilter::Completed {
+            start: Utc::now() - TimeDelta::hours(1),
+            end: Utc::now() + TimeDelta::hours(1),
+        })
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(day.len(), 3);
+}
+on_both_backends!(results_stream_the_final_rows_of_a_batch_in_completion_order);
+
+async fn a_final_job_enqueued_again_joins_the_new_batch_which_completes(db: &TestDb) {
+    let store = with_events(db);
+    let masked = masked();
+    store
+        .record(
+            &batch_key("again_1", "b-old", &masked),
+            None,
+            &success("biz_again"),
+        )
+        .await
+        .unwrap();
+    store.start_batch("b-new").await.unwrap();
+    store.record_batch_size("b-new", 1).await.unwrap();
+    store.join_batch("again_1", "b-new").await.unwrap();
+    // Joining the batch it is in already changes nothing.
+    store.join_batch("again_1", "b-new").await.unwrap();
+    let events = outbox(&store).await;
+    let results: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|e| e.message_id == "again_1")
+        .map(|e| serde_json::from_str(&e.body).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "the result again, for the new batch");
+    assert_eq!(results[1]["batch_id"], "b-new");
+    assert_eq!(results[1]["biz_no"], "biz_again");
+    let done = completions(&events, "b-new");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["succeeded"], 1);
+    assert_eq!(
+        store
+            .find("again_1")
+            .await
+            .unwrap()
+            .unwrap()
+            .batch_id
+            .as_deref(),
+        Some("b-new")
+    );
+    // A row that is not final never moves.
+    store
+        .record(&batch_key("again_2", "b-old", &masked), None, &retrying())
+        .await
+        .unwrap();
+    store.join_batch("again_2", "b-new").await.unwrap();
+    assert_eq!(
+        store
+            .find("again_2")
+            .await
+            .unwrap()
+            .unwrap()
+            .batch_id
+            .as_deref(),
+        Some("b-old")
+    );
+}
+on_both_backends!(a_final_job_enqueued_again_joins_the_new_batch_which_completes);

@@ -68,3 +68,9 @@ pub(crate) const PROBE_FAILED: &str = "failed";
 /// not trusted, so it is not counted as one (the claimed code goes in
 /// [`SUB_CODE`]).
 pub(crate) const CODE_UNVERIFIED: &str = "UNVERIFIED";
+
+/// Counter: result events published to the results exchange and confirmed
+/// (`results::relay`).
+pub(crate) const RESULT_EVENTS_PUBLISHED_TOTAL: &str = "zhima_result_events_published_total";
+/// Gauge: result events in the outbox not yet sent (every replica's).
+pub(crate) const RESULT_EVENTS_BACKLOG: &str = "zhima_result_events_backlog";

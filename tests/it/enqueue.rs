@@ -382,7 +382,13 @@ async fn requeue_dead_moves_a_valid_dead_job_back_with_fresh_headers() {
     assert_eq!(fixture.run_with_stdin(&["enqueue", "-"], "").await.code, 0);
     let store = fixture.store().await;
     store
-        .record_rejected("t_valid_1", None, "SYSTEM_ERROR", "attempts exhausted")
+        .record_rejected(
+            "t_valid_1",
+            None,
+            None,
+            "SYSTEM_ERROR",
+            "attempts exhausted",
+        )
         .await
         .unwrap();
     publish_dead(&fixture, VALID_1.as_bytes(), Some("t_valid_1")).await;

@@ -9,6 +9,7 @@
 //! - `worker`, `scale`, `reconcile`: the real `zhima-worker run` end to end
 //!   (`support::worker`); `in_process`: the processor's fault handling with
 //!   no broker (`support::in_process`).
+//! - `results`: result events from the outbox, batches, the `results` command.
 //! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
 //!   summary at exit).
 //! - `broker`, `cli`, `enqueue`, `status`: the binary's operator and debugging
@@ -33,6 +34,7 @@ mod help;
 mod in_process;
 mod lookup;
 mod reconcile;
+mod results;
 mod sandbox;
 mod scale;
 mod status;
