@@ -134,6 +134,17 @@ pub enum StoreError {
     },
     #[error("could not connect to the database at database.url")]
     Connect(#[source] sqlx::Error),
+    /// TLS to PostgreSQL failed (a certificate that does not verify, a server
+    /// without TLS): a configuration fault, never retried.
+    #[error(
+        "TLS to the database (database.url) failed: {reason}; trusted: the CA of \
+         database.tls_ca_path or the URL's sslrootcert, and the Mozilla roots"
+    )]
+    Tls {
+        reason: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("applying database migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("database {operation} failed")]
@@ -195,6 +206,21 @@ impl StoreError {
 
     fn query(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Query { operation, source }
+    }
+
+    /// A failed connection attempt: [`StoreError::Tls`] when the TLS
+    /// handshake failed, [`StoreError::Connect`] otherwise.
+    fn connect(source: sqlx::Error) -> StoreError {
+        let reason = match &source {
+            sqlx::Error::Tls(error) => Some(
+                crate::tls::handshake_failure(error.as_ref()).unwrap_or_else(|| error.to_string()),
+            ),
+            other => crate::tls::handshake_failure(other),
+        };
+        match reason {
+            Some(reason) => StoreError::Tls { reason, source },
+            None => StoreError::Connect(source),
+        }
     }
 }
 

@@ -29,18 +29,20 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    crate::tls::install_crypto_provider();
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect(url)
         .await
-        .map_err(StoreError::Connect)
+        .map_err(StoreError::connect)
 }
 
 pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
+    crate::tls::install_crypto_provider();
     let mut conn = PgConnection::connect(url)
         .await
-        .map_err(StoreError::Connect)?;
+        .map_err(StoreError::connect)?;
     // `run_direct` is what `run` calls after acquiring; calling it directly
     // keeps this future `Send` (sqlx's `Acquire` bound on `run` is not general
     // enough for `tokio::spawn`).

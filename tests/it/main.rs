@@ -14,6 +14,8 @@
 //! - `broker`, `cli`, `enqueue`: the binary's operator and debugging commands.
 //! - `client`, `sandbox`: the upstream client and the simulated gateway.
 //! - `deploy`: the compose file and Dockerfile against the real loader and CLI.
+//! - `tls`: `amqps://` and PostgreSQL `sslmode` with a CA made by the test
+//!   (`support::tls`: stunnel, a throwaway PostgreSQL cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -30,5 +32,6 @@ mod in_process;
 mod reconcile;
 mod sandbox;
 mod scale;
+mod tls;
 mod until_idle;
 mod worker;
