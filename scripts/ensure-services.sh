@@ -182,7 +182,7 @@ for service in "${wanted[@]}"; do
     rabbitmq) ensure_rabbitmq ;;
     postgres) ensure_postgres ;;
     stunnel) ensure_stunnel ;;
-    -h | --help) sed -n '2,14p' "$0"; install_help; exit 0 ;;
+    -h | --help) sed -n '2,13p' "$0"; install_help; exit 0 ;;
     *) say "unknown service '$service' (rabbitmq, postgres, stunnel)"; exit 64 ;;
   esac
 done
