@@ -3,7 +3,8 @@
 //! cluster of the test's own that refuses plain-text connections, both with a
 //! CA made by the test (`support::tls`). A job runs end to end over both TLS
 //! links; a server certificate that does not verify (another CA, another
-//! name, expired) is a start-up error naming the connection and the reason.
+//! name, expired), or a port without TLS, is a start-up error naming the
+//! connection and the reason.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -170,4 +171,14 @@ async fn a_name_mismatch_and_an_expired_certificate_are_named() {
     let text = error.to_string();
     assert!(matches!(error, QueueError::Tls { .. }), "{error:?}");
     assert!(text.contains("does not verify: expired"), "{text}");
+
+    // amqps:// to the broker's plain-text port.
+    settings.amqp.url = "amqps://guest:guest@127.0.0.1:5672/%2f".to_owned().into();
+    let error = queue::connect(&settings.amqp, "test").await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, QueueError::Tls { .. }), "{error:?}");
+    assert!(
+        text.contains("the server does not speak TLS on this port"),
+        "{text}"
+    );
 }
