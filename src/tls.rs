@@ -27,6 +27,8 @@ pub enum CaFileError {
         #[source]
         source: io::Error,
     },
+    #[error("{} is not a regular file", .path.display())]
+    NotAFile { path: PathBuf },
     #[error("{} is larger than 1 MiB; a CA file holds PEM certificates only", .path.display())]
     TooLarge { path: PathBuf },
     #[error("{} is not a PEM file: {detail}", .path.display())]
@@ -59,6 +61,12 @@ pub fn read_ca_file(path: &Path) -> Result<CaBundle, CaFileError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;
+    // A directory, a FIFO or a device would fail late or block: refused.
+    if !file.metadata().map_err(read_error)?.is_file() {
+        return Err(CaFileError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
     let mut bytes = Vec::new();
     file.take(MAX_CA_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -232,6 +240,10 @@ mod tests {
         for (path, expected) in cases {
             let error = read_ca_file(&path).unwrap_err().to_string();
             assert!(error.contains(expected), "{}: {error}", path.display());
+        }
+        for not_a_file in [dir.path(), Path::new("/dev/null")] {
+            let error = read_ca_file(not_a_file).unwrap_err();
+            assert!(matches!(error, CaFileError::NotAFile { .. }), "{error}");
         }
         let mut huge = vec![b'#'; (MAX_CA_FILE_BYTES + 1) as usize];
         huge.extend_from_slice(test_ca_pem().as_bytes());

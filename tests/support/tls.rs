@@ -146,19 +146,21 @@ impl Stunnel {
             ),
         )
         .expect("write stunnel.conf");
-        let mut child = Command::new(binary)
+        let child = Command::new(binary)
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start stunnel");
-        wait_for_port(port, &mut child, "stunnel", &log);
-        Self {
+        // The guard first: a stunnel that never listens is killed too.
+        let mut stunnel = Self {
             port,
             child,
             _dir: dir,
-        }
+        };
+        wait_for_port(port, &mut stunnel.child, "stunnel", &log);
+        stunnel
     }
 
     /// An `amqps://` URL of the real broker through this stunnel.
