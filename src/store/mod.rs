@@ -234,6 +234,7 @@ const MAX_REASON_CHARS: usize = 300;
 /// the backend that produced them: the two code spaces overlap as numbers.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
+        sqlx::Error::Protocol(message) if is_cut_ssl_request(message) => true,
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -256,6 +257,14 @@ fn is_transient(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// sqlx reads the one-byte answer to PostgreSQL's SSLRequest without checking
+/// for the end of the stream: a connection closed at that moment (a restart,
+/// a proxy cut) reads as the byte 0x00, a protocol error, though it is a lost
+/// connection like any other.
+fn is_cut_ssl_request(message: &str) -> bool {
+    message.starts_with("unexpected response from SSLRequest: 0x00")
 }
 
 /// PostgreSQL SQLSTATEs that clear by themselves: connection exceptions

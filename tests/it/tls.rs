@@ -162,6 +162,17 @@ async fn a_name_mismatch_and_an_expired_certificate_are_named() {
     JobStore::migrate(&ca_only).await.expect("verify-ca");
     let require = postgres.url("127.0.0.1", "sslmode=require");
     JobStore::connect(&require, 1).await.expect("require");
+    // No sslmode: plain text, which this cluster refuses.
+    let error = JobStore::connect(&postgres.url("127.0.0.1", "application_name=plain"), 1)
+        .await
+        .unwrap_err();
+    let cause = std::error::Error::source(&error).map(ToString::to_string);
+    assert!(
+        cause
+            .as_deref()
+            .is_some_and(|text| text.contains("no encryption")),
+        "{error:?}"
+    );
 
     let stunnel = Stunnel::start(&ca.issue(&["127.0.0.1"], Validity::Expired));
     let mut settings = config::load(None).unwrap();
