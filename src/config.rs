@@ -133,6 +133,12 @@ impl DatabaseSettings {
     /// that verifies (sqlx, unlike libpq, does not verify under `require`),
     /// and its file must hold PEM certificates.
     fn validate_tls(&self) -> Result<(), ConfigError> {
+        // libpq's variable, which sqlx honours too.
+        self.validate_tls_with(std::env::var("PGSSLMODE").ok())
+    }
+
+    /// [`Self::validate_tls`] with `PGSSLMODE`'s value given.
+    fn validate_tls_with(&self, pgsslmode: Option<String>) -> Result<(), ConfigError> {
         let text = self.url.expose_secret();
         if text.starts_with("sqlite:") {
             if self.tls_ca_path().is_some() {
@@ -143,14 +149,17 @@ impl DatabaseSettings {
             }
             return Ok(());
         }
-        let params = pg_tls_params(text)?;
+        let mut params = pg_tls_params(text)?;
+        if params.sslmode.is_none() {
+            params.sslmode = pgsslmode;
+        }
         if let Some(mode) = &params.sslmode
             && !PG_SSLMODES.contains(&mode.as_str())
         {
             return Err(ConfigError::invalid(
                 "database.url",
-                "has an unknown sslmode; use disable, allow, prefer, require, verify-ca \
-                 or verify-full",
+                "has an unknown sslmode (in the URL or PGSSLMODE); use disable, allow, \
+                 prefer, require, verify-ca or verify-full",
             ));
         }
         let (key, path) = match (&params.sslrootcert, self.tls_ca_path()) {
@@ -1333,5 +1342,37 @@ mod tests {
                 .expose_secret()
                 .ends_with("?sslmode=verify-ca&sslrootcert=ca.pem")
         );
+    }
+
+    /// `PGSSLMODE` stands for a URL without sslmode (given here rather than
+    /// set: the store's tests read it).
+    #[test]
+    fn pgsslmode_counts_as_the_url_sslmode() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::tls::test_ca_pem()).unwrap();
+        let database = |url: &str| DatabaseSettings {
+            url: url.to_owned().into(),
+            max_connections: NonZeroU32::MIN,
+            tls_ca_path: ca.clone(),
+        };
+        let bare = database("postgres://db.example/x");
+        bare.validate_tls_with(Some("verify-full".into())).unwrap();
+        let error = bare.validate_tls_with(None).unwrap_err().to_string();
+        assert!(
+            error.contains("sslmode=verify-full (or verify-ca)"),
+            "{error}"
+        );
+        let error = bare
+            .validate_tls_with(Some("verify".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown sslmode"), "{error}");
+        let explicit = database("postgres://db.example/x?sslmode=require");
+        let error = explicit
+            .validate_tls_with(Some("verify-full".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must ask for verification"), "{error}");
     }
 }
