@@ -3,8 +3,8 @@
 # accepting connections. Used by `make run` (RabbitMQ only: the default store
 # is SQLite), `make test` and CI (both).
 #
-#   scripts/ensure-services.sh [rabbitmq] [postgres] [tools]
-#                                     (no argument: rabbitmq and postgres)
+#   scripts/ensure-services.sh [rabbitmq] [postgres] [stunnel] [tools]
+#                        (no argument: rabbitmq, postgres and stunnel)
 #
 # `tools` installs the checkers the deployment tests run: promtool (package
 # prometheus) for deploy/prometheus and systemd-analyze (package systemd) for
@@ -14,7 +14,8 @@
 # are root (or `sudo -n` works); otherwise the script stops and prints the
 # commands to run for Debian/Ubuntu, Fedora and macOS. For PostgreSQL it also
 # creates the role the tests log in as (zhima_test, password zhima_test,
-# CREATEDB), unless that login already works.
+# CREATEDB), unless that login already works. stunnel is no service: the TLS
+# tests (tests/it/tls.rs) start it themselves, in front of RabbitMQ.
 set -euo pipefail
 
 TEST_ROLE=zhima_test
@@ -180,14 +181,30 @@ ensure_tools() {
   }
 }
 
+# The TLS tests put stunnel in front of RabbitMQ for amqps:// (they start
+# their own PostgreSQL cluster with initdb, which the postgresql package has).
+ensure_stunnel() {
+  if command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1; then
+    return 0
+  fi
+  apt_install stunnel4 && return 0
+  cat >&2 <<EOF
+ensure-services: stunnel is not installed, and it cannot be installed from here.
+The TLS tests need it. Debian / Ubuntu: sudo apt-get install -y stunnel4
+  Fedora: sudo dnf install -y stunnel    macOS (Homebrew): brew install stunnel
+EOF
+  exit 1
+}
+
 wanted=("$@")
-if ((${#wanted[@]} == 0)); then wanted=(rabbitmq postgres); fi
+if ((${#wanted[@]} == 0)); then wanted=(rabbitmq postgres stunnel); fi
 for service in "${wanted[@]}"; do
   case $service in
     rabbitmq) ensure_rabbitmq ;;
     postgres) ensure_postgres ;;
+    stunnel) ensure_stunnel ;;
     tools) ensure_tools ;;
-    -h | --help) sed -n '2,17p' "$0"; install_help; exit 0 ;;
-    *) say "unknown service '$service' (rabbitmq, postgres, tools)"; exit 64 ;;
+    -h | --help) sed -n '2,18p' "$0"; install_help; exit 0 ;;
+    *) say "unknown service '$service' (rabbitmq, postgres, stunnel, tools)"; exit 64 ;;
   esac
 done

@@ -84,13 +84,144 @@ pub struct AmqpSettings {
     pub dead_queue: String,
     pub queue_type: QueueType,
     pub(crate) delivery_limit: u32,
+    /// PEM CA certificates trusted for `amqps://` on top of the system's
+    /// roots; empty = the system's roots only.
+    pub tls_ca_path: PathBuf,
+}
+
+impl AmqpSettings {
+    /// The configured CA file, if any.
+    pub(crate) fn tls_ca_path(&self) -> Option<&Path> {
+        (!self.tls_ca_path.as_os_str().is_empty()).then_some(self.tls_ca_path.as_path())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// After [`load`], carries `sslrootcert=<tls_ca_path>` when that key is set.
     pub url: SecretString,
     pub(crate) max_connections: NonZeroU32,
+    /// PEM CA certificates that verify PostgreSQL's server certificate
+    /// (`sslmode=verify-ca|verify-full`); the same as `sslrootcert` in the URL.
+    pub tls_ca_path: PathBuf,
+}
+
+/// The query parameters of a PostgreSQL URL that concern TLS.
+#[derive(Debug, Default)]
+struct PgTlsParams {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+/// sslmode values libpq and sqlx know.
+const PG_SSLMODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+impl DatabaseSettings {
+    fn tls_ca_path(&self) -> Option<&Path> {
+        (!self.tls_ca_path.as_os_str().is_empty()).then_some(self.tls_ca_path.as_path())
+    }
+
+    /// Checks the TLS settings of a PostgreSQL URL and the CA file (from the
+    /// URL or `database.tls_ca_path`): a CA is only accepted with an sslmode
+    /// that verifies (sqlx, unlike libpq, does not verify under `require`),
+    /// and its file must hold PEM certificates.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        // libpq's variable, which sqlx honours too.
+        self.validate_tls_with(std::env::var("PGSSLMODE").ok())
+    }
+
+    /// [`Self::validate_tls`] with `PGSSLMODE`'s value given.
+    fn validate_tls_with(&self, pgsslmode: Option<String>) -> Result<(), ConfigError> {
+        let text = self.url.expose_secret();
+        if text.starts_with("sqlite:") {
+            if self.tls_ca_path().is_some() {
+                return Err(ConfigError::invalid(
+                    "database.tls_ca_path",
+                    "is for PostgreSQL; database.url is a SQLite database (leave it empty)",
+                ));
+            }
+            return Ok(());
+        }
+        let mut params = pg_tls_params(text)?;
+        if params.sslmode.is_none() {
+            params.sslmode = pgsslmode;
+        }
+        if let Some(mode) = &params.sslmode
+            && !PG_SSLMODES.contains(&mode.as_str())
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "has an unknown sslmode (in the URL or PGSSLMODE); use disable, allow, \
+                 prefer, require, verify-ca or verify-full",
+            ));
+        }
+        let (key, path) = match (&params.sslrootcert, self.tls_ca_path()) {
+            (None, None) => return Ok(()),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "database.tls_ca_path",
+                    "is set and database.url has sslrootcert too; give the CA file in one place",
+                ));
+            }
+            (Some(url_path), None) => ("database.url", PathBuf::from(url_path)),
+            (None, Some(path)) => ("database.tls_ca_path", path.to_path_buf()),
+        };
+        if !matches!(params.sslmode.as_deref(), Some("verify-ca" | "verify-full")) {
+            return Err(ConfigError::invalid(
+                key,
+                "gives a CA file, so database.url must ask for verification: \
+                 sslmode=verify-full (or verify-ca); other modes do not check the certificate",
+            ));
+        }
+        crate::tls::read_ca_file(&path).map_err(|error| {
+            ConfigError::invalid(
+                key,
+                format!("must name a PEM file of CA certificates: {error}"),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Puts `database.tls_ca_path` into the URL as `sslrootcert`, where sqlx
+    /// reads it (called once validated).
+    fn apply_tls_ca_path(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.tls_ca_path() else {
+            return Ok(());
+        };
+        let path = path
+            .to_str()
+            .ok_or_else(|| ConfigError::invalid("database.tls_ca_path", "must be a UTF-8 path"))?;
+        let mut url = Url::parse(self.url.expose_secret())
+            .map_err(|_| ConfigError::invalid("database.url", "is not a valid URL"))?;
+        url.query_pairs_mut().append_pair("sslrootcert", path);
+        self.url = SecretString::from(url.to_string());
+        Ok(())
+    }
+}
+
+/// The TLS parameters of a postgres:// URL (the last one wins, as in sqlx).
+fn pg_tls_params(text: &str) -> Result<PgTlsParams, ConfigError> {
+    let url =
+        Url::parse(text).map_err(|_| ConfigError::invalid("database.url", "is not a valid URL"))?;
+    let mut params = PgTlsParams::default();
+    for (name, value) in url.query_pairs() {
+        match name.as_ref() {
+            "sslmode" | "ssl-mode" => params.sslmode = Some(value.into_owned()),
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => {
+                params.sslrootcert = Some(value.into_owned());
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,8 +416,9 @@ fn load_layers(config_file: Option<&Path>) -> Result<(Settings, Figment), Config
             &string_keys,
             prefixed_variable,
         ));
-    let settings: Settings = figment.extract().map_err(parse_error)?;
+    let mut settings: Settings = figment.extract().map_err(parse_error)?;
     settings.validate()?;
+    settings.database.apply_tls_ca_path()?;
     Ok((settings, figment))
 }
 
@@ -589,6 +721,7 @@ impl Settings {
                 "must start with sqlite:, postgres:// or postgresql://",
             ));
         }
+        self.database.validate_tls()?;
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             return Err(ConfigError::invalid(
@@ -689,6 +822,20 @@ impl Settings {
                 "amqp.dead_queue",
                 "must differ from amqp.queue",
             ));
+        }
+        if let Some(path) = self.amqp.tls_ca_path() {
+            if !url.starts_with("amqps://") {
+                return Err(ConfigError::invalid(
+                    "amqp.tls_ca_path",
+                    "is set but amqp.url is not amqps:// (the CA would not be used)",
+                ));
+            }
+            crate::tls::read_ca_file(path).map_err(|error| {
+                ConfigError::invalid(
+                    "amqp.tls_ca_path",
+                    format!("must name a PEM file of CA certificates: {error}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -1148,5 +1295,181 @@ mod tests {
             assert_eq!(values.len(), leaf_keys().len());
             Ok(())
         });
+    }
+
+    /// Runs `load` in a jail holding `ca.pem` (a CA certificate) and
+    /// `junk.pem` (text, no certificate), with `env` set.
+    fn load_with_ca_files(env: &[(&str, &str)]) -> Result<Settings, String> {
+        let mut outcome = Err(String::new());
+        Jail::expect_with(|jail| {
+            jail.create_file("ca.pem", &crate::tls::test_ca_pem())?;
+            jail.create_file("junk.pem", "not a certificate\n")?;
+            for (var, value) in env {
+                jail.set_env(var, value);
+            }
+            outcome = load(None).map_err(|error| error.to_string());
+            Ok(())
+        });
+        outcome
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start_up_naming_the_key() {
+        let amqps = ("AMQP_URL", "amqps://u:hunter2@mq.example/%2f");
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 11] = [
+            (
+                &[("ZHIMA__AMQP__TLS_CA_PATH", "ca.pem")],
+                "`amqp.tls_ca_path`",
+                "amqp.url is not amqps://",
+            ),
+            (
+                &[amqps, ("ZHIMA__AMQP__TLS_CA_PATH", "missing.pem")],
+                "`amqp.tls_ca_path`",
+                "cannot read missing.pem",
+            ),
+            (
+                &[amqps, ("ZHIMA__AMQP__TLS_CA_PATH", "junk.pem")],
+                "`amqp.tls_ca_path`",
+                "no `-----BEGIN CERTIFICATE-----` block",
+            ),
+            (
+                &[("ZHIMA__DATABASE__TLS_CA_PATH", "ca.pem")],
+                "`database.tls_ca_path`",
+                "SQLite",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://db.example/x?sslmode=require"),
+                    ("ZHIMA__DATABASE__TLS_CA_PATH", "ca.pem"),
+                ],
+                "`database.tls_ca_path`",
+                "sslmode=verify-full (or verify-ca)",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://db.example/x"),
+                    ("ZHIMA__DATABASE__TLS_CA_PATH", "ca.pem"),
+                ],
+                "`database.tls_ca_path`",
+                "sslmode=verify-full (or verify-ca)",
+            ),
+            (
+                &[(
+                    "DATABASE_URL",
+                    "postgres://u:hunter2@db.example/x?sslmode=require&sslrootcert=ca.pem",
+                )],
+                "`database.url`",
+                "sslmode=verify-full (or verify-ca)",
+            ),
+            (
+                &[
+                    (
+                        "DATABASE_URL",
+                        "postgres://db.example/x?sslmode=verify-full&sslrootcert=ca.pem",
+                    ),
+                    ("ZHIMA__DATABASE__TLS_CA_PATH", "ca.pem"),
+                ],
+                "`database.tls_ca_path`",
+                "in one place",
+            ),
+            (
+                &[(
+                    "DATABASE_URL",
+                    "postgres://u:hunter2@db.example/x?sslmode=verify-full&sslrootcert=missing.pem",
+                )],
+                "`database.url`",
+                "cannot read missing.pem",
+            ),
+            (
+                &[
+                    ("DATABASE_URL", "postgres://db.example/x?sslmode=verify-ca"),
+                    ("ZHIMA__DATABASE__TLS_CA_PATH", "junk.pem"),
+                ],
+                "`database.tls_ca_path`",
+                "no `-----BEGIN CERTIFICATE-----` block",
+            ),
+            (
+                &[(
+                    "DATABASE_URL",
+                    "postgres://u:hunter2@db.example/x?sslmode=verify",
+                )],
+                "`database.url`",
+                "unknown sslmode",
+            ),
+        ];
+        for (env, key, rule) in cases {
+            let error = load_with_ca_files(env).expect_err(&format!("{env:?}"));
+            assert!(
+                error.contains(key) && error.contains(rule),
+                "{env:?}: {error}"
+            );
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_database_ca_file_reaches_the_url_as_sslrootcert() {
+        let settings = load_with_ca_files(&[
+            (
+                "DATABASE_URL",
+                "postgres://u:pw@db.example:5433/x?sslmode=verify-full",
+            ),
+            ("ZHIMA__DATABASE__TLS_CA_PATH", "ca.pem"),
+        ])
+        .unwrap();
+        assert_eq!(
+            settings.database.url.expose_secret(),
+            "postgres://u:pw@db.example:5433/x?sslmode=verify-full&sslrootcert=ca.pem"
+        );
+        let settings = load_with_ca_files(&[
+            ("AMQP_URL", "amqps://mq.example/%2f"),
+            ("ZHIMA__AMQP__TLS_CA_PATH", "ca.pem"),
+            (
+                "DATABASE_URL",
+                "postgres://db.example/x?sslmode=verify-ca&sslrootcert=ca.pem",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(settings.amqp.tls_ca_path(), Some(Path::new("ca.pem")));
+        assert!(
+            settings
+                .database
+                .url
+                .expose_secret()
+                .ends_with("?sslmode=verify-ca&sslrootcert=ca.pem")
+        );
+    }
+
+    /// `PGSSLMODE` stands for a URL without sslmode (given here rather than
+    /// set: the store's tests read it).
+    #[test]
+    fn pgsslmode_counts_as_the_url_sslmode() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::tls::test_ca_pem()).unwrap();
+        let database = |url: &str| DatabaseSettings {
+            url: url.to_owned().into(),
+            max_connections: NonZeroU32::MIN,
+            tls_ca_path: ca.clone(),
+        };
+        let bare = database("postgres://db.example/x");
+        bare.validate_tls_with(Some("verify-full".into())).unwrap();
+        let error = bare.validate_tls_with(None).unwrap_err().to_string();
+        assert!(
+            error.contains("sslmode=verify-full (or verify-ca)"),
+            "{error}"
+        );
+        let error = bare
+            .validate_tls_with(Some("verify".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown sslmode"), "{error}");
+        let explicit = database("postgres://db.example/x?sslmode=require");
+        let error = explicit
+            .validate_tls_with(Some("verify-full".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must ask for verification"), "{error}");
     }
 }

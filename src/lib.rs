@@ -54,4 +54,5 @@ pub mod retry;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

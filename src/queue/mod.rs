@@ -17,8 +17,9 @@ pub mod topology;
 
 use std::time::Duration;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties, DefaultConnectionBuilder};
 use secrecy::ExposeSecret;
 
 use crate::config::{AmqpSettings, QueueType};
@@ -39,6 +40,20 @@ pub const ERROR_HEADER: &str = "x-zhima-error";
 pub enum QueueError {
     #[error("could not connect to the broker at amqp.url")]
     Connect(#[source] lapin::Error),
+    /// The TLS handshake of an `amqps://` URL failed (a certificate that
+    /// does not verify, a port without TLS): retrying cannot help.
+    #[error(
+        "TLS to the broker (amqp.url) failed: {reason}; trusted: the system's roots and \
+         amqp.tls_ca_path"
+    )]
+    Tls {
+        reason: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// `amqp.tls_ca_path` changed since start-up checked it.
+    #[error("amqp.tls_ca_path: {0}")]
+    CaFile(#[source] crate::tls::CaFileError),
     /// The broker answered but will not have us: retrying cannot help.
     #[error("the broker refused the connection: {reason}")]
     Refused {
@@ -71,7 +86,10 @@ impl QueueError {
     /// Our credentials or vhost are wrong: fatal at start-up (a worker that
     /// has been connected keeps reconnecting, as for any other loss).
     pub(crate) fn is_refused(&self) -> bool {
-        matches!(self, Self::Refused { .. })
+        matches!(
+            self,
+            Self::Refused { .. } | Self::Tls { .. } | Self::CaFile(_)
+        )
     }
 }
 
@@ -131,15 +149,32 @@ impl QueueNames {
 }
 
 /// Opens a connection named after this process, so operators can tell
-/// replicas apart in `rabbitmqctl list_connections`.
+/// replicas apart in `rabbitmqctl list_connections`. An `amqps://` URL
+/// connects over TLS (rustls), trusting the system's roots and the
+/// certificates of `amqp.tls_ca_path`.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, QueueError> {
     let name = format!("zhima-worker {role} pid {}", std::process::id());
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(settings.url.expose_secret(), properties)
+    let mut tls = OwnedTLSConfig::default();
+    if let Some(path) = settings.tls_ca_path() {
+        let bundle = crate::tls::read_ca_file(path).map_err(QueueError::CaFile)?;
+        tls.cert_chain = Some(bundle.pem);
+    }
+    DefaultConnectionBuilder::new()
+        .map_err(QueueError::Connect)?
+        .with_uri_str(settings.url.expose_secret().to_owned())
+        .with_properties(properties)
+        .with_tls_config(tls)
+        .connect()
         .await
-        .map_err(|source| match refusal(&source) {
-            Some(reason) => QueueError::Refused { reason, source },
-            None => QueueError::Connect(source),
+        .map_err(|source| {
+            if let Some(reason) = refusal(&source) {
+                QueueError::Refused { reason, source }
+            } else if let Some(reason) = crate::tls::handshake_failure(&source) {
+                QueueError::Tls { reason, source }
+            } else {
+                QueueError::Connect(source)
+            }
         })
 }
 

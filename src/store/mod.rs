@@ -146,6 +146,17 @@ pub enum StoreError {
     },
     #[error("could not connect to the database at database.url")]
     Connect(#[source] sqlx::Error),
+    /// TLS to PostgreSQL failed (a certificate that does not verify, a server
+    /// without TLS): a configuration fault, never retried.
+    #[error(
+        "TLS to the database (database.url) failed: {reason}; trusted: the CA of \
+         database.tls_ca_path or the URL's sslrootcert, and the Mozilla roots"
+    )]
+    Tls {
+        reason: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("applying database migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("database {operation} failed")]
@@ -208,6 +219,21 @@ impl StoreError {
     fn query(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| StoreError::Query { operation, source }
     }
+
+    /// A failed connection attempt: [`StoreError::Tls`] when the TLS
+    /// handshake failed, [`StoreError::Connect`] otherwise.
+    fn connect(source: sqlx::Error) -> StoreError {
+        let reason = match &source {
+            sqlx::Error::Tls(error) => Some(
+                crate::tls::handshake_failure(error.as_ref()).unwrap_or_else(|| error.to_string()),
+            ),
+            other => crate::tls::handshake_failure(other),
+        };
+        match reason {
+            Some(reason) => StoreError::Tls { reason, source },
+            None => StoreError::Connect(source),
+        }
+    }
 }
 
 /// The longest database message quoted in a dead-letter reason.
@@ -220,6 +246,7 @@ const MAX_REASON_CHARS: usize = 300;
 /// the backend that produced them: the two code spaces overlap as numbers.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
+        sqlx::Error::Protocol(message) if is_cut_ssl_request(message) => true,
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -242,6 +269,14 @@ fn is_transient(e: &sqlx::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// sqlx reads the one-byte answer to PostgreSQL's SSLRequest without checking
+/// for the end of the stream: a connection closed at that moment (a restart,
+/// a proxy cut) reads as the byte 0x00, a protocol error, though it is a lost
+/// connection like any other.
+fn is_cut_ssl_request(message: &str) -> bool {
+    message.starts_with("unexpected response from SSLRequest: 0x00")
 }
 
 /// PostgreSQL SQLSTATEs that clear by themselves: connection exceptions

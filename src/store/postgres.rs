@@ -6,11 +6,12 @@
 //! `reconcile` for their tables). It implements [`Dialect`]'s statements and
 //! holds no policy: the transaction and the row rules are in `store/mod.rs`.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
 
 use super::LedgerRow;
@@ -28,18 +29,20 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options = connect_options(url)?;
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect(url)
+        .connect_with(options)
         .await
-        .map_err(StoreError::Connect)
+        .map_err(StoreError::connect)
 }
 
 pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
-    let mut conn = PgConnection::connect(url)
+    let options = connect_options(url)?;
+    let mut conn = PgConnection::connect_with(&options)
         .await
-        .map_err(StoreError::Connect)?;
+        .map_err(StoreError::connect)?;
     // `run_direct` is what `run` calls after acquiring; calling it directly
     // keeps this future `Send` (sqlx's `Acquire` bound on `run` is not general
     // enough for `tokio::spawn`).
@@ -51,6 +54,29 @@ pub(super) async fn migrate(url: &str) -> Result<(), StoreError> {
     // session, which releases the advisory lock either way.
     let _ = conn.close().await;
     outcome
+}
+
+/// The options of `url`, TLS included (see the README's "Encrypted
+/// transport"). TLS is used when asked for, by `sslmode` in the URL or
+/// `PGSSLMODE`; otherwise the connection is plain text, as it was before the
+/// worker could encrypt, rather than sqlx's default `prefer`, which tries TLS
+/// without checking who answers.
+fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    crate::tls::install_crypto_provider();
+    let options = PgConnectOptions::from_str(url).map_err(StoreError::connect)?;
+    if asks_for_sslmode(url) || std::env::var_os("PGSSLMODE").is_some() {
+        Ok(options)
+    } else {
+        Ok(options.ssl_mode(PgSslMode::Disable))
+    }
+}
+
+/// Whether `url` names an sslmode (sqlx's spellings).
+fn asks_for_sslmode(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|url| {
+        url.query_pairs()
+            .any(|(name, _)| matches!(name.as_ref(), "sslmode" | "ssl-mode"))
+    })
 }
 
 impl Dialect for Postgres {

@@ -633,6 +633,20 @@ async fn an_unknown_url_scheme_is_refused_naming_the_setting() {
     ));
 }
 
+/// sqlx reports a connection closed while it waits for the answer to its
+/// SSLRequest as a protocol error: it is a lost connection all the same.
+#[test]
+fn a_connection_closed_during_the_ssl_request_is_transient() {
+    let cut = StoreError::Connect(sqlx::Error::Protocol(
+        "unexpected response from SSLRequest: 0x00 (sqlx_postgres::connection::tls:95)".into(),
+    ));
+    assert!(cut.is_unavailable(), "{cut:?}");
+    let garbage = StoreError::Connect(sqlx::Error::Protocol(
+        "unexpected response from SSLRequest: 0x48".into(),
+    ));
+    assert!(!garbage.is_unavailable(), "{garbage:?}");
+}
+
 #[tokio::test]
 async fn a_database_that_refuses_connections_is_reported_unavailable() {
     let Err(err) = JobStore::connect("postgres://postgres@127.0.0.1:1/none", 1).await else {

@@ -18,6 +18,8 @@
 //! - `deploy`: everything under deploy/ (compose, Dockerfile, systemd unit,
 //!   Kubernetes manifests, alert rules, dashboard) against the real loader,
 //!   CLI, routes and metric names; promtool and systemd-analyze where present.
+//! - `tls`: `amqps://` and PostgreSQL `sslmode` with a CA made by the test
+//!   (`support::tls`: stunnel, a throwaway PostgreSQL cluster).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../support/mod.rs"]
@@ -38,5 +40,6 @@ mod results;
 mod sandbox;
 mod scale;
 mod status;
+mod tls;
 mod until_idle;
 mod worker;

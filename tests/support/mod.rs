@@ -14,6 +14,8 @@
 //! - [`http`]: free ports, GETs of a worker's HTTP server and its Prometheus
 //!   samples; [`poll`]: the one `eventually` poller; [`proxy`]: a TCP
 //!   forwarder that cuts and redirects a worker's connections.
+//! - [`tls`]: a test CA, stunnel in front of RabbitMQ and a PostgreSQL
+//!   cluster with `ssl = on`, each stopped when dropped.
 //!
 //! Only for tests and benches: setup failures panic, clean-up is best effort.
 //! Each includer uses a part of it.
@@ -34,6 +36,7 @@ pub mod poll;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 pub mod worker;
 
 pub use jobs::{cert_no, count_values, job, succeeded, with_check_character};
