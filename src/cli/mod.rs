@@ -72,6 +72,18 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         private_key: PathBuf,
     },
+    /// Print a certificate's SN (app_cert_sn, alipay_cert_sn) or, with --root, a bundle's root SN.
+    #[command(after_help = cert::CERT_SN_HELP)]
+    CertSn {
+        /// A PEM certificate (the first one counts when it holds a chain), or
+        /// with --root the root bundle.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The SNs of the bundle's RSA-signed roots joined by `_`
+        /// (alipay_root_cert_sn).
+        #[arg(long)]
+        root: bool,
+    },
     /// Check a gateway response's signature over its raw bytes.
     #[command(after_help = help::VERIFY_RESPONSE)]
     VerifyResponse {
@@ -213,6 +225,7 @@ impl Command {
                 params,
                 private_key,
             } => sign(&params, &private_key),
+            Command::CertSn { file, root } => cert::cert_sn(&file, root),
             Command::VerifyResponse {
                 body,
                 alipay_public_key,
@@ -315,6 +328,7 @@ fn verify_response(
     }
 }
 
+mod cert;
 mod help;
 mod operator;
 mod reconciliation;

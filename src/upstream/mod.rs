@@ -6,6 +6,7 @@
 //! the only HTTP client in the crate; it never retries by itself (the worker
 //! decides, from [`UpstreamError::class`]) and never logs keys, signatures or PII.
 
+pub mod cert;
 pub mod response;
 pub mod signing;
 

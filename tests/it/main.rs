@@ -20,6 +20,7 @@
 mod support;
 
 mod broker;
+mod certificate;
 mod cli;
 mod client;
 mod deploy;
