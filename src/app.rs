@@ -97,6 +97,7 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
     }
     let client =
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
+    client.attach_certificate_store(store.clone());
     let policy = settings.retry_policy().context("retry settings")?;
     let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
     let client = Arc::new(client);

@@ -31,12 +31,14 @@ macro_rules! with_pool {
     };
 }
 
+mod certs;
 mod dialect;
 mod leases;
 mod postgres;
 mod reconcile;
 mod sqlite;
 
+pub use certs::CertificateFetch;
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
 pub(crate) use leases::Membership;
