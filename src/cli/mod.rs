@@ -61,7 +61,7 @@ pub enum Command {
     Migrate,
     /// Run the simulated gateway.do (for tests and demos).
     #[command(after_help = help::SANDBOX)]
-    Sandbox(crate::sandbox::SandboxArgs),
+    Sandbox(Box<crate::sandbox::SandboxArgs>),
     /// Sign request parameters exactly as given (debugging signature mismatches).
     #[command(after_help = help::SIGN)]
     Sign {
@@ -218,7 +218,7 @@ impl Command {
             }
             Command::Migrate => migrate(&settings).await,
             Command::Sandbox(args) => {
-                crate::sandbox::run_cli(args).await?;
+                crate::sandbox::run_cli(*args).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Sign {

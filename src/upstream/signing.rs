@@ -384,6 +384,22 @@ impl PublicKey {
     }
 }
 
+/// The PKCS#1 `RSAPublicKey` DER of a public key file's text (SPKI or
+/// PKCS#1, PEM or bare base64): what a certificate for that key embeds (the
+/// sandbox issues app certificates for registered apps' keys).
+pub(crate) fn public_key_pkcs1_der(text: &str) -> Result<Vec<u8>, KeyError> {
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    match classify_der(&der_from_text(text)?)? {
+        KeyDer::Public(key) => key
+            .to_pkcs1_der()
+            .map(|der| der.as_bytes().to_vec())
+            .map_err(|e| KeyError::Malformed {
+                reason: e.to_string(),
+            }),
+        KeyDer::Pkcs8Private(_) | KeyDer::Pkcs1Private(_) => Err(KeyError::PrivateKeyInPublicSlot),
+    }
+}
+
 /// Reads at most one byte more than [`MAX_KEY_FILE_BYTES`], so an endless
 /// or huge file is refused without being read whole.
 fn read_key_file(path: &Path) -> Result<String, KeyError> {

@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn certificate_mode_adds_both_sns_to_the_signed_query_string() {
-        let key = crate::upstream::signing::test_support::merchant_key();
+        let key = crate::upstream::signing::test_support::merchant_private_pkcs8();
         let url = Url::parse("http://127.0.0.1/gateway.do").unwrap();
         let mut params = OutgoingParams {
             app_id: "2014072300007148",
