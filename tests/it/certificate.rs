@@ -98,3 +98,385 @@ fn cert_sn_refuses_hostile_files_with_exit_1_and_a_reason() {
     let output = zhima(&["cert-sn"]);
     assert_eq!(output.status.code(), Some(64));
 }
+
+// ---------------------------------------------------------------------------
+// The client in certificate mode against the sandbox in certificate mode.
+
+use zhima_worker::config::{self, UpstreamSettings};
+use zhima_worker::job::{Relation, RelationQuery, TransactionId};
+use zhima_worker::sandbox::{self, RunningSandbox, SandboxConfig};
+use zhima_worker::upstream::{ErrorClass, UpstreamClient, UpstreamError};
+
+const APP_ID: &str = zhima_worker::sandbox::DEFAULT_APP_ID;
+
+/// A sandbox in certificate mode for the test app; its files in the dir.
+async fn cert_sandbox() -> (tempfile::TempDir, RunningSandbox) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SandboxConfig::with_test_keys()
+        .unwrap()
+        .with_generated_certificates(
+            dir.path(),
+            &[(APP_ID.to_owned(), sandbox::test_app_public_key_file())],
+        )
+        .unwrap();
+    config.seed = Some(5);
+    (dir, sandbox::start(config).await.unwrap())
+}
+
+fn cert_settings(gateway_url: &str, dir: &Path) -> UpstreamSettings {
+    let mut upstream = config::load(None).unwrap().upstream;
+    upstream.gateway_url = gateway_url.parse().unwrap();
+    upstream.private_key_path = key_path("test_merchant_private.pem");
+    upstream.alipay_public_key_path = PathBuf::from("/nonexistent/not-needed.pem");
+    upstream.app_cert_path = dir.join(format!("appCertPublicKey_{APP_ID}.crt"));
+    upstream.alipay_cert_path = dir.join("alipayCertPublicKey_RSA2.crt");
+    upstream.alipay_root_cert_path = dir.join("alipayRootCert.crt");
+    upstream.timeout_ms = 5000;
+    upstream.allow_shared_key_file = true;
+    upstream
+}
+
+fn key_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/keys")
+        .join(name)
+}
+
+fn query(transaction_id: &str) -> RelationQuery {
+    RelationQuery {
+        product_code: "w1010100001000001200".into(),
+        transaction_id: transaction_id.parse::<TransactionId>().unwrap(),
+        cert_no: "640202199007164686".into(),
+        name: "张三".into(),
+        relation_phone: "15843991158".into(),
+        relation_name: "欧阳李四".into(),
+        relation: Some(Relation::Family),
+        linked_merchant_id: None,
+    }
+}
+
+#[tokio::test]
+async fn a_query_in_certificate_mode_succeeds_and_the_answer_names_the_certificate() {
+    let (dir, sandbox) = cert_sandbox().await;
+    let client = UpstreamClient::new(&cert_settings(&sandbox.gateway_url(), dir.path())).unwrap();
+    let report = client.query_relation(&query("cert_ok_1")).await;
+    let answer = report.outcome.unwrap();
+    assert!(!answer.biz_no.is_empty());
+    let raw = report.raw_body.unwrap();
+    let sn = sandbox.alipay_cert_sn().unwrap();
+    assert!(
+        raw.contains(&format!("\"alipay_cert_sn\":\"{sn}\"")),
+        "{raw}"
+    );
+    assert_eq!(sandbox.billed_for("cert_ok_1"), 1);
+    assert!(
+        sandbox.stats().cert_downloads.is_empty(),
+        "configured certificate used"
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_refuses_key_mode_and_wrong_sns_for_a_certificate_mode_app() {
+    let (dir, sandbox) = cert_sandbox().await;
+    // Key mode against a certificate-mode app: isv.missing-app-cert-sn,
+    // signed with the Alipay certificate's key (so unverifiable here).
+    let mut key_mode = cert_settings(&sandbox.gateway_url(), dir.path());
+    key_mode.app_cert_path = PathBuf::new();
+    key_mode.alipay_cert_path = PathBuf::new();
+    key_mode.alipay_root_cert_path = PathBuf::new();
+    key_mode.alipay_public_key_path = key_path("test_sandbox_public.pem");
+    let client = UpstreamClient::new(&key_mode).unwrap();
+    let report = client.query_relation(&query("cert_key_mode")).await;
+    assert_eq!(report.code.as_deref(), Some("40002"));
+    assert!(
+        report
+            .raw_body
+            .unwrap()
+            .contains(r#""sub_code":"isv.missing-app-cert-sn""#)
+    );
+    assert_eq!(sandbox.billed_for("cert_key_mode"), 0);
+
+    // Another app certificate (same key, other SN): isv.app-cert-not-exist.
+    let other = tempfile::tempdir().unwrap();
+    let (_other_dir, _other_sandbox) = {
+        let mut config = SandboxConfig::with_test_keys()
+            .unwrap()
+            .with_generated_certificates(
+                other.path(),
+                &[(APP_ID.to_owned(), sandbox::test_app_public_key_file())],
+            )
+            .unwrap();
+        config.seed = Some(1);
+        (other, sandbox::start(config).await.unwrap())
+    };
+    let mut wrong_app = cert_settings(&sandbox.gateway_url(), dir.path());
+    wrong_app.app_cert_path = _other_dir
+        .path()
+        .join(format!("appCertPublicKey_{APP_ID}.crt"));
+    let client = UpstreamClient::new(&wrong_app).unwrap();
+    let report = client.query_relation(&query("cert_wrong_app")).await;
+    assert!(
+        report
+            .raw_body
+            .as_deref()
+            .unwrap()
+            .contains(r#""sub_code":"isv.app-cert-not-exist""#)
+    );
+    let error = report.outcome.unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Configuration, "{error}");
+
+    // The other sandbox's root bundle: the documented root SN error.
+    let mut wrong_root = cert_settings(&sandbox.gateway_url(), dir.path());
+    wrong_root.alipay_root_cert_path = _other_dir.path().join("alipayRootCert.crt");
+    // The Alipay certificate must chain to the configured roots at start-up.
+    let error = UpstreamClient::new(&wrong_root).err().unwrap();
+    assert!(
+        error.to_string().contains("upstream.alipay_cert_path"),
+        "{error}"
+    );
+    wrong_root.alipay_cert_path = _other_dir.path().join("alipayCertPublicKey_RSA2.crt");
+    let client = UpstreamClient::new(&wrong_root).unwrap();
+    let report = client.query_relation(&query("cert_wrong_root")).await;
+    assert!(
+        report
+            .raw_body
+            .unwrap()
+            .contains(r#""sub_code":"isv.invalid-alipay-root-cert-sn""#)
+    );
+    assert_eq!(sandbox.stats().billed, 0);
+}
+
+#[tokio::test]
+async fn start_up_refuses_each_bad_certificate_naming_its_key() {
+    let (dir, sandbox) = cert_sandbox().await;
+    let url = sandbox.gateway_url();
+    let fixtures = |name: &str| fixture(name);
+    type Adjust = fn(&mut UpstreamSettings, &dyn Fn(&str) -> PathBuf, &Path);
+    let cases: [(&str, Adjust, &str); 6] = [
+        (
+            "app certificate of another key",
+            |s, f, _| s.app_cert_path = f("leaf.crt"),
+            "upstream.app_cert_path: certificate bb3cda92e16d34e98405afc0ced667da does not hold the public half",
+        ),
+        (
+            "a private key given as the app certificate",
+            |s, f, _| s.app_cert_path = f("leaf.key"),
+            "upstream.app_cert_path is unusable",
+        ),
+        (
+            "garbage root bundle",
+            |s, _, d| s.alipay_root_cert_path = d.join(format!("appCertPublicKey_{APP_ID}.crt")),
+            "upstream.alipay_cert_path",
+        ),
+        (
+            "root bundle without an RSA root",
+            |s, f, _| s.alipay_root_cert_path = f("root_ec.crt"),
+            "upstream.alipay_root_cert_path is unusable",
+        ),
+        (
+            "Alipay certificate chaining elsewhere",
+            |s, f, _| s.alipay_cert_path = f("leaf_chain.crt"),
+            "does not chain to any root",
+        ),
+        (
+            "missing file",
+            |s, _, _| s.alipay_cert_path = PathBuf::from("/nonexistent/alipay.crt"),
+            "/nonexistent/alipay.crt",
+        ),
+    ];
+    for (what, adjust, expected) in cases {
+        let mut settings = cert_settings(&url, dir.path());
+        adjust(&mut settings, &fixtures, dir.path());
+        let error = UpstreamClient::new(&settings)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        let text = format!("{error:#}");
+        let chain = std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(": ");
+        assert!(chain.contains(expected), "{what}: {chain} / {text}");
+        assert!(!chain.contains("MII"), "{what}: key material in the error");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_or_not_yet_valid_app_certificate_is_refused_at_start_up() {
+    let (dir, sandbox) = cert_sandbox().await;
+    // Certificates for the app key with a validity in the past / future,
+    // issued by a throwaway CA (validity is checked before anything else).
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    // The test merchant key is PKCS#8, which rcgen reads.
+    let app_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(key_path("test_merchant_private.pem")).unwrap(),
+    )
+    .unwrap();
+    for (not_before, not_after, expected) in [
+        (
+            rcgen::date_time_ymd(2000, 1, 1),
+            rcgen::date_time_ymd(2001, 1, 1),
+            "has expired",
+        ),
+        (
+            rcgen::date_time_ymd(2090, 1, 1),
+            rcgen::date_time_ymd(2091, 1, 1),
+            "is not yet valid",
+        ),
+    ] {
+        let mut params = rcgen::CertificateParams::default();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.signed_by(&app_key, &issuer).unwrap();
+        let path = dir.path().join("dated.crt");
+        std::fs::write(&path, cert.pem()).unwrap();
+        let mut settings = cert_settings(&sandbox.gateway_url(), dir.path());
+        settings.app_cert_path = path;
+        let error = UpstreamClient::new(&settings).err().unwrap().to_string();
+        assert!(error.contains("upstream.app_cert_path"), "{error}");
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn after_a_rotation_the_new_certificate_is_downloaded_once_and_verifies() {
+    let (dir, sandbox) = cert_sandbox().await;
+    let client = UpstreamClient::new(&cert_settings(&sandbox.gateway_url(), dir.path())).unwrap();
+    client
+        .query_relation(&query("rot_before"))
+        .await
+        .outcome
+        .unwrap();
+    let old = sandbox.alipay_cert_sn().unwrap();
+    let new = sandbox.rotate_alipay_cert(false).unwrap();
+    assert_ne!(old, new);
+    let mut tasks = Vec::new();
+    let client = std::sync::Arc::new(client);
+    for n in 0..8 {
+        let client = std::sync::Arc::clone(&client);
+        tasks.push(tokio::spawn(async move {
+            client
+                .query_relation(&query(&format!("rot_after_{n}")))
+                .await
+        }));
+    }
+    for task in tasks {
+        let report = task.await.unwrap();
+        report.outcome.unwrap();
+        assert!(report.raw_body.unwrap().contains(&new));
+    }
+    let downloads = sandbox.stats().cert_downloads;
+    assert_eq!(downloads.get(&new), Some(&1), "{downloads:?}");
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+}
+
+#[tokio::test]
+async fn a_downloaded_certificate_that_does_not_chain_is_a_configuration_fault() {
+    let (dir, sandbox) = cert_sandbox().await;
+    let client = UpstreamClient::new(&cert_settings(&sandbox.gateway_url(), dir.path())).unwrap();
+    let stranger = sandbox.rotate_alipay_cert(true).unwrap();
+    for attempt in 0..2 {
+        let report = client.query_relation(&query("rot_untrusted")).await;
+        let error = report.outcome.unwrap_err();
+        assert!(
+            matches!(&error, UpstreamError::CertificateUntrusted { sn, .. } if *sn == stranger),
+            "{error}"
+        );
+        assert_eq!(error.class(), ErrorClass::Configuration);
+        assert_eq!(error.error_code(), "ALIPAY_CERT_UNTRUSTED");
+        let text = error.to_string();
+        assert!(text.contains("upstream.alipay_root_cert_path"), "{text}");
+        assert!(text.contains("does not chain"), "{text}");
+        // Never trusted, so asked again on the next answer.
+        assert_eq!(
+            sandbox.stats().cert_downloads.get(&stranger),
+            Some(&(attempt + 1))
+        );
+    }
+    // A trusted rotation later: the same transaction_id succeeds, billed once.
+    sandbox.rotate_alipay_cert(false).unwrap();
+    client
+        .query_relation(&query("rot_untrusted"))
+        .await
+        .outcome
+        .unwrap();
+    assert_eq!(sandbox.billed_for("rot_untrusted"), 1);
+}
+
+/// A gateway that always answers `body` (HTTP 200).
+async fn fixed_answer_server(body: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move { body }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/gateway.do")
+}
+
+#[tokio::test]
+async fn hostile_alipay_cert_sns_are_never_looked_up_or_trusted() {
+    let (dir, _sandbox) = cert_sandbox().await;
+    let node = r#"{"code":"10000","msg":"Success","biz_no":"ZM1","relation_rank":"high"}"#;
+    let cases = [
+        (
+            "a".repeat(10_000),
+            "not a certificate SN (10000 characters)",
+        ),
+        ("../../etc/passwd".to_owned(), "not a certificate SN"),
+        (
+            "0123456789ABCDEF0123456789ABCDEF".to_owned(),
+            "not a certificate SN",
+        ),
+    ];
+    for (sn, expected) in cases {
+        let body = format!(
+            r#"{{"zhima_credit_relation_query_response":{node},"alipay_cert_sn":{},"sign":"AAAA"}}"#,
+            serde_json::to_string(&sn).unwrap()
+        );
+        let url = fixed_answer_server(body).await;
+        let client = UpstreamClient::new(&cert_settings(&url, dir.path())).unwrap();
+        let error = client
+            .query_relation(&query("hostile_sn"))
+            .await
+            .outcome
+            .unwrap_err();
+        assert_eq!(error.class(), ErrorClass::Unverified, "{error}");
+        assert!(error.to_string().contains(expected), "{error}");
+        assert!(error.to_string().len() < 500, "the SN is not echoed");
+    }
+    // A well-formed but unknown SN from a gateway that cannot deliver it:
+    // retryable, nothing trusted.
+    let body = format!(
+        r#"{{"zhima_credit_relation_query_response":{node},"alipay_cert_sn":"0123456789abcdef0123456789abcdef","sign":"AAAA"}}"#
+    );
+    let url = fixed_answer_server(body).await;
+    let client = UpstreamClient::new(&cert_settings(&url, dir.path())).unwrap();
+    let error = client
+        .query_relation(&query("hostile_sn"))
+        .await
+        .outcome
+        .unwrap_err();
+    assert!(
+        matches!(error, UpstreamError::CertificateFetch { .. }),
+        "{error}"
+    );
+    assert_eq!(error.class(), ErrorClass::Retryable);
+    // A non-string SN is ignored and the configured certificate is tried.
+    let body = format!(
+        r#"{{"zhima_credit_relation_query_response":{node},"alipay_cert_sn":{{"x":1}},"sign":"AAAA"}}"#
+    );
+    let url = fixed_answer_server(body).await;
+    let client = UpstreamClient::new(&cert_settings(&url, dir.path())).unwrap();
+    let error = client
+        .query_relation(&query("hostile_sn"))
+        .await
+        .outcome
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Unverified, "{error}");
+}
