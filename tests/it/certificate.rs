@@ -480,3 +480,267 @@ async fn hostile_alipay_cert_sns_are_never_looked_up_or_trusted() {
         .unwrap_err();
     assert_eq!(error.class(), ErrorClass::Unverified, "{error}");
 }
+
+// ---------------------------------------------------------------------------
+// The worker (`zhima-worker run`) in certificate mode, end to end.
+
+use std::time::Duration;
+
+use crate::support::http::{free_local_addr, get_text};
+use crate::support::worker::build;
+use crate::support::{Db, TestWorker, count_values, job, succeeded};
+use zhima_worker::sandbox::Faults;
+use zhima_worker::upstream::cert::read_pem_file;
+use zhima_worker::upstream::response::{SignTypeChoice, verify_response_body};
+use zhima_worker::upstream::signing::PublicKey;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// A worker whose sandbox serves certificate mode, configured with the
+/// sandbox's generated files (kept in the returned dir).
+async fn cert_worker(db: Db, faults: Faults) -> (tempfile::TempDir, TestWorker) {
+    let (dir, sandbox) = cert_sandbox().await;
+    sandbox.set_faults(faults);
+    let mut worker = build(db, sandbox).await;
+    let file = |name: String| dir.path().join(name).display().to_string();
+    for (key, value) in [
+        (
+            "ZHIMA__UPSTREAM__APP_CERT_PATH",
+            file(format!("appCertPublicKey_{APP_ID}.crt")),
+        ),
+        (
+            "ZHIMA__UPSTREAM__ALIPAY_CERT_PATH",
+            file("alipayCertPublicKey_RSA2.crt".into()),
+        ),
+        (
+            "ZHIMA__UPSTREAM__ALIPAY_ROOT_CERT_PATH",
+            file("alipayRootCert.crt".into()),
+        ),
+        // Not needed in certificate mode: a path that does not exist proves it.
+        (
+            "ZHIMA__UPSTREAM__ALIPAY_PUBLIC_KEY_PATH",
+            "/nonexistent/alipay_public.pem".into(),
+        ),
+    ] {
+        worker.env.insert(key.into(), value);
+    }
+    (dir, worker)
+}
+
+/// The keys of every certificate the sandbox signed with, from its answers
+/// to the download method (a test-side view, independent of the worker).
+fn key_of(pem_file: &Path) -> PublicKey {
+    read_pem_file(pem_file).unwrap()[0].public_key().unwrap()
+}
+
+/// Every stored answer verifies with one of `keys`.
+async fn stored_answers_verify(worker: &TestWorker, keys: &[PublicKey]) {
+    let bodies = worker
+        .query_rows("SELECT transaction_id, response_body FROM relation_checks")
+        .await;
+    assert!(!bodies.is_empty());
+    for (transaction_id, body) in bodies {
+        let verified = keys.iter().any(|key| {
+            verify_response_body(
+                body.as_bytes(),
+                "zhima.credit.relation.query",
+                key,
+                SignTypeChoice::Rsa2,
+            )
+            .is_ok()
+        });
+        assert!(verified, "{transaction_id}: stored evidence verifies");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_faults_in_certificate_mode_ends_as_in_key_mode() {
+    for db in [Db::Postgres, Db::Sqlite] {
+        let faults = Faults {
+            system_error_rate: 0.3,
+            http_5xx_after_billing_rate: 0.2,
+            ..Faults::default()
+        };
+        let (dir, worker) = cert_worker(db, faults).await;
+        for n in 0..30 {
+            worker.publish_job(&job("certflaky", n)).await;
+        }
+        worker.run_until_idle(LIMIT).await;
+        let statuses = worker.statuses().await;
+        assert_eq!(
+            succeeded(&statuses),
+            30,
+            "{db:?}: {:?}",
+            count_values(&statuses)
+        );
+        let stats = worker.sandbox.stats();
+        assert!(stats.requests > 30, "faults forced retries");
+        for n in 0..30 {
+            assert_eq!(worker.sandbox.billed_for(&format!("certflaky_{n}")), 1);
+        }
+        let ledger = worker.count("SELECT COUNT(*) FROM upstream_calls").await;
+        assert_eq!(ledger, i64::try_from(stats.requests).unwrap());
+        stored_answers_verify(
+            &worker,
+            &[key_of(&dir.path().join("alipayCertPublicKey_RSA2.crt"))],
+        )
+        .await;
+        worker.cleanup().await;
+    }
+}
+
+/// Lines of a replica's stderr (JSON logs) that mention Alipay certificates.
+fn collect_certificate_lines(
+    child: &mut tokio::process::Child,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&lines);
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if line.contains("Alipay certificate") {
+                sink.lock().unwrap().push(line);
+            }
+        }
+    });
+    lines
+}
+
+#[tokio::test]
+async fn rotation_mid_run_is_downloaded_once_and_used_by_both_replicas() {
+    let (dir, worker) = cert_worker(
+        Db::Postgres,
+        Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+    )
+    .await;
+    for n in 0..120 {
+        worker.publish_job(&job("certrot", n)).await;
+    }
+    let mut replicas = Vec::new();
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        let mut command = worker.command(&["run", "--until-idle"]);
+        command.stderr(std::process::Stdio::piped());
+        command.env("ZHIMA__WORKER__CONCURRENCY", "4");
+        let mut child = command.spawn().unwrap();
+        logs.push(collect_certificate_lines(&mut child));
+        replicas.push(child);
+    }
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) >= 20)
+        .await;
+    let old = worker.sandbox.alipay_cert_sn().unwrap();
+    let new = worker.sandbox.rotate_alipay_cert(false).unwrap();
+    for child in &mut replicas {
+        let status = tokio::time::timeout(LIMIT, child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 120, "{:?}", count_values(&statuses));
+    for n in 0..120 {
+        assert_eq!(worker.sandbox.billed_for(&format!("certrot_{n}")), 1);
+    }
+    let downloads = worker.sandbox.stats().cert_downloads;
+    assert_eq!(downloads.get(&new), Some(&1), "{downloads:?}");
+    assert_eq!(downloads.len(), 1, "{downloads:?}");
+    assert_eq!(
+        worker
+            .query_rows("SELECT cert_sn, cert_sn FROM alipay_certificates")
+            .await
+            .into_iter()
+            .map(|(sn, _)| sn)
+            .collect::<Vec<_>>(),
+        vec![new.clone()]
+    );
+    // One replica downloaded it, the other found it in the database.
+    let lines: Vec<Vec<String>> = logs.iter().map(|l| l.lock().unwrap().clone()).collect();
+    let count = |needle: &str| {
+        lines
+            .iter()
+            .filter(|replica| replica.iter().any(|line| line.contains(needle)))
+            .count()
+    };
+    assert_eq!(count("downloaded and trusted"), 1, "{lines:?}");
+    assert_eq!(count("loaded from the database"), 1, "{lines:?}");
+    // Answers before the rotation verify with the old certificate, after it
+    // with the new one; nothing else was stored.
+    let new_pem = dir.path().join("rotated.crt");
+    let stored: String = worker
+        .query_rows("SELECT pem, pem FROM alipay_certificates")
+        .await
+        .remove(0)
+        .0;
+    std::fs::write(&new_pem, stored).unwrap();
+    assert_ne!(old, new);
+    stored_answers_verify(
+        &worker,
+        &[
+            key_of(&dir.path().join("alipayCertPublicKey_RSA2.crt")),
+            key_of(&new_pem),
+        ],
+    )
+    .await;
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_download_that_does_not_chain_pauses_with_advice_and_stores_no_success() {
+    let (dir, worker) = cert_worker(Db::Postgres, Faults::default()).await;
+    let stranger = worker.sandbox.rotate_alipay_cert(true).unwrap();
+    for n in 0..10 {
+        worker.publish_job(&job("certbad", n)).await;
+    }
+    let listen = free_local_addr();
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    crate::support::until(LIMIT, "paused on the untrusted certificate", || async {
+        let (status, reason) = get_text(&format!("http://{listen}/readyz")).await;
+        status == 503 && reason.contains("does not chain")
+    })
+    .await;
+    let (_, reason) = get_text(&format!("http://{listen}/readyz")).await;
+    assert!(
+        reason.contains("upstream.alipay_root_cert_path"),
+        "advice: {reason}"
+    );
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 0, "{:?}", count_values(&statuses));
+    assert!(statuses.values().all(|s| s != "failed"));
+    assert_eq!(
+        worker
+            .count("SELECT COUNT(*) FROM alipay_certificates")
+            .await,
+        0,
+        "the untrusted certificate {stranger} is not stored"
+    );
+    // Alipay (here the sandbox) fixes its certificate: the probe resumes,
+    // every job succeeds, each billed once (the earlier answers replayed).
+    let fixed = worker.sandbox.rotate_alipay_cert(false).unwrap();
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 10)
+        .await;
+    assert_eq!(succeeded(&statuses), 10);
+    for n in 0..10 {
+        assert_eq!(worker.sandbox.billed_for(&format!("certbad_{n}")), 1);
+    }
+    assert_eq!(
+        worker
+            .query_rows("SELECT cert_sn, cert_sn FROM alipay_certificates")
+            .await
+            .into_iter()
+            .map(|(sn, _)| sn)
+            .collect::<Vec<_>>(),
+        vec![fixed]
+    );
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    drop(dir);
+    worker.cleanup().await;
+}
