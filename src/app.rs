@@ -101,6 +101,8 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
     let policy = settings.retry_policy().context("retry settings")?;
     let topology = Arc::new(Topology::for_policy(&settings.amqp, &policy));
     let client = Arc::new(client);
+    crate::upstream::reload::spawn_key_maintenance(Arc::clone(&client), settings.upstream.clone())
+        .context("installing the SIGHUP handler (key and certificate reload)")?;
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,
         burst: settings.rate_limit.burst,

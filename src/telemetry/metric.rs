@@ -35,3 +35,10 @@ pub(crate) const OUTCOME: &str = "outcome";
 pub(crate) const CODE: &str = "code";
 /// Label of [`UPSTREAM_CALLS_TOTAL`]: the gateway's sub_code, empty if none.
 pub(crate) const SUB_CODE: &str = "sub_code";
+
+/// Gauge, by [`ROLE`]: seconds until a configured certificate (certificate
+/// mode) stops being valid; negative once expired (`upstream::reload`).
+pub(crate) const CERTIFICATE_EXPIRY_SECONDS: &str = "zhima_certificate_expiry_seconds";
+/// Label of [`CERTIFICATE_EXPIRY_SECONDS`]: `app`, `alipay` or `root` (the
+/// root bundle's RSA root that expires first).
+pub(crate) const ROLE: &str = "role";

@@ -12,10 +12,12 @@ pub mod signing;
 
 mod classify;
 mod redact;
+pub mod reload;
 mod trust;
 mod wire;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -236,30 +238,16 @@ pub struct CallReport<A> {
     pub outcome: Result<A, UpstreamError>,
 }
 
-/// What verifies the gateway's answers.
-enum AlipayKeys {
-    /// Key mode: the Alipay public key.
-    Key(PublicKey),
-    /// Certificate mode: Alipay's certificates, by SN.
-    Certificates(Box<trust::CertMode>),
-}
-
-/// A pooled, signing gateway client. Cheap to share behind an `Arc`.
-pub struct UpstreamClient {
-    http: reqwest::Client,
-    gateway_url: Url,
-    app_id: String,
+/// The keys (and certificates) of one load: what signs our requests and
+/// what verifies the gateway's answers.
+struct Credentials {
     private_key: PrivateKey,
     alipay: AlipayKeys,
-    sign_type: SignType,
-    charset: Charset,
-    app_auth_token: Option<SecretString>,
-    max_response_bytes: u64,
 }
 
-impl UpstreamClient {
-    /// Loads both keys now, so a wrong key is a start-up error, not a failed job.
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, ClientSetupError> {
+impl Credentials {
+    /// Reads and checks every key and certificate file the settings name.
+    fn load(settings: &UpstreamSettings) -> Result<Self, ClientSetupError> {
         if !settings.allow_shared_key_file {
             refuse_shared_key_file(&settings.private_key_path)?;
         }
@@ -272,10 +260,45 @@ impl UpstreamClient {
                 chrono::Utc::now().timestamp(),
             )?)),
             None => AlipayKeys::Key(
-                PublicKey::from_file(&settings.alipay_public_key_path)
+                PublicKey::all_from_file(&settings.alipay_public_key_path)
                     .map_err(ClientSetupError::PublicKey)?,
             ),
         };
+        Ok(Self {
+            private_key,
+            alipay,
+        })
+    }
+}
+
+/// What verifies the gateway's answers.
+enum AlipayKeys {
+    /// Key mode: the Alipay public key; during a rotation several (the file
+    /// holds several PEM blocks), any one verifying is accepted.
+    Key(Vec<PublicKey>),
+    /// Certificate mode: Alipay's certificates, by SN.
+    Certificates(Box<trust::CertMode>),
+}
+
+/// A pooled, signing gateway client. Cheap to share behind an `Arc`.
+pub struct UpstreamClient {
+    http: reqwest::Client,
+    gateway_url: Url,
+    app_id: String,
+    /// Swapped whole by [`UpstreamClient::reload`] (SIGHUP).
+    credentials: std::sync::RwLock<Arc<Credentials>>,
+    /// Certificate mode: where downloaded certificates are shared.
+    cert_store: std::sync::OnceLock<crate::store::JobStore>,
+    sign_type: SignType,
+    charset: Charset,
+    app_auth_token: Option<SecretString>,
+    max_response_bytes: u64,
+}
+
+impl UpstreamClient {
+    /// Loads both keys now, so a wrong key is a start-up error, not a failed job.
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, ClientSetupError> {
+        let credentials = Credentials::load(settings)?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout())
             .timeout(settings.timeout())
@@ -292,8 +315,8 @@ impl UpstreamClient {
             http: builder.build().map_err(ClientSetupError::Http)?,
             gateway_url: settings.gateway_url.clone(),
             app_id: settings.app_id.clone(),
-            private_key,
-            alipay,
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            cert_store: std::sync::OnceLock::new(),
             sign_type: settings.sign_type,
             charset: settings.charset,
             app_auth_token: settings
@@ -307,17 +330,36 @@ impl UpstreamClient {
     /// are shared by the replicas and kept across restarts. Without it they
     /// are kept in memory only. Key mode: nothing to do.
     pub fn attach_certificate_store(&self, store: crate::store::JobStore) {
-        if let AlipayKeys::Certificates(mode) = &self.alipay {
-            let _ = mode.store.set(store);
-        }
+        let _ = self.cert_store.set(store);
     }
 
     /// The configured certificates' ends of validity (empty in key mode).
-    pub fn certificate_expiries(&self) -> &[Expiry] {
-        match &self.alipay {
-            AlipayKeys::Key(_) => &[],
-            AlipayKeys::Certificates(mode) => mode.expiries(),
+    pub fn certificate_expiries(&self) -> Vec<Expiry> {
+        match &self.credentials().alipay {
+            AlipayKeys::Key(_) => Vec::new(),
+            AlipayKeys::Certificates(mode) => mode.expiries().to_vec(),
         }
+    }
+
+    /// Reads every key and certificate file again (SIGHUP) with the same
+    /// checks as at start-up; on any error the keys in use stay. Calls in
+    /// flight finish with the keys they started with.
+    pub fn reload(&self, settings: &UpstreamSettings) -> Result<(), ClientSetupError> {
+        let credentials = Arc::new(Credentials::load(settings)?);
+        *self
+            .credentials
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = credentials;
+        Ok(())
+    }
+
+    fn credentials(&self) -> Arc<Credentials> {
+        Arc::clone(
+            &self
+                .credentials
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// One call of `zhima.credit.relation.query`.
@@ -395,7 +437,7 @@ impl UpstreamClient {
                 return CallReport::refused_before_reading(status, error, started.elapsed());
             }
         };
-        let alipay_key = match self.answer_key(&body).await {
+        let alipay_key = match self.answer_key(&body, M::METHOD).await {
             Ok(key) => key,
             Err(error) => {
                 let mut report =
@@ -428,6 +470,7 @@ impl UpstreamClient {
         &self,
         biz: &M::BizContent,
     ) -> Result<wire::SignedRequest, UpstreamError> {
+        let credentials = self.credentials();
         let biz_content = serde_json::to_string(biz).map_err(UpstreamError::Encode)?;
         let timestamp = timestamp_utc8(chrono::Utc::now());
         let params = wire::OutgoingParams {
@@ -438,14 +481,14 @@ impl UpstreamClient {
             timestamp: &timestamp,
             app_auth_token: self.app_auth_token.as_ref().map(|t| t.expose_secret()),
             biz_content: &biz_content,
-            cert_sns: match &self.alipay {
+            cert_sns: match &credentials.alipay {
                 AlipayKeys::Key(_) => None,
                 AlipayKeys::Certificates(mode) => {
                     Some((mode.app_cert_sn.as_str(), mode.root_sn.as_str()))
                 }
             },
         };
-        wire::sign_request(&self.gateway_url, &params, &self.private_key)
+        wire::sign_request(&self.gateway_url, &params, &credentials.private_key)
     }
 
     /// The key that verifies this answer. Certificate mode: the certificate
@@ -453,9 +496,17 @@ impl UpstreamClient {
     /// configured one when the answer names none (unsigned gateway errors). A
     /// body that cannot be scanned gets the configured key, and `read_answer`
     /// reports it as malformed.
-    async fn answer_key(&self, body: &[u8]) -> Result<PublicKey, UpstreamError> {
-        let mode = match &self.alipay {
-            AlipayKeys::Key(key) => return Ok(key.clone()),
+    async fn answer_key(&self, body: &[u8], method: &str) -> Result<PublicKey, UpstreamError> {
+        let credentials = self.credentials();
+        let mode = match &credentials.alipay {
+            AlipayKeys::Key(keys) => {
+                return self.verifying_key(keys, body, method).ok_or_else(|| {
+                    UpstreamError::Unverified {
+                        reason: "not checkable: no Alipay public key is loaded".into(),
+                        code: None,
+                    }
+                });
+            }
             AlipayKeys::Certificates(mode) => mode,
         };
         let configured = || {
@@ -485,6 +536,28 @@ impl UpstreamClient {
         self.fetch_certificate(mode, &sn).await
     }
 
+    /// Key mode: the one key, or during a rotation the first of the keys that
+    /// verifies the answer (the first key if none does, so that
+    /// `read_answer` reports the failure).
+    fn verifying_key(&self, keys: &[PublicKey], body: &[u8], method: &str) -> Option<PublicKey> {
+        let fallback = || keys.first().cloned();
+        if keys.len() < 2 {
+            fallback()
+        } else {
+            response::extract(body, &response::response_node_name(method), self.charset)
+                .ok()
+                .and_then(|extracted| {
+                    keys.iter()
+                        .find(|key| {
+                            response::verify(&extracted, key, self.sign_type)
+                                == response::Verification::Verified
+                        })
+                        .cloned()
+                })
+                .or_else(fallback)
+        }
+    }
+
     /// An Alipay certificate this process does not know: from the database if
     /// another replica (or an earlier run) stored it, else downloaded, checked
     /// to chain to a configured root, stored. One fetch at a time per process
@@ -503,7 +576,7 @@ impl UpstreamClient {
             sn: sn.to_owned(),
             reason: reason.to_string(),
         };
-        let mut fetch = match mode.store.get() {
+        let mut fetch = match self.cert_store.get() {
             Some(store) => match store.begin_certificate_fetch(sn).await {
                 Ok(fetch) => Some(fetch),
                 Err(error) => {

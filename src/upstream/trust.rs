@@ -14,13 +14,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{OnceLock, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 use super::ClientSetupError;
 use super::cert::{self, Certificate, ChainError, Validity};
 use super::signing::{PrivateKey, PublicKey, SignType};
 use crate::config::CertificatePaths;
-use crate::store::JobStore;
 
 /// A certificate whose end of validity the worker watches: its role (the
 /// label of `zhima_certificate_expiry_seconds`) and its end, Unix seconds.
@@ -39,7 +38,6 @@ pub(crate) struct CertMode {
     alipay_sn: String,
     keys: RwLock<HashMap<String, PublicKey>>,
     expiries: Vec<Expiry>,
-    pub(crate) store: OnceLock<JobStore>,
     /// One download at a time in this process; the database lock does the
     /// same across replicas.
     pub(crate) fetching: tokio::sync::Mutex<()>,
@@ -149,7 +147,6 @@ impl CertMode {
             keys: RwLock::new(HashMap::from([(alipay_sn.clone(), alipay_key)])),
             alipay_sn,
             expiries,
-            store: OnceLock::new(),
             fetching: tokio::sync::Mutex::new(()),
         })
     }

@@ -744,3 +744,172 @@ async fn a_download_that_does_not_chain_pauses_with_advice_and_stores_no_success
     drop(dir);
     worker.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// Rotation without restart: several Alipay public keys in key mode, reload.
+
+fn key_mode_settings(gateway_url: &str, alipay_keys: &Path) -> UpstreamSettings {
+    let mut upstream = config::load(None).unwrap().upstream;
+    upstream.gateway_url = gateway_url.parse().unwrap();
+    upstream.private_key_path = key_path("test_merchant_private.pem");
+    upstream.alipay_public_key_path = alipay_keys.to_owned();
+    upstream.timeout_ms = 5000;
+    upstream.allow_shared_key_file = true;
+    upstream
+}
+
+fn concat_keys(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+    let text: String = keys
+        .iter()
+        .map(|key| std::fs::read_to_string(key_path(key)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn key_mode_accepts_an_answer_verifying_with_any_configured_alipay_key() {
+    let sandbox = sandbox::start(SandboxConfig::with_test_keys().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The old key first, the new (the sandbox's) second, as during a rotation.
+    let both = concat_keys(
+        dir.path(),
+        "both.pem",
+        &["test_merchant_public.pem", "test_sandbox_public.pem"],
+    );
+    let client = UpstreamClient::new(&key_mode_settings(&sandbox.gateway_url(), &both)).unwrap();
+    client
+        .query_relation(&query("rotate_key_1"))
+        .await
+        .outcome
+        .unwrap();
+    // Neither key: unverified, as with one wrong key.
+    let wrong = concat_keys(
+        dir.path(),
+        "wrong.pem",
+        &["test_merchant_public.pem", "test_merchant_public.pem"],
+    );
+    let client = UpstreamClient::new(&key_mode_settings(&sandbox.gateway_url(), &wrong)).unwrap();
+    let error = client
+        .query_relation(&query("rotate_key_2"))
+        .await
+        .outcome
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Unverified, "{error}");
+    // A private key among the public ones is refused at start-up.
+    let mixed = concat_keys(
+        dir.path(),
+        "mixed.pem",
+        &["test_sandbox_public.pem", "test_merchant_private.pem"],
+    );
+    let error = UpstreamClient::new(&key_mode_settings(&sandbox.gateway_url(), &mixed))
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:?}").contains("PrivateKeyInPublicSlot"),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn reload_swaps_keys_and_keeps_the_old_ones_when_the_new_files_are_unusable() {
+    let sandbox = sandbox::start(SandboxConfig::with_test_keys().unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let alipay = concat_keys(dir.path(), "alipay.pem", &["test_merchant_public.pem"]);
+    let settings = key_mode_settings(&sandbox.gateway_url(), &alipay);
+    let client = UpstreamClient::new(&settings).unwrap();
+    let error = client
+        .query_relation(&query("reload_1"))
+        .await
+        .outcome
+        .unwrap_err();
+    assert_eq!(error.class(), ErrorClass::Unverified);
+    // The right key arrives: a reload picks it up, no restart.
+    concat_keys(dir.path(), "alipay.pem", &["test_sandbox_public.pem"]);
+    client.reload(&settings).unwrap();
+    client
+        .query_relation(&query("reload_1"))
+        .await
+        .outcome
+        .unwrap();
+    // A broken file: refused, the loaded key stays in use.
+    std::fs::write(
+        &alipay,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let error = client.reload(&settings).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("upstream.alipay_public_key_path"),
+        "{error}"
+    );
+    client
+        .query_relation(&query("reload_2"))
+        .await
+        .outcome
+        .unwrap();
+
+    // Certificate mode: the expiries are those of the configured files.
+    let (cert_dir, cert_sandbox) = cert_sandbox().await;
+    let cert_client =
+        UpstreamClient::new(&cert_settings(&cert_sandbox.gateway_url(), cert_dir.path())).unwrap();
+    let roles: Vec<&str> = cert_client
+        .certificate_expiries()
+        .iter()
+        .map(|expiry| expiry.role)
+        .collect();
+    assert_eq!(roles, ["app", "alipay", "root"]);
+    assert!(client.certificate_expiries().is_empty(), "key mode");
+}
+
+#[tokio::test]
+async fn the_worker_publishes_certificate_expiry_and_survives_sighup() {
+    let (dir, worker) = cert_worker(Db::Sqlite, Faults::default()).await;
+    let listen = free_local_addr();
+    let mut child = worker.start_run(&[("ZHIMA__HTTP__LISTEN", &listen)]);
+    let url = format!("http://{listen}/metrics");
+    crate::support::http::scrape_when_up(&url).await;
+    // /metrics is up before the client is: wait for the gauge.
+    let metrics = crate::support::eventually(LIMIT, "the certificate expiry gauge", || async {
+        crate::support::http::scrape(&url)
+            .await
+            .filter(|text| text.contains("zhima_certificate_expiry_seconds{role=\"alipay\"}"))
+    })
+    .await;
+    let alipay = read_pem_file(&dir.path().join("alipayCertPublicKey_RSA2.crt")).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    #[allow(clippy::cast_precision_loss)]
+    let expected = (alipay[0].not_after() - now) as f64;
+    let seen = crate::support::http::sample(
+        &metrics,
+        r#"zhima_certificate_expiry_seconds{role="alipay"}"#,
+    );
+    assert!((seen - expected).abs() < 120.0, "{seen} vs {expected}");
+    for role in ["app", "root"] {
+        let series = format!(r#"zhima_certificate_expiry_seconds{{role="{role}"}}"#);
+        assert!(
+            crate::support::http::sample(&metrics, &series) > 0.0,
+            "{role}"
+        );
+    }
+    // SIGHUP reloads (here: the same files); the worker keeps running.
+    crate::support::process::send_signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after SIGHUP"
+    );
+    worker.publish_job(&job("afterhup", 1)).await;
+    worker.wait_for_statuses(LIMIT, |s| succeeded(s) == 1).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
