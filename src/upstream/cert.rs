@@ -345,8 +345,8 @@ pub fn root_sn(roots: &[Certificate]) -> Result<String, CertError> {
     Ok(sns.join("_"))
 }
 
-/// Whether `text` has the shape of an SN (32 lowercase hex digits), or of a
-/// root SN (several joined by `_`). Bounds what an answer may make us look up.
+/// Whether `text` has the shape of a certificate SN: 32 lowercase hex digits.
+/// Bounds what an answer may make us look up or download.
 pub fn looks_like_sn(text: &str) -> bool {
     text.len() == 32
         && text

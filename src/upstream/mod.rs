@@ -639,7 +639,13 @@ impl UpstreamClient {
             .body(request.body)
             .send()
             .await
-            .map_err(|error| failed(format!("could not reach the gateway: {error}")))?;
+            .map_err(|error| {
+                // Without the URL: its query string carries our signature.
+                failed(format!(
+                    "could not reach the gateway: {}",
+                    error.without_url()
+                ))
+            })?;
         let status = sent.status().as_u16();
         if status != 200 {
             return Err(failed(format!("the gateway answered HTTP {status}")));

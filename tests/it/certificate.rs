@@ -913,3 +913,100 @@ async fn the_worker_publishes_certificate_expiry_and_survives_sighup() {
     let _ = child.wait().await;
     worker.cleanup().await;
 }
+
+/// A download request as an SDK sends it, signed with the merchant key, or
+/// with `sign` replaced when `sign_override` is given.
+async fn download_request(
+    sandbox: &RunningSandbox,
+    app_id: &str,
+    biz_content: &str,
+    sign_override: Option<&str>,
+) -> String {
+    use zhima_worker::upstream::signing::{PrivateKey, SignType, string_to_sign};
+    let key = PrivateKey::from_file(&key_path("test_merchant_private.pem")).unwrap();
+    let params = [
+        ("app_id", app_id),
+        ("method", "alipay.open.app.alipaycert.download"),
+        ("format", "JSON"),
+        ("charset", "utf-8"),
+        ("sign_type", "RSA2"),
+        ("timestamp", "2026-01-01 00:00:00"),
+        ("version", "1.0"),
+        ("biz_content", biz_content),
+    ];
+    let sign = match sign_override {
+        Some(sign) => sign.to_owned(),
+        None => key
+            .sign(SignType::Rsa2, string_to_sign(params).as_bytes())
+            .unwrap(),
+    };
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in params {
+        form.append_pair(name, value);
+    }
+    form.append_pair("sign", &sign);
+    reqwest::Client::new()
+        .post(sandbox.gateway_url())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.finish())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_sandbox_download_method_refuses_hostile_requests() {
+    let (_dir, sandbox) = cert_sandbox().await;
+    let current = sandbox.alipay_cert_sn().unwrap();
+    let good = download_request(
+        &sandbox,
+        APP_ID,
+        &format!(r#"{{"alipay_cert_sn":"{current}"}}"#),
+        None,
+    )
+    .await;
+    assert!(good.contains(r#""code":"10000""#), "{good}");
+    assert!(good.contains("alipay_cert_content"), "{good}");
+    let long = "a".repeat(10_000);
+    let cases = [
+        (
+            APP_ID,
+            format!(r#"{{"alipay_cert_sn":"{long}"}}"#),
+            None,
+            "isv.alipay-cert-not-exist",
+        ),
+        (
+            APP_ID,
+            r#"{"alipay_cert_sn":42}"#.to_owned(),
+            None,
+            "isv.alipay-cert-not-exist",
+        ),
+        (
+            APP_ID,
+            "not json".to_owned(),
+            None,
+            "isv.alipay-cert-not-exist",
+        ),
+        (
+            APP_ID,
+            format!(r#"{{"alipay_cert_sn":"{current}"}}"#),
+            Some("AAAA"),
+            "isv.invalid-signature",
+        ),
+        (
+            "2099000000000000",
+            format!(r#"{{"alipay_cert_sn":"{current}"}}"#),
+            None,
+            "isv.invalid-app-id",
+        ),
+    ];
+    for (app_id, biz, sign, expected) in cases {
+        let body = download_request(&sandbox, app_id, &biz, sign).await;
+        assert!(body.contains(expected), "{expected}: {body}");
+        assert!(!body.contains("alipay_cert_content"), "{expected}: {body}");
+    }
+    assert_eq!(sandbox.stats().cert_downloads.get(&current), Some(&1));
+}
