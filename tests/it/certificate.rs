@@ -1010,3 +1010,93 @@ async fn the_sandbox_download_method_refuses_hostile_requests() {
     }
     assert_eq!(sandbox.stats().cert_downloads.get(&current), Some(&1));
 }
+
+#[tokio::test]
+async fn sighup_picks_up_a_rotated_alipay_key_without_a_restart() {
+    let sandbox = crate::support::worker::start_sandbox(
+        Faults::default(),
+        zhima_worker::sandbox::SandboxClock::System,
+    )
+    .await;
+    let mut worker = build(Db::Sqlite, sandbox).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Only the old key at first: every answer fails verification.
+    let keys = concat_keys(dir.path(), "alipay.pem", &["test_merchant_public.pem"]);
+    worker.env.insert(
+        "ZHIMA__UPSTREAM__ALIPAY_PUBLIC_KEY_PATH".into(),
+        keys.display().to_string(),
+    );
+    for n in 0..10 {
+        worker.publish_job(&job("hup", n)).await;
+    }
+    let mut child = worker.start_run(&[]);
+    crate::support::until(LIMIT, "unverified answers seen", || async {
+        worker.sandbox.stats().requests >= 3
+    })
+    .await;
+    assert_eq!(
+        succeeded(&worker.statuses().await),
+        0,
+        "nothing verified yet"
+    );
+    // The rotation: old and new key in the file, then SIGHUP.
+    concat_keys(
+        dir.path(),
+        "alipay.pem",
+        &["test_merchant_public.pem", "test_sandbox_public.pem"],
+    );
+    crate::support::process::send_signal(&child, "HUP");
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 10)
+        .await;
+    assert_eq!(succeeded(&statuses), 10);
+    for n in 0..10 {
+        assert_eq!(worker.sandbox.billed_for(&format!("hup_{n}")), 1);
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the same process");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn replicas_fetching_the_same_certificate_take_turns_on_postgresql() {
+    use zhima_worker::store::JobStore;
+    let name = format!("zw_certlock_{}", crate::support::worker::random_id());
+    let url = crate::support::postgres::create_migrated_database(&name).await;
+    let first = JobStore::connect(&url, 2).await.unwrap();
+    let second = JobStore::connect(&url, 2).await.unwrap();
+    let sn = "0123456789abcdef0123456789abcdef";
+    let mut holding = first.begin_certificate_fetch(sn).await.unwrap();
+    assert_eq!(holding.stored().await.unwrap(), None);
+    // The second replica waits for the lock...
+    let waiting = tokio::spawn(async move {
+        let mut fetch = second.begin_certificate_fetch(sn).await.unwrap();
+        fetch.stored().await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the lock is held by the first fetch"
+    );
+    // ...and finds what the first stored.
+    holding
+        .store("-----BEGIN CERTIFICATE-----", chrono::Utc::now())
+        .await
+        .unwrap();
+    let seen = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
+    assert_eq!(seen.as_deref(), Some("-----BEGIN CERTIFICATE-----"));
+    // Another SN is not blocked by a held lock.
+    let _held = first.begin_certificate_fetch(sn).await.unwrap();
+    let third = JobStore::connect(&url, 2).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        third.begin_certificate_fetch("fedcba9876543210fedcba9876543210"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    drop(_held);
+    drop((first, third));
+    crate::support::postgres::drop_database(&name).await;
+}
