@@ -217,3 +217,19 @@ fn an_sn_has_32_lowercase_hex_digits() {
     assert!(!looks_like_sn(""));
     assert!(!looks_like_sn("9098519e37a071850e7280dd9e0460g6"));
 }
+
+#[test]
+fn an_attribute_without_an_rfc_2253_keyword_is_written_as_java_writes_it() {
+    // What a Java test (X509Certificate.getIssuerX500Principal().getName())
+    // asserts for this DN: the OID and the DER value in lowercase hex.
+    // OpenSSL writes `emailAddress=jerboaa@redhat.com,...` instead, and the
+    // Node SDK joins its parser's attribute names without escaping: for such
+    // DNs the tools disagree, and we follow Java.
+    let cert = one("email.crt");
+    let (_, parsed) = X509Certificate::from_der(cert.der()).unwrap();
+    assert_eq!(
+        issuer_rfc2253(parsed.issuer()).unwrap(),
+        "1.2.840.113549.1.9.1=#16126a6572626f6161407265646861742e636f6d,CN=test.example.com,\
+         O=Red Hat Inc.,L=Saalfelden,ST=Salzburg,C=AT"
+    );
+}
