@@ -1100,3 +1100,50 @@ async fn replicas_fetching_the_same_certificate_take_turns_on_postgresql() {
     drop((first, third));
     crate::support::postgres::drop_database(&name).await;
 }
+
+#[test]
+fn the_three_certificate_paths_are_set_together_or_not_at_all() {
+    let run = |env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .args(["config", "show"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("DATABASE_URL")
+            .env_remove("AMQP_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (
+            &[("ZHIMA__UPSTREAM__APP_CERT_PATH", "app.crt")],
+            "`upstream.alipay_cert_path` must be set in certificate mode",
+        ),
+        (
+            &[
+                ("ZHIMA__UPSTREAM__APP_CERT_PATH", "app.crt"),
+                ("ZHIMA__UPSTREAM__ALIPAY_CERT_PATH", "alipay.crt"),
+            ],
+            "`upstream.alipay_root_cert_path` must be set in certificate mode",
+        ),
+        (
+            &[("ZHIMA__UPSTREAM__ALIPAY_ROOT_CERT_PATH", "root.crt")],
+            "`upstream.alipay_root_cert_path` is only used in certificate mode",
+        ),
+    ];
+    for (env, expected) in cases {
+        let output = run(env);
+        assert_eq!(output.status.code(), Some(1), "{env:?}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{env:?}: {}",
+            stderr(&output)
+        );
+    }
+    let all = run(&[
+        ("ZHIMA__UPSTREAM__APP_CERT_PATH", "app.crt"),
+        ("ZHIMA__UPSTREAM__ALIPAY_CERT_PATH", "alipay.crt"),
+        ("ZHIMA__UPSTREAM__ALIPAY_ROOT_CERT_PATH", "root.crt"),
+    ]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert!(stdout(&all).contains("upstream.app_cert_path = \"app.crt\""));
+}
