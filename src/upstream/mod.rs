@@ -562,15 +562,38 @@ impl UpstreamClient {
     /// another replica (or an earlier run) stored it, else downloaded, checked
     /// to chain to a configured root, stored. One fetch at a time per process
     /// and, on PostgreSQL, per SN across replicas.
+    ///
+    /// A fetch that failed is not tried again for the same SN within
+    /// [`trust::FETCH_RETRY_AFTER`]: the answers meanwhile fail the same way
+    /// without a call (downloads do not go through the rate limiter).
     async fn fetch_certificate(
         &self,
         mode: &trust::CertMode,
         sn: &str,
     ) -> Result<PublicKey, UpstreamError> {
-        let _one_at_a_time = mode.fetching.lock().await;
+        let mut last_failure = mode.fetching.lock().await;
         if let Some(key) = mode.known_key(sn) {
             return Ok(key);
         }
+        if let Some(failed) = last_failure
+            .as_ref()
+            .and_then(|failed| failed.still_for(sn))
+        {
+            return Err(failed);
+        }
+        let fetched = self.fetch_certificate_now(mode, sn).await;
+        *last_failure = fetched
+            .as_ref()
+            .err()
+            .and_then(|error| trust::FailedFetch::of(sn, error));
+        fetched
+    }
+
+    async fn fetch_certificate_now(
+        &self,
+        mode: &trust::CertMode,
+        sn: &str,
+    ) -> Result<PublicKey, UpstreamError> {
         let now = chrono::Utc::now().timestamp();
         let untrusted = |reason: trust::Refusal| UpstreamError::CertificateUntrusted {
             sn: sn.to_owned(),

@@ -16,9 +16,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
-use super::ClientSetupError;
 use super::cert::{self, Certificate, ChainError, Validity};
 use super::signing::{PrivateKey, PublicKey, SignType};
+use super::{ClientSetupError, UpstreamError};
 use crate::config::CertificatePaths;
 
 /// A certificate whose end of validity the worker watches: its role (the
@@ -38,9 +38,9 @@ pub(crate) struct CertMode {
     alipay_sn: String,
     keys: RwLock<HashMap<String, PublicKey>>,
     expiries: Vec<Expiry>,
-    /// One download at a time in this process; the database lock does the
-    /// same across replicas.
-    pub(crate) fetching: tokio::sync::Mutex<()>,
+    /// One download at a time in this process (the database lock does the
+    /// same across replicas), and the last fetch that failed.
+    pub(crate) fetching: tokio::sync::Mutex<Option<FailedFetch>>,
 }
 
 impl std::fmt::Debug for CertMode {
@@ -50,6 +50,50 @@ impl std::fmt::Debug for CertMode {
             .field("root_sn", &self.root_sn)
             .field("alipay_sn", &self.alipay_sn)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long a failed certificate fetch is not retried for the same SN.
+pub(crate) const FETCH_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A certificate fetch that failed, remembered for [`FETCH_RETRY_AFTER`].
+#[derive(Debug, Clone)]
+pub(crate) struct FailedFetch {
+    sn: String,
+    at: std::time::Instant,
+    untrusted: bool,
+    reason: String,
+}
+
+impl FailedFetch {
+    /// Remembers a fetch or trust failure (other errors are not fetch
+    /// failures and are not remembered).
+    pub(crate) fn of(sn: &str, error: &UpstreamError) -> Option<Self> {
+        let (untrusted, reason) = match error {
+            UpstreamError::CertificateUntrusted { reason, .. } => (true, reason),
+            UpstreamError::CertificateFetch { reason, .. } => (false, reason),
+            _ => return None,
+        };
+        Some(Self {
+            sn: sn.to_owned(),
+            at: std::time::Instant::now(),
+            untrusted,
+            reason: reason.clone(),
+        })
+    }
+
+    /// The same error again, if it concerns `sn` and is recent.
+    pub(crate) fn still_for(&self, sn: &str) -> Option<UpstreamError> {
+        if self.sn != sn || self.at.elapsed() >= FETCH_RETRY_AFTER {
+            return None;
+        }
+        let sn = sn.to_owned();
+        let reason = self.reason.clone();
+        Some(if self.untrusted {
+            UpstreamError::CertificateUntrusted { sn, reason }
+        } else {
+            UpstreamError::CertificateFetch { sn, reason }
+        })
     }
 }
 
@@ -147,7 +191,7 @@ impl CertMode {
             keys: RwLock::new(HashMap::from([(alipay_sn.clone(), alipay_key)])),
             alipay_sn,
             expiries,
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: tokio::sync::Mutex::new(None),
         })
     }
 
