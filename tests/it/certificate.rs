@@ -1144,3 +1144,151 @@ fn the_three_certificate_paths_are_set_together_or_not_at_all() {
     assert!(all.status.success(), "{}", stderr(&all));
     assert!(stdout(&all).contains("upstream.app_cert_path = \"app.crt\""));
 }
+
+#[tokio::test]
+async fn the_sandbox_serves_certificate_mode_from_given_files() {
+    // Files as --cert-dir wrote them, given back with the explicit flags'
+    // constructor.
+    let dir = tempfile::tempdir().unwrap();
+    let generated = SandboxConfig::with_test_keys()
+        .unwrap()
+        .with_generated_certificates(
+            dir.path(),
+            &[(APP_ID.to_owned(), sandbox::test_app_public_key_file())],
+        )
+        .unwrap();
+    drop(generated);
+    let mut config = SandboxConfig::with_test_keys().unwrap();
+    config.certificates = Some(
+        sandbox::SandboxCertificates::from_files(
+            &dir.path().join("alipayRootCert.crt"),
+            &dir.path().join("alipayCertPublicKey_RSA2.crt"),
+            &dir.path().join("alipayCertPrivateKey.pem"),
+            &[(
+                APP_ID.to_owned(),
+                dir.path().join(format!("appCertPublicKey_{APP_ID}.crt")),
+            )],
+        )
+        .unwrap(),
+    );
+    let sandbox = sandbox::start(config).await.unwrap();
+    let client = UpstreamClient::new(&cert_settings(&sandbox.gateway_url(), dir.path())).unwrap();
+    client
+        .query_relation(&query("from_files"))
+        .await
+        .outcome
+        .unwrap();
+    // Without the root's key there is nothing to issue a rotation with.
+    let refused = sandbox.rotate_alipay_cert(false).unwrap_err();
+    assert!(refused.contains("--cert-dir"), "{refused}");
+    let answer = reqwest::Client::new()
+        .post(format!("{}/admin/rotate-alipay-cert", sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 409);
+}
+
+/// [`zhima`], killed after `limit` (a sandbox that started by mistake would
+/// otherwise serve forever).
+fn zhima_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sandbox_certificate_flags_are_checked_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture("roots.crt");
+    let leaf = fixture("leaf.crt");
+    let key = fixture("leaf.key");
+    let root = root.to_str().unwrap();
+    let leaf = leaf.to_str().unwrap();
+    let key = key.to_str().unwrap();
+    let cert_dir = dir.path().to_str().unwrap();
+    let ec_root = fixture("root_ec.crt");
+    let ec_root = ec_root.to_str().unwrap();
+    let app_cert = format!("{APP_ID}={leaf}");
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec!["--root-cert", root],
+            "needs --root-cert, --alipay-cert, --alipay-cert-key and at least one --app-cert",
+        ),
+        (
+            vec!["--cert-dir", cert_dir, "--root-cert", root],
+            "--cert-dir generates every certificate",
+        ),
+        (
+            vec![
+                "--root-cert",
+                root,
+                "--alipay-cert",
+                leaf,
+                "--alipay-cert-key",
+                key,
+                "--app-cert",
+                "2099000000000000=x.crt",
+            ],
+            "no such app",
+        ),
+        (
+            vec![
+                "--root-cert",
+                ec_root,
+                "--alipay-cert",
+                leaf,
+                "--alipay-cert-key",
+                key,
+                "--app-cert",
+                &app_cert,
+            ],
+            "no root in the bundle is RSA-signed",
+        ),
+        (
+            vec![
+                "--root-cert",
+                root,
+                "--alipay-cert",
+                key,
+                "--alipay-cert-key",
+                key,
+                "--app-cert",
+                &app_cert,
+            ],
+            "holds a private key",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec!["sandbox", "--listen", "127.0.0.1:0"];
+        args.extend(flags.iter().copied());
+        let output = zhima_within(&args, Duration::from_secs(30));
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}: did not listen");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
