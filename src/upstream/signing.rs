@@ -208,8 +208,9 @@ pub enum KeyError {
     #[error("encrypted private keys are not supported: export it unencrypted (PKCS#1 or PKCS#8)")]
     Encrypted,
     #[error(
-        "this is a certificate, not a key: public-key certificate mode is not supported, \
-         give the bare RSA public key"
+        "this is a certificate, not a key: in key mode give the bare RSA public key; for \
+         public-key certificate mode set upstream.app_cert_path, upstream.alipay_cert_path \
+         and upstream.alipay_root_cert_path instead (README \"Certificate mode\")"
     )]
     Certificate,
     #[error("not an RSA key in PKCS#1 or PKCS#8 (PEM or bare base64): {reason}")]
