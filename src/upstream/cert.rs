@@ -91,6 +91,9 @@ pub struct Certificate {
     not_before: i64,
     not_after: i64,
     signature_oid: String,
+    /// Basic constraints say CA, and key usage (if present) allows signing
+    /// certificates: only such a certificate may issue others in a chain.
+    is_ca: bool,
 }
 
 impl fmt::Debug for Certificate {
@@ -117,12 +120,19 @@ impl Certificate {
         }
         let sn = sn_of(&cert).map_err(malformed)?;
         let validity = cert.validity();
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(constraints)) if constraints.value.ca)
+            && match cert.key_usage() {
+                Ok(Some(usage)) => usage.value.key_cert_sign(),
+                Ok(None) => true,
+                Err(_) => false,
+            };
         Ok(Self {
             der: der.to_vec(),
             sn,
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             signature_oid: cert.signature_algorithm.algorithm.to_id_string(),
+            is_ca,
         })
     }
 
@@ -156,6 +166,12 @@ impl Certificate {
         }
         pem.push_str("-----END CERTIFICATE-----\n");
         pem
+    }
+
+    /// Whether it may issue certificates (basic constraints `cA`, and
+    /// `keyCertSign` when key usage is given).
+    pub fn is_ca(&self) -> bool {
+        self.is_ca
     }
 
     /// Whether the certificate itself is signed with an RSA algorithm.
@@ -236,9 +252,9 @@ pub enum ChainError {
 }
 
 /// Checks that `chain[0]` (the leaf) is valid at `now` and chains, through
-/// the other certificates of `chain` (intermediates, in any order) and every
-/// one of them valid at `now`, to a certificate of `roots`. Depth is bounded
-/// by the number of certificates given.
+/// the other certificates of `chain` (intermediates, in any order, each a CA
+/// and valid at `now`), to a certificate of `roots` (trust anchors, taken as
+/// they are). Depth is bounded by the number of certificates given.
 pub fn check_chain(
     chain: &[Certificate],
     roots: &[Certificate],
@@ -268,10 +284,11 @@ pub fn check_chain(
         {
             return Ok(());
         }
-        let next = chain
-            .iter()
-            .skip(1)
-            .find(|candidate| candidate.der != current.der && current.is_signed_by(candidate));
+        // An intermediate must be a CA: the holder of an end-entity
+        // certificate (any merchant's app certificate) cannot issue one.
+        let next = chain.iter().skip(1).find(|candidate| {
+            candidate.der != current.der && candidate.is_ca() && current.is_signed_by(candidate)
+        });
         match next {
             Some(next) => current = next,
             None => break,

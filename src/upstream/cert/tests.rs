@@ -233,3 +233,27 @@ fn an_attribute_without_an_rfc_2253_keyword_is_written_as_java_writes_it() {
          O=Red Hat Inc.,L=Saalfelden,ST=Salzburg,C=AT"
     );
 }
+
+#[test]
+fn a_certificate_issued_by_a_non_ca_certificate_does_not_chain() {
+    // forged_chain.crt: a certificate signed with leaf.key, then leaf.crt (a
+    // v1 end-entity certificate, not a CA) and inter.crt: every signature
+    // verifies, but the holder of an end-entity certificate (any merchant's
+    // app certificate) must not be able to mint an Alipay certificate.
+    let roots = read_pem_file(&fixture("roots.crt")).unwrap();
+    let forged = read_pem_file(&fixture("forged_chain.crt")).unwrap();
+    assert!(
+        forged[0].is_signed_by(&forged[1]),
+        "the signature itself verifies"
+    );
+    let now = chrono::Utc::now().timestamp();
+    assert!(matches!(
+        check_chain(&forged, &roots, now),
+        Err(ChainError::Untrusted { .. })
+    ));
+    // The intermediate of the genuine chain is a CA and is accepted.
+    let chain = read_pem_file(&fixture("leaf_chain.crt")).unwrap();
+    assert!(chain[1].is_ca());
+    assert!(!chain[0].is_ca());
+    assert_eq!(check_chain(&chain, &roots, now), Ok(()));
+}
