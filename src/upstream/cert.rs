@@ -91,6 +91,11 @@ pub struct Certificate {
     not_before: i64,
     not_after: i64,
     signature_oid: String,
+    /// The raw DER of the issuer and subject names, to find an issuer.
+    issuer_der: Vec<u8>,
+    subject_der: Vec<u8>,
+    /// The issuer DN as the SN uses it (for messages).
+    issuer_dn: String,
     /// Basic constraints say CA, and key usage (if present) allows signing
     /// certificates: only such a certificate may issue others in a chain.
     is_ca: bool,
@@ -118,6 +123,7 @@ impl Certificate {
                 rest.len()
             )));
         }
+        let issuer_dn = issuer_rfc2253(cert.issuer()).map_err(malformed)?;
         let sn = sn_of(&cert).map_err(malformed)?;
         let validity = cert.validity();
         let is_ca = matches!(cert.basic_constraints(), Ok(Some(constraints)) if constraints.value.ca)
@@ -132,6 +138,9 @@ impl Certificate {
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             signature_oid: cert.signature_algorithm.algorithm.to_id_string(),
+            issuer_der: cert.issuer().as_raw().to_vec(),
+            subject_der: cert.subject().as_raw().to_vec(),
+            issuer_dn,
             is_ca,
         })
     }
@@ -249,6 +258,13 @@ pub enum ChainError {
          (no path through the certificates given)"
     )]
     Untrusted { sn: String },
+    /// No certificate given (chain or roots) has the name of the issuer the
+    /// path needs next: the chain cannot be checked, rather than shown wrong.
+    #[error(
+        "certificate {sn} cannot be checked against upstream.alipay_root_cert_path: its \
+         issuer {issuer:?} is neither in the file nor in the root bundle"
+    )]
+    IssuerMissing { sn: String, issuer: String },
 }
 
 /// Checks that `chain[0]` (the leaf) is valid at `now` and chains, through
@@ -291,7 +307,16 @@ pub fn check_chain(
         });
         match next {
             Some(next) => current = next,
-            None => break,
+            None => {
+                let named = |cert: &Certificate| cert.subject_der == current.issuer_der;
+                if !roots.iter().any(named) && !chain.iter().any(named) {
+                    return Err(ChainError::IssuerMissing {
+                        sn: leaf.sn.clone(),
+                        issuer: current.issuer_dn.clone(),
+                    });
+                }
+                break;
+            }
         }
     }
     Err(ChainError::Untrusted {

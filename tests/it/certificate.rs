@@ -252,7 +252,7 @@ async fn start_up_refuses_each_bad_certificate_naming_its_key() {
     let url = sandbox.gateway_url();
     let fixtures = |name: &str| fixture(name);
     type Adjust = fn(&mut UpstreamSettings, &dyn Fn(&str) -> PathBuf, &Path);
-    let cases: [(&str, Adjust, &str); 6] = [
+    let cases: [(&str, Adjust, &str); 7] = [
         (
             "app certificate of another key",
             |s, f, _| s.app_cert_path = f("leaf.crt"),
@@ -265,8 +265,8 @@ async fn start_up_refuses_each_bad_certificate_naming_its_key() {
         ),
         (
             "garbage root bundle",
-            |s, _, d| s.alipay_root_cert_path = d.join(format!("appCertPublicKey_{APP_ID}.crt")),
-            "upstream.alipay_cert_path",
+            |s, f, _| s.alipay_root_cert_path = f("make.sh"),
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
         ),
         (
             "root bundle without an RSA root",
@@ -274,8 +274,19 @@ async fn start_up_refuses_each_bad_certificate_naming_its_key() {
             "upstream.alipay_root_cert_path is unusable",
         ),
         (
-            "Alipay certificate chaining elsewhere",
-            |s, f, _| s.alipay_cert_path = f("leaf_chain.crt"),
+            "Alipay certificate whose issuer's name is in the bundle, not its key",
+            |s, f, _| {
+                s.alipay_cert_path = f("leaf_chain.crt");
+                s.alipay_root_cert_path = f("stranger.crt");
+            },
+            "does not chain to any root",
+        ),
+        (
+            "Alipay certificate minted with an end-entity certificate's key",
+            |s, f, _| {
+                s.alipay_cert_path = f("forged_chain.crt");
+                s.alipay_root_cert_path = f("roots.crt");
+            },
             "does not chain to any root",
         ),
         (
@@ -298,6 +309,13 @@ async fn start_up_refuses_each_bad_certificate_naming_its_key() {
         assert!(chain.contains(expected), "{what}: {chain} / {text}");
         assert!(!chain.contains("MII"), "{what}: key material in the error");
     }
+    // The console's Alipay certificate file holds the leaf only: when its
+    // issuer is in neither file, the chain cannot be checked and the file is
+    // used as configured (with a WARN), not refused.
+    let mut settings = cert_settings(&url, dir.path());
+    settings.alipay_cert_path = fixture("leaf.crt");
+    settings.alipay_root_cert_path = fixture("roots.crt");
+    UpstreamClient::new(&settings).unwrap();
 }
 
 #[tokio::test]

@@ -98,20 +98,25 @@ fn chains_through_an_intermediate_to_an_rsa_root_and_directly_to_an_ec_root() {
     assert_eq!(check_chain(&chain, &roots, now), Ok(()));
     let leaf_ec = read_pem_file(&fixture("leaf_ec.crt")).unwrap();
     assert_eq!(check_chain(&leaf_ec, &roots, now), Ok(()));
-    // The leaf alone, without its intermediate, does not chain.
+    // The leaf alone, without its intermediate, cannot be checked: its
+    // issuer is nowhere.
     let leaf = read_pem_file(&fixture("leaf.crt")).unwrap();
-    assert!(matches!(
+    assert_eq!(
         check_chain(&leaf, &roots, now),
-        Err(ChainError::Untrusted { .. })
-    ));
+        Err(ChainError::IssuerMissing {
+            sn: "bb3cda92e16d34e98405afc0ced667da".into(),
+            issuer: "CN=Zhima Test Class 2 R1,OU=Certification Authority,O=Zhima Test,C=CN".into(),
+        })
+    );
 }
 
 #[test]
 fn a_root_with_the_same_name_but_another_key_is_not_trusted() {
-    // stranger.crt has the RSA root's CN but its own key; leaf_chain's
-    // intermediate names an issuer DN that differs from stranger's, and the
-    // signature is checked anyway.
+    // stranger.crt has the RSA root's name and serial (hence its SN) but
+    // its own key: the name matches, the signature does not.
     let stranger = read_pem_file(&fixture("stranger.crt")).unwrap();
+    let root = read_pem_file(&fixture("root_rsa.crt")).unwrap();
+    assert_eq!(stranger[0].sn(), root[0].sn());
     let chain = read_pem_file(&fixture("leaf_chain.crt")).unwrap();
     let now = chrono::Utc::now().timestamp();
     assert!(matches!(
