@@ -51,7 +51,7 @@ chaos: services
 
 ## Official Alipay SDKs against the sandbox (needs npm; not part of `make test`).
 interop: build
-	cd tests/interop && npm ci --no-audit --no-fund && node node-sdk.js
+	cd tests/interop && npm ci --no-audit --no-fund && node node-sdk.js && node node-sdk-cert.js
 	python3 -m venv target/interop-venv
 	target/interop-venv/bin/pip install -q -r tests/interop/requirements.txt
 	target/interop-venv/bin/python tests/interop/python_sdk.py

@@ -116,6 +116,7 @@ async fn run_replica(
     }
     let client =
         UpstreamClient::new(&settings.upstream).context("setting up the upstream client")?;
+    client.attach_certificate_store(store.clone());
     let policy = settings.retry_policy().context("retry settings")?;
     let topology = Arc::new(
         Topology::for_policy(&settings.amqp, &policy)
@@ -123,6 +124,8 @@ async fn run_replica(
     );
     register_delay_queues(&store, &topology).await;
     let client = Arc::new(client);
+    crate::upstream::reload::spawn_key_maintenance(Arc::clone(&client), settings.upstream.clone())
+        .context("installing the SIGHUP handler (key and certificate reload)")?;
     let limiter = Arc::new(UpstreamLimiter::new(Rate {
         per_second: settings.rate_limit.qps,
         burst: settings.rate_limit.burst,

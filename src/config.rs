@@ -245,6 +245,17 @@ pub struct UpstreamSettings {
     pub max_response_bytes: u64,
     /// Accept a private key file that group or others can read (ssh refuses it).
     pub allow_shared_key_file: bool,
+    /// Certificate mode (公钥证书模式) when set: the app's public-key
+    /// certificate (its SN is sent as `app_cert_sn`). Empty = key mode.
+    #[serde(default)]
+    pub app_cert_path: PathBuf,
+    /// Certificate mode: the Alipay public-key certificate (the key that
+    /// verifies answers comes from it, not from `alipay_public_key_path`).
+    #[serde(default)]
+    pub alipay_cert_path: PathBuf,
+    /// Certificate mode: Alipay's root certificate bundle (`alipay_root_cert_sn`).
+    #[serde(default)]
+    pub alipay_root_cert_path: PathBuf,
 }
 
 impl UpstreamSettings {
@@ -266,6 +277,19 @@ impl UpstreamSettings {
         (!self.proxy.is_empty()).then_some(self.proxy.as_str())
     }
 
+    /// Certificate mode's three files, or None in key mode (`app_cert_path`
+    /// empty). [`load`] checked that they are set together.
+    pub fn certificate_paths(&self) -> Option<CertificatePaths<'_>> {
+        if self.app_cert_path.as_os_str().is_empty() {
+            return None;
+        }
+        Some(CertificatePaths {
+            app_cert: &self.app_cert_path,
+            alipay_cert: &self.alipay_cert_path,
+            alipay_root_cert: &self.alipay_root_cert_path,
+        })
+    }
+
     /// The latest moment after a job's first call at which another call is still
     /// safely inside the upstream's transaction_id validity.
     pub fn safe_call_window(&self) -> Duration {
@@ -274,6 +298,14 @@ impl UpstreamSettings {
                 .saturating_sub(self.transaction_margin_s),
         )
     }
+}
+
+/// The files of certificate mode (`upstream.*_cert_path`).
+#[derive(Debug, Clone, Copy)]
+pub struct CertificatePaths<'a> {
+    pub app_cert: &'a std::path::Path,
+    pub alipay_cert: &'a std::path::Path,
+    pub alipay_root_cert: &'a std::path::Path,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -887,6 +919,28 @@ impl Settings {
                 "upstream.transaction_margin_s",
                 "must be smaller than upstream.transaction_validity_s",
             ));
+        }
+        let cert_mode = !up.app_cert_path.as_os_str().is_empty();
+        for (key, path) in [
+            ("upstream.alipay_cert_path", &up.alipay_cert_path),
+            ("upstream.alipay_root_cert_path", &up.alipay_root_cert_path),
+        ] {
+            match (cert_mode, path.as_os_str().is_empty()) {
+                (true, true) => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "must be set in certificate mode (upstream.app_cert_path is set)",
+                    ));
+                }
+                (false, false) => {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "is only used in certificate mode: set upstream.app_cert_path too, \
+                         or leave it empty",
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

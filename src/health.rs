@@ -144,6 +144,10 @@ fn register_metrics() {
         "Result events in the outbox not yet sent (every replica's)"
     );
     metrics::gauge!(metric::RESULT_EVENTS_BACKLOG).set(0.0);
+    metrics::describe_gauge!(
+        metric::CERTIFICATE_EXPIRY_SECONDS,
+        "Certificate mode: seconds until a configured certificate expires, by role"
+    );
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until

@@ -56,7 +56,8 @@ Environment:
   ZHIMA__<SECTION>__<KEY>            any configuration key
 
 Example:
-  zhima-worker sandbox --listen 127.0.0.1:8480 --system-error-rate 0.1 --seed 7";
+  zhima-worker sandbox --listen 127.0.0.1:8480 --system-error-rate 0.1 --seed 7
+  zhima-worker sandbox --cert-dir target/sandbox-certs     # certificate mode (公钥证书模式)";
 
 pub(super) const SIGN: &str = "\
 Exit codes:

@@ -61,7 +61,7 @@ pub enum Command {
     Migrate,
     /// Run the simulated gateway.do (for tests and demos).
     #[command(after_help = help::SANDBOX)]
-    Sandbox(crate::sandbox::SandboxArgs),
+    Sandbox(Box<crate::sandbox::SandboxArgs>),
     /// Sign request parameters exactly as given (debugging signature mismatches).
     #[command(after_help = help::SIGN)]
     Sign {
@@ -71,6 +71,18 @@ pub enum Command {
         /// The app private key (PKCS#1 or PKCS#8, PEM or bare base64).
         #[arg(long, value_name = "FILE")]
         private_key: PathBuf,
+    },
+    /// Print a certificate's SN (app_cert_sn, alipay_cert_sn) or, with --root, a bundle's root SN.
+    #[command(after_help = cert::CERT_SN_HELP)]
+    CertSn {
+        /// A PEM certificate (the first one counts when it holds a chain), or
+        /// with --root the root bundle.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The SNs of the bundle's RSA-signed roots joined by `_`
+        /// (alipay_root_cert_sn).
+        #[arg(long)]
+        root: bool,
     },
     /// Check a gateway response's signature over its raw bytes.
     #[command(after_help = help::VERIFY_RESPONSE)]
@@ -244,13 +256,14 @@ impl Command {
             }
             Command::Migrate => migrate(&settings).await,
             Command::Sandbox(args) => {
-                crate::sandbox::run_cli(args).await?;
+                crate::sandbox::run_cli(*args).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Sign {
                 params,
                 private_key,
             } => sign(&params, &private_key),
+            Command::CertSn { file, root } => cert::cert_sn(&file, root),
             Command::VerifyResponse {
                 body,
                 alipay_public_key,
@@ -373,6 +386,7 @@ fn verify_response(
     }
 }
 
+mod cert;
 mod dead;
 mod help;
 mod lookup;

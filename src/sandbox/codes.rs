@@ -92,12 +92,25 @@ pub(crate) enum GatewayError {
     CallLimited,
     /// The 20000 flavour of an injected outage.
     ServiceUnavailable,
+    /// Certificate mode: an app in certificate mode sent no `app_cert_sn`.
+    MissingAppCertSn,
+    /// Certificate mode: `app_cert_sn` is not the app's certificate.
+    AppCertNotExist,
+    /// Certificate mode: `alipay_root_cert_sn` missing or without the
+    /// sandbox's root (the sandbox's own sub_code, documented in the README).
+    InvalidRootCertSn,
 }
 
 impl GatewayError {
     pub(crate) fn node(&self) -> Node {
         let (code, msg, sub_code, sub_msg) = self.texts();
         Node::error(code, msg, sub_code, sub_msg)
+    }
+
+    /// [`GatewayError::node`] as JSON, for nodes of other shapes' methods.
+    pub(crate) fn node_json(&self) -> serde_json::Value {
+        let (code, msg, sub_code, sub_msg) = self.texts();
+        serde_json::json!({"code": code, "msg": msg, "sub_code": sub_code, "sub_msg": sub_msg})
     }
 
     fn texts(&self) -> (&'static str, &'static str, &'static str, String) {
@@ -136,6 +149,15 @@ impl GatewayError {
                 ("20000", "Service Currently Unavailable"),
                 "isp.unknow-error",
                 "系统繁忙",
+            ),
+            Self::MissingAppCertSn => {
+                (INVALID, "isv.missing-app-cert-sn", "缺少应用公钥证书序列号")
+            }
+            Self::AppCertNotExist => (INVALID, "isv.app-cert-not-exist", "应用公钥证书不存在"),
+            Self::InvalidRootCertSn => (
+                INVALID,
+                "isv.invalid-alipay-root-cert-sn",
+                "支付宝根证书序列号错误",
             ),
         };
         (pair.0, pair.1, sub_code, sub_msg.to_owned())

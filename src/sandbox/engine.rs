@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::answers::{self, Contact};
+use super::certs::{self, CertCheck, SandboxCertificates};
 use super::codes::{BusinessError, GatewayError};
 use super::faults::{FaultDice, FaultPlan, Faults, SandboxReply, SystemErrorStyle};
 use super::gateway::{self, Call, Query, Reply};
 use super::ledger::{self, BillRow, Ledger, Recorded, SlidingWindow, Stats};
 use super::params::RequestParams;
-use super::reply::render;
+use super::reply::{render_node, render_signed_by};
 use super::{AppAuthToken, SandboxApp, SandboxClock, SandboxConfig};
 use crate::upstream::signing::{Charset, PrivateKey};
 
@@ -58,6 +59,9 @@ struct State {
     /// Scripted replies, consumed one per gateway request before any rate.
     script: VecDeque<SandboxReply>,
     admitted: SlidingWindow,
+    /// Certificate mode (None: every app signs in key mode).
+    certs: Option<SandboxCertificates>,
+    cert_downloads: std::collections::BTreeMap<String, u64>,
 }
 
 impl State {
@@ -129,6 +133,8 @@ impl Engine {
             dice: FaultDice::new(config.seed),
             script: VecDeque::new(),
             admitted: SlidingWindow::default(),
+            certs: config.certificates,
+            cert_downloads: std::collections::BTreeMap::new(),
         };
         Self {
             apps: config.apps,
@@ -153,7 +159,11 @@ impl Engine {
     pub(crate) async fn handle(&self, query: &[u8], body: &[u8]) -> HttpAnswer {
         let _in_flight = InFlight::enter(self);
         let params = RequestParams::parse(query, body);
-        let checked = gateway::check_request(&params, &self.apps, &self.tokens);
+        if params.get("method") == Some(certs::DOWNLOAD_METHOD) && self.lock().certs.is_some() {
+            return self.download(&params);
+        }
+        let checked = gateway::check_request(&params, &self.apps, &self.tokens)
+            .and_then(|call| self.check_certs(&params, call));
         let plan = self.admit_request(checked.as_ref().ok());
         let answer = self.answer(checked, &plan);
         if !plan.delay.is_zero() {
@@ -188,7 +198,8 @@ impl Engine {
         let tamper = plan
             .broken_sign
             .filter(|_| decision.reply.sign_type.is_some());
-        let body = match render(&decision.reply, &self.private_key, tamper) {
+        let (key, cert_sn) = self.signer();
+        let body = match render_signed_by(&decision.reply, &key, tamper, cert_sn.as_deref()) {
             Ok(body) => body,
             Err(error) => {
                 tracing::error!(error.message = %error, "sandbox could not render an answer");
@@ -206,6 +217,130 @@ impl Engine {
             state.ledger.count_broken_signature();
         }
         HttpAnswer::gateway(decision.reply.charset, body)
+    }
+
+    /// The key that signs answers, and in certificate mode its certificate's SN.
+    fn signer(&self) -> (PrivateKey, Option<String>) {
+        let state = self.lock();
+        match state.certs.as_ref().and_then(SandboxCertificates::current) {
+            Some(current) => (current.key.clone(), Some(current.sn.clone())),
+            None => (self.private_key.clone(), None),
+        }
+    }
+
+    /// Certificate mode's checks of `app_cert_sn` and `alipay_root_cert_sn`,
+    /// for apps registered with a certificate.
+    fn check_certs(&self, params: &RequestParams, call: Call) -> Result<Call, Box<Reply>> {
+        let state = self.lock();
+        let Some(certs) = &state.certs else {
+            return Ok(call);
+        };
+        let error = match certs.check(
+            &call.app_id,
+            params.get("app_cert_sn"),
+            params.get("alipay_root_cert_sn"),
+        ) {
+            CertCheck::Fine => return Ok(call),
+            CertCheck::MissingAppCertSn => GatewayError::MissingAppCertSn,
+            CertCheck::AppCertNotExist => GatewayError::AppCertNotExist,
+            CertCheck::InvalidRootCertSn => GatewayError::InvalidRootCertSn,
+        };
+        Err(Box::new(call.reply(error.node())))
+    }
+
+    /// `alipay.open.app.alipaycert.download`: a known app's signed request
+    /// for a certificate the sandbox has served.
+    fn download(&self, params: &RequestParams) -> HttpAnswer {
+        let charset = params.charset.effective();
+        let sign_type = params
+            .get("sign_type")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(crate::upstream::signing::SignType::Rsa2);
+        let app = params
+            .get("app_id")
+            .and_then(|id| self.apps.iter().find(|app| app.app_id == id));
+        let signed_ok = app.is_some_and(|app| {
+            let verified = crate::upstream::signing::string_to_sign(params.iter());
+            app.public_key
+                .verify(
+                    sign_type,
+                    &charset.encode(&verified),
+                    params.get("sign").unwrap_or_default(),
+                )
+                .is_ok()
+        });
+        let requested = params
+            .get("biz_content")
+            .and_then(|biz| serde_json::from_str::<serde_json::Value>(biz).ok())
+            .and_then(|biz| biz.get("alipay_cert_sn")?.as_str().map(str::to_owned));
+        let decided = {
+            let mut state = self.lock();
+            state.ledger.count_request(Instant::now(), None);
+            let found = state.certs.as_ref().and_then(|certs| {
+                let current = certs.current()?.clone();
+                let content = requested.as_deref().and_then(|sn| certs.download(sn));
+                Some((current, content))
+            });
+            if let (Some((_, Some(_))), Some(sn), true) = (&found, &requested, signed_ok) {
+                *state.cert_downloads.entry(sn.clone()).or_default() += 1;
+            }
+            found
+        };
+        let Some((current, content)) = decided else {
+            return self.outage(500);
+        };
+        let node = match (app, signed_ok, content) {
+            (None, _, _) => GatewayError::InvalidAppId.node_json(),
+            (Some(_), false, _) => GatewayError::InvalidSignature {
+                verified: String::new(),
+            }
+            .node_json(),
+            (Some(_), true, None) => serde_json::json!({
+                "code": "40004",
+                "msg": "Business Failed",
+                "sub_code": "isv.alipay-cert-not-exist",
+                "sub_msg": "支付宝公钥证书不存在",
+            }),
+            (Some(_), true, Some(content)) => serde_json::json!({
+                "code": "10000",
+                "msg": "Success",
+                "alipay_cert_content": content,
+            }),
+        };
+        let body = render_node(
+            &node.to_string(),
+            certs::DOWNLOAD_NODE,
+            Some(sign_type),
+            charset,
+            &current.key,
+            None,
+            Some(&current.sn),
+        );
+        match body {
+            Ok(body) => HttpAnswer::gateway(charset, body),
+            Err(error) => {
+                tracing::error!(error.message = %error, "sandbox could not render an answer");
+                self.outage(500)
+            }
+        }
+    }
+
+    pub(crate) fn alipay_cert_sn(&self) -> Option<String> {
+        self.lock()
+            .certs
+            .as_ref()
+            .and_then(|certs| certs.current_sn().map(str::to_owned))
+    }
+
+    /// `POST /admin/rotate-alipay-cert`: the SN of the new certificate.
+    pub(crate) fn rotate_alipay_cert(&self, untrusted: bool) -> Result<String, String> {
+        // Issuing (RSA key generation) happens outside the request path's
+        // lock-holding code, but under the lock: rotations are rare.
+        let mut state = self.lock();
+        let Some(certs) = state.certs.as_mut() else {
+            return Err("the sandbox is not in certificate mode".into());
+        };
+        certs.rotate(untrusted).map_err(|error| error.to_string())
     }
 
     fn outage(&self, status: u16) -> HttpAnswer {
@@ -279,6 +414,7 @@ impl Engine {
         let mut stats = self.lock().ledger.stats();
         stats.in_flight = self.in_flight.load(Ordering::SeqCst);
         stats.max_in_flight = self.max_in_flight.load(Ordering::SeqCst);
+        stats.cert_downloads = self.lock().cert_downloads.clone();
         stats
     }
 

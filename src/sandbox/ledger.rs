@@ -34,6 +34,10 @@ pub struct Stats {
     pub max_requests_per_second: u64,
     pub in_flight: u64,
     pub(crate) max_in_flight: u64,
+    /// Certificate mode: `alipay.open.app.alipaycert.download` answers that
+    /// delivered a certificate, by SN.
+    #[serde(default)]
+    pub cert_downloads: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@
 //! primitives and field validation rules, or a shared bug would pass unnoticed.
 
 pub mod answers;
+pub mod certs;
 pub mod codes;
 pub(crate) mod engine;
 pub mod faults;
@@ -34,6 +35,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use certs::{SandboxCertError, SandboxCertificates};
 pub use faults::{Faults, FaultsError, SandboxReply, SystemErrorStyle};
 pub use ledger::{BillRow, Stats, TransactionStats};
 pub use server::MergeFaultsError;
@@ -74,6 +76,8 @@ pub struct SandboxConfig {
     pub header_read_timeout: Duration,
     /// The wall clock that dates bills and `biz_no`s.
     pub clock: SandboxClock,
+    /// Certificate mode for the apps it names (None: key mode for all).
+    pub certificates: Option<SandboxCertificates>,
 }
 
 /// Where the sandbox reads the time of billing. Tests pin it so that every
@@ -145,8 +149,26 @@ impl SandboxConfig {
             app_auth_tokens: Vec::new(),
             header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
             clock: SandboxClock::System,
+            certificates: None,
         })
     }
+
+    /// Certificate mode for the registered apps: issues a root bundle, an
+    /// Alipay certificate and an app certificate per app (for the key file it
+    /// was registered with) into `dir`. See [`SandboxCertificates::generate`].
+    pub fn with_generated_certificates(
+        mut self,
+        dir: &Path,
+        app_key_files: &[(String, PathBuf)],
+    ) -> Result<Self, SandboxCertError> {
+        self.certificates = Some(SandboxCertificates::generate(dir, app_key_files)?);
+        Ok(self)
+    }
+}
+
+/// The test app's public key file (for certificate mode's app certificate).
+pub fn test_app_public_key_file() -> PathBuf {
+    resolve(Path::new(TEST_APP_PUBLIC_KEY))
 }
 
 /// Relative paths are tried from the working directory first, then from the
@@ -284,6 +306,17 @@ impl RunningSandbox {
         self.engine.respond_next(count, reply);
     }
 
+    /// Certificate mode: switches to a freshly issued Alipay certificate (from
+    /// a root outside the bundle if `untrusted`) and returns its SN.
+    pub fn rotate_alipay_cert(&self, untrusted: bool) -> Result<String, String> {
+        self.engine.rotate_alipay_cert(untrusted)
+    }
+
+    /// Certificate mode: the SN of the certificate signing answers now.
+    pub fn alipay_cert_sn(&self) -> Option<String> {
+        self.engine.alipay_cert_sn()
+    }
+
     /// The statement for one UTC+8 day, exactly as `GET /bill?date=` serves it.
     pub fn bill_csv(&self, date: NaiveDate) -> String {
         ledger::bill_csv(&self.engine.bill_rows(Some(date)))
@@ -410,6 +443,27 @@ pub struct SandboxArgs {
     /// Calls per second above which the gateway answers 40005.
     #[arg(long)]
     pub(crate) qps_cap: Option<u32>,
+    /// Certificate mode: generate a root bundle (an RSA and an EC root), an
+    /// Alipay certificate and its key, and a certificate for every registered
+    /// app's key into DIR, and serve certificate mode for those apps.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cert_dir: Option<PathBuf>,
+    /// Certificate mode: the root bundle (its RSA roots give the root SN).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) root_cert: Option<PathBuf>,
+    /// Certificate mode: the Alipay certificate answers are signed under.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) alipay_cert: Option<PathBuf>,
+    /// Certificate mode: the private key of --alipay-cert.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) alipay_cert_key: Option<PathBuf>,
+    /// Certificate mode for APP_ID, whose app_cert_sn is CERT_FILE's SN (repeatable).
+    #[arg(long = "app-cert", value_name = "APP_ID=CERT_FILE", value_parser = parse_app_cert_flag)]
+    pub(crate) app_certs: Vec<AppFlag>,
+}
+
+fn parse_app_cert_flag(value: &str) -> Result<AppFlag, String> {
+    parse_app_flag(value).map_err(|_| format!("expects APP_ID=CERT_FILE, got `{value}`"))
 }
 
 impl SandboxArgs {
@@ -443,7 +497,83 @@ impl SandboxArgs {
             app_auth_tokens: self.app_auth_tokens.clone(),
             header_read_timeout: crate::health::HEADER_READ_TIMEOUT,
             clock: SandboxClock::System,
+            certificates: self.certificates()?,
         })
+    }
+
+    /// `--cert-dir` (generate) or the four certificate flags (files); None
+    /// without any of them.
+    fn certificates(&self) -> anyhow::Result<Option<SandboxCertificates>> {
+        let files = [&self.root_cert, &self.alipay_cert, &self.alipay_cert_key];
+        let given = files.iter().filter(|file| file.is_some()).count();
+        if let Some(dir) = &self.cert_dir {
+            if given > 0 || !self.app_certs.is_empty() {
+                anyhow::bail!(
+                    "--cert-dir generates every certificate: give it without --root-cert, \
+                     --alipay-cert, --alipay-cert-key and --app-cert"
+                );
+            }
+            let apps: Vec<(String, PathBuf)> = self
+                .app_key_files()
+                .into_iter()
+                .map(|flag| (flag.app_id, resolve(&flag.public_key_file)))
+                .collect();
+            return Ok(Some(
+                SandboxCertificates::generate(dir, &apps).with_context(|| {
+                    format!("generating certificates into --cert-dir {}", dir.display())
+                })?,
+            ));
+        }
+        match (&self.root_cert, &self.alipay_cert, &self.alipay_cert_key) {
+            (None, None, None) if self.app_certs.is_empty() => Ok(None),
+            (Some(root), Some(alipay), Some(key)) if !self.app_certs.is_empty() => {
+                let known: Vec<String> = self
+                    .app_key_files()
+                    .into_iter()
+                    .map(|flag| flag.app_id)
+                    .collect();
+                if let Some(unknown) = self.app_certs.iter().find(|f| !known.contains(&f.app_id)) {
+                    anyhow::bail!(
+                        "--app-cert {}: no such app (register it with --app or --app-without-contract)",
+                        unknown.app_id
+                    );
+                }
+                let app_certs: Vec<(String, PathBuf)> = self
+                    .app_certs
+                    .iter()
+                    .map(|flag| (flag.app_id.clone(), resolve(&flag.public_key_file)))
+                    .collect();
+                Ok(Some(SandboxCertificates::from_files(
+                    &resolve(root),
+                    &resolve(alipay),
+                    &resolve(key),
+                    &app_certs,
+                )?))
+            }
+            _ => anyhow::bail!(
+                "certificate mode needs --root-cert, --alipay-cert, --alipay-cert-key and at \
+                 least one --app-cert together (or --cert-dir alone)"
+            ),
+        }
+    }
+
+    /// The registered apps' `APP_ID=PUBLIC_KEY_FILE`, the default app included.
+    fn app_key_files(&self) -> Vec<AppFlag> {
+        let default_app = AppFlag {
+            app_id: DEFAULT_APP_ID.to_owned(),
+            public_key_file: TEST_APP_PUBLIC_KEY.into(),
+        };
+        let wants_default = self.apps.is_empty()
+            && !self
+                .apps_without_contract
+                .iter()
+                .any(|flag| flag.app_id == DEFAULT_APP_ID);
+        self.apps
+            .iter()
+            .chain(wants_default.then_some(&default_app))
+            .chain(self.apps_without_contract.iter())
+            .cloned()
+            .collect()
     }
 
     fn load_apps(&self) -> anyhow::Result<Vec<SandboxApp>> {

@@ -30,6 +30,10 @@ pub(crate) fn router(engine: Arc<Engine>) -> Router {
         .route("/bill", get(bill))
         .route("/healthz", get(healthz))
         .route("/admin/faults", get(get_faults).put(put_faults))
+        .route(
+            "/admin/rotate-alipay-cert",
+            axum::routing::post(rotate_alipay_cert),
+        )
         .with_state(engine)
 }
 
@@ -119,6 +123,30 @@ async fn bill(State(engine): State<Arc<Engine>>, Query(query): Query<BillQuery>)
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+#[derive(Debug, Deserialize)]
+struct RotateQuery {
+    /// Issue the new certificate from a root outside the bundle (a drill of
+    /// a download that does not chain).
+    #[serde(default)]
+    untrusted: bool,
+}
+
+/// Certificate mode: answers are signed from now on under a freshly issued
+/// Alipay certificate; answers `{"alipay_cert_sn": "<new SN>"}`. 409 when
+/// the sandbox is not in certificate mode or has no root key (`--cert-dir`).
+async fn rotate_alipay_cert(
+    State(engine): State<Arc<Engine>>,
+    Query(query): Query<RotateQuery>,
+) -> Response {
+    let rotated = tokio::task::spawn_blocking(move || engine.rotate_alipay_cert(query.untrusted))
+        .await
+        .unwrap_or_else(|error| Err(error.to_string()));
+    match rotated {
+        Ok(sn) => axum::Json(serde_json::json!({ "alipay_cert_sn": sn })).into_response(),
+        Err(reason) => (StatusCode::CONFLICT, format!("{reason}\n")).into_response(),
+    }
 }
 
 async fn get_faults(State(engine): State<Arc<Engine>>) -> Response {

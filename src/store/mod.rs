@@ -33,6 +33,7 @@ macro_rules! with_pool {
     };
 }
 
+mod certs;
 mod dialect;
 mod leases;
 mod lookup;
@@ -42,6 +43,7 @@ mod results;
 mod sqlite;
 mod status;
 
+pub use certs::CertificateFetch;
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
 pub(crate) use leases::Membership;

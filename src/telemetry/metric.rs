@@ -74,3 +74,10 @@ pub(crate) const CODE_UNVERIFIED: &str = "UNVERIFIED";
 pub(crate) const RESULT_EVENTS_PUBLISHED_TOTAL: &str = "zhima_result_events_published_total";
 /// Gauge: result events in the outbox not yet sent (every replica's).
 pub(crate) const RESULT_EVENTS_BACKLOG: &str = "zhima_result_events_backlog";
+
+/// Gauge, by [`ROLE`]: seconds until a configured certificate (certificate
+/// mode) stops being valid; negative once expired (`upstream::reload`).
+pub(crate) const CERTIFICATE_EXPIRY_SECONDS: &str = "zhima_certificate_expiry_seconds";
+/// Label of [`CERTIFICATE_EXPIRY_SECONDS`]: `app`, `alipay` or `root` (the
+/// root bundle's RSA root that expires first).
+pub(crate) const ROLE: &str = "role";

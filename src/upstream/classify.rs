@@ -133,6 +133,11 @@ impl UpstreamError {
             Self::Gateway(fault) => fault.class(),
             Self::SignatureRejected(_) | Self::Signing(_) => ErrorClass::Configuration,
             Self::Encode(_) => ErrorClass::Permanent,
+            // The answer was not used: the same transaction_id is retried
+            // (replayed unbilled) once the certificate can be fetched.
+            Self::CertificateFetch { .. } => ErrorClass::Retryable,
+            // Every answer signed with it would be refused the same way.
+            Self::CertificateUntrusted { .. } => ErrorClass::Configuration,
         }
     }
 
@@ -149,6 +154,8 @@ impl UpstreamError {
             Self::SignatureRejected(mismatch) => mismatch.fault.normalized_code(),
             Self::Signing(_) => "SIGNING_ERROR".into(),
             Self::Encode(_) => "ENCODE_ERROR".into(),
+            Self::CertificateFetch { .. } => "ALIPAY_CERT_FETCH_FAILED".into(),
+            Self::CertificateUntrusted { .. } => "ALIPAY_CERT_UNTRUSTED".into(),
         }
     }
 }

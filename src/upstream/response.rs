@@ -110,6 +110,8 @@ pub enum ResponseError {
     NodeNotObject { node: String },
     #[error("the top-level \"sign\" is not a JSON string")]
     SignNotString,
+    #[error("the top-level {key:?} is not a JSON string")]
+    NotAString { key: String },
     #[error("the {node} is unsigned (no top-level \"sign\")")]
     Unsigned { node: NodeKind },
     #[error("the signature over the {node} does not verify as {tried}")]
@@ -152,6 +154,25 @@ pub(crate) fn extract<'a>(
         content: member.value,
         sign,
     })
+}
+
+/// A top-level string member other than the nodes (certificate mode's
+/// `alipay_cert_sn`), JSON-unescaped; None when absent.
+pub(crate) fn top_level_string(
+    body: &[u8],
+    name: &str,
+    charset: Charset,
+) -> Result<Option<String>, ResponseError> {
+    let members = scan_top_level(body, charset)?;
+    let Some(member) = members.iter().find(|member| member.name == name.as_bytes()) else {
+        return Ok(None);
+    };
+    if member.value.first() != Some(&b'"') {
+        return Err(ResponseError::NotAString { key: name.into() });
+    }
+    serde_json::from_slice::<String>(member.value)
+        .map(Some)
+        .map_err(|_| ResponseError::NotAString { key: name.into() })
 }
 
 /// The `\/` retry exists because some gateways' serializers escape `/` in the

@@ -208,8 +208,9 @@ pub enum KeyError {
     #[error("encrypted private keys are not supported: export it unencrypted (PKCS#1 or PKCS#8)")]
     Encrypted,
     #[error(
-        "this is a certificate, not a key: public-key certificate mode is not supported, \
-         give the bare RSA public key"
+        "this is a certificate, not a key: in key mode give the bare RSA public key; for \
+         public-key certificate mode set upstream.app_cert_path, upstream.alipay_cert_path \
+         and upstream.alipay_root_cert_path instead (README \"Certificate mode\")"
     )]
     Certificate,
     #[error("not an RSA key in PKCS#1 or PKCS#8 (PEM or bare base64): {reason}")]
@@ -366,6 +367,23 @@ impl PublicKey {
         Self::from_pem_or_base64(&text).map_err(|source| in_file(path, source))
     }
 
+    /// Every key of a file: one key (PEM or bare base64), or several PEM
+    /// blocks one after the other, as during a key rotation (the old and the
+    /// new Alipay public key). Never empty.
+    pub fn all_from_file(path: &Path) -> Result<Vec<Self>, KeyError> {
+        let text = read_key_file(path)?;
+        let blocks = pem_blocks(&text);
+        if blocks.len() < 2 {
+            return Self::from_pem_or_base64(&text)
+                .map(|key| vec![key])
+                .map_err(|source| in_file(path, source));
+        }
+        blocks
+            .into_iter()
+            .map(|block| Self::from_pem_or_base64(block).map_err(|source| in_file(path, source)))
+            .collect()
+    }
+
     /// `signature_base64` is the `sign` value as received (standard base64).
     pub fn verify(
         &self,
@@ -382,6 +400,42 @@ impl PublicKey {
             Err(SigningError::BadSignature)
         }
     }
+}
+
+/// The PKCS#1 `RSAPublicKey` DER of a public key file's text (SPKI or
+/// PKCS#1, PEM or bare base64): what a certificate for that key embeds (the
+/// sandbox issues app certificates for registered apps' keys).
+pub(crate) fn public_key_pkcs1_der(text: &str) -> Result<Vec<u8>, KeyError> {
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    match classify_der(&der_from_text(text)?)? {
+        KeyDer::Public(key) => key
+            .to_pkcs1_der()
+            .map(|der| der.as_bytes().to_vec())
+            .map_err(|e| KeyError::Malformed {
+                reason: e.to_string(),
+            }),
+        KeyDer::Pkcs8Private(_) | KeyDer::Pkcs1Private(_) => Err(KeyError::PrivateKeyInPublicSlot),
+    }
+}
+
+/// The `-----BEGIN …-----` to `-----END …-----` blocks of a text, in order.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN") {
+        let from_begin = &rest[start..];
+        let Some(end) = from_begin.find("-----END") else {
+            break;
+        };
+        let after_end = &from_begin[end + "-----END".len()..];
+        let Some(close) = after_end.find("-----") else {
+            break;
+        };
+        let length = end + "-----END".len() + close + "-----".len();
+        blocks.push(&from_begin[..length]);
+        rest = &from_begin[length..];
+    }
+    blocks
 }
 
 /// Reads at most one byte more than [`MAX_KEY_FILE_BYTES`], so an endless

@@ -21,6 +21,9 @@ pub(super) struct OutgoingParams<'a> {
     pub(crate) timestamp: &'a str,
     pub(crate) app_auth_token: Option<&'a str>,
     pub(crate) biz_content: &'a str,
+    /// Certificate mode: `(app_cert_sn, alipay_root_cert_sn)`, two more
+    /// system parameters (query string, signed like the others).
+    pub(crate) cert_sns: Option<(&'a str, &'a str)>,
 }
 
 pub(super) struct SignedRequest {
@@ -48,7 +51,7 @@ pub(super) fn sign_request(
 ) -> Result<SignedRequest, UpstreamError> {
     let charset = params.charset.as_str();
     let sign_type = params.sign_type.as_str();
-    let system: [(&str, &str); 7] = [
+    let mut system: Vec<(&str, &str)> = vec![
         ("app_id", params.app_id),
         ("method", params.method),
         ("format", FORMAT),
@@ -57,6 +60,10 @@ pub(super) fn sign_request(
         ("timestamp", params.timestamp),
         ("version", VERSION),
     ];
+    if let Some((app_cert_sn, root_cert_sn)) = params.cert_sns {
+        system.push(("app_cert_sn", app_cert_sn));
+        system.push(("alipay_root_cert_sn", root_cert_sn));
+    }
     let mut body_params = vec![("biz_content", params.biz_content)];
     if let Some(token) = params.app_auth_token {
         body_params.push(("app_auth_token", token));
@@ -130,6 +137,34 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(timestamp_utc8(now), "2024-05-21 02:30:00");
+    }
+
+    #[test]
+    fn certificate_mode_adds_both_sns_to_the_signed_query_string() {
+        let key = crate::upstream::signing::test_support::merchant_private_pkcs8();
+        let url = Url::parse("http://127.0.0.1/gateway.do").unwrap();
+        let mut params = OutgoingParams {
+            app_id: "2014072300007148",
+            method: "zhima.credit.relation.query",
+            charset: Charset::Utf8,
+            sign_type: SignType::Rsa2,
+            timestamp: "2024-05-21 02:30:00",
+            app_auth_token: None,
+            biz_content: "{}",
+            cert_sns: None,
+        };
+        let key_mode = sign_request(&url, &params, &key).unwrap();
+        assert!(!key_mode.string_to_sign.contains("cert_sn"));
+        params.cert_sns = Some(("aaa", "bbb_ccc"));
+        let cert_mode = sign_request(&url, &params, &key).unwrap();
+        assert_eq!(
+            cert_mode.string_to_sign,
+            "alipay_root_cert_sn=bbb_ccc&app_cert_sn=aaa&app_id=2014072300007148&\
+             biz_content={}&charset=utf-8&format=JSON&method=zhima.credit.relation.query&\
+             sign_type=RSA2&timestamp=2024-05-21 02:30:00&version=1.0"
+        );
+        let query = cert_mode.url.query().unwrap();
+        assert!(query.contains("app_cert_sn=aaa&alipay_root_cert_sn=bbb_ccc&sign="));
     }
 
     #[test]

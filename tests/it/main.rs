@@ -26,6 +26,7 @@
 mod support;
 
 mod broker;
+mod certificate;
 mod cli;
 mod client;
 mod dead;
