@@ -7,7 +7,7 @@
 //! they go out again (at least once; consumers dedupe by message_id).
 //!
 //! The relay wakes as soon as this process commits an event (the store's
-//! `Notify`; it then lingers 50 ms to gather the events committed meanwhile)
+//! `Notify`; it then lingers 100 ms to gather the events committed meanwhile)
 //! and every `results.poll_interval_ms` for rows that other
 //! replicas, or an earlier crash, left behind. A lost broker connection is
 //! reopened with backoff; nothing is lost meanwhile (the rows wait).
@@ -30,7 +30,7 @@ use crate::telemetry::metric;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the relay waits after a wake-up before claiming, so that the
 /// events of jobs finishing close together share one round.
-const LINGER: Duration = Duration::from_millis(50);
+const LINGER: Duration = Duration::from_millis(100);
 /// The longest pause between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
