@@ -7,7 +7,7 @@
 //! worker's own ceiling), with result events off and on (the outbox row in
 //! each outcome transaction and the relay publishing it: CPU per job on is
 //! to stay within 15 % of off), and a 200 ms sandbox under
-//! `rate_limit.qps = 100` (the target is ≥ 97 jobs/s).
+//! `rate_limit.qps = 100` (the target is ≥ 97 jobs/s), events off and on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -55,7 +55,16 @@ async fn main() {
             events: true,
         },
         Scenario {
-            name: "200 ms sandbox, qps 100",
+            name: "200 ms sandbox, qps 100, events off",
+            jobs: 1500,
+            latency_ms: 200,
+            qps: 100,
+            burst: 5,
+            concurrency: 64,
+            events: false,
+        },
+        Scenario {
+            name: "200 ms sandbox, qps 100, events on",
             jobs: 1500,
             latency_ms: 200,
             qps: 100,

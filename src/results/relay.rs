@@ -7,12 +7,13 @@
 //! they go out again (at least once; consumers dedupe by message_id).
 //!
 //! The relay wakes as soon as this process commits an event (the store's
-//! `Notify`) and every `results.poll_interval_ms` for rows that other
+//! `Notify`; it then lingers 100 ms to gather the events committed meanwhile)
+//! and every `results.poll_interval_ms` for rows that other
 //! replicas, or an earlier crash, left behind. A lost broker connection is
 //! reopened with backoff; nothing is lost meanwhile (the rows wait).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,6 +28,9 @@ use crate::telemetry::metric;
 /// How long one round waits for its confirms before giving the rows back
 /// and reconnecting.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the relay waits after a wake-up before claiming, so that the
+/// events of jobs finishing close together share one round.
+const LINGER: Duration = Duration::from_millis(100);
 /// The longest pause between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -144,29 +148,41 @@ impl RelayLoop {
         outcome
     }
 
+    /// Rounds until finished and drained. Woken by a commit, the relay first
+    /// lingers [`LINGER`] so that events committed close together go out in
+    /// one round (one claim, one set of confirms) instead of one round each;
+    /// the backlog is counted at most once per poll interval (and on every
+    /// round while finishing, to know when the outbox is drained).
     async fn rounds(&mut self, publisher: &Publisher) -> Result<(), RelayError> {
+        let mut counted_at: Option<Instant> = None;
         loop {
             let sent = self.round(publisher).await?;
             if sent >= self.batch_size as usize {
                 continue;
             }
-            let backlog = self.store.unsent_events().await?;
-            metrics::gauge!(metric::RESULT_EVENTS_BACKLOG).set(backlog as f64);
-            if *self.finish_seen.borrow() && backlog == 0 {
-                return Ok(());
-            }
-            if backlog > 0 && sent > 0 {
-                continue;
-            }
             let finishing = *self.finish_seen.borrow();
+            if finishing || counted_at.is_none_or(|at| at.elapsed() >= self.poll) {
+                let backlog = self.store.unsent_events().await?;
+                metrics::gauge!(metric::RESULT_EVENTS_BACKLOG).set(backlog as f64);
+                counted_at = Some(Instant::now());
+                if finishing && backlog == 0 {
+                    return Ok(());
+                }
+            }
             let wait = match finishing {
                 true => self.poll.min(Duration::from_millis(100)),
                 false => self.poll,
             };
-            tokio::select! {
-                () = self.wake.notified() => {},
-                () = tokio::time::sleep(wait) => {},
-                _ = self.finish_seen.changed(), if !finishing => {},
+            let woken = tokio::select! {
+                () = self.wake.notified() => true,
+                () = tokio::time::sleep(wait) => false,
+                _ = self.finish_seen.changed(), if !finishing => false,
+            };
+            if woken && !finishing {
+                tokio::select! {
+                    () = tokio::time::sleep(LINGER.min(self.poll)) => {},
+                    _ = self.finish_seen.changed() => {},
+                }
             }
         }
     }
