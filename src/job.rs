@@ -1130,3 +1130,7 @@ mod tests {
         assert_eq!(mask_phone("1584"), "****");
     }
 }
+
+#[cfg(test)]
+#[path = "job_properties.rs"]
+mod properties;
