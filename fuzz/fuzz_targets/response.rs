@@ -64,10 +64,9 @@ struct Template {
 
 /// Signed once per process: RSA signing per execution would dominate the run.
 static TEMPLATES: LazyLock<Vec<Template>> = LazyLock::new(|| {
-    let key = PrivateKey::from_pem_or_base64(include_str!(
-        "../../config/keys/test_sandbox_private.pem"
-    ))
-    .expect("the sandbox test private key");
+    let key =
+        PrivateKey::from_pem_or_base64(include_str!("../../config/keys/test_sandbox_private.pem"))
+            .expect("the sandbox test private key");
     let success = r#"{"code":"10000","msg":"Success","biz_no":"ZM201608223000000242400084180839","relation_rank":"V_CT_RL_SG","relation_info":{"recency":"V_CT_RL180D"},"relation_score":99}"#;
     let business_error = r#"{"code":"40004","msg":"Business Failed","sub_code":"ZMCREDIT.SYSTEM_ERROR","sub_msg":"系统错误，请重试"}"#;
     let gbk_success = r#"{"code":"10000","msg":"成功","biz_no":"ZM2016表\\示","relation_rank":"V_CT_RL_SG","note":"{\"x\":[1,2]}","relation_score":"88"}"#;
@@ -75,14 +74,62 @@ static TEMPLATES: LazyLock<Vec<Template>> = LazyLock::new(|| {
     let gateway_error = r#"{"code":"40002","msg":"Invalid Arguments","sub_code":"isv.invalid-signature","sub_msg":"验签出错"}"#;
     let slashes = r#"{"code":"10000","msg":"Success","biz_no":"ZM/1","relation_rank":"V_CT_RL_SG","link":"http://a/b","relation_score":2}"#;
     let specs: [(Charset, SignType, &str, &str, Layout); 8] = [
-        (Charset::Utf8, SignType::Rsa2, RESPONSE_NODE, success, Layout::NodeFirst),
-        (Charset::Utf8, SignType::Rsa2, RESPONSE_NODE, business_error, Layout::SignFirst),
-        (Charset::Gbk, SignType::Rsa2, RESPONSE_NODE, gbk_success, Layout::NodeFirst),
-        (Charset::Gb18030, SignType::Rsa2, RESPONSE_NODE, four_byte, Layout::Spaced),
-        (Charset::Utf8, SignType::Rsa2, "error_response", gateway_error, Layout::NodeFirst),
-        (Charset::Utf8, SignType::Rsa2, RESPONSE_NODE, slashes, Layout::EscapedSlashes),
-        (Charset::Utf8, SignType::Rsa, RESPONSE_NODE, success, Layout::NodeFirst),
-        (Charset::Gb2312, SignType::Rsa2, RESPONSE_NODE, business_error, Layout::Spaced),
+        (
+            Charset::Utf8,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            success,
+            Layout::NodeFirst,
+        ),
+        (
+            Charset::Utf8,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            business_error,
+            Layout::SignFirst,
+        ),
+        (
+            Charset::Gbk,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            gbk_success,
+            Layout::NodeFirst,
+        ),
+        (
+            Charset::Gb18030,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            four_byte,
+            Layout::Spaced,
+        ),
+        (
+            Charset::Utf8,
+            SignType::Rsa2,
+            "error_response",
+            gateway_error,
+            Layout::NodeFirst,
+        ),
+        (
+            Charset::Utf8,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            slashes,
+            Layout::EscapedSlashes,
+        ),
+        (
+            Charset::Utf8,
+            SignType::Rsa,
+            RESPONSE_NODE,
+            success,
+            Layout::NodeFirst,
+        ),
+        (
+            Charset::Gb2312,
+            SignType::Rsa2,
+            RESPONSE_NODE,
+            business_error,
+            Layout::Spaced,
+        ),
     ];
     specs
         .iter()
@@ -172,10 +219,18 @@ fn differential(body: &[u8], charset: Charset, method_node: bool, content: &[u8]
         return;
     };
     let named = |name: &str| members.iter().filter(|(key, _)| key == name).count();
-    assert_eq!(named(node), 1, "the verified node {node} is not the only one");
+    assert_eq!(
+        named(node),
+        1,
+        "the verified node {node} is not the only one"
+    );
     assert_eq!(named("sign"), 1, "a verified body has one `sign`");
     if !method_node {
-        assert_eq!(named(RESPONSE_NODE), 0, "error_response verified beside a method node");
+        assert_eq!(
+            named(RESPONSE_NODE),
+            0,
+            "error_response verified beside a method node"
+        );
     }
     let whole = members
         .iter()
@@ -214,11 +269,9 @@ impl<'de> serde::Deserialize<'de> for TopLevel {
 }
 
 fn sampled(data: &[u8]) -> bool {
-    let hash = data
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
     hash % 256 == 0
 }
 

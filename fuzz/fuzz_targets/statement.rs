@@ -65,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
                 for cell in [&row.biz_no, &row.transaction_id] {
                     assert!(!cell.is_empty(), "an empty cell was accepted");
                     assert_eq!(cell.trim(), cell.as_str(), "a cell was not trimmed");
-                    assert!(cell.len() <= 4 * MAX_CELL_BYTES, "a giant cell was accepted");
+                    assert!(
+                        cell.len() <= 4 * MAX_CELL_BYTES,
+                        "a giant cell was accepted"
+                    );
                 }
             }
         }
