@@ -46,12 +46,15 @@ fuzz_target!(|data: &[u8]| {
     let columns = (mode & 4 != 0).then_some(ALIPAY_COLUMNS);
     let path = &FILE.1;
     std::fs::write(path, content).expect("writing the statement");
-    // A line is ended by LF, CR or CRLF: no line number can exceed this.
-    let lines = 1 + content
+    // A line is ended by LF, CRLF or a lone CR: no line number can exceed this.
+    let line_ends = content
         .iter()
-        .filter(|byte| **byte == b'\n')
-        .count()
-        .max(content.iter().filter(|byte| **byte == b'\r').count()) as u64;
+        .enumerate()
+        .filter(|(at, byte)| {
+            **byte == b'\n' || (**byte == b'\r' && content.get(at + 1) != Some(&b'\n'))
+        })
+        .count();
+    let lines = 1 + line_ends as u64;
     match read_statement(path, encoding, columns) {
         Ok(rows) => {
             let mut previous = 0;
