@@ -4,7 +4,7 @@ CARGO ?= cargo
 # sandboxes; more threads than this only starve them.
 TEST_THREADS ?= 4
 
-.PHONY: run test test-unit test-integration bench lint fmt interop services build chaos
+.PHONY: run test test-unit test-integration bench lint fmt interop services build chaos fuzz
 
 build:
 	@scripts/first-build-note.sh debug/zhima-worker
@@ -55,3 +55,10 @@ interop: build
 	python3 -m venv target/interop-venv
 	target/interop-venv/bin/pip install -q -r tests/interop/requirements.txt
 	target/interop-venv/bin/python tests/interop/python_sdk.py
+
+## Fuzz every parser of outside data (fuzz/, its own workspace): each target
+## for FUZZ_S seconds (default 60), printing executions and coverage. Needs
+## nightly and cargo-fuzz (not part of `make test`); see README "Fuzzing".
+FUZZ_S ?= 60
+fuzz:
+	FUZZ_S=$(FUZZ_S) fuzz/run.sh

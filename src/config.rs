@@ -959,13 +959,17 @@ impl Settings {
         )
         .map_err(retry_policy_error)?;
         let worst_case = policy.worst_case_schedule();
-        let budget = Duration::from_secs(self.upstream.transaction_validity_s) / 2;
+        // Half the validity, and never more than the window the processor
+        // allows calls in (a large transaction_margin_s makes that shorter).
+        let budget = (Duration::from_secs(self.upstream.transaction_validity_s) / 2)
+            .min(self.upstream.safe_call_window());
         if worst_case > budget {
             return Err(ConfigError::invalid(
                 "retry.max_attempts",
                 format!(
                     "the worst-case retry schedule ({} s) must fit in half of \
-                     upstream.transaction_validity_s ({} s); lower max_attempts or max_delay_ms",
+                     upstream.transaction_validity_s and in transaction_validity_s - \
+                     transaction_margin_s ({} s); lower max_attempts or max_delay_ms",
                     worst_case.as_secs(),
                     budget.as_secs()
                 ),

@@ -1216,3 +1216,7 @@ mod tests {
         assert_eq!(mask_phone("1584"), "****");
     }
 }
+
+#[cfg(test)]
+#[path = "job_properties.rs"]
+mod properties;

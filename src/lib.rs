@@ -42,6 +42,9 @@ pub mod cli;
 mod cluster;
 pub mod config;
 pub mod control;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod job;
 pub mod pii;

@@ -258,3 +258,7 @@ mod tests {
         assert_eq!(single.worst_case_schedule(), Duration::ZERO);
     }
 }
+
+#[cfg(test)]
+#[path = "retry_properties.rs"]
+mod properties;

@@ -27,6 +27,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::ReconcileError;
 use crate::capped::{CappedRecords, RecordLimit, RecordTooLong};
@@ -134,7 +135,11 @@ pub(crate) struct StatementRow {
 
 /// An open statement positioned after its header.
 pub(crate) struct Statement {
-    reader: csv::Reader<CappedRecords<File>>,
+    reader: csv::Reader<CappedRecords<LineEnds<File>>>,
+    /// Where the line ends are, to name the line of each record.
+    lines: LineIndex,
+    /// The line the last record read starts on.
+    record_line: u64,
     limit: RecordLimit,
     record: csv::ByteRecord,
     encoding: TextEncoding,
@@ -166,7 +171,8 @@ impl Statement {
         };
         let file = File::open(path).map_err(unreadable)?;
         let total_bytes = file.metadata().map_err(unreadable)?.len();
-        let (capped, limit) = CappedRecords::new(file, MAX_RECORD_BYTES);
+        let (line_ends, lines) = LineEnds::new(file);
+        let (capped, limit) = CappedRecords::new(line_ends, MAX_RECORD_BYTES);
         let reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -175,6 +181,8 @@ impl Statement {
             .from_reader(capped);
         let mut statement = Self {
             reader,
+            lines,
+            record_line: 0,
             limit,
             record: csv::ByteRecord::new(),
             encoding,
@@ -211,7 +219,7 @@ impl Statement {
                 path: path.to_path_buf(),
             });
         }
-        let line = self.record.position().map_or(1, csv::Position::line);
+        let line = self.record_line;
         let mut header = Vec::with_capacity(self.record.len());
         for (at, cell) in self.record.iter().enumerate() {
             let cell = if at == 0 && self.encoding == TextEncoding::Utf8 {
@@ -246,14 +254,19 @@ impl Statement {
     }
 
     fn read_record(&mut self) -> Result<bool, ReconcileError> {
+        let start = self.reader.position().clone();
         let more = self
             .reader
             .read_byte_record(&mut self.record)
             .map_err(|e| csv_error(&e))?;
         let next_start = self.reader.position().byte();
         self.limit.next_record_at(next_start);
+        // csv names a record by the line where its read started, before
+        // the blank lines it skipped.
+        self.record_line = start.line() + self.lines.blank_lines_at(start.byte());
+        self.lines.forget_before(next_start);
         if more && self.encoding == TextEncoding::Utf8 {
-            check_utf8(&self.record)?;
+            check_utf8(&self.record, self.record_line)?;
         }
         Ok(more)
     }
@@ -270,9 +283,10 @@ impl Statement {
             names,
             offset,
             row,
+            record_line,
             ..
         } = self;
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = *record_line;
         let [biz_field, transaction_field, time_field] = *fields;
         row.line = line;
         refill(
@@ -298,6 +312,102 @@ impl Statement {
             )
         })?;
         Ok(Some(&self.row))
+    }
+}
+
+/// The statement's bytes as the CSV reader gets them, noting where lines end.
+/// A lone CR (old Mac line ends) is read as LF, byte for byte: the CSV reader
+/// ends a record at either but counts lines at LF only. CRLF is left alone
+/// and offsets do not move; CR is never a GBK trail byte, so this holds in
+/// both encodings.
+pub(crate) struct LineEnds<R> {
+    inner: R,
+    /// A byte read to see what followed a CR, handed out with the next read.
+    lookahead: Option<u8>,
+    index: LineIndex,
+}
+
+/// The bytes handed to the CSV reader since the start of the record being
+/// read, to count the blank lines it skips before a record (csv names a
+/// record by the line where its read started). Bounded: the reader is capped
+/// ([`CappedRecords`]) at [`MAX_RECORD_BYTES`] past that start, so at most
+/// that much plus one read buffer is held.
+#[derive(Clone, Default)]
+pub(crate) struct LineIndex(Arc<Mutex<Recent>>);
+
+#[derive(Default)]
+struct Recent {
+    /// Input offset of `bytes[0]`.
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl LineIndex {
+    /// How many line ends follow `offset` before anything else: the blank
+    /// lines a record read from `offset` skipped.
+    pub(crate) fn blank_lines_at(&self, offset: u64) -> u64 {
+        let recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let skip = usize::try_from(offset.saturating_sub(recent.start)).unwrap_or(usize::MAX);
+        let after = recent.bytes.get(skip..).unwrap_or_default();
+        let ends = after.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+        u64::try_from(ends.filter(|b| **b == b'\n').count()).unwrap_or(u64::MAX)
+    }
+
+    /// Forgets what is before `offset`, where the next record's read starts.
+    pub(crate) fn forget_before(&self, offset: u64) {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let drop = usize::try_from(offset.saturating_sub(recent.start)).unwrap_or(usize::MAX);
+        let drop = drop.min(recent.bytes.len());
+        recent.bytes.drain(..drop);
+        recent.start += u64::try_from(drop).unwrap_or(u64::MAX);
+    }
+
+    fn extend(&self, bytes: &[u8]) {
+        let mut recent = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.bytes.extend_from_slice(bytes);
+    }
+}
+
+impl<R: Read> LineEnds<R> {
+    pub(crate) fn new(inner: R) -> (Self, LineIndex) {
+        let index = LineIndex::default();
+        let reader = Self {
+            inner,
+            lookahead: None,
+            index: index.clone(),
+        };
+        (reader, index)
+    }
+}
+
+impl<R: Read> Read for LineEnds<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        let mut filled = 0;
+        if let Some(byte) = self.lookahead.take() {
+            buffer[0] = byte;
+            filled = 1;
+        }
+        filled += self.inner.read(&mut buffer[filled..])?;
+        for index in 0..filled {
+            if buffer[index] == b'\r' {
+                let next = if index + 1 < filled {
+                    Some(buffer[index + 1])
+                } else {
+                    let mut one = [0u8; 1];
+                    let read = self.inner.read(&mut one)?;
+                    self.lookahead = (read == 1).then_some(one[0]);
+                    self.lookahead
+                };
+                if next != Some(b'\n') {
+                    buffer[index] = b'\n';
+                }
+            }
+        }
+        self.index.extend(&buffer[..filled]);
+        Ok(filled)
     }
 }
 
@@ -346,11 +456,10 @@ fn cell<'r>(
 
 /// A UTF-8 statement is checked record by record (not only the cells read),
 /// so one stray byte is reported at its line.
-fn check_utf8(record: &csv::ByteRecord) -> Result<(), ReconcileError> {
+fn check_utf8(record: &csv::ByteRecord, line: u64) -> Result<(), ReconcileError> {
     let Err(error) = std::str::from_utf8(record.as_slice()) else {
         return Ok(());
     };
-    let line = record.position().map_or(0, csv::Position::line);
     let bad_at = error.valid_up_to();
     let mut field_end = 0;
     let field = record
@@ -704,6 +813,48 @@ mod tests {
         }
         let file = write(&encoding_rs::GBK.encode(&text).0);
         assert_eq!(detect(file.path()).unwrap(), TextEncoding::Gbk);
+    }
+
+    #[test]
+    fn rows_after_blank_lines_and_with_cr_only_line_ends_are_named_by_their_own_line() {
+        for end in ["\n", "\r\n", "\r"] {
+            let text = format!(
+                "#banner{end}biz_no,transaction_id,billed_at{end}ZM1,t1,2024-05-21 00:30:00{end}\
+                 {end}{end}ZM2,t2,2024-05-21 00:30:00{end}ZM3,t3,yesterday{end}"
+            );
+            let file = write(text.as_bytes());
+            let mut statement = Statement::open(
+                file.path(),
+                EncodingChoice::Utf8,
+                &ColumnMap::default(),
+                utc8(),
+            )
+            .unwrap();
+            assert_eq!(statement.next_row().unwrap().unwrap().line, 3, "{end:?}");
+            assert_eq!(statement.next_row().unwrap().unwrap().line, 6, "{end:?}");
+            let error = statement.next_row().unwrap_err();
+            assert!(error.to_string().contains("line 7"), "{end:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn lone_crs_are_read_as_line_feeds_whatever_the_read_sizes() {
+        let input = b"a\rb\r\nc\r\rd\r";
+        for size in 1..=input.len() {
+            let (mut reader, index) = LineEnds::new(&input[..]);
+            let mut out = Vec::new();
+            let mut buffer = vec![0u8; size];
+            loop {
+                let read = reader.read(&mut buffer).unwrap();
+                if read == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buffer[..read]);
+            }
+            assert_eq!(out, b"a\nb\r\nc\n\nd\n", "buffer of {size}");
+            assert_eq!(index.blank_lines_at(3), 1, "buffer of {size}");
+            assert_eq!(index.blank_lines_at(5), 0, "buffer of {size}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ use signing::{Charset, KeyError, PrivateKey, PublicKey, SignType, SigningError};
 pub use classify::{ErrorClass, GatewayFault};
 pub(crate) use redact::PiiRedactor;
 pub use trust::Expiry;
+#[cfg(feature = "fuzzing")]
+pub(crate) use wire::encode_pairs;
 pub(crate) use wire::timestamp_utc8;
 
 /// One OpenAPI method: its name and the shapes of its business parameters and

@@ -92,7 +92,7 @@ pub(super) fn sign_request(
 }
 
 /// `k=v&...` percent-encoded in `charset` (the output itself is ASCII).
-pub(super) fn encode_pairs<'a>(
+pub(crate) fn encode_pairs<'a>(
     pairs: impl Iterator<Item = (&'a str, &'a str)>,
     charset: Charset,
 ) -> String {
