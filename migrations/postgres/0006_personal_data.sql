@@ -7,7 +7,6 @@ ALTER TABLE relation_checks ADD COLUMN cert_no_hmac text;
 ALTER TABLE relation_checks ADD COLUMN relation_phone_hmac text;
 CREATE INDEX relation_checks_cert_no_hmac_idx ON relation_checks (cert_no_hmac);
 CREATE INDEX relation_checks_relation_phone_hmac_idx ON relation_checks (relation_phone_hmac);
-CREATE INDEX relation_checks_external_ref_idx ON relation_checks (external_ref);
 
 -- Rows erased on request that the upstream billed: the reconciliation of the
 -- day still finds their biz_no (an `erased` entry, not `billed_not_stored`).
