@@ -1,0 +1,335 @@
+//! Personal data (issue 13): `erase` removes one person's rows, ledger
+//! entries, outbox events and dead-queue messages, keeps the others and the
+//! day's reconciliation clean; `purge` removes exactly what is past its
+//! retention; hostile keys are refused without echoing them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveTime, TimeDelta, Utc};
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use zhima_worker::sandbox::{Faults, SandboxClock};
+
+use crate::lookup::zhima;
+use crate::support::{Db, TestWorker, cert_no, job, spawn_worker_with_clock};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn utc8() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).unwrap()
+}
+
+fn pinned_noon() -> DateTime<Utc> {
+    let today = Utc::now().with_timezone(&utc8()).date_naive();
+    today
+        .and_time(NaiveTime::from_hms_opt(12, 0, 0).unwrap())
+        .and_local_timezone(utc8())
+        .unwrap()
+        .to_utc()
+}
+
+/// The one person asked about: every job of theirs carries this ID number.
+fn person_cert_no() -> String {
+    cert_no("110101", "19850615", 777)
+}
+
+fn person_job(prefix: &str, n: u32) -> serde_json::Value {
+    let mut message = job(prefix, n);
+    message["cert_no"] = person_cert_no().into();
+    message
+}
+
+/// Publishes `body` straight into `queue` (as the worker's dead-lettering
+/// would), with the dead-lettered-at header when given.
+async fn put_in_queue(queue: &str, body: &serde_json::Value, dead_at: Option<DateTime<Utc>>) {
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    if let Some(at) = dead_at {
+        headers.insert(
+            ShortString::from("x-zhima-dead-lettered-at"),
+            AMQPValue::LongString(LongString::from(at.to_rfc3339())),
+        );
+    }
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(body).unwrap(),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+}
+
+async fn dead_ids(worker: &TestWorker) -> Vec<String> {
+    let listed = zhima(worker, &["dead", "list", "--json"], &[]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let listing: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    let mut ids: Vec<String> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["transaction_id"].as_str().unwrap_or("-").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn erase_one_person_among_others(db: Db) {
+    let pinned = pinned_noon();
+    let worker = spawn_worker_with_clock(db, Faults::default(), SandboxClock::Fixed(pinned)).await;
+    // The person: two succeeded jobs (one later failed by hand, as a billed
+    // failed row), one dead-lettered; the others: three succeeded, one dead.
+    for n in 0..2 {
+        worker.publish_job(&person_job("pd", n)).await;
+    }
+    for n in 10..13 {
+        worker.publish_job(&job("pd", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    worker
+        .execute("UPDATE relation_checks SET status = 'failed' WHERE transaction_id = 'pd_1'")
+        .await;
+    let dead_queue = worker.topology.names.dead_queue.clone();
+    put_in_queue(&dead_queue, &person_job("pd", 2), Some(Utc::now())).await;
+    put_in_queue(&dead_queue, &job("pd", 13), Some(Utc::now())).await;
+    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
+
+    let cert = person_cert_no();
+    let dry = zhima(&worker, &["erase", "--cert-no", &cert, "--dry-run"], &[]).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(dry.stdout.contains("would erase"), "{}", dry.stdout);
+    assert_eq!(
+        worker.statuses().await.len(),
+        5,
+        "a dry run changes nothing"
+    );
+    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
+
+    let lower = cert.to_ascii_lowercase();
+    let erased = zhima(&worker, &["erase", "--cert-no", &lower], &[]).await;
+    assert_eq!(erased.code, 0, "{}", erased.stderr);
+    let out = &erased.stdout;
+    for line in [
+        "rows                    2",
+        "ledger entries          2",
+        "dead-queue messages     1",
+        "kept: 2 tombstones",
+    ] {
+        assert!(out.contains(line), "{line}:\n{out}");
+    }
+    assert!(!out.contains(&cert) && !erased.stderr.contains(&cert));
+    assert!(!erased.stderr.contains(&lower), "{}", erased.stderr);
+
+    let left: Vec<String> = worker.statuses().await.into_keys().collect();
+    assert_eq!(left, ["pd_10", "pd_11", "pd_12"]);
+    assert_eq!(
+        worker
+            .count("SELECT count(*) FROM upstream_calls WHERE transaction_id IN ('pd_0', 'pd_1')")
+            .await,
+        0
+    );
+    assert_eq!(
+        worker
+            .count("SELECT count(*) FROM result_events WHERE message_id IN ('pd_0', 'pd_1')")
+            .await,
+        0
+    );
+    assert_eq!(
+        worker
+            .count("SELECT count(*) FROM upstream_calls WHERE transaction_id LIKE 'pd_1_'")
+            .await,
+        3
+    );
+    assert_eq!(worker.count("SELECT count(*) FROM erased_checks").await, 2);
+    assert_eq!(dead_ids(&worker).await, ["pd_13"]);
+
+    let again = zhima(&worker, &["erase", "--cert-no", &cert], &[]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stdout.contains("rows                    0"),
+        "{}",
+        again.stdout
+    );
+
+    // The day's statement still bills the erased rows: erased, not missing.
+    let day = pinned.with_timezone(&utc8()).date_naive();
+    let dir = tempfile::tempdir().unwrap();
+    let bill = dir.path().join("bill.csv");
+    std::fs::write(&bill, worker.sandbox.bill_csv(day)).unwrap();
+    let (bill_text, date) = (bill.display().to_string(), day.to_string());
+    let report = zhima(
+        &worker,
+        &["reconcile", "--bill", &bill_text, "--date", &date],
+        &[],
+    )
+    .await;
+    assert_eq!(report.code, 0, "{}\n{}", report.stdout, report.stderr);
+    assert!(
+        report.stdout.trim_end().ends_with("clean"),
+        "{}",
+        report.stdout
+    );
+    let erased_line = report
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("erased on request (tombstone)"))
+        .unwrap();
+    assert_eq!(
+        erased_line.split_whitespace().last(),
+        Some("2"),
+        "{}",
+        report.stdout
+    );
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn erase_by_cert_no_removes_one_person_everywhere_and_reconcile_stays_clean_on_sqlite() {
+    erase_one_person_among_others(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn erase_by_cert_no_removes_one_person_everywhere_and_reconcile_stays_clean_on_postgres() {
+    erase_one_person_among_others(Db::Postgres).await;
+}
+
+async fn purge_removes_exactly_the_expired(db: Db) {
+    let worker = spawn_worker_with_clock(db, Faults::default(), SandboxClock::System).await;
+    for n in 0..4 {
+        worker.publish_job(&job("pg", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let stamp = |days: i64| {
+        (Utc::now() - TimeDelta::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    // pg_0: 200 days old (row goes); pg_1: 40 days (body goes, row stays);
+    // pg_2: 20 days, pg_3: today (both untouched).
+    for (id, days) in [("pg_0", 200), ("pg_1", 40), ("pg_2", 20)] {
+        worker
+            .execute(&format!(
+                "UPDATE relation_checks SET created_at = '{0}', updated_at = '{0}' \
+                 WHERE transaction_id = '{id}'",
+                stamp(days)
+            ))
+            .await;
+        worker
+            .execute(&format!(
+                "UPDATE upstream_calls SET started_at = '{}' WHERE transaction_id = '{id}'",
+                stamp(days)
+            ))
+            .await;
+    }
+    let dead_queue = worker.topology.names.dead_queue.clone();
+    put_in_queue(
+        &dead_queue,
+        &job("pg", 10),
+        Some(Utc::now() - TimeDelta::days(8)),
+    )
+    .await;
+    put_in_queue(
+        &dead_queue,
+        &job("pg", 11),
+        Some(Utc::now() - TimeDelta::days(6)),
+    )
+    .await;
+    put_in_queue(&dead_queue, &job("pg", 12), None).await;
+
+    let dry = zhima(&worker, &["purge", "--dry-run"], &[]).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout.contains("rows                    1"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(worker.statuses().await.len(), 4);
+    assert_eq!(dead_ids(&worker).await.len(), 3);
+
+    let purged = zhima(&worker, &["purge"], &[]).await;
+    assert_eq!(purged.code, 0, "{}", purged.stderr);
+    let out = &purged.stdout;
+    for line in [
+        "response bodies         2",
+        "rows                    1",
+        "ledger entries          1",
+        "dead-queue messages     1",
+        "kept: 1 dead-queue messages without",
+    ] {
+        assert!(out.contains(line), "{line}:\n{out}");
+    }
+    let left: Vec<String> = worker.statuses().await.into_keys().collect();
+    assert_eq!(left, ["pg_1", "pg_2", "pg_3"]);
+    let bodies = worker
+        .query_rows(
+            "SELECT transaction_id, CASE WHEN response_body IS NULL THEN 'none' ELSE 'kept' END \
+             FROM relation_checks ORDER BY transaction_id",
+        )
+        .await;
+    assert_eq!(
+        bodies,
+        [
+            ("pg_1".to_owned(), "none".to_owned()),
+            ("pg_2".to_owned(), "kept".to_owned()),
+            ("pg_3".to_owned(), "kept".to_owned()),
+        ]
+    );
+    assert_eq!(dead_ids(&worker).await, ["pg_11", "pg_12"]);
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn purge_removes_exactly_the_expired_rows_bodies_and_dead_messages_on_sqlite() {
+    purge_removes_exactly_the_expired(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn purge_removes_exactly_the_expired_rows_bodies_and_dead_messages_on_postgres() {
+    purge_removes_exactly_the_expired(Db::Postgres).await;
+}
+
+#[tokio::test]
+async fn hostile_erase_keys_exit_64_naming_the_flag_and_a_bad_retention_names_its_key() {
+    let worker = spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::System).await;
+    let cases: [&[&str]; 6] = [
+        &["erase", "--cert-no", "11010519800101018"],
+        &["erase", "--cert-no", ""],
+        &["erase", "--phone", "1380000\u{1b}0001"],
+        &["erase", "--external-ref", ""],
+        &["erase", "--external-ref", "a\nb"],
+        &[
+            "erase",
+            "--cert-no",
+            "110101198506157770",
+            "--phone",
+            "13800000001",
+        ],
+    ];
+    for args in cases {
+        let outcome = zhima(&worker, args, &[]).await;
+        assert_ne!(outcome.code, 0, "{args:?}");
+        assert!(outcome.stdout.is_empty(), "{args:?}: {}", outcome.stdout);
+    }
+    let bad = zhima(&worker, &["erase", "--cert-no", "11010519800101018"], &[]).await;
+    assert_eq!(bad.code, 64, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--cert-no"), "{}", bad.stderr);
+    let zero = zhima(&worker, &["purge"], &[("ZHIMA__RETENTION__ROW_DAYS", "0")]).await;
+    assert_ne!(zero.code, 0);
+    assert!(
+        zero.stderr.contains("retention.row_days"),
+        "{}",
+        zero.stderr
+    );
+    worker.cleanup().await;
+}
