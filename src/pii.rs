@@ -2,8 +2,9 @@
 //! for keyed hashes (HMAC-SHA256) of personal data. Today it makes a job's
 //! business-field fingerprint, which lets the store tell a redelivery of the
 //! same job from a different job reusing its transaction_id without keeping
-//! the plaintext. A later change (a blind index for PIPL lookups) reuses the
-//! same key, with its own domain tag, so operators manage one file.
+//! the plaintext. The blind index of ID and phone numbers (`erase` finds a
+//! person's rows and queued messages by it) uses the same key under its own
+//! domain tags, so operators manage one file.
 //!
 //! The key is read once at start-up of `run`. It is never generated here: a
 //! replica that made its own key would fingerprint differently from the others,
