@@ -73,6 +73,54 @@ async fn put_in_queue(queue: &str, body: &serde_json::Value, dead_at: Option<Dat
     connection.close(200, "done".into()).await.unwrap();
 }
 
+/// A delay queue of a 60 s tier, declared without its TTL so the planted
+/// messages wait there for the test; `erase` sees it under the same retry
+/// settings ([`LONG_TIER`]).
+async fn declare_long_delay_queue(worker: &TestWorker) -> String {
+    let name = worker
+        .topology
+        .names
+        .delay_queue(Duration::from_millis(60_000));
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            ShortString::from(name.as_str()),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    connection.close(200, "done".into()).await.unwrap();
+    name
+}
+
+async fn delete_queue(name: &str) {
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(ShortString::from(name), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
+/// Retry settings whose one tier is the 60 s delay queue above.
+const LONG_TIER: [(&str, &str); 2] = [
+    ("ZHIMA__RETRY__INITIAL_DELAY_MS", "60000"),
+    ("ZHIMA__RETRY__MAX_DELAY_MS", "60000"),
+];
+
 async fn dead_ids(worker: &TestWorker) -> Vec<String> {
     let listed = zhima(worker, &["dead", "list", "--json"], &[]).await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
@@ -106,9 +154,17 @@ async fn erase_one_person_among_others(db: Db) {
     put_in_queue(&dead_queue, &person_job("pd", 2), Some(Utc::now())).await;
     put_in_queue(&dead_queue, &job("pd", 13), Some(Utc::now())).await;
     assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
+    let delay_queue = declare_long_delay_queue(&worker).await;
+    put_in_queue(&delay_queue, &person_job("pd", 3), None).await;
+    put_in_queue(&delay_queue, &job("pd", 14), None).await;
 
     let cert = person_cert_no();
-    let dry = zhima(&worker, &["erase", "--cert-no", &cert, "--dry-run"], &[]).await;
+    let dry = zhima(
+        &worker,
+        &["erase", "--cert-no", &cert, "--dry-run"],
+        &LONG_TIER,
+    )
+    .await;
     assert_eq!(dry.code, 0, "{}", dry.stderr);
     assert!(dry.stdout.contains("would erase"), "{}", dry.stdout);
     assert_eq!(
@@ -119,13 +175,20 @@ async fn erase_one_person_among_others(db: Db) {
     assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
 
     let lower = cert.to_ascii_lowercase();
-    let erased = zhima(&worker, &["erase", "--cert-no", &lower], &[]).await;
+    assert!(
+        dry.stdout.contains("delay-queue messages    1"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(worker.ready(&delay_queue).await, 2);
+    let erased = zhima(&worker, &["erase", "--cert-no", &lower], &LONG_TIER).await;
     assert_eq!(erased.code, 0, "{}", erased.stderr);
     let out = &erased.stdout;
     for line in [
         "rows                    2",
         "ledger entries          2",
         "dead-queue messages     1",
+        "delay-queue messages    1",
         "kept: 2 tombstones",
     ] {
         assert!(out.contains(line), "{line}:\n{out}");
@@ -155,6 +218,12 @@ async fn erase_one_person_among_others(db: Db) {
     );
     assert_eq!(worker.count("SELECT count(*) FROM erased_checks").await, 2);
     assert_eq!(dead_ids(&worker).await, ["pd_13"]);
+    assert_eq!(
+        worker.ready(&delay_queue).await,
+        1,
+        "the other's message stays"
+    );
+    delete_queue(&delay_queue).await;
 
     let again = zhima(&worker, &["erase", "--cert-no", &cert], &[]).await;
     assert_eq!(again.code, 0, "{}", again.stderr);
