@@ -369,6 +369,50 @@ async fn purge_removes_exactly_the_expired_rows_bodies_and_dead_messages_on_post
 }
 
 #[tokio::test]
+async fn the_worker_stamps_the_time_it_dead_letters_a_message() {
+    let worker = spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::System).await;
+    let before = Utc::now() - TimeDelta::seconds(1);
+    worker.publish_raw(b"this is not json").await;
+    worker.run_until_idle(LIMIT).await;
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let connection = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            ShortString::from(worker.topology.names.dead_queue.as_str()),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("a dead message");
+    let header = message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-zhima-dead-lettered-at").cloned());
+    message
+        .delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let Some(AMQPValue::LongString(text)) = header else {
+        panic!("no x-zhima-dead-lettered-at header: {header:?}");
+    };
+    let at = DateTime::parse_from_rfc3339(&String::from_utf8_lossy(text.as_bytes())).unwrap();
+    assert!(at >= before && at <= Utc::now(), "{at}");
+    connection.close(200, "done".into()).await.unwrap();
+    worker.cleanup().await;
+}
+
+#[tokio::test]
 async fn hostile_erase_keys_exit_64_naming_the_flag_and_a_bad_retention_names_its_key() {
     let worker = spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::System).await;
     let cases: [&[&str]; 6] = [
