@@ -369,6 +369,35 @@ async fn purge_removes_exactly_the_expired_rows_bodies_and_dead_messages_on_post
 }
 
 #[tokio::test]
+async fn erase_by_phone_and_by_external_ref_remove_only_the_matching_jobs() {
+    let worker = spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::System).await;
+    for n in 0..4 {
+        worker.publish_job(&job("ph", n)).await;
+    }
+    worker.run_until_idle(LIMIT).await;
+    let phone = job("ph", 1)["relation_phone"].as_str().unwrap().to_owned();
+    let by_phone = zhima(&worker, &["erase", "--phone", &phone], &[]).await;
+    assert_eq!(by_phone.code, 0, "{}", by_phone.stderr);
+    assert!(
+        by_phone.stdout.contains("rows                    1"),
+        "{}",
+        by_phone.stdout
+    );
+    assert!(!by_phone.stdout.contains(&phone) && !by_phone.stderr.contains(&phone));
+    let reference = job("ph", 2)["external_ref"].as_str().unwrap().to_owned();
+    let by_ref = zhima(&worker, &["erase", "--external-ref", &reference], &[]).await;
+    assert_eq!(by_ref.code, 0, "{}", by_ref.stderr);
+    assert!(
+        by_ref.stdout.contains("rows                    1"),
+        "{}",
+        by_ref.stdout
+    );
+    let left: Vec<String> = worker.statuses().await.into_keys().collect();
+    assert_eq!(left, ["ph_0", "ph_3"]);
+    worker.cleanup().await;
+}
+
+#[tokio::test]
 async fn the_worker_stamps_the_time_it_dead_letters_a_message() {
     let worker = spawn_worker_with_clock(Db::Sqlite, Faults::default(), SandboxClock::System).await;
     let before = Utc::now() - TimeDelta::seconds(1);
