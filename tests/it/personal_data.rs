@@ -466,12 +466,18 @@ async fn hostile_erase_keys_exit_64_naming_the_flag_and_a_bad_retention_names_it
     let bad = zhima(&worker, &["erase", "--cert-no", "11010519800101018"], &[]).await;
     assert_eq!(bad.code, 64, "{}", bad.stderr);
     assert!(bad.stderr.contains("--cert-no"), "{}", bad.stderr);
-    let zero = zhima(&worker, &["purge"], &[("ZHIMA__RETENTION__ROW_DAYS", "0")]).await;
-    assert_ne!(zero.code, 0);
-    assert!(
-        zero.stderr.contains("retention.row_days"),
-        "{}",
-        zero.stderr
-    );
+    for (key, value) in [
+        ("ROW_DAYS", "0"),
+        ("ROW_DAYS", "-1"),
+        ("RESPONSE_BODY_DAYS", "abc"),
+        ("DEAD_LETTER_DAYS", "1.5"),
+        ("DEAD_LETTER_DAYS", "99999"),
+    ] {
+        let variable = format!("ZHIMA__RETENTION__{key}");
+        let refused = zhima(&worker, &["purge"], &[(variable.as_str(), value)]).await;
+        assert_eq!(refused.code, 1, "{variable}={value}: {}", refused.stderr);
+        let named = format!("retention.{}", key.to_ascii_lowercase());
+        assert!(refused.stderr.contains(&named), "{}", refused.stderr);
+    }
     worker.cleanup().await;
 }
