@@ -145,8 +145,8 @@ pub(super) async fn erase(settings: &Settings, args: EraseArgs) -> anyhow::Resul
 }
 
 /// Removes the person's messages from the dead queue and the delay queues:
-/// a message matches when the same keyed hash of its field equals the one
-/// asked for, when it carries the reference, or when it belongs to an erased
+/// a message matches when the same keyed hash of its field (read from an
+/// invalid body too) equals the one asked for, when it carries the reference, or when it belongs to an erased
 /// row's transaction_id.
 async fn erase_queued(
     settings: &Settings,
@@ -164,11 +164,11 @@ async fn erase_queued(
         }
         match person {
             PersonKey::CertNo(hash) => message
-                .job()
-                .is_some_and(|job| key.cert_no_index(&job.query.cert_no) == *hash),
+                .cert_no()
+                .is_some_and(|cert_no| key.cert_no_index(cert_no) == *hash),
             PersonKey::Phone(hash) => message
-                .job()
-                .is_some_and(|job| key.phone_index(&job.query.relation_phone) == *hash),
+                .relation_phone()
+                .is_some_and(|phone| key.phone_index(phone) == *hash),
             PersonKey::ExternalRef(reference) => message.external_ref() == Some(reference),
         }
     };

@@ -58,6 +58,29 @@ pub(crate) struct QueuedMessage {
     attempt: Option<u32>,
     /// When the worker dead-lettered it ([`DEAD_AT_HEADER`]), if recorded.
     dead_lettered_at: Option<DateTime<Utc>>,
+    /// An invalid body's `cert_no` and `relation_phone` strings, as sent
+    /// (for `erase`; never shown).
+    salvaged: Salvaged,
+}
+
+/// Personal fields read from a body that is not a valid job.
+#[derive(Default)]
+struct Salvaged {
+    cert_no: Option<String>,
+    relation_phone: Option<String>,
+}
+
+impl Salvaged {
+    fn from_body(body: &[u8]) -> Self {
+        let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(body) else {
+            return Self::default();
+        };
+        let text = |field: &str| object.get(field)?.as_str().map(str::to_owned);
+        Self {
+            cert_no: text("cert_no"),
+            relation_phone: text("relation_phone"),
+        }
+    }
 }
 
 impl QueuedMessage {
@@ -65,13 +88,20 @@ impl QueuedMessage {
         let headers = delivery.properties.headers().as_ref();
         let reason = text_header(headers, ERROR_HEADER)
             .or_else(|| text_header(headers, BROKER_DEATH_REASON).map(|r| format!("broker: {r}")));
+        let decoded = decode_job(&delivery.data, product_code);
+        let salvaged = if decoded.is_err() {
+            Salvaged::from_body(&delivery.data)
+        } else {
+            Salvaged::default()
+        };
         Self {
+            salvaged,
             message_id: delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string()),
-            decoded: decode_job(&delivery.data, product_code),
+            decoded,
             reason,
             attempt: header_u32(headers, ATTEMPT_HEADER),
             dead_lettered_at: text_header(headers, DEAD_AT_HEADER)
@@ -80,10 +110,20 @@ impl QueuedMessage {
         }
     }
 
-    /// The decoded job, when the body is a valid one (for `erase`, which
-    /// matches its personal fields by their keyed hashes).
-    pub(crate) fn job(&self) -> Option<&Job> {
-        self.decoded.as_ref().ok()
+    /// The `cert_no` the body carries, valid or not (for `erase`).
+    pub(crate) fn cert_no(&self) -> Option<&str> {
+        match &self.decoded {
+            Ok(job) => Some(&job.query.cert_no),
+            Err(_) => self.salvaged.cert_no.as_deref(),
+        }
+    }
+
+    /// The `relation_phone` the body carries, valid or not (for `erase`).
+    pub(crate) fn relation_phone(&self) -> Option<&str> {
+        match &self.decoded {
+            Ok(job) => Some(&job.query.relation_phone),
+            Err(_) => self.salvaged.relation_phone.as_deref(),
+        }
     }
 
     /// The producer's reference, from a valid or an invalid body.
@@ -720,6 +760,7 @@ mod tests {
             reason: Some("gave up after 2 attempts; last error SYSTEM_ERROR: busy".into()),
             attempt: Some(2),
             dead_lettered_at: None,
+            salvaged: Salvaged::default(),
         };
         let entry = message.entry();
         let shown = serde_json::to_string(&entry).unwrap();
@@ -739,6 +780,7 @@ mod tests {
             reason: None,
             attempt: None,
             dead_lettered_at: None,
+            salvaged: Salvaged::default(),
         };
         let entry = message.entry();
         assert!(message.is_invalid());

@@ -153,7 +153,12 @@ async fn erase_one_person_among_others(db: Db) {
     let dead_queue = worker.topology.names.dead_queue.clone();
     put_in_queue(&dead_queue, &person_job("pd", 2), Some(Utc::now())).await;
     put_in_queue(&dead_queue, &job("pd", 13), Some(Utc::now())).await;
-    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
+    // The person's invalid message (a relation the gateway does not know),
+    // dead-lettered before any row was written for it.
+    let mut invalid = person_job("pd", 4);
+    invalid["relation"] = "cousin".into();
+    put_in_queue(&dead_queue, &invalid, Some(Utc::now())).await;
+    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2", "pd_4"]);
     let delay_queue = declare_long_delay_queue(&worker).await;
     put_in_queue(&delay_queue, &person_job("pd", 3), None).await;
     put_in_queue(&delay_queue, &job("pd", 14), None).await;
@@ -172,7 +177,7 @@ async fn erase_one_person_among_others(db: Db) {
         5,
         "a dry run changes nothing"
     );
-    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2"]);
+    assert_eq!(dead_ids(&worker).await, ["pd_13", "pd_2", "pd_4"]);
 
     let lower = cert.to_ascii_lowercase();
     assert!(
@@ -187,7 +192,7 @@ async fn erase_one_person_among_others(db: Db) {
     for line in [
         "rows                    2",
         "ledger entries          2",
-        "dead-queue messages     1",
+        "dead-queue messages     2",
         "delay-queue messages    1",
         "kept: 2 tombstones",
     ] {
