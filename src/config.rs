@@ -66,6 +66,7 @@ pub struct Settings {
     pub(crate) reconcile: ReconcileSettings,
     pub pii: PiiSettings,
     pub results: ResultSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -392,6 +393,39 @@ pub struct PiiSettings {
     /// The PII key: >= 32 random bytes shared by every replica (job
     /// fingerprints today, the PIPL blind index later).
     pub hmac_key_path: PathBuf,
+}
+
+/// How long personal data is kept (`zhima-worker purge`), in whole days.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Raw response bodies of rows last changed longer ago are cleared.
+    pub response_body_days: u32,
+    /// Rows, ledger entries and outbox events older than this are deleted.
+    pub row_days: u32,
+    /// Dead-queue messages dead-lettered longer ago are removed.
+    pub dead_letter_days: u32,
+}
+
+/// The longest retention accepted (about 100 years): more is a typo.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl RetentionSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, days) in [
+            ("retention.response_body_days", self.response_body_days),
+            ("retention.row_days", self.row_days),
+            ("retention.dead_letter_days", self.dead_letter_days),
+        ] {
+            if !(1..=MAX_RETENTION_DAYS).contains(&days) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be a whole number of days from 1 to {MAX_RETENTION_DAYS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Result events (the transactional outbox and its relay).
@@ -768,6 +802,7 @@ impl Settings {
             ));
         }
         self.validate_results()?;
+        self.retention.validate()?;
         if !(-12..=14).contains(&self.reconcile.utc_offset_hours) {
             return Err(ConfigError::invalid(
                 "reconcile.utc_offset_hours",

@@ -2,8 +2,9 @@
 //! for keyed hashes (HMAC-SHA256) of personal data. Today it makes a job's
 //! business-field fingerprint, which lets the store tell a redelivery of the
 //! same job from a different job reusing its transaction_id without keeping
-//! the plaintext. A later change (a blind index for PIPL lookups) reuses the
-//! same key, with its own domain tag, so operators manage one file.
+//! the plaintext. The blind index of ID and phone numbers (`erase` finds a
+//! person's rows and queued messages by it) uses the same key under its own
+//! domain tags, so operators manage one file.
 //!
 //! The key is read once at start-up of `run`. It is never generated here: a
 //! replica that made its own key would fingerprint differently from the others,
@@ -29,6 +30,10 @@ pub(crate) const MAX_KEY_FILE_BYTES: usize = 64 * 1024;
 /// Domain separation: the fingerprint and any later use of the key hash
 /// different tags, so one value can never stand in for the other.
 const FINGERPRINT_TAG: &[u8] = b"zhima-worker/job-fingerprint/v1";
+/// Domain tags of the blind index: an ID number and a phone number hash under
+/// their own tags, so equal strings in the two fields never match each other.
+const CERT_NO_INDEX_TAG: &[u8] = b"zhima-worker/blind-index/cert_no/v1";
+const PHONE_INDEX_TAG: &[u8] = b"zhima-worker/blind-index/relation_phone/v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -137,12 +142,46 @@ impl PiiKey {
                 mac.update(part);
             }
         }
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        hex(mac)
     }
+
+    /// The blind index of an ID number: HMAC-SHA256 (lower-case hex) of
+    /// [`normalize_cert_no`]'s form, so `...018x` and `...018X` find the same
+    /// rows. A plain hash would not do: an ID number is guessable.
+    pub(crate) fn cert_no_index(&self, cert_no: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(CERT_NO_INDEX_TAG);
+        mac.update(normalize_cert_no(cert_no).as_bytes());
+        hex(mac)
+    }
+
+    /// The blind index of a mobile number: HMAC-SHA256 (lower-case hex) of
+    /// [`normalize_phone`]'s form.
+    pub(crate) fn phone_index(&self, phone: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(PHONE_INDEX_TAG);
+        mac.update(normalize_phone(phone).as_bytes());
+        hex(mac)
+    }
+}
+
+/// The form of an ID number the blind index hashes: trimmed, upper-case `X`
+/// (the same normalization as the job's fingerprint).
+pub(crate) fn normalize_cert_no(cert_no: &str) -> String {
+    cert_no.trim().to_ascii_uppercase()
+}
+
+/// The form of a mobile number the blind index hashes: trimmed.
+pub(crate) fn normalize_phone(phone: &str) -> String {
+    phone.trim().to_owned()
+}
+
+fn hex(mac: HmacSha256) -> String {
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -243,6 +282,24 @@ mod tests {
             let other = key.fingerprint(&query(|body| body[field] = value));
             assert_ne!(base, other, "{field} must change the fingerprint");
         }
+    }
+
+    #[test]
+    fn the_blind_index_is_keyed_normalized_and_separated_by_field() {
+        let key = PiiKey::from_bytes(&[1; 32]);
+        let cert = key.cert_no_index("11010519800101018X");
+        assert_eq!(cert.len(), 64);
+        assert_eq!(cert, key.cert_no_index(" 11010519800101018x "));
+        assert_ne!(cert, key.cert_no_index("110105198001010016"));
+        assert_ne!(
+            cert,
+            PiiKey::from_bytes(&[2; 32]).cert_no_index("11010519800101018X")
+        );
+        let phone = key.phone_index("15843991158");
+        assert_eq!(phone, key.phone_index(" 15843991158\n"));
+        assert_ne!(phone, key.phone_index("15843991159"));
+        // The same text in the two fields never matches across them.
+        assert_ne!(key.cert_no_index("15843991158"), phone);
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub enum Command {
     /// One job: its row (masked), its upstream calls, and the queue its message is in.
     #[command(after_help = lookup::SHOW)]
     Show(lookup::ShowArgs),
+    /// Delete one person's rows, ledger entries, events and queued messages (PIPL).
+    #[command(after_help = erase::ERASE)]
+    Erase(erase::EraseArgs),
+    /// Delete response bodies, rows and dead messages past their retention.
+    #[command(after_help = purge::PURGE)]
+    Purge(purge::PurgeArgs),
     /// The dead-letter queue: list, show one job, purge invalid messages.
     #[command(after_help = dead::DEAD)]
     Dead {
@@ -232,7 +238,11 @@ impl Command {
     /// report missing queues themselves.
     pub fn log_filter(&self, configured: &str) -> String {
         match self {
-            Command::Status { .. } | Command::Show(_) | Command::Dead { .. } => {
+            Command::Status { .. }
+            | Command::Show(_)
+            | Command::Dead { .. }
+            | Command::Erase(_)
+            | Command::Purge(_) => {
                 format!("{configured},lapin::channel=off")
             }
             _ => configured.to_owned(),
@@ -293,6 +303,8 @@ impl Command {
             Command::RequeueDead(args) => dead::requeue(&settings, args).await,
             Command::Show(args) => lookup::show(&settings, args).await,
             Command::Dead { action } => dead::dead(&settings, action).await,
+            Command::Erase(args) => erase::erase(&settings, args).await,
+            Command::Purge(args) => purge::purge(&settings, args).await,
             Command::Reconcile(args) => reconciliation::reconcile(&settings, args).await,
             Command::Export { date } => reconciliation::export(&settings, date.as_deref()).await,
             Command::Results {
@@ -388,9 +400,11 @@ fn verify_response(
 
 mod cert;
 mod dead;
+mod erase;
 mod help;
 mod lookup;
 mod operator;
+mod purge;
 mod reconciliation;
 mod results;
 mod status;

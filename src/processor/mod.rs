@@ -169,7 +169,7 @@ impl Processor {
     }
 
     async fn process_valid(&self, job: &Job, attempt: Attempt) -> Handled {
-        let masked = mask(job);
+        let masked = mask(job, &self.pii_key);
         let fingerprint = self.pii_key.fingerprint(&job.query);
         let key = JobKey {
             transaction_id: job.query.transaction_id.as_str(),
@@ -472,8 +472,10 @@ fn is_outside_window(first_call_at: DateTime<Utc>, now: DateTime<Utc>, window: D
     age.to_std().is_ok_and(|age| age > window)
 }
 
-fn mask(job: &Job) -> PiiMasked {
+fn mask(job: &Job, key: &PiiKey) -> PiiMasked {
     PiiMasked {
+        cert_no_hmac: Some(key.cert_no_index(&job.query.cert_no)),
+        relation_phone_hmac: Some(key.phone_index(&job.query.relation_phone)),
         cert_no: job::mask_cert_no(&job.query.cert_no),
         name: job::mask_name(&job.query.name),
         relation_phone: job::mask_phone(&job.query.relation_phone),

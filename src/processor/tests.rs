@@ -57,7 +57,7 @@ async fn processor(dir: &tempfile::TempDir) -> (Processor, JobStore) {
 /// Records a first call for the job at `at`, as another replica would have.
 async fn begin_call_at(store: &JobStore, at: DateTime<Utc>) {
     let job = job::decode_job(BODY.as_bytes(), "unused").unwrap();
-    let masked = mask(&job);
+    let masked = mask(&job, &pii_key());
     let fingerprint = pii_key().fingerprint(&job.query);
     let key = JobKey {
         transaction_id: job.query.transaction_id.as_str(),

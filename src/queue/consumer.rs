@@ -11,7 +11,9 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::Instrument;
 
 use super::publisher::Outgoing;
-use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology, header_u32};
+use super::{
+    ATTEMPT_HEADER, DEAD_AT_HEADER, ERROR_HEADER, Publisher, THROTTLED_HEADER, Topology, header_u32,
+};
 use crate::processor::{Attempt, Disposition, JobOutcome, Processor};
 
 /// Reads our retry counters from the delivery's headers.
@@ -87,7 +89,8 @@ async fn handle_in_span(
                 message_id.as_deref(),
             )
             .with_number_header(ATTEMPT_HEADER, attempt.number)
-            .with_text_header(ERROR_HEADER, &truncate(reason, 1000));
+            .with_text_header(ERROR_HEADER, &truncate(reason, 1000))
+            .with_text_header(DEAD_AT_HEADER, &chrono::Utc::now().to_rfc3339());
             publisher.publish(copy).await
         }
     };

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use lapin::message::{BasicGetMessage, Delivery};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -37,7 +38,10 @@ use serde::Serialize;
 use super::admin::{RequeueError, fresh_headers};
 use super::publisher::Outgoing;
 use super::topology::ready_messages;
-use super::{ATTEMPT_HEADER, ERROR_HEADER, Publisher, QueueError, Topology, header_u32, short};
+use super::{
+    ATTEMPT_HEADER, DEAD_AT_HEADER, ERROR_HEADER, Publisher, QueueError, Topology, header_u32,
+    short,
+};
 use crate::config::{QueueType, Settings};
 use crate::job::{Job, RejectedJob, decode_job, mask_cert_no, mask_name, mask_phone};
 use crate::store::JobStore;
@@ -52,6 +56,31 @@ pub(crate) struct QueuedMessage {
     decoded: Result<Job, RejectedJob>,
     reason: Option<String>,
     attempt: Option<u32>,
+    /// When the worker dead-lettered it ([`DEAD_AT_HEADER`]), if recorded.
+    dead_lettered_at: Option<DateTime<Utc>>,
+    /// An invalid body's `cert_no` and `relation_phone` strings, as sent
+    /// (for `erase`; never shown).
+    salvaged: Salvaged,
+}
+
+/// Personal fields read from a body that is not a valid job.
+#[derive(Default)]
+struct Salvaged {
+    cert_no: Option<String>,
+    relation_phone: Option<String>,
+}
+
+impl Salvaged {
+    fn from_body(body: &[u8]) -> Self {
+        let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(body) else {
+            return Self::default();
+        };
+        let text = |field: &str| object.get(field)?.as_str().map(str::to_owned);
+        Self {
+            cert_no: text("cert_no"),
+            relation_phone: text("relation_phone"),
+        }
+    }
 }
 
 impl QueuedMessage {
@@ -59,16 +88,56 @@ impl QueuedMessage {
         let headers = delivery.properties.headers().as_ref();
         let reason = text_header(headers, ERROR_HEADER)
             .or_else(|| text_header(headers, BROKER_DEATH_REASON).map(|r| format!("broker: {r}")));
+        let decoded = decode_job(&delivery.data, product_code);
+        let salvaged = if decoded.is_err() {
+            Salvaged::from_body(&delivery.data)
+        } else {
+            Salvaged::default()
+        };
         Self {
+            salvaged,
             message_id: delivery
                 .properties
                 .message_id()
                 .as_ref()
                 .map(|id| id.to_string()),
-            decoded: decode_job(&delivery.data, product_code),
+            decoded,
             reason,
             attempt: header_u32(headers, ATTEMPT_HEADER),
+            dead_lettered_at: text_header(headers, DEAD_AT_HEADER)
+                .and_then(|at| DateTime::parse_from_rfc3339(at.trim()).ok())
+                .map(|at| at.with_timezone(&Utc)),
         }
+    }
+
+    /// The `cert_no` the body carries, valid or not (for `erase`).
+    pub(crate) fn cert_no(&self) -> Option<&str> {
+        match &self.decoded {
+            Ok(job) => Some(&job.query.cert_no),
+            Err(_) => self.salvaged.cert_no.as_deref(),
+        }
+    }
+
+    /// The `relation_phone` the body carries, valid or not (for `erase`).
+    pub(crate) fn relation_phone(&self) -> Option<&str> {
+        match &self.decoded {
+            Ok(job) => Some(&job.query.relation_phone),
+            Err(_) => self.salvaged.relation_phone.as_deref(),
+        }
+    }
+
+    /// The producer's reference, from a valid or an invalid body.
+    pub(crate) fn external_ref(&self) -> Option<&str> {
+        match &self.decoded {
+            Ok(job) => job.external_ref.as_deref(),
+            Err(rejected) => rejected.external_ref.as_deref(),
+        }
+    }
+
+    /// When the worker dead-lettered it (`x-zhima-dead-lettered-at`); None
+    /// for a message dead-lettered before the header existed or by the broker.
+    pub(crate) fn dead_lettered_at(&self) -> Option<DateTime<Utc>> {
+        self.dead_lettered_at
     }
 
     /// The job's transaction_id: from the body when it carries a valid one,
@@ -600,6 +669,56 @@ pub(crate) async fn purge_invalid(
     Ok(purger.count)
 }
 
+/// `erase` and `purge`: removes (or, dry, only counts) every message of
+/// `queues` that `matches`, through the one scan that never loses a message.
+/// Returns the count per queue (queues with none omitted).
+pub(crate) async fn remove_where(
+    settings: &Settings,
+    role: &str,
+    queues: &[String],
+    dry_run: bool,
+    matches: &mut dyn FnMut(&QueuedMessage) -> bool,
+) -> Result<BTreeMap<String, u64>, RequeueError> {
+    let mut remover = Remover {
+        dry_run,
+        matches,
+        queue: String::new(),
+        counts: BTreeMap::new(),
+    };
+    scan_queues(settings, role, queues, &mut remover).await?;
+    Ok(remover.counts)
+}
+
+/// The delay queues of the configured retry tiers.
+pub(crate) fn delay_queue_names(settings: &Settings) -> Result<Vec<String>, RequeueError> {
+    Ok(Topology::from_settings(settings)?.delay_queues())
+}
+
+struct Remover<'m> {
+    dry_run: bool,
+    matches: &'m mut dyn FnMut(&QueuedMessage) -> bool,
+    queue: String,
+    counts: BTreeMap<String, u64>,
+}
+
+impl Visitor for Remover<'_> {
+    fn entering(&mut self, queue: &str) {
+        queue.clone_into(&mut self.queue);
+    }
+
+    fn visit(&mut self, message: &QueuedMessage) -> Verdict {
+        if !(self.matches)(message) {
+            return Verdict::Keep;
+        }
+        *self.counts.entry(self.queue.clone()).or_default() += 1;
+        if self.dry_run {
+            Verdict::Keep
+        } else {
+            Verdict::Remove
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -640,6 +759,8 @@ mod tests {
             decoded: decode_job(body, "w1010100001000001200"),
             reason: Some("gave up after 2 attempts; last error SYSTEM_ERROR: busy".into()),
             attempt: Some(2),
+            dead_lettered_at: None,
+            salvaged: Salvaged::default(),
         };
         let entry = message.entry();
         let shown = serde_json::to_string(&entry).unwrap();
@@ -658,6 +779,8 @@ mod tests {
             decoded: decode_job(broken, "w1010100001000001200"),
             reason: None,
             attempt: None,
+            dead_lettered_at: None,
+            salvaged: Salvaged::default(),
         };
         let entry = message.entry();
         assert!(message.is_invalid());

@@ -35,6 +35,9 @@ pub const ATTEMPT_HEADER: &str = "x-zhima-attempt";
 pub(crate) const THROTTLED_HEADER: &str = "x-zhima-throttled";
 /// Why a message was dead-lettered, for humans and `requeue-dead`.
 pub const ERROR_HEADER: &str = "x-zhima-error";
+/// When the worker dead-lettered a message (RFC 3339, UTC): `purge` removes
+/// dead messages older than `retention.dead_letter_days` by it.
+pub const DEAD_AT_HEADER: &str = "x-zhima-dead-lettered-at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

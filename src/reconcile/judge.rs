@@ -27,6 +27,9 @@ pub(crate) struct Found<'a> {
     pub(crate) by_biz_no: Option<&'a StoredCheck>,
     pub(crate) by_transaction_id: Option<&'a StoredCheck>,
     pub(crate) ledger_calls: i64,
+    /// The transaction_id of an `erased_checks` tombstone holding the biz_no:
+    /// the row was erased on request (`zhima-worker erase`) after billing.
+    pub(crate) erased: Option<&'a str>,
 }
 
 /// The context the verdicts need: now, and how long after billing the
@@ -42,6 +45,9 @@ pub(crate) struct Clock {
 pub(crate) enum Verdict {
     /// Ours and right, but completed on another day than billed.
     MatchedOtherDay,
+    /// Ours, billed, then erased on request: only its tombstone is left
+    /// (biz_no and transaction_id), so it is counted, not a discrepancy.
+    Erased,
     Discrepancy {
         category: Category,
         entry: Entry,
@@ -54,6 +60,9 @@ pub(crate) enum Verdict {
 pub(crate) fn judge(row: &Pending, found: Found<'_>, clock: Clock) -> Verdict {
     if let Some(stored) = found.by_biz_no {
         return judge_known_biz_no(row, stored);
+    }
+    if found.by_transaction_id.is_none() && found.erased == Some(row.transaction_id.as_str()) {
+        return Verdict::Erased;
     }
     match found.by_transaction_id {
         Some(stored) if stored.status == JobStatus::Succeeded => {
@@ -224,6 +233,7 @@ mod tests {
             by_biz_no: None,
             by_transaction_id: None,
             ledger_calls: 0,
+            erased: None,
         }
     }
 
@@ -235,6 +245,7 @@ mod tests {
                 ..
             } => (*category, *is_repairable),
             Verdict::MatchedOtherDay => panic!("matched"),
+            Verdict::Erased => panic!("erased"),
         }
     }
 
@@ -304,6 +315,7 @@ mod tests {
             &pending(),
             Found {
                 ledger_calls: 2,
+                erased: None,
                 ..none()
             },
             clock(1),
@@ -328,5 +340,22 @@ mod tests {
             "{}",
             entry.detail
         );
+    }
+
+    #[test]
+    fn a_billed_row_erased_on_request_is_counted_erased_not_billed_not_stored() {
+        let row = pending();
+        let found = Found {
+            erased: Some(row.transaction_id.as_str()),
+            ledger_calls: 0,
+            ..none()
+        };
+        assert_eq!(judge(&row, found, clock(1)), Verdict::Erased);
+        // A tombstone under another transaction_id settles nothing.
+        let other = Found {
+            erased: Some("someone_else"),
+            ..none()
+        };
+        assert_ne!(judge(&row, other, clock(1)), Verdict::Erased);
     }
 }

@@ -454,6 +454,7 @@ impl<'a> Pass<'a> {
                     self.findings.summary.matched += 1;
                     self.findings.summary.matched_completed_other_day += 1;
                 }
+                Verdict::Erased => self.findings.summary.erased += 1,
                 Verdict::Discrepancy {
                     category,
                     entry,
@@ -509,6 +510,8 @@ struct Lookups {
     by_biz_no: HashMap<String, StoredCheck>,
     by_transaction_id: HashMap<String, StoredCheck>,
     ledger_calls: HashMap<String, i64>,
+    /// biz_no → transaction_id of the rows erased on request.
+    erased: HashMap<String, String>,
 }
 
 impl Lookups {
@@ -534,10 +537,16 @@ impl Lookups {
             .into_iter()
             .map(|count| (count.transaction_id, count.calls))
             .collect();
+        let erased = store
+            .erased_by_biz_no(&biz_nos)
+            .await?
+            .into_iter()
+            .collect();
         Ok(Self {
             by_biz_no,
             by_transaction_id,
             ledger_calls,
+            erased,
         })
     }
 
@@ -550,6 +559,7 @@ impl Lookups {
                 .get(&row.transaction_id)
                 .copied()
                 .unwrap_or(0),
+            erased: self.erased.get(&row.biz_no).map(String::as_str),
         }
     }
 }

@@ -78,6 +78,10 @@ pub(crate) struct Summary {
     /// Of `matched`: rows whose row completed on another day than billed
     /// (a retry across midnight).
     pub(crate) matched_completed_other_day: u64,
+    /// Billed rows erased on request since (`zhima-worker erase`): their
+    /// tombstone matches the statement; not a discrepancy.
+    #[serde(default)]
+    pub(crate) erased: u64,
     /// Every data row of the statement, in the day or not.
     pub(crate) statement_rows: u64,
     /// Statement rows billed outside the day: counted here, not checked.
@@ -262,6 +266,7 @@ pub(crate) fn render_summary(header: &ReportHeader, encoding: &str, summary: &Su
             "  of which completed on another day".into(),
             summary.matched_completed_other_day,
         ),
+        ("erased on request (tombstone)".into(), summary.erased),
     ];
     rows.extend(
         Category::ALL

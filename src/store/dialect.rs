@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Database, Pool, Transaction};
 
 use super::LedgerRow;
+use super::erase::EraseSql;
 use super::leases::LeaseSql;
 use super::lookup::LookupSql;
 use super::reconcile::ReconcileSql;
@@ -30,7 +31,7 @@ use super::{CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, Sto
 /// transaction methods take the open transaction of
 /// [`JobStore::record`](super::JobStore::record); the others run on the pool.
 pub(super) trait Dialect:
-    Database + LeaseSql + ReconcileSql + LookupSql + ResultsSql
+    Database + LeaseSql + ReconcileSql + LookupSql + ResultsSql + EraseSql
 {
     /// Round-trips a trivial query.
     fn ping(pool: &Pool<Self>) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -35,6 +35,7 @@ macro_rules! with_pool {
 
 mod certs;
 mod dialect;
+mod erase;
 mod leases;
 mod lookup;
 mod postgres;
@@ -44,6 +45,7 @@ mod sqlite;
 mod status;
 
 pub use certs::CertificateFetch;
+pub(crate) use erase::{Erased, PersonKey, PurgeCutoffs, Purged};
 #[cfg(test)]
 pub(crate) use leases::LiveLease;
 pub(crate) use leases::Membership;
@@ -309,6 +311,12 @@ pub(crate) struct PiiMasked {
     pub(crate) name: String,
     pub(crate) relation_phone: String,
     pub(crate) relation_name: String,
+    /// The blind index of the ID number ([`crate::pii::PiiKey::cert_no_index`]),
+    /// stored when the row is first written so `erase --cert-no` finds it.
+    pub(crate) cert_no_hmac: Option<String>,
+    /// The blind index of the contact's phone
+    /// ([`crate::pii::PiiKey::phone_index`]).
+    pub(crate) relation_phone_hmac: Option<String>,
 }
 
 /// What identifies a job's row and fills its descriptive columns when the row

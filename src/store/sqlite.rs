@@ -186,6 +186,8 @@ impl Dialect for Sqlite {
             .bind(to_text(now))
             .bind(job.fingerprint)
             .bind(job.batch_id)
+            .bind(job.masked.cert_no_hmac.as_deref())
+            .bind(job.masked.relation_phone_hmac.as_deref())
             .fetch_optional(pool)
             .await
             .map_err(StoreError::query("begin call"))?;
@@ -231,8 +233,9 @@ impl Dialect for Sqlite {
         sqlx::query(
             "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
                  cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-                 created_at, updated_at, business_fingerprint, batch_id) \
-             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9) \
+                 created_at, updated_at, business_fingerprint, batch_id, cert_no_hmac, \
+                 relation_phone_hmac) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11) \
              ON CONFLICT (transaction_id) DO NOTHING",
         )
         .bind(job.transaction_id)
@@ -244,6 +247,8 @@ impl Dialect for Sqlite {
         .bind(now_text())
         .bind(job.fingerprint)
         .bind(job.batch_id)
+        .bind(job.masked.cert_no_hmac.as_deref())
+        .bind(job.masked.relation_phone_hmac.as_deref())
         .execute(&mut **tx)
         .await
         .map_err(StoreError::query("create job row"))?;
@@ -379,8 +384,9 @@ struct ExistingRow {
 const START_CALL: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
         cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint, batch_id) \
-    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9) \
+        created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
+        cert_no_hmac, relation_phone_hmac) \
+    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10, ?11) \
     ON CONFLICT (transaction_id) DO UPDATE SET \
         first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
         external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
@@ -393,6 +399,9 @@ const START_CALL: &str = "\
         business_fingerprint = \
             COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
         batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
+        cert_no_hmac = COALESCE(relation_checks.cert_no_hmac, excluded.cert_no_hmac), \
+        relation_phone_hmac = \
+            COALESCE(relation_checks.relation_phone_hmac, excluded.relation_phone_hmac), \
         updated_at = excluded.updated_at \
       WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
         AND (relation_checks.business_fingerprint IS NULL \

@@ -169,6 +169,8 @@ fn masked() -> PiiMasked {
         name: "张*".into(),
         relation_phone: "158****1158".into(),
         relation_name: "李*".into(),
+        cert_no_hmac: Some("hmac_cert_first".into()),
+        relation_phone_hmac: Some("hmac_phone_first".into()),
     }
 }
 

@@ -36,6 +36,7 @@ mod enqueue_input;
 mod help;
 mod in_process;
 mod lookup;
+mod personal_data;
 mod reconcile;
 mod results;
 mod sandbox;
