@@ -178,30 +178,10 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
-        let existing = self
-            .persist("look the job up", || self.store.find(key.transaction_id))
-            .await;
-        match existing {
-            Ok(Some(existing)) => {
-                if let Err(Instead(handled)) = self.join_new_batch(&existing, &key).await {
-                    return handled;
-                }
-                if let Some(handled) = Self::settled_without_call(&existing, &key) {
-                    return handled;
-                }
-            }
-            Ok(None) => {}
-            Err(Instead(handled)) => return handled,
-        }
         // The row is written before the permit is taken, so that nothing slow
         // stands between the permit and the request (the upstream counts
         // arrivals, and delays after the permit bunch them up).
-        let began = self
-            .persist("record the call's start", || {
-                self.store.begin_call(&key, Utc::now())
-            })
-            .await;
-        let first_call_at = match began {
+        let first_call_at = match self.begin(&key).await {
             Ok(first_call_at) => first_call_at,
             Err(Instead(handled)) => return handled,
         };
@@ -211,6 +191,37 @@ impl Processor {
             return self.expire(&key).await;
         }
         self.call_and_settle(job, &key, attempt).await
+    }
+
+    /// Records the call's start and returns the stored first call time, or
+    /// how to handle the delivery without a call. The common case (a new job,
+    /// or a non-final one of the same contact) is one statement; only when it
+    /// changes nothing (a final row, or one of another contact) is the row
+    /// read and checked.
+    async fn begin(&self, key: &JobKey<'_>) -> Result<DateTime<Utc>, Instead> {
+        let started = self
+            .persist("record the call's start", || {
+                self.store.try_begin_call(key, Utc::now())
+            })
+            .await?;
+        if let Some(first_call_at) = started {
+            return Ok(first_call_at);
+        }
+        let existing = self
+            .persist("look the job up", || self.store.find(key.transaction_id))
+            .await?;
+        if let Some(existing) = existing {
+            self.join_new_batch(&existing, key).await?;
+            if let Some(handled) = Self::settled_without_call(&existing, key) {
+                return Err(Instead(handled));
+            }
+        }
+        // The row changed between the two statements (another replica):
+        // the full version, which settles every case.
+        self.persist("record the call's start", || {
+            self.store.begin_call(key, Utc::now())
+        })
+        .await
     }
 
     /// A final job delivered again under another batch (a producer

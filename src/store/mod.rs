@@ -588,6 +588,19 @@ impl JobStore {
         with_pool!(self, pool => begin_call_in(pool, job, now).await)
     }
 
+    /// [`Self::begin_call`] in one statement for the common case: `Some`
+    /// (the stored first call time) when the row was created or is non-final
+    /// with the job's fingerprint (or none); `None`, with the row untouched,
+    /// when it is final or holds another fingerprint, which the caller then
+    /// reads with [`Self::find`].
+    pub(crate) async fn try_begin_call(
+        &self,
+        job: &JobKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        with_pool!(self, pool => Dialect::start_call(pool, job, now).await)
+    }
+
     /// In one transaction: appends `call` to the ledger (if any) and moves the
     /// job's row to `update`'s state, counting the attempt. A `succeeded` row is
     /// frozen: a later update (a redelivery after a crash, whose replayed call

@@ -1,0 +1,243 @@
+//! Production-like benchmark: the sandbox gateway as a process of its own
+//! (`zhima-worker sandbox`), the worker as another (`run --until-idle`,
+//! release build, default logging: JSON lines at INFO into a file), the real
+//! RabbitMQ and PostgreSQL, concurrency 64. Reports, for the worker process
+//! only, CPU-ms per job (user + sys from /proc/PID/stat), jobs/s and peak RSS
+//! (VmHWM).
+//!
+//! Scenarios:
+//! - `clean`: a zero-latency sandbox without faults (`PERF_JOBS`, default
+//!   2 000 jobs);
+//! - `faults`: the same with 20 % SYSTEM_ERROR (business 40004) and 5 % HTTP
+//!   502 before processing; retried jobs count once per job;
+//! - `deep`: `PERF_DEEP_JOBS` (default 100 000) jobs queued before the worker
+//!   starts, prefetch 64: the worker's peak RSS with a deep queue.
+//!
+//! `PERF_SCENARIOS=clean,faults` picks scenarios (default: all three);
+//! `PERF_RECORD=/tmp/prof` also records the worker with `perf record -g`
+//! (software clock) into `/tmp/prof.<scenario>.data`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use zhima_worker::config;
+use zhima_worker::queue::publisher::Outgoing;
+use zhima_worker::queue::{self, Publisher, Topology};
+
+struct Scenario {
+    name: &'static str,
+    jobs: u32,
+    /// Extra `zhima-worker sandbox` flags (faults).
+    sandbox_flags: &'static [&'static str],
+}
+
+#[tokio::main]
+async fn main() {
+    let jobs = env_u32("PERF_JOBS", 2000);
+    let deep_jobs = env_u32("PERF_DEEP_JOBS", 100_000);
+    let wanted = std::env::var("PERF_SCENARIOS").unwrap_or_else(|_| "clean,faults,deep".into());
+    let scenarios = [
+        Scenario {
+            name: "clean",
+            jobs,
+            sandbox_flags: &[],
+        },
+        Scenario {
+            name: "faults",
+            jobs,
+            sandbox_flags: &[
+                "--system-error-rate",
+                "0.2",
+                "--system-error-style",
+                "business-40004",
+                "--http-5xx-before-rate",
+                "0.05",
+            ],
+        },
+        Scenario {
+            name: "deep",
+            jobs: deep_jobs,
+            sandbox_flags: &[],
+        },
+    ];
+    for scenario in scenarios {
+        if wanted.split(',').any(|w| w.trim() == scenario.name) {
+            run(&scenario).await;
+        }
+    }
+}
+
+fn env_u32(name: &str, default: u32) -> u32 {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a whole number, got {text:?}")),
+        Err(_) => default,
+    }
+}
+
+/// `zhima-worker sandbox` on a free port; its URL from the first stdout line.
+async fn start_sandbox(flags: &[&str]) -> (Child, String) {
+    let mut child = Command::new(support::BIN)
+        .args(["sandbox", "--listen", "127.0.0.1:0", "--seed", "7"])
+        .args(flags)
+        .env("ZHIMA__LOG__FILTER", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sandbox starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .expect("sandbox prints its address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected sandbox line {line:?}"))
+        .to_owned();
+    (child, format!("{base}/gateway.do"))
+}
+
+async fn run(scenario: &Scenario) {
+    let id = support::worker::random_id();
+    let (mut sandbox, gateway_url) = start_sandbox(scenario.sandbox_flags).await;
+    let database_url = support::postgres::create_migrated_database(&format!("zp_{id}")).await;
+    let mut settings = config::load(None).expect("settings");
+    settings.amqp.exchange = format!("p_{id}.jobs");
+    settings.amqp.queue = format!("p_{id}.verify");
+    settings.amqp.dead_queue = format!("p_{id}.dead");
+    let topology = Topology::from_settings(&settings).expect("topology");
+    let connection = queue::connect(&settings.amqp, "bench")
+        .await
+        .expect("broker");
+    let channel = connection.create_channel().await.expect("channel");
+    topology.declare(&channel).await.expect("declare");
+    publish_jobs(&connection, &topology, scenario.jobs, &id).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_path = support::worker::write_pii_key(dir.path());
+    let log_path = dir.path().join("worker.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let started = Instant::now();
+    let mut child = Command::new(support::BIN)
+        .args(["run", "--until-idle"])
+        .env("ZHIMA__PII__HMAC_KEY_PATH", &key_path)
+        .env("ZHIMA__UPSTREAM__GATEWAY_URL", &gateway_url)
+        .env("ZHIMA__UPSTREAM__ALLOW_SHARED_KEY_FILE", "true")
+        .env("DATABASE_URL", &database_url)
+        .env("ZHIMA__AMQP__EXCHANGE", &settings.amqp.exchange)
+        .env("ZHIMA__AMQP__QUEUE", &settings.amqp.queue)
+        .env("ZHIMA__AMQP__DEAD_QUEUE", &settings.amqp.dead_queue)
+        .env("ZHIMA__RATE_LIMIT__QPS", "100000")
+        .env("ZHIMA__RATE_LIMIT__BURST", "100")
+        .env("ZHIMA__WORKER__CONCURRENCY", "64")
+        .env("ZHIMA__RETRY__INITIAL_DELAY_MS", "100")
+        .env("ZHIMA__RETRY__MAX_DELAY_MS", "400")
+        .env("ZHIMA__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("worker");
+    let profiler = std::env::var("PERF_RECORD")
+        .ok()
+        .map(|prefix| record_profile(&child, &format!("{prefix}.{}.data", scenario.name)));
+    let (status, usage) = support::watch_until_exit(&mut child, || {}).await;
+    if let Some(mut profiler) = profiler {
+        let _ = profiler.wait().await;
+    }
+    let elapsed = started.elapsed();
+    assert!(status.success(), "worker exited {status}");
+    let _ = sandbox.kill().await;
+
+    let statuses = status_counts(&database_url).await;
+    let done: i64 = statuses
+        .iter()
+        .filter(|(s, _)| s == "succeeded" || s == "failed")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        done,
+        i64::from(scenario.jobs),
+        "every job finished: {statuses:?}"
+    );
+    let log_lines = std::fs::read_to_string(&log_path)
+        .map(|text| text.matches("job processed").count())
+        .unwrap_or(0);
+    let jobs = f64::from(scenario.jobs);
+    println!(
+        "production [{}]: {} jobs in {:.2} s = {:.0} jobs/s (incl. start-up and idle detection); \
+         worker CPU {:.3} ms per job ({:.2} s user+sys, {:.2} cores); peak RSS {:.1} MiB; \
+         statuses {:?}; `job processed` lines {}",
+        scenario.name,
+        scenario.jobs,
+        elapsed.as_secs_f64(),
+        jobs / elapsed.as_secs_f64(),
+        usage.cpu_seconds * 1000.0 / jobs,
+        usage.cpu_seconds,
+        usage.cpu_seconds / elapsed.as_secs_f64(),
+        usage.peak_rss_kib as f64 / 1024.0,
+        statuses,
+        log_lines,
+    );
+    support::broker::delete_topology(&channel, &topology).await;
+    support::postgres::drop_database(&format!("zp_{id}")).await;
+}
+
+async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs: u32, id: &str) {
+    let publisher = Publisher::open(connection).await.expect("publisher");
+    // Confirms awaited in windows, so that 100 000 pending ones are never
+    // held at once.
+    let mut pending = Vec::new();
+    for n in 0..jobs {
+        let body = serde_json::to_vec(&support::job(&format!("perf_{id}"), n)).expect("json");
+        let message = Outgoing::job(&topology.names, &body, None);
+        pending.push(publisher.send(message).await.expect("publish"));
+        if pending.len() >= 1000 {
+            for confirm in pending.drain(..) {
+                Publisher::confirmed(confirm, "bench".into())
+                    .await
+                    .expect("confirmed");
+            }
+        }
+    }
+    for confirm in pending {
+        Publisher::confirmed(confirm, "bench".into())
+            .await
+            .expect("confirmed");
+    }
+}
+
+/// `perf record` attached to the worker; it stops when the worker exits.
+fn record_profile(worker: &Child, output: &str) -> Child {
+    let pid = worker.id().expect("worker pid");
+    Command::new("perf")
+        .args(["record", "-e", "cpu-clock", "-g", "-o", output, "-p"])
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("perf starts")
+}
+
+async fn status_counts(database_url: &str) -> Vec<(String, i64)> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("database");
+    sqlx::query_as("SELECT status, count(*) FROM relation_checks GROUP BY status ORDER BY status")
+        .fetch_all(&mut connection)
+        .await
+        .expect("count statuses")
+}
