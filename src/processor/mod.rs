@@ -113,8 +113,9 @@ const MAX_ERROR_MESSAGE_CHARS: usize = 1000;
 /// The error code (row and dead-letter reason) of a job past its window.
 const WINDOW_EXCEEDED: &str = "TRANSACTION_WINDOW_EXCEEDED";
 const UNVERIFIED_STREAK_ADVICE: &str = "many answers in a row failed signature verification: \
-     check upstream.alipay_public_key_path (the Alipay public key, not the app's) and \
-     upstream.sign_type";
+     check upstream.alipay_public_key_path (the Alipay public key, not the app's) or, in \
+     certificate mode, upstream.alipay_cert_path and upstream.alipay_root_cert_path \
+     (`zhima-worker cert-sn` prints their SNs), and upstream.sign_type";
 
 impl Processor {
     pub fn new(parts: ProcessorParts) -> Self {
