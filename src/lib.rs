@@ -47,6 +47,7 @@ pub mod control;
 pub mod fuzzing;
 pub mod health;
 pub mod job;
+mod line_ends;
 pub mod pii;
 pub mod processor;
 pub mod queue;

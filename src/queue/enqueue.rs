@@ -39,6 +39,7 @@ use super::{Publisher, QueueError, QueueNames, Topology};
 use crate::capped::{CappedRecords, RecordTooLong};
 use crate::config::Settings;
 use crate::job::{Job, JobError, MAX_BODY_BYTES, TransactionId, decode_job, validate_batch_id};
+use crate::line_ends::LineEnds;
 use crate::store::{BatchStart, JobStore, StoreError};
 
 /// Confirms awaited at most this far behind the newest publish by default:
@@ -773,12 +774,12 @@ fn read_csv(
     rejects: Option<File>,
 ) -> Result<(), EnqueueError> {
     let max_record = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX);
-    let (capped, limit) = CappedRecords::new(input, max_record);
-    let (input, recorded) = RecordedBytes::new(capped);
+    let (line_ends, lines) = LineEnds::new(input);
+    let (capped, limit) = CappedRecords::new(line_ends, max_record);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .has_headers(true)
-        .from_reader(input);
+        .from_reader(capped);
     let headers = csv_headers(&mut reader)?;
     let mut rejects = match rejects {
         Some(file) => Some(CsvRejects::start(
@@ -794,8 +795,8 @@ fn read_csv(
         let start = reader.position().clone();
         let read = reader.read_byte_record(&mut cells).map_err(csv_fatal)?;
         limit.next_record_at(reader.position().byte());
-        let line = start.line() + recorded.newlines_before_record(start.byte());
-        recorded.forget_before(reader.position().byte());
+        let line = start.line() + lines.blank_lines_at(start.byte());
+        lines.forget_before(reader.position().byte());
         if !read {
             break;
         }
@@ -855,63 +856,6 @@ fn csv_fatal(error: csv::Error) -> EnqueueError {
             max_kib: too_long.max_kib,
         },
         None => EnqueueError::Csv(error),
-    }
-}
-
-/// The bytes handed to the CSV reader from the start of the record being
-/// read, so a record's line can be counted from its first byte: the CSV
-/// reader's position is where the previous record ended, before any blank
-/// lines and, in a CRLF file, before the previous record's `\n`.
-struct RecordedBytes<R> {
-    inner: R,
-    recorded: std::rc::Rc<std::cell::RefCell<Recorded>>,
-}
-
-#[derive(Default)]
-struct Recorded {
-    /// Input offset of `bytes[0]`.
-    start: u64,
-    bytes: Vec<u8>,
-}
-
-/// The reading side's handle on a [`RecordedBytes`].
-struct RecordedHandle(std::rc::Rc<std::cell::RefCell<Recorded>>);
-
-impl<R> RecordedBytes<R> {
-    fn new(inner: R) -> (Self, RecordedHandle) {
-        let recorded = std::rc::Rc::default();
-        let handle = RecordedHandle(std::rc::Rc::clone(&recorded));
-        (Self { inner, recorded }, handle)
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for RecordedBytes<R> {
-    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
-        let read = self.inner.read(buffer)?;
-        let taken = buffer.get(..read).unwrap_or_default();
-        self.recorded.borrow_mut().bytes.extend_from_slice(taken);
-        Ok(read)
-    }
-}
-
-impl RecordedHandle {
-    /// Line ends between `offset` and the first byte that is not one: the
-    /// blank lines (and a CRLF's `\n`) the CSV reader skips before a record.
-    fn newlines_before_record(&self, offset: u64) -> u64 {
-        let recorded = self.0.borrow();
-        let skip = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
-        let after = recorded.bytes.get(skip..).unwrap_or_default();
-        let terminators = after.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
-        terminators.filter(|b| **b == b'\n').count() as u64
-    }
-
-    /// Drops what is before `offset`, the start of the next record.
-    fn forget_before(&self, offset: u64) {
-        let mut recorded = self.0.borrow_mut();
-        let drop = usize::try_from(offset.saturating_sub(recorded.start)).unwrap_or(usize::MAX);
-        let drop = drop.min(recorded.bytes.len());
-        recorded.bytes.drain(..drop);
-        recorded.start += drop as u64;
     }
 }
 
@@ -1325,6 +1269,21 @@ mod tests {
             "{}",
             all[2].1
         );
+    }
+
+    #[test]
+    fn csv_rows_are_named_by_their_own_line_with_lone_cr_line_ends() {
+        let header = "name,cert_no,relation_phone,relation_name,transaction_id";
+        let valid = "张三,640202199007164686,15843991158,李四,c_1";
+        let blank = ",640202199007164686,15843991158,李四,c_2";
+        for end in ["\r", "\n", "\r\n"] {
+            let csv = [header, valid, "", blank, ""].join(end);
+            let all =
+                lines_and_reasons(&collect(InputFormat::Csv, Box::leak(csv.into_boxed_str())));
+            let blank_name = "field `name`: is blank; a value is required";
+            let expected = [(2, "valid".to_owned()), (4, blank_name.to_owned())];
+            assert_eq!(all, expected, "{end:?}");
+        }
     }
 
     #[test]
