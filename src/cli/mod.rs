@@ -126,7 +126,7 @@ pub enum Command {
         /// The run's batch id ([A-Za-z0-9_-]{1,64}), stamped on every
         /// published job; default: a new one (printed). A batch id whose
         /// size an earlier run recorded is refused.
-        #[arg(long, value_name = "ID", value_parser = results::parse_batch_id)]
+        #[arg(long, value_name = "ID", value_parser = parse_batch_id)]
         batch_id: Option<String>,
     },
     /// Job counts and rate from the database, queue depths and consumers from
@@ -135,7 +135,7 @@ pub enum Command {
     Status {
         /// One batch's progress: total, succeeded, failed, in progress, not
         /// yet started, the last minute's rate and an ETA.
-        #[arg(long, value_name = "ID", value_parser = status::parse_batch_id)]
+        #[arg(long, value_name = "ID", value_parser = parse_batch_id)]
         batch: Option<String>,
         /// Print one JSON object (with --watch: one per refresh, a line each).
         #[arg(long)]
@@ -337,6 +337,14 @@ fn config_show(file: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
         println!("{line:<pad$}  # from: {}", entry.source, pad = width + 3);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// clap's parser for every batch id flag (`enqueue --batch-id`, `status
+/// --batch`, `results --batch`): the job message's rule.
+fn parse_batch_id(text: &str) -> Result<String, String> {
+    crate::job::validate_batch_id(text)
+        .map(|()| text.to_owned())
+        .map_err(|_| crate::job::BATCH_ID_RULE.to_owned())
 }
 
 fn parse_sign_type_choice(value: &str) -> Result<SignTypeChoice, String> {

@@ -32,18 +32,11 @@ pub enum ResultFormat {
 #[group(required = true, multiple = false)]
 pub struct ResultSelection {
     /// The jobs of this batch (as printed by `enqueue`).
-    #[arg(long, value_name = "ID", value_parser = parse_batch_id)]
+    #[arg(long, value_name = "ID", value_parser = super::parse_batch_id)]
     pub batch: Option<String>,
     /// The jobs completed on this day, YYYY-MM-DD in reconcile.utc_offset_hours.
     #[arg(long, value_name = "YYYY-MM-DD")]
     pub date: Option<String>,
-}
-
-/// clap's parser for a batch id flag: the job message's rule.
-pub(crate) fn parse_batch_id(text: &str) -> Result<String, String> {
-    crate::job::validate_batch_id(text)
-        .map(|()| text.to_owned())
-        .map_err(|_| crate::job::BATCH_ID_RULE.to_owned())
 }
 
 pub(crate) async fn results(

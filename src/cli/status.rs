@@ -40,18 +40,6 @@ pub(crate) fn parse_watch(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `--batch ID`: the batch_id rule of migration 0003, `[A-Za-z0-9_-]{1,64}`.
-pub(crate) fn parse_batch_id(text: &str) -> Result<String, String> {
-    let valid = (1..=64).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
-    match valid {
-        true => Ok(text.to_owned()),
-        false => Err("a batch id is 1 to 64 characters of A-Z, a-z, 0-9, _ and -".into()),
-    }
-}
-
 pub(crate) async fn status(
     settings: &Settings,
     options: StatusOptions,
@@ -441,9 +429,9 @@ mod tests {
         for bad in ["0", "-1", "3601", "1.5", "", "ten"] {
             assert!(parse_watch(bad).is_err(), "{bad}");
         }
-        assert!(parse_batch_id("batch_2024-01").is_ok());
+        assert!(crate::cli::parse_batch_id("batch_2024-01").is_ok());
         for bad in ["", "a b", "x;y", &"b".repeat(65), "批次"] {
-            assert!(parse_batch_id(bad).is_err(), "{bad}");
+            assert!(crate::cli::parse_batch_id(bad).is_err(), "{bad}");
         }
     }
 

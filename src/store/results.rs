@@ -73,7 +73,7 @@ pub(crate) enum ResultFilter<'a> {
 
 /// A batch row after a final transition or a size was recorded, under its
 /// lock.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, FromRow)]
 pub(super) struct BatchState {
     size: Option<i64>,
     finals: i64,
@@ -372,11 +372,13 @@ pub(super) trait ResultsSql: Database {
 }
 
 const RESULT_COLUMNS: &str = "SELECT transaction_id, external_ref, batch_id, status, biz_no, \
-     relation_rank, recency, relation_score, error_code, error_message, attempts, \
-     first_call_at, completed_at FROM relation_checks";
+     relation_rank, recency, relation_score, error_code, error_message, \
+     CAST(attempts AS BIGINT) AS attempts, first_call_at, completed_at FROM relation_checks";
 
+/// A result row with its timestamps in the backend's own type
+/// (`DateTime<Utc>` on PostgreSQL, RFC 3339 text on SQLite).
 #[derive(FromRow)]
-struct PgResultRow {
+struct ResultRow<T> {
     transaction_id: String,
     external_ref: Option<String>,
     batch_id: Option<String>,
@@ -387,16 +389,24 @@ struct PgResultRow {
     relation_score: Option<i64>,
     error_code: Option<String>,
     error_message: Option<String>,
-    attempts: i32,
-    first_call_at: Option<DateTime<Utc>>,
-    completed_at: Option<DateTime<Utc>>,
+    attempts: i64,
+    first_call_at: Option<T>,
+    completed_at: Option<T>,
 }
 
-impl PgResultRow {
-    fn into_event(self) -> Result<ResultEvent, StoreError> {
+impl<T> ResultRow<T> {
+    /// `time` turns the backend's timestamp into UTC, naming the column when
+    /// it cannot.
+    fn into_event(
+        self,
+        time: impl Fn(&'static str, T) -> Result<DateTime<Utc>, StoreError>,
+    ) -> Result<ResultEvent, StoreError> {
+        let at = |column, value: Option<T>| value.map(|v| time(column, v)).transpose();
         Ok(ResultEvent {
             event: RELATION_RESULT.into(),
-            attempts: attempts_from_db(i64::from(self.attempts))?,
+            attempts: attempts_from_db(self.attempts)?,
+            first_call_at: at("first_call_at", self.first_call_at)?,
+            completed_at: at("completed_at", self.completed_at)?,
             transaction_id: self.transaction_id,
             external_ref: self.external_ref,
             batch_id: self.batch_id,
@@ -407,26 +417,7 @@ impl PgResultRow {
             relation_score: self.relation_score,
             error_code: self.error_code,
             error_message: self.error_message,
-            first_call_at: self.first_call_at,
-            completed_at: self.completed_at,
         })
-    }
-}
-
-#[derive(FromRow)]
-struct PgBatchRow {
-    size: Option<i64>,
-    finals: i64,
-    completed: bool,
-}
-
-impl From<PgBatchRow> for BatchState {
-    fn from(row: PgBatchRow) -> Self {
-        Self {
-            size: row.size,
-            finals: row.finals,
-            completed: row.completed,
-        }
     }
 }
 
@@ -436,12 +427,12 @@ impl ResultsSql for Postgres {
         transaction_id: &str,
     ) -> Result<ResultEvent, StoreError> {
         let sql = format!("{RESULT_COLUMNS} WHERE transaction_id = $1");
-        let row: PgResultRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: ResultRow<DateTime<Utc>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(transaction_id)
             .fetch_one(&mut **tx)
             .await
             .map_err(StoreError::query("read the job's result"))?;
-        row.into_event()
+        row.into_event(|_, at| Ok(at))
     }
 
     async fn insert_event(
@@ -466,7 +457,7 @@ impl ResultsSql for Postgres {
         tx: &mut Transaction<'_, Postgres>,
         batch_id: &str,
     ) -> Result<BatchState, StoreError> {
-        let row: PgBatchRow = sqlx::query_as(
+        let row: BatchState = sqlx::query_as(
             "INSERT INTO batches (batch_id, finals) VALUES ($1, 1) \
              ON CONFLICT (batch_id) DO UPDATE SET finals = batches.finals + 1 \
              RETURNING size, finals, completed_at IS NOT NULL AS completed",
@@ -475,7 +466,7 @@ impl ResultsSql for Postgres {
         .fetch_one(&mut **tx)
         .await
         .map_err(StoreError::query("count the batch's final job"))?;
-        Ok(row.into())
+        Ok(row)
     }
 
     async fn set_batch_size(
@@ -483,7 +474,7 @@ impl ResultsSql for Postgres {
         batch_id: &str,
         size: i64,
     ) -> Result<Option<BatchState>, StoreError> {
-        let row: Option<PgBatchRow> = sqlx::query_as(
+        let row: Option<BatchState> = sqlx::query_as(
             "UPDATE batches SET size = $2, enqueued_at = now() \
              WHERE batch_id = $1 AND size IS NULL \
              RETURNING size, finals, completed_at IS NOT NULL AS completed",
@@ -493,7 +484,7 @@ impl ResultsSql for Postgres {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::query("record the batch's size"))?;
-        Ok(row.map(BatchState::from))
+        Ok(row)
     }
 
     async fn final_counts(
@@ -569,13 +560,15 @@ impl ResultsSql for Postgres {
         let finals = "status IN ('succeeded', 'failed')";
         let order = "ORDER BY completed_at, transaction_id";
         let rows = match filter {
-            ResultFilter::Batch(batch_id) => sqlx::query_as::<_, PgResultRow>(sqlx::AssertSqlSafe(
-                format!("{RESULT_COLUMNS} WHERE batch_id = $1 AND {finals} {order}"),
-            ))
-            .bind(batch_id)
-            .fetch(pool),
+            ResultFilter::Batch(batch_id) => {
+                sqlx::query_as::<_, ResultRow<DateTime<Utc>>>(sqlx::AssertSqlSafe(format!(
+                    "{RESULT_COLUMNS} WHERE batch_id = $1 AND {finals} {order}"
+                )))
+                .bind(batch_id)
+                .fetch(pool)
+            }
             ResultFilter::Completed { start, end } => {
-                sqlx::query_as::<_, PgResultRow>(sqlx::AssertSqlSafe(format!(
+                sqlx::query_as::<_, ResultRow<DateTime<Utc>>>(sqlx::AssertSqlSafe(format!(
                     "{RESULT_COLUMNS} WHERE completed_at >= $1 AND completed_at < $2 \
                      AND {finals} {order}"
                 )))
@@ -586,67 +579,9 @@ impl ResultsSql for Postgres {
         };
         rows.map(|row| {
             row.map_err(StoreError::query("read the results"))?
-                .into_event()
+                .into_event(|_, at| Ok(at))
         })
         .boxed()
-    }
-}
-
-#[derive(FromRow)]
-struct SqliteResultRow {
-    transaction_id: String,
-    external_ref: Option<String>,
-    batch_id: Option<String>,
-    status: String,
-    biz_no: Option<String>,
-    relation_rank: Option<String>,
-    recency: Option<String>,
-    relation_score: Option<i64>,
-    error_code: Option<String>,
-    error_message: Option<String>,
-    attempts: i64,
-    first_call_at: Option<String>,
-    completed_at: Option<String>,
-}
-
-impl SqliteResultRow {
-    fn into_event(self) -> Result<ResultEvent, StoreError> {
-        let at = |column: &'static str, text: Option<String>| {
-            text.map(|text| from_text(column, &text)).transpose()
-        };
-        Ok(ResultEvent {
-            event: RELATION_RESULT.into(),
-            attempts: attempts_from_db(self.attempts)?,
-            first_call_at: at("first_call_at", self.first_call_at)?,
-            completed_at: at("completed_at", self.completed_at)?,
-            transaction_id: self.transaction_id,
-            external_ref: self.external_ref,
-            batch_id: self.batch_id,
-            status: self.status,
-            biz_no: self.biz_no,
-            relation_rank: self.relation_rank,
-            recency: self.recency,
-            relation_score: self.relation_score,
-            error_code: self.error_code,
-            error_message: self.error_message,
-        })
-    }
-}
-
-#[derive(FromRow)]
-struct SqliteBatchRow {
-    size: Option<i64>,
-    finals: i64,
-    completed: bool,
-}
-
-impl From<SqliteBatchRow> for BatchState {
-    fn from(row: SqliteBatchRow) -> Self {
-        Self {
-            size: row.size,
-            finals: row.finals,
-            completed: row.completed,
-        }
     }
 }
 
@@ -658,12 +593,12 @@ impl ResultsSql for Sqlite {
         transaction_id: &str,
     ) -> Result<ResultEvent, StoreError> {
         let sql = format!("{RESULT_COLUMNS} WHERE transaction_id = ?1");
-        let row: SqliteResultRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: ResultRow<String> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(transaction_id)
             .fetch_one(&mut **tx)
             .await
             .map_err(StoreError::query("read the job's result"))?;
-        row.into_event()
+        row.into_event(|column, text| from_text(column, &text))
     }
 
     async fn insert_event(
@@ -690,7 +625,7 @@ impl ResultsSql for Sqlite {
         tx: &mut Transaction<'_, Sqlite>,
         batch_id: &str,
     ) -> Result<BatchState, StoreError> {
-        let row: SqliteBatchRow = sqlx::query_as(
+        let row: BatchState = sqlx::query_as(
             "INSERT INTO batches (batch_id, finals, created_at) VALUES (?1, 1, ?2) \
              ON CONFLICT (batch_id) DO UPDATE SET finals = batches.finals + 1 \
              RETURNING size, finals, completed_at IS NOT NULL AS completed",
@@ -700,7 +635,7 @@ impl ResultsSql for Sqlite {
         .fetch_one(&mut **tx)
         .await
         .map_err(StoreError::query("count the batch's final job"))?;
-        Ok(row.into())
+        Ok(row)
     }
 
     async fn set_batch_size(
@@ -708,7 +643,7 @@ impl ResultsSql for Sqlite {
         batch_id: &str,
         size: i64,
     ) -> Result<Option<BatchState>, StoreError> {
-        let row: Option<SqliteBatchRow> = sqlx::query_as(
+        let row: Option<BatchState> = sqlx::query_as(
             "UPDATE batches SET size = ?2, enqueued_at = ?3 \
              WHERE batch_id = ?1 AND size IS NULL \
              RETURNING size, finals, completed_at IS NOT NULL AS completed",
@@ -719,7 +654,7 @@ impl ResultsSql for Sqlite {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StoreError::query("record the batch's size"))?;
-        Ok(row.map(BatchState::from))
+        Ok(row)
     }
 
     async fn final_counts(
@@ -811,14 +746,14 @@ impl ResultsSql for Sqlite {
         let order = "ORDER BY completed_at, transaction_id";
         let rows = match filter {
             ResultFilter::Batch(batch_id) => {
-                sqlx::query_as::<_, SqliteResultRow>(sqlx::AssertSqlSafe(format!(
+                sqlx::query_as::<_, ResultRow<String>>(sqlx::AssertSqlSafe(format!(
                     "{RESULT_COLUMNS} WHERE batch_id = ?1 AND {finals} {order}"
                 )))
                 .bind(batch_id)
                 .fetch(pool)
             }
             ResultFilter::Completed { start, end } => {
-                sqlx::query_as::<_, SqliteResultRow>(sqlx::AssertSqlSafe(format!(
+                sqlx::query_as::<_, ResultRow<String>>(sqlx::AssertSqlSafe(format!(
                     "{RESULT_COLUMNS} WHERE completed_at >= ?1 AND completed_at < ?2 \
                      AND {finals} {order}"
                 )))
@@ -829,7 +764,7 @@ impl ResultsSql for Sqlite {
         };
         rows.map(|row| {
             row.map_err(StoreError::query("read the results"))?
-                .into_event()
+                .into_event(|column, text| from_text(column, &text))
         })
         .boxed()
     }
