@@ -10,6 +10,11 @@
 //! begun, another job's id) is left to the ordinary flow untouched, and two
 //! replicas racing on one transaction_id cannot both write it.
 //!
+//! Most new jobs ask a new question: a plain indexed read looks for a paid
+//! answer first, and only when there is one does the writing transaction
+//! run (it checks again, in its one statement), so a miss costs one read
+//! and, on SQLite, never takes the writer lock.
+//!
 //! What a reused row holds: status `succeeded`, the payer's `relation_rank`,
 //! `recency`, `relation_score` and `question_hmac`, `reused_from` = the
 //! payer's transaction_id; no `biz_no` (the upstream billed nothing for this
@@ -43,6 +48,13 @@ impl JobStore {
         question_hash: &str,
         answered_since: DateTime<Utc>,
     ) -> Result<Option<String>, StoreError> {
+        let has_answer = with_pool!(self, pool => {
+            ReuseSql::has_answer(pool, question_hash, answered_since).await
+        })
+        .map_err(StoreError::query("look for a stored answer"))?;
+        if !has_answer {
+            return Ok(None);
+        }
         let events = self.events_enabled();
         let reuse = Reuse {
             key,
@@ -99,6 +111,14 @@ async fn reuse_in<D: Dialect + ReuseSql>(
 
 /// The statements of this file for one backend.
 pub(super) trait ReuseSql: Database {
+    /// Whether a paid answer to the question completed at or after `since`
+    /// exists (a read; [`ReuseSql::insert_reused`] decides).
+    fn has_answer(
+        pool: &Pool<Self>,
+        question_hash: &str,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
     /// The reused row, copied from the newest matching paid answer; the
     /// payer's transaction_id, or None when nothing was written.
     fn insert_reused(
@@ -115,6 +135,24 @@ pub(super) trait ReuseSql: Database {
     fn reused_count(pool: &Pool<Self>) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 }
 
+/// The paid answers to the question `question` completed at or after
+/// `since` (both SQL expressions, placeholders); the partial index
+/// `relation_checks_question_hmac_idx` (migration 0007) serves it.
+fn payer_filter(question: &str, since: &str) -> String {
+    format!(
+        "payer.question_hmac = {question} AND payer.status = 'succeeded' \
+         AND payer.reused_from IS NULL AND payer.relation_rank IS NOT NULL \
+         AND payer.completed_at >= {since}"
+    )
+}
+
+fn has_answer_sql(placeholder: &str) -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM relation_checks AS payer WHERE {} LIMIT 1) AS found",
+        payer_filter(&format!("{placeholder}1"), &format!("{placeholder}2"))
+    )
+}
+
 /// The one statement of a reuse, in either dialect's placeholders (`{n}`
 /// replaced by `$n` or `?n`) and time of now.
 fn insert_reused_sql(placeholder: &str, now: &str) -> String {
@@ -129,9 +167,7 @@ fn insert_reused_sql(placeholder: &str, now: &str) -> String {
              payer.relation_score, {m1}, {m2}, {m3}, {m4}, {f}, {h1}, {h2}, payer.question_hmac, \
              payer.transaction_id, {now}, {now}, {now} \
          FROM relation_checks AS payer \
-         WHERE payer.question_hmac = {q} AND payer.status = 'succeeded' \
-           AND payer.reused_from IS NULL AND payer.relation_rank IS NOT NULL \
-           AND payer.completed_at >= {since} AND payer.transaction_id <> {t} \
+         WHERE {filter} AND payer.transaction_id <> {t} \
          ORDER BY payer.completed_at DESC, payer.transaction_id LIMIT 1 \
          ON CONFLICT (transaction_id) DO NOTHING \
          RETURNING reused_from",
@@ -145,8 +181,7 @@ fn insert_reused_sql(placeholder: &str, now: &str) -> String {
         f = p(8),
         h1 = p(9),
         h2 = p(10),
-        q = p(11),
-        since = p(12),
+        filter = payer_filter(&p(11), &p(12)),
     )
 }
 
@@ -174,6 +209,19 @@ const INDEX_ANSWER_WHERE: &str = "status = 'succeeded' AND reused_from IS NULL \
      AND question_hmac IS NULL AND relation_rank IS NOT NULL";
 
 impl ReuseSql for Postgres {
+    async fn has_answer(
+        pool: &PgPool,
+        question_hash: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(has_answer_sql("$")))
+            .bind(question_hash)
+            .bind(since)
+            .fetch_one(pool)
+            .await?;
+        Ok(found > 0)
+    }
+
     async fn insert_reused(
         tx: &mut Transaction<'_, Postgres>,
         reuse: &Reuse<'_>,
@@ -215,6 +263,19 @@ impl ReuseSql for Postgres {
 /// SQLite: the `INSERT … SELECT` has a WHERE clause, which its upsert
 /// grammar requires; timestamps are the store's fixed UTC text form.
 impl ReuseSql for Sqlite {
+    async fn has_answer(
+        pool: &SqlitePool,
+        question_hash: &str,
+        since: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let found: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(has_answer_sql("?")))
+            .bind(question_hash)
+            .bind(to_text(since))
+            .fetch_one(pool)
+            .await?;
+        Ok(found > 0)
+    }
+
     async fn insert_reused(
         tx: &mut Transaction<'_, Sqlite>,
         reuse: &Reuse<'_>,

@@ -339,7 +339,12 @@ async fn fresh_jobs_failed_answers_and_old_answers_are_never_reused() {
             "{db:?}: fresh is sent"
         );
         assert!(later["fresh_0"]["reused_from"].is_null());
-        assert_eq!(later["reused_0"]["reused_from"], "paid_0", "{db:?}");
+        // fresh_0 paid for the same question too, perhaps before reused_0
+        // was looked up: then its newer answer is the one reused.
+        let payer = later["reused_0"]["reused_from"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(["paid_0", "fresh_0"].contains(&payer), "{db:?}: {payer}");
         assert_eq!(worker.sandbox.calls_for("reused_0"), 0);
         assert_eq!(worker.sandbox.calls_for("old_1"), 1, "{db:?}: too old");
         assert!(later["old_1"]["reused_from"].is_null());
