@@ -5,8 +5,8 @@
 -- question_hmac: HMAC-SHA256 (hex) under the PII key (pii.hmac_key_path) of
 -- the normalized question (cert_no, name, relation_phone, relation_name,
 -- relation, product_code, linked_merchant_id), under its own domain tag; never
--- the plaintext. Written on a row whose answer the worker paid for, once it
--- succeeded; NULL for older rows, failed ones and rejected messages.
+-- the plaintext. Written, while reuse is on, on a row whose answer the worker
+-- paid for, once it succeeded; NULL otherwise (failed, rejected, reuse off).
 -- reused_from: the transaction_id whose paid answer this row copies (NULL for
 -- a row answered by its own upstream call). A reused row has no biz_no (the
 -- upstream billed none for it), no ledger entry and no first call.

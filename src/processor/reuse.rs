@@ -3,9 +3,10 @@
 //! question (its keyed hash, [`crate::pii::PiiKey::question_hash`]) no older
 //! than the configured age, and if there is one complete the job from it:
 //! no upstream call, nothing billed, its row and result event name the
-//! payer in `reused_from`. After a job's own call succeeds, its answer is
-//! indexed so later jobs can reuse it (whether or not reuse is on, so that
-//! turning it on finds the answers already paid for).
+//! payer in `reused_from`. While reuse is on, a job's own successful call
+//! is indexed afterwards so later jobs can reuse its answer; with reuse off
+//! nothing here runs (no statement, no cost), so answers paid while it was
+//! off are not reusable later.
 //!
 //! When a job is NOT answered from a stored answer:
 //! - reuse is off (`max_age_days = 0`), or the message says `"fresh": true`;
@@ -69,10 +70,14 @@ impl Processor {
         }
     }
 
-    /// After the job's own call succeeded (committed): index its answer for
-    /// reuse. One attempt: if it fails the answer is merely not reusable, so
-    /// a later job asking the same pays again; the job itself is done.
+    /// After the job's own call succeeded (committed), with reuse on: index
+    /// its answer for reuse (one more committed `UPDATE`). One attempt: if it
+    /// fails the answer is merely not reusable, so a later job asking the
+    /// same pays again; the job itself is done.
     pub(super) async fn index_answer(&self, job: &Job, key: &JobKey<'_>) {
+        if self.reuse_max_age.is_none() {
+            return;
+        }
         let question = self.pii_key.question_hash(&job.query);
         if let Err(error) = self.store.index_answer(key.transaction_id, &question).await {
             tracing::warn!(error.message = %error, error.cause_chain = ?error,
