@@ -59,7 +59,8 @@ impl Processor {
         match reused {
             Ok(Some(payer)) => {
                 count_job(JobOutcome::Reused);
-                tracing::info!(reused_from = %payer, "answered from a stored answer; no upstream call");
+                // The `job processed` line says `outcome=reused`; `show` names the payer.
+                tracing::debug!(reused_from = %payer, "answered from a stored answer; no upstream call");
                 Some(Handled {
                     disposition: Disposition::Ack,
                     outcome: JobOutcome::Reused,
