@@ -24,7 +24,7 @@
 //! The row, the copied answer and the result event are written in one
 //! transaction (`JobStore::reuse_answer`) before the delivery is acked.
 
-use chrono::{TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{Attempt, Disposition, Handled, Instead, JobOutcome, Processor, count_job};
 use crate::job::Job;
@@ -50,7 +50,9 @@ impl Processor {
             return None;
         }
         let question = self.pii_key.question_hash(&job.query);
-        let answered_since = Utc::now() - max_age;
+        let answered_since = Utc::now()
+            .checked_sub_signed(max_age)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let reused = self
             .persist("reuse a stored answer", || {
                 self.store.reuse_answer(key, &question, answered_since)
