@@ -130,7 +130,7 @@ async fn run_replica(
         per_second: settings.rate_limit.qps,
         burst: settings.rate_limit.burst,
     }));
-    let processor = Arc::new(Processor::new(ProcessorParts {
+    let processor = Processor::new(ProcessorParts {
         store: store.clone(),
         client: Arc::clone(&client),
         limiter: Arc::clone(&limiter),
@@ -139,7 +139,8 @@ async fn run_replica(
         default_product_code: settings.upstream.product_code.clone(),
         pii_key,
         safe_call_window: settings.upstream.safe_call_window(),
-    }));
+    });
+    let processor = Arc::new(processor.with_answer_reuse(settings.reuse.max_age()));
     // Before consuming: the other replicas must have made room for this one.
     let store_for_gauges = store.clone();
     let lease = crate::cluster::LeaseKeeper::start(
@@ -533,7 +534,7 @@ mod tests {
         assert_eq!(tally.total(), 3);
         assert_eq!(
             tally.to_string(),
-            "succeeded=2 failed=0 retried=0 handed_back=1 duplicate=0 invalid=0 conflict=0"
+            "succeeded=2 failed=0 retried=0 handed_back=1 duplicate=0 invalid=0 conflict=0 reused=0"
         );
     }
 }

@@ -67,6 +67,7 @@ pub struct Settings {
     pub pii: PiiSettings,
     pub results: ResultSettings,
     pub retention: RetentionSettings,
+    pub reuse: ReuseSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -423,6 +424,40 @@ impl RetentionSettings {
                     format!("must be a whole number of days from 1 to {MAX_RETENTION_DAYS}"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// Answer reuse (issue 17): a job asking a question already answered with
+/// success is completed from the stored answer, without a billed call.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseSettings {
+    /// How old (in whole days, judged by the time of the paid answer) a
+    /// stored answer may be and still be reused; 0 = reuse off.
+    pub max_age_days: u32,
+}
+
+/// The oldest answer reuse may be asked to hand out: ten years. A relation
+/// answer describes contacts as they were; a larger number is a typo (and
+/// `retention.row_days` deletes older rows anyway).
+pub(crate) const MAX_REUSE_AGE_DAYS: u32 = 3650;
+
+impl ReuseSettings {
+    /// The age bound, or None when reuse is off.
+    pub(crate) fn max_age(&self) -> Option<chrono::TimeDelta> {
+        (self.max_age_days > 0).then(|| chrono::TimeDelta::days(i64::from(self.max_age_days)))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_age_days > MAX_REUSE_AGE_DAYS {
+            return Err(ConfigError::invalid(
+                "reuse.max_age_days",
+                format!(
+                    "must be a whole number of days from 0 (reuse off) to {MAX_REUSE_AGE_DAYS}"
+                ),
+            ));
         }
         Ok(())
     }
@@ -803,6 +838,7 @@ impl Settings {
         }
         self.validate_results()?;
         self.retention.validate()?;
+        self.reuse.validate()?;
         if !(-12..=14).contains(&self.reconcile.utc_offset_hours) {
             return Err(ConfigError::invalid(
                 "reconcile.utc_offset_hours",
@@ -1564,5 +1600,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("must ask for verification"), "{error}");
+    }
+
+    #[test]
+    fn answer_reuse_is_off_by_default_and_its_age_is_bounded_naming_the_key() {
+        Jail::expect_with(|jail| {
+            let settings = load(None).expect("defaults");
+            assert_eq!(settings.reuse.max_age_days, 0);
+            assert_eq!(settings.reuse.max_age(), None);
+            jail.set_env("ZHIMA__REUSE__MAX_AGE_DAYS", "30");
+            let settings = load(None).expect("30 days");
+            assert_eq!(settings.reuse.max_age(), Some(chrono::TimeDelta::days(30)));
+            jail.set_env("ZHIMA__REUSE__MAX_AGE_DAYS", "3650");
+            assert!(load(None).is_ok());
+            for hostile in ["3651", "-1", "1.5", "thirty", "99999999999", ""] {
+                jail.set_env("ZHIMA__REUSE__MAX_AGE_DAYS", hostile);
+                let error = load(None).expect_err(hostile).to_string();
+                assert!(error.contains("reuse.max_age_days"), "{hostile}: {error}");
+            }
+            jail.set_env("ZHIMA__REUSE__MAX_AGE_DAYS", "0");
+            jail.create_file("c.toml", "[reuse]\nmax_age_days = 7\n")?;
+            let settings = load(Some(Path::new("c.toml"))).expect("file");
+            assert_eq!(settings.reuse.max_age_days, 0, "the environment wins");
+            Ok(())
+        });
     }
 }

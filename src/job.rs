@@ -229,6 +229,9 @@ pub(crate) struct Job {
     pub(crate) external_ref: Option<String>,
     /// The producer's batch (`[A-Za-z0-9_-]{1,64}`), if any.
     pub(crate) batch_id: Option<String>,
+    /// `"fresh": true`: never answer this job from a stored answer (answer
+    /// reuse, `reuse.max_age_days`); it is always sent upstream.
+    pub(crate) fresh: bool,
 }
 
 impl Job {
@@ -257,6 +260,9 @@ impl Job {
         }
         if let Some(batch_id) = &self.batch_id {
             put("batch_id", batch_id);
+        }
+        if self.fresh {
+            map.insert("fresh".to_owned(), Value::Bool(true));
         }
         Value::Object(map).to_string().into_bytes()
     }
@@ -365,7 +371,26 @@ fn job_from_object(
         query,
         external_ref,
         batch_id,
+        fresh: decode_fresh(object)?,
     })
+}
+
+/// `fresh` is a JSON boolean when present; anything else (a string such as
+/// `"true"`, a number, null) is refused rather than guessed at, since a
+/// producer that meant `true` would otherwise be answered from a stored
+/// answer it asked not to get.
+fn decode_fresh(object: &Map<String, Value>) -> Result<bool, FieldError> {
+    match object.get("fresh") {
+        None => Ok(false),
+        Some(Value::Bool(fresh)) => Ok(*fresh),
+        Some(other) => Err(FieldError::new(
+            "fresh",
+            format!(
+                "must be a JSON boolean (true or false), not {}",
+                json_kind(other)
+            ),
+        )),
+    }
 }
 
 fn decode_relation(object: &Map<String, Value>) -> Result<Option<Relation>, FieldError> {
@@ -399,15 +424,21 @@ fn non_empty(value: Option<&str>) -> Option<String> {
 }
 
 fn mistyped(field: &'static str, value: &Value) -> FieldError {
-    let kind = match value {
+    FieldError::new(
+        field,
+        format!("must be a JSON string, not {}", json_kind(value)),
+    )
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
-    };
-    FieldError::new(field, format!("must be a JSON string, not {kind}"))
+    }
 }
 
 fn salvage_transaction_id(object: &Map<String, Value>) -> Option<TransactionId> {
@@ -1214,6 +1245,50 @@ mod tests {
         assert_eq!(mask_name(""), "");
         assert_eq!(mask_phone("15843991158"), "158****1158");
         assert_eq!(mask_phone("1584"), "****");
+    }
+
+    #[test]
+    fn fresh_is_an_optional_boolean_kept_through_the_message_body() {
+        assert!(!decode(&body_with(|_| {})).unwrap().fresh);
+        for (value, fresh) in [(true, true), (false, false)] {
+            let job = decode(&body_with(|o| {
+                o.insert("fresh".into(), Value::Bool(value));
+            }))
+            .unwrap();
+            assert_eq!(job.fresh, fresh);
+            let again = decode(&job.to_message_body()).unwrap();
+            assert_eq!(again, job);
+        }
+    }
+
+    #[test]
+    fn a_fresh_that_is_not_a_boolean_is_refused_naming_the_field() {
+        let hostile: [Value; 7] = [
+            Value::String("true".into()),
+            Value::String("".into()),
+            Value::from(1),
+            Value::from(0),
+            Value::Null,
+            serde_json::json!([true]),
+            serde_json::json!({"fresh": true}),
+        ];
+        for value in hostile {
+            let rejected = decode(&body_with(|o| {
+                o.insert("fresh".into(), value.clone());
+            }))
+            .unwrap_err();
+            let JobError::Field(error) = &rejected.error else {
+                panic!("{value}: {rejected:?}");
+            };
+            assert_eq!(error.field, "fresh", "{value}");
+            assert!(error.rule.contains("JSON boolean"), "{}", error.rule);
+            assert_eq!(rejected.error.code(), "INVALID_PARAMETER");
+            // The row of the refused job can still be written.
+            assert_eq!(
+                rejected.transaction_id.as_ref().map(TransactionId::as_str),
+                Some("loan8812_c1")
+            );
+        }
     }
 }
 

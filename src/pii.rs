@@ -34,6 +34,9 @@ const FINGERPRINT_TAG: &[u8] = b"zhima-worker/job-fingerprint/v1";
 /// their own tags, so equal strings in the two fields never match each other.
 const CERT_NO_INDEX_TAG: &[u8] = b"zhima-worker/blind-index/cert_no/v1";
 const PHONE_INDEX_TAG: &[u8] = b"zhima-worker/blind-index/relation_phone/v1";
+/// Domain tag of the question hash (answer reuse): the business fields
+/// without the transaction_id, so it never equals a job's fingerprint.
+const QUESTION_TAG: &[u8] = b"zhima-worker/question/v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -133,9 +136,36 @@ impl PiiKey {
     /// prefixed so no two different jobs hash the same input. Lower-case hex,
     /// 64 characters. Deterministic for one key, meaningless without it.
     pub(crate) fn fingerprint(&self, query: &RelationQuery) -> String {
+        self.fields_hash(FINGERPRINT_TAG, query, |_| true)
+    }
+
+    /// The question's hash for answer reuse: like [`Self::fingerprint`]
+    /// (same normalization: trimmed, upper-case `X`, absent optional fields
+    /// as `""`) over every business field except the transaction_id, under
+    /// its own tag. Two jobs share it exactly when they ask the upstream the
+    /// same thing: `cert_no`, `name`, `relation_phone`, `relation_name`,
+    /// `relation`, `product_code`, and `linked_merchant_id` (the secondary
+    /// merchant a service provider asks for: one merchant's paid answer is
+    /// never handed to another).
+    pub(crate) fn question_hash(&self, query: &RelationQuery) -> String {
+        self.fields_hash(QUESTION_TAG, query, |name| name != "transaction_id")
+    }
+
+    /// HMAC-SHA256 (hex) under `tag` of the chosen normalized business
+    /// fields, each name and value length-prefixed so no two different field
+    /// lists hash the same input.
+    fn fields_hash(
+        &self,
+        tag: &[u8],
+        query: &RelationQuery,
+        chosen: impl Fn(&str) -> bool,
+    ) -> String {
         let mut mac = self.mac.clone();
-        mac.update(FINGERPRINT_TAG);
+        mac.update(tag);
         for (name, value) in query.business_fields() {
+            if !chosen(name) {
+                continue;
+            }
             for part in [name.as_bytes(), value.as_bytes()] {
                 let length = u64::try_from(part.len()).unwrap_or(u64::MAX);
                 mac.update(&length.to_be_bytes());
@@ -314,5 +344,50 @@ mod tests {
         for alike in same {
             assert_eq!(base, key.fingerprint(&alike));
         }
+    }
+
+    #[test]
+    fn the_question_hash_ignores_the_transaction_id_and_covers_every_question_field() {
+        let key = PiiKey::from_bytes(&[1; 32]);
+        let base = key.question_hash(&query(|_| {}));
+        assert_eq!(base.len(), 64);
+        assert!(base.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(base, key.fingerprint(&query(|_| {})));
+        assert_ne!(
+            base,
+            PiiKey::from_bytes(&[2; 32]).question_hash(&query(|_| {}))
+        );
+        let same = [
+            query(|body| body["transaction_id"] = "another_id_7".into()),
+            query(|body| body["external_ref"] = "another/ref".into()),
+            query(|body| body["batch_id"] = "b-2".into()),
+            query(|body| body["fresh"] = true.into()),
+            query(|body| body["cert_no"] = "11010519800101018x".into()),
+            query(|body| body["name"] = "  张三 ".into()),
+            query(|body| body["relation_name"] = " 李四".into()),
+        ];
+        for alike in same {
+            assert_eq!(base, key.question_hash(&alike), "{alike:?}");
+        }
+        let changes: [(&str, serde_json::Value); 7] = [
+            ("cert_no", "110105198001010016".into()),
+            ("name", "张四".into()),
+            ("relation_phone", "15843991159".into()),
+            ("relation_name", "李五".into()),
+            ("relation", "friend".into()),
+            ("product_code", "w1010100001000001201".into()),
+            ("linked_merchant_id", "2088721630869411".into()),
+        ];
+        for (field, value) in changes {
+            let other = key.question_hash(&query(|body| body[field] = value));
+            assert_ne!(base, other, "{field} must change the question hash");
+        }
+        let without_relation = key.question_hash(&query(|body| {
+            body.as_object_mut().unwrap().remove("relation");
+        }));
+        assert_ne!(
+            base, without_relation,
+            "an absent relation is another question"
+        );
     }
 }

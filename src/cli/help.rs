@@ -105,7 +105,8 @@ Example:
 
 pub(super) const STATUS: &str = "\
 Shows, from the database: jobs by status (a row exists once a worker took the
-job), the rate over the last minute (from completed_at) and the replicas (live
+job; `(succeeded by reuse)` counts the succeeded ones answered from a stored
+answer, reuse.max_age_days), the rate over the last minute (from completed_at) and the replicas (live
 leases; SQLite keeps none). From the broker: each queue's READY messages and
 CONSUMERS (a queue that does not exist reads `not declared`), the delay queues
 of the current and of earlier configurations (those `run` registered), and the

@@ -332,6 +332,7 @@ fn record_fields(row: &JobRecord) -> Vec<(&'static str, Option<String>)> {
         ("updated_at", Some(time(&row.updated_at))),
         ("first_call_at", row.first_call_at.as_ref().map(time)),
         ("completed_at", row.completed_at.as_ref().map(time)),
+        ("reused_from", row.reused_from.clone()),
     ]
 }
 
@@ -493,6 +494,7 @@ mod tests {
             updated_at: at,
             first_call_at: Some(at),
             completed_at: None,
+            reused_from: None,
         }
     }
 

@@ -127,8 +127,10 @@ pub(super) const RESULTS: &str = "\
 Fields (the body of each job's result event): event, transaction_id,
 external_ref, batch_id, status (succeeded|failed), biz_no, relation_rank,
 recency, relation_score, error_code, error_message, attempts, first_call_at,
-completed_at (UTC, RFC 3339 with milliseconds). Only final jobs are listed, in
-completion order. No personal data.
+completed_at (UTC, RFC 3339 with milliseconds), reused_from (the transaction_id
+whose paid answer the job was given by answer reuse, reuse.max_age_days; then
+biz_no is empty). Only final jobs are listed, in completion order. No personal
+data.
 
 Exit codes:
   0   results written

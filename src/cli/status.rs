@@ -111,6 +111,9 @@ const MIGRATE_HINT: &str = "reading the database (has `zhima-worker migrate` run
 pub(crate) struct StatusReport {
     /// Rows by status (a job has a row once a worker picked it up).
     pub(crate) jobs: std::collections::BTreeMap<&'static str, i64>,
+    /// Of the `succeeded` rows, those answered from a stored paid answer
+    /// (answer reuse, `reuse.max_age_days`): never sent upstream, not billed.
+    pub(crate) reused: i64,
     /// Jobs finished in the last minute, per second.
     pub(crate) jobs_per_second_last_minute: f64,
     /// Live leases; `null` on SQLite (no leases: one replica at most).
@@ -127,6 +130,7 @@ impl StatusReport {
                 .iter()
                 .map(|(status, count)| (status.as_str(), *count))
                 .collect(),
+            reused: store.reused,
             jobs_per_second_last_minute: per_second(store.completed_last_minute),
             replicas: store.live_replicas.as_ref().map(Vec::len),
             replica_ids: store.live_replicas.clone(),
@@ -254,6 +258,8 @@ pub(crate) fn render_status(report: &StatusReport) -> String {
         let count = report.jobs.get(status.as_str()).copied().unwrap_or(0);
         jobs.push(row([status.as_str(), "", &count.to_string(), ""]));
     }
+    let reused = report.reused.to_string();
+    jobs.push(row(["(succeeded by reuse)", "", &reused, ""]));
     let _ = write!(out, "{}", align(&jobs));
     let _ = writeln!(
         out,
@@ -449,6 +455,7 @@ mod tests {
             counts: JobStatus::ALL.into_iter().map(|s| (s, 0)).collect(),
             completed_last_minute: 30,
             live_replicas: Some(vec!["h-1".into()]),
+            reused: 4,
         };
         let queues = BrokerOverview {
             main: counts("q", main),
@@ -492,6 +499,11 @@ mod tests {
         assert_eq!(
             cells("  500ms"),
             ["500ms", "(earlier", "config)", "q.delay.500", "1", "1"]
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("(succeeded by reuse)") && l.ends_with(" 4")),
+            "{text}"
         );
         assert!(text.contains("rate over the last minute: 0.5/s"), "{text}");
         assert!(text.contains("replicas (live leases): 1 (h-1)"), "{text}");

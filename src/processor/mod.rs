@@ -10,6 +10,7 @@
 
 mod decide;
 mod outcome;
+mod reuse;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,9 @@ pub struct Processor {
     default_product_code: String,
     pii_key: PiiKey,
     safe_call_window: Duration,
+    /// Answer reuse: how old a paid answer may be and still be reused;
+    /// None = off (see `reuse`).
+    reuse_max_age: Option<chrono::TimeDelta>,
 }
 
 /// What became of a delivery: the consumer's instruction, and the word the
@@ -138,6 +142,7 @@ impl Processor {
             default_product_code,
             pii_key,
             safe_call_window,
+            reuse_max_age: None,
         }
     }
 
@@ -179,6 +184,9 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
+        if let Some(handled) = self.try_reuse(job, &key, attempt).await {
+            return handled;
+        }
         // The row is written before the permit is taken, so that nothing slow
         // stands between the permit and the request (the upstream counts
         // arrivals, and delays after the permit bunch them up).
@@ -275,7 +283,11 @@ impl Processor {
         let report = self.client.query_relation(&job.query).await;
         // The call counts against the rate window until a second after this.
         drop(permit);
-        self.settle(key, attempt, started_at, report).await
+        let handled = self.settle(key, attempt, started_at, report).await;
+        if handled.outcome == JobOutcome::Succeeded {
+            self.index_answer(job, key).await;
+        }
+        handled
     }
 
     /// Waits for a permit unless shutdown or a pause intervenes; `None` means

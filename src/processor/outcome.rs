@@ -73,10 +73,13 @@ pub(crate) enum JobOutcome {
     /// The transaction_id belongs to another contact: dead-lettered without
     /// a call.
     Conflict,
+    /// Answered from a stored paid answer to the same question (answer
+    /// reuse): acked without a call, nothing billed.
+    Reused,
 }
 
 impl JobOutcome {
-    pub(crate) const ALL: [Self; 7] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Succeeded,
         Self::Failed,
         Self::Retried,
@@ -84,6 +87,7 @@ impl JobOutcome {
         Self::Duplicate,
         Self::Invalid,
         Self::Conflict,
+        Self::Reused,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl JobOutcome {
             Self::Duplicate => "duplicate",
             Self::Invalid => "invalid",
             Self::Conflict => "conflict",
+            Self::Reused => "reused",
         }
     }
 }
@@ -138,7 +143,8 @@ mod tests {
                 "handed_back",
                 "duplicate",
                 "invalid",
-                "conflict"
+                "conflict",
+                "reused"
             ]
         );
     }

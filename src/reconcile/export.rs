@@ -6,7 +6,9 @@
 //! `completed_at` as `yyyy-MM-dd HH:mm:ss` in the reconcile zone (the
 //! statement's own form, so the two join without conversion), then the
 //! result fields `relation_rank,recency,relation_score,error_code,
-//! error_message,attempts,batch_id` (empty when absent). The first five stay
+//! error_message,attempts,batch_id,reused_from` (empty when absent;
+//! `reused_from` names the paying transaction_id of a row answered by answer
+//! reuse, which has no biz_no since the upstream billed nothing for it). The first five stay
 //! first and in that order, so a consumer reading columns by position keeps
 //! working. No personal data: the masked columns are not exported, and
 //! `error_message` is stored already masked.
@@ -27,7 +29,7 @@ use super::{Day, ReconcileError};
 use crate::store::{ExportRow, JobStore};
 
 /// The header, in order; the first five are the original columns.
-pub(crate) const EXPORT_HEADER: [&str; 12] = [
+pub(crate) const EXPORT_HEADER: [&str; 13] = [
     "biz_no",
     "transaction_id",
     "external_ref",
@@ -40,6 +42,7 @@ pub(crate) const EXPORT_HEADER: [&str; 12] = [
     "error_message",
     "attempts",
     "batch_id",
+    "reused_from",
 ];
 
 /// Writes the day's rows to `out` and returns how many there were.
@@ -104,6 +107,7 @@ fn write_row<W: Write>(
             &text(&result.error_message),
             &result.attempts.to_string(),
             &text(&result.batch_id),
+            &text(&result.reused_from),
         ])
         .map_err(csv_failed)
 }
@@ -186,7 +190,7 @@ mod tests {
             },
         });
         assert_eq!(succeeded.len(), EXPORT_HEADER.len());
-        assert_eq!(succeeded[5..], ["A", "R1", "87", "", "", "3", "b_7"]);
+        assert_eq!(succeeded[5..], ["A", "R1", "87", "", "", "3", "b_7", ""]);
         let failed = exported_row(ExportRow {
             biz_no: None,
             transaction_id: "t2".into(),
@@ -209,8 +213,28 @@ mod tests {
                 "INVALID_PARAMETER",
                 "'=cmd|' /C calc'!A0",
                 "1",
+                "",
                 ""
             ]
         );
+    }
+
+    #[test]
+    fn a_reused_row_is_exported_without_a_biz_no_and_names_its_payer() {
+        let reused = exported_row(ExportRow {
+            biz_no: None,
+            transaction_id: "t3".into(),
+            external_ref: None,
+            status: JobStatus::Succeeded,
+            completed_at: Day::parse("2024-05-21", 8).unwrap().start(),
+            result: ExportResult {
+                relation_rank: Some("A".into()),
+                reused_from: Some("t1".into()),
+                ..ExportResult::default()
+            },
+        });
+        assert_eq!(reused[0], "");
+        assert_eq!(reused[12], "t1");
+        assert_eq!(EXPORT_HEADER[12], "reused_from");
     }
 }

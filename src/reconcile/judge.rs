@@ -65,6 +65,7 @@ pub(crate) fn judge(row: &Pending, found: Found<'_>, clock: Clock) -> Verdict {
         return Verdict::Erased;
     }
     match found.by_transaction_id {
+        Some(stored) if stored.reused_from.is_some() => judge_reused(row, stored),
         Some(stored) if stored.status == JobStatus::Succeeded => {
             let ours = stored.biz_no.as_deref().unwrap_or("none");
             discrepancy(
@@ -102,6 +103,22 @@ fn judge_known_biz_no(row: &Pending, stored: &StoredCheck) -> Verdict {
         format!(
             "line {}: our row holds this biz_no but is {}",
             row.line, stored.status
+        ),
+    )
+}
+
+/// A statement row billing a transaction_id that we answered by answer reuse:
+/// we never sent it upstream (a reused row is written only for a
+/// transaction_id that had no row, so no earlier call of ours exists either),
+/// so the upstream billed a query that is not ours under that id.
+fn judge_reused(row: &Pending, stored: &StoredCheck) -> Verdict {
+    let payer = stored.reused_from.as_deref().unwrap_or_default();
+    discrepancy(
+        Category::BilledNotStored,
+        row,
+        format!(
+            "line {}: billed, but we answered this transaction_id from transaction_id              {payer}'s paid answer (answer reuse) and never sent it upstream: dispute it              with the upstream",
+            row.line
         ),
     )
 }
@@ -218,6 +235,7 @@ mod tests {
             status,
             error_code: Some("HTTP_502".into()),
             completed_at: None,
+            reused_from: None,
         }
     }
 
@@ -357,5 +375,22 @@ mod tests {
             ..none()
         };
         assert_ne!(judge(&row, other, clock(1)), Verdict::Erased);
+    }
+
+    #[test]
+    fn a_billed_transaction_id_we_answered_by_reuse_is_billed_not_stored_naming_the_payer() {
+        let mut row = stored("t9", None, JobStatus::Succeeded);
+        row.reused_from = Some("t1".into());
+        let found = Found {
+            by_transaction_id: Some(&row),
+            ..none()
+        };
+        let verdict = judge(&pending(), found, clock(1));
+        assert_eq!(category(&verdict), (Category::BilledNotStored, false));
+        let Verdict::Discrepancy { entry, .. } = verdict else {
+            panic!("a discrepancy");
+        };
+        assert!(entry.detail.contains("answer reuse"), "{}", entry.detail);
+        assert!(entry.detail.contains("t1"), "{}", entry.detail);
     }
 }

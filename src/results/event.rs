@@ -41,6 +41,12 @@ pub struct ResultEvent {
     pub first_call_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "millis_opt")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// Answer reuse: the transaction_id whose paid answer this job was
+    /// given (no upstream call, nothing billed; `biz_no` is null, the
+    /// answer fields are the payer's). Null for a job answered by its own
+    /// call. Added after the original fields; read as null when absent.
+    #[serde(default)]
+    pub reused_from: Option<String>,
 }
 
 impl ResultEvent {
@@ -58,7 +64,7 @@ impl ResultEvent {
     }
 
     /// The CSV header of `zhima-worker results --format csv`, in body order.
-    pub const CSV_HEADER: [&'static str; 13] = [
+    pub const CSV_HEADER: [&'static str; 14] = [
         "transaction_id",
         "external_ref",
         "batch_id",
@@ -72,10 +78,11 @@ impl ResultEvent {
         "attempts",
         "first_call_at",
         "completed_at",
+        "reused_from",
     ];
 
     /// The CSV cells, in [`ResultEvent::CSV_HEADER`] order (absent = empty).
-    pub fn csv_record(&self) -> [String; 13] {
+    pub fn csv_record(&self) -> [String; 14] {
         let text = |value: &Option<String>| value.clone().unwrap_or_default();
         let at = |value: &Option<DateTime<Utc>>| value.map(to_millis).unwrap_or_default();
         [
@@ -94,6 +101,7 @@ impl ResultEvent {
             self.attempts.to_string(),
             at(&self.first_call_at),
             at(&self.completed_at),
+            text(&self.reused_from),
         ]
     }
 }
@@ -152,6 +160,7 @@ mod tests {
             attempts: 0,
             first_call_at: None,
             completed_at: Some("2026-12-01T06:00:00.5Z".parse().unwrap()),
+            reused_from: None,
         }
     }
 
@@ -170,6 +179,23 @@ mod tests {
         assert_eq!(body["first_call_at"], serde_json::Value::Null);
         assert_eq!(body["completed_at"], "2026-12-01T06:00:00.500Z");
         assert_eq!(body["attempts"], 0);
+        assert_eq!(body["reused_from"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_reused_answer_names_its_payer_in_the_body_and_the_last_csv_cell() {
+        let mut event = failed_event();
+        event.status = "succeeded".into();
+        event.reused_from = Some("paid_1".into());
+        let body = serde_json::to_value(&event).unwrap();
+        assert_eq!(body["reused_from"], "paid_1");
+        assert_eq!(event.csv_record()[13], "paid_1");
+        assert_eq!(ResultEvent::CSV_HEADER[13], "reused_from");
+        // An event written before the field existed still reads.
+        let mut old = body.as_object().unwrap().clone();
+        old.remove("reused_from");
+        let read: ResultEvent = serde_json::from_value(old.into()).unwrap();
+        assert_eq!(read.reused_from, None);
     }
 
     #[test]

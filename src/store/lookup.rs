@@ -43,6 +43,8 @@ pub(crate) struct JobRecord {
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) first_call_at: Option<DateTime<Utc>>,
     pub(crate) completed_at: Option<DateTime<Utc>>,
+    /// Answer reuse: the transaction_id whose paid answer this row copies.
+    pub(crate) reused_from: Option<String>,
 }
 
 impl JobStore {
@@ -86,7 +88,7 @@ const RECORD_COLUMNS: &str = "SELECT transaction_id, external_ref, batch_id, sta
      CAST(attempts AS BIGINT) AS attempts, \
      biz_no, relation_rank, recency, relation_score, error_code, error_message, \
      cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-     created_at, updated_at, first_call_at, completed_at FROM relation_checks";
+     created_at, updated_at, first_call_at, completed_at, reused_from FROM relation_checks";
 
 /// A row with its timestamps in the backend's own type (`DateTime<Utc>` on
 /// PostgreSQL, RFC 3339 text on SQLite).
@@ -111,6 +113,7 @@ struct RecordRow<T> {
     updated_at: T,
     first_call_at: Option<T>,
     completed_at: Option<T>,
+    reused_from: Option<String>,
 }
 
 impl<T> RecordRow<T> {
@@ -141,6 +144,7 @@ impl<T> RecordRow<T> {
             name_masked: self.name_masked,
             relation_phone_masked: self.relation_phone_masked,
             relation_name_masked: self.relation_name_masked,
+            reused_from: self.reused_from,
         })
     }
 }

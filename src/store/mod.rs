@@ -41,6 +41,7 @@ mod lookup;
 mod postgres;
 mod reconcile;
 mod results;
+mod reuse;
 mod sqlite;
 mod status;
 

@@ -35,6 +35,9 @@ pub(crate) struct StoredCheck {
     pub(crate) status: JobStatus,
     pub(crate) error_code: Option<String>,
     pub(crate) completed_at: Option<DateTime<Utc>>,
+    /// Answer reuse: the payer whose answer this row copies; such a row was
+    /// never sent upstream, so the upstream cannot have billed it.
+    pub(crate) reused_from: Option<String>,
 }
 
 /// How often our ledger saw a transaction_id go upstream.
@@ -66,6 +69,8 @@ pub(crate) struct ExportResult {
     pub(crate) error_message: Option<String>,
     pub(crate) attempts: i64,
     pub(crate) batch_id: Option<String>,
+    /// Answer reuse: the paying transaction_id (no biz_no of its own).
+    pub(crate) reused_from: Option<String>,
 }
 
 impl JobStore {
@@ -173,12 +178,12 @@ pub(super) trait ReconcileSql: Database {
     ) -> BoxStream<'_, Result<ExportRow, StoreError>>;
 }
 
-const CHECK_COLUMNS: &str =
-    "SELECT transaction_id, biz_no, status, error_code, completed_at FROM relation_checks";
+const CHECK_COLUMNS: &str = "SELECT transaction_id, biz_no, status, error_code, completed_at, reused_from \
+     FROM relation_checks";
 
 const EXPORT_COLUMNS: &str = "SELECT biz_no, transaction_id, external_ref, status, completed_at, \
      relation_rank, recency, relation_score, error_code, error_message, \
-     CAST(attempts AS BIGINT) AS attempts, batch_id FROM relation_checks";
+     CAST(attempts AS BIGINT) AS attempts, batch_id, reused_from FROM relation_checks";
 
 /// `first_call_at IS NULL` counts as "not before": such a row never called.
 #[derive(FromRow)]
@@ -297,6 +302,7 @@ struct PgCheckRow {
     status: String,
     error_code: Option<String>,
     completed_at: Option<DateTime<Utc>>,
+    reused_from: Option<String>,
 }
 
 impl PgCheckRow {
@@ -307,6 +313,7 @@ impl PgCheckRow {
             biz_no: self.biz_no,
             error_code: self.error_code,
             completed_at: self.completed_at,
+            reused_from: self.reused_from,
         })
     }
 }
@@ -424,6 +431,7 @@ struct SqliteCheckRow {
     status: String,
     error_code: Option<String>,
     completed_at: Option<String>,
+    reused_from: Option<String>,
 }
 
 impl SqliteCheckRow {
@@ -437,6 +445,7 @@ impl SqliteCheckRow {
             transaction_id: self.transaction_id,
             biz_no: self.biz_no,
             error_code: self.error_code,
+            reused_from: self.reused_from,
         })
     }
 }

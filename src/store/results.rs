@@ -373,7 +373,8 @@ pub(super) trait ResultsSql: Database {
 
 const RESULT_COLUMNS: &str = "SELECT transaction_id, external_ref, batch_id, status, biz_no, \
      relation_rank, recency, relation_score, error_code, error_message, \
-     CAST(attempts AS BIGINT) AS attempts, first_call_at, completed_at FROM relation_checks";
+     CAST(attempts AS BIGINT) AS attempts, first_call_at, completed_at, reused_from \
+     FROM relation_checks";
 
 /// A result row with its timestamps in the backend's own type
 /// (`DateTime<Utc>` on PostgreSQL, RFC 3339 text on SQLite).
@@ -392,6 +393,7 @@ struct ResultRow<T> {
     attempts: i64,
     first_call_at: Option<T>,
     completed_at: Option<T>,
+    reused_from: Option<String>,
 }
 
 impl<T> ResultRow<T> {
@@ -417,6 +419,7 @@ impl<T> ResultRow<T> {
             relation_score: self.relation_score,
             error_code: self.error_code,
             error_message: self.error_message,
+            reused_from: self.reused_from,
         })
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct StoreOverview {
     /// The worker_ids of the live leases; `None` on SQLite, which keeps no
     /// lease (one replica at most).
     pub(crate) live_replicas: Option<Vec<String>>,
+    /// Of the `succeeded` rows, those answered from another job's paid
+    /// answer (answer reuse): no upstream call, nothing billed.
+    pub(crate) reused: i64,
 }
 
 /// One batch as the database sees it.
@@ -55,6 +58,7 @@ impl JobStore {
             counts: stored,
             completed_last_minute,
             live_replicas,
+            reused: self.reused_count().await?,
         })
     }
 

@@ -9,7 +9,8 @@
 //! - `worker`, `scale`, `reconcile`: the real `zhima-worker run` end to end
 //!   (`support::worker`); `in_process`: the processor's fault handling with
 //!   no broker (`support::in_process`).
-//! - `results`: result events from the outbox, batches, the `results` command.
+//! - `results`: result events from the outbox, batches, the `results` command;
+//!   `reuse`: answer reuse (`reuse.max_age_days`, `"fresh": true`).
 //! - `until_idle`: `run --until-idle` in cron or a Job (`--max-wait`, the
 //!   summary at exit).
 //! - `broker`, `cli`, `enqueue`, `status`: the binary's operator and debugging
@@ -39,6 +40,7 @@ mod lookup;
 mod personal_data;
 mod reconcile;
 mod results;
+mod reuse;
 mod sandbox;
 mod scale;
 mod status;

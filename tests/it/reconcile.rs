@@ -379,7 +379,7 @@ async fn a_clean_day_from_a_gbk_statement_with_mapped_columns_exits_0_and_export
     let lines: Vec<&str> = export.stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "biz_no,transaction_id,external_ref,status,completed_at,relation_rank,recency,relation_score,error_code,error_message,attempts,batch_id"
+        "biz_no,transaction_id,external_ref,status,completed_at,relation_rank,recency,relation_score,error_code,error_message,attempts,batch_id,reused_from"
     );
     assert_eq!(lines.len(), 13);
     for row in worker.sandbox.bill_rows() {

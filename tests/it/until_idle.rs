@@ -80,7 +80,7 @@ async fn run_until_idle_logs_a_summary_with_the_jobs_by_outcome() {
     let summary = summary(&lines);
     assert_eq!(
         summary["jobs"],
-        "succeeded=5 failed=0 retried=0 handed_back=0 duplicate=0 invalid=1 conflict=0"
+        "succeeded=5 failed=0 retried=0 handed_back=0 duplicate=0 invalid=1 conflict=0 reused=0"
     );
     assert_eq!(summary["jobs_total"], 6);
     assert_rate_and_duration(summary);
@@ -103,7 +103,7 @@ async fn sigterm_also_logs_the_run_summary() {
     let summary = summary(&lines);
     assert_eq!(
         summary["jobs"],
-        "succeeded=3 failed=0 retried=0 handed_back=0 duplicate=0 invalid=0 conflict=0"
+        "succeeded=3 failed=0 retried=0 handed_back=0 duplicate=0 invalid=0 conflict=0 reused=0"
     );
     assert_rate_and_duration(summary);
     worker.cleanup().await;
