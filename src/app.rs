@@ -26,6 +26,7 @@ use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::results::relay::Relay;
+use crate::spend::SpendGate;
 use crate::store::JobStore;
 use crate::telemetry::metric;
 use crate::upstream::UpstreamClient;
@@ -130,7 +131,7 @@ async fn run_replica(
         per_second: settings.rate_limit.qps,
         burst: settings.rate_limit.burst,
     }));
-    let processor = Arc::new(Processor::new(ProcessorParts {
+    let processor = Processor::new(ProcessorParts {
         store: store.clone(),
         client: Arc::clone(&client),
         limiter: Arc::clone(&limiter),
@@ -139,7 +140,16 @@ async fn run_replica(
         default_product_code: settings.upstream.product_code.clone(),
         pii_key,
         safe_call_window: settings.upstream.safe_call_window(),
-    }));
+    });
+    let spend = Arc::new(SpendGate::new(
+        store.clone(),
+        Arc::clone(&control),
+        &settings.spend,
+        settings.reconcile.utc_offset_hours,
+    ));
+    crate::spend::spawn_limit_reload(Arc::clone(&spend))
+        .context("installing the SIGHUP handler (spend.daily_limit reload)")?;
+    let processor = Arc::new(processor.with_spend(Arc::clone(&spend)));
     // Before consuming: the other replicas must have made room for this one.
     let store_for_gauges = store.clone();
     let lease = crate::cluster::LeaseKeeper::start(
@@ -166,6 +176,8 @@ async fn run_replica(
         max_wait: options.max_wait,
         paused_since: None,
         has_waited_too_long: false,
+        spend,
+        spend_recheck: settings.spend.recheck_interval(),
     };
     let options = ConsumeOptions {
         concurrency: settings.worker.concurrency,
@@ -351,6 +363,31 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
 }
 
 impl Worker {
+    /// Held at the daily spend limit: no probe (the gateway is fine), but a
+    /// re-read of the shared count every `spend.recheck_interval_s`, at once
+    /// after `SIGHUP` changed the limit and at the next statement day;
+    /// returns once calling may resume, or when shutdown begins. Not bounded
+    /// by `--max-wait`, which is about configuration faults.
+    async fn wait_for_budget(&mut self) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.spend_recheck) => {},
+                () = self.spend.changed() => {},
+                () = self.control.stopped() => return,
+            }
+            match self.spend.may_resume().await {
+                Ok(true) => {
+                    tracing::info!("daily spend below the limit again: resuming consumption");
+                    self.control.resume();
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(error.message = %error,
+                    "could not re-read the daily spend; consumption stays held"),
+            }
+        }
+    }
+
     /// `--max-wait` ran out: stop as on SIGTERM (the paused session holds no
     /// delivery; anything left goes back to the queue) and exit 4.
     fn give_up_waiting(&mut self, paused_for: Duration) {
@@ -392,6 +429,9 @@ struct Worker {
     /// resume): `--max-wait` counts from here.
     paused_since: Option<tokio::time::Instant>,
     has_waited_too_long: bool,
+    /// The daily budget, re-checked while consumption is held at its limit.
+    spend: Arc<SpendGate>,
+    spend_recheck: Duration,
 }
 
 impl JobRunner for Worker {
@@ -455,6 +495,10 @@ impl JobRunner for Worker {
     /// and resumes once one passes; returns early when shutdown begins, and
     /// begins it once the pause has lasted `--max-wait`.
     async fn wait_for_resume(&mut self) {
+        if self.control.is_budget_hold() {
+            self.wait_for_budget().await;
+            return;
+        }
         let paused_since = *self
             .paused_since
             .get_or_insert_with(tokio::time::Instant::now);

@@ -26,6 +26,7 @@ use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;
 use crate::rate_limit::{CallPermit, UpstreamLimiter};
 use crate::retry::RetryPolicy;
+use crate::spend::{Cost, Pass, SpendGate};
 use crate::store::{CallRecord, ExistingJob, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
 use crate::telemetry::metric;
 use crate::upstream::{CallReport, RelationAnswer, UpstreamClient, UpstreamError};
@@ -85,6 +86,8 @@ pub struct Processor {
     default_product_code: String,
     pii_key: PiiKey,
     safe_call_window: Duration,
+    /// The daily budget (`spend.daily_limit`); None when there is none.
+    spend: Option<Arc<SpendGate>>,
 }
 
 /// What became of a delivery: the consumer's instruction, and the word the
@@ -138,7 +141,15 @@ impl Processor {
             default_product_code,
             pii_key,
             safe_call_window,
+            spend: None,
         }
+    }
+
+    /// Enforces the daily budget: every call first takes its unit (see
+    /// `crate::spend`).
+    pub(crate) fn with_spend(mut self, gate: Arc<SpendGate>) -> Self {
+        self.spend = Some(gate);
+        self
     }
 
     /// Runs inside the consumer's `process_job` span, whose `transaction_id`
@@ -182,16 +193,63 @@ impl Processor {
         // The row is written before the permit is taken, so that nothing slow
         // stands between the permit and the request (the upstream counts
         // arrivals, and delays after the permit bunch them up).
+        // Before the row is touched, so that a job held at the daily limit
+        // has no first call time and its window does not run while it waits.
+        let pass = match self.spend_pass(&key).await {
+            Ok(pass) => pass,
+            Err(Instead(handled)) => return handled,
+        };
         let first_call_at = match self.begin(&key).await {
             Ok(first_call_at) => first_call_at,
-            Err(Instead(handled)) => return handled,
+            Err(Instead(handled)) => {
+                self.spend_unused(pass, &key).await;
+                return handled;
+            }
         };
         // The stored first call, possibly made by another replica, bounds how
         // long the job may keep calling under this transaction_id.
         if self.outlived_window(first_call_at) {
+            self.spend_unused(pass, &key).await;
             return self.expire(&key).await;
         }
-        self.call_and_settle(job, &key, attempt).await
+        self.call_and_settle(job, &key, attempt, pass).await
+    }
+
+    /// The call's unit of the daily budget ([`Pass::Unlimited`] without
+    /// one); at the limit, how to handle the delivery instead: handed back,
+    /// to wait in the queue while consumption is held.
+    async fn spend_pass(&self, key: &JobKey<'_>) -> Result<Pass, Instead> {
+        let Some(gate) = &self.spend else {
+            return Ok(Pass::Unlimited);
+        };
+        let pass = self
+            .persist("reserve the call's budget", || {
+                gate.pass(key.transaction_id)
+            })
+            .await?;
+        if pass == Pass::Refused {
+            count_job(JobOutcome::HandedBack);
+            return Err(Instead(Handled::handed_back()));
+        }
+        Ok(pass)
+    }
+
+    async fn spend_unused(&self, pass: Pass, key: &JobKey<'_>) {
+        if let Some(gate) = &self.spend {
+            gate.unused(pass, key.transaction_id).await;
+        }
+    }
+
+    async fn spend_settle<A>(
+        &self,
+        pass: Pass,
+        key: &JobKey<'_>,
+        outcome: &Result<A, UpstreamError>,
+    ) {
+        if let Some(gate) = &self.spend {
+            gate.settle(pass, key.transaction_id, Cost::of(outcome))
+                .await;
+        }
     }
 
     /// Records the call's start and returns the stored first call time, or
@@ -266,8 +324,15 @@ impl Processor {
         None
     }
 
-    async fn call_and_settle(&self, job: &Job, key: &JobKey<'_>, attempt: Attempt) -> Handled {
+    async fn call_and_settle(
+        &self,
+        job: &Job,
+        key: &JobKey<'_>,
+        attempt: Attempt,
+        pass: Pass,
+    ) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
+            self.spend_unused(pass, key).await;
             count_job(JobOutcome::HandedBack);
             return Handled::handed_back();
         };
@@ -275,22 +340,24 @@ impl Processor {
         let report = self.client.query_relation(&job.query).await;
         // The call counts against the rate window until a second after this.
         drop(permit);
+        self.spend_settle(pass, key, &report.outcome).await;
         self.settle(key, attempt, started_at, report).await
     }
 
     /// Waits for a permit unless shutdown or a pause intervenes; `None` means
-    /// hand the delivery back.
+    /// hand the delivery back. A hold at the daily spend limit is no such
+    /// pause: the job passed the budget gate and holds its unit.
     async fn acquire_permit(&self) -> Option<CallPermit<'_>> {
-        if self.control.is_stopping() || self.control.is_paused() {
+        if self.control.is_stopping() || self.control.is_fault_paused() {
             return None;
         }
         let permit = tokio::select! {
             permit = self.limiter.acquire() => permit,
             () = self.control.stopped() => return None,
-            () = self.control.paused() => return None,
+            () = self.control.fault_paused() => return None,
         };
         metrics::histogram!(metric::RATE_LIMIT_WAIT_SECONDS).record(permit.waited().as_secs_f64());
-        (!(self.control.is_stopping() || self.control.is_paused())).then_some(permit)
+        (!(self.control.is_stopping() || self.control.is_fault_paused())).then_some(permit)
     }
 
     fn outlived_window(&self, first_call_at: DateTime<Utc>) -> bool {

@@ -41,6 +41,7 @@ mod lookup;
 mod postgres;
 mod reconcile;
 mod results;
+mod spend;
 mod sqlite;
 mod status;
 
@@ -54,6 +55,7 @@ pub(crate) use lookup::{JobRecord, MAX_ROWS_PER_REFERENCE};
 pub(crate) use reconcile::ExportResult;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
 pub(crate) use results::{BatchStart, ResultFilter};
+pub(crate) use spend::{Reservation, SpendDayRow};
 pub(crate) use status::{BatchRecord, StoreOverview};
 
 use std::fmt;

@@ -41,6 +41,7 @@ mod reconcile;
 mod results;
 mod sandbox;
 mod scale;
+mod spend;
 mod status;
 mod tls;
 mod until_idle;

@@ -1,0 +1,220 @@
+//! The daily budget (`spend.daily_limit`) end to end: two `zhima-worker run`
+//! replicas on one PostgreSQL database share the limit exactly, the jobs past
+//! it wait in the queue, `/readyz` says why, and a raised limit (`SIGHUP`
+//! with an edited `--config` file) lets them finish; `spend` reports it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::process::Child;
+
+use crate::support::http::{free_local_addr, get_text};
+use crate::support::{
+    Db, TestWorker, count_values, exits_zero_within, job, send_signal, sigterm, spawn_worker,
+    spawn_worker_with, succeeded, until,
+};
+use zhima_worker::sandbox::Faults;
+
+const LIMIT: Duration = Duration::from_secs(120);
+const REPLICA_EXIT: Duration = Duration::from_secs(30);
+
+fn write_config(path: &Path, daily_limit: u32) {
+    std::fs::write(
+        path,
+        format!("[spend]\ndaily_limit = {daily_limit}\nrecheck_interval_s = 1\n"),
+    )
+    .expect("config written");
+}
+
+fn start_replica(worker: &TestWorker, config: &Path, extra_env: &[(&str, &str)]) -> Child {
+    let config = config.display().to_string();
+    let mut command = worker.command(&["--config", &config, "run"]);
+    command.envs(extra_env.iter().copied());
+    command.env("ZHIMA__WORKER__CONCURRENCY", "8");
+    command.spawn().expect("worker starts")
+}
+
+async fn readiness(listen: &str) -> (u16, String) {
+    get_text(&format!("http://{listen}/readyz")).await
+}
+
+#[tokio::test]
+async fn two_replicas_bill_exactly_the_daily_limit_then_finish_once_it_is_raised() {
+    const JOBS: u32 = 150;
+    let worker = spawn_worker(Db::Postgres).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("spend.toml");
+    write_config(&config, 100);
+    for n in 0..JOBS {
+        worker.publish_job(&job("spend", n)).await;
+    }
+    let listen = free_local_addr();
+    let mut replicas = vec![
+        start_replica(&worker, &config, &[("ZHIMA__HTTP__LISTEN", &listen)]),
+        start_replica(&worker, &config, &[]),
+    ];
+    let queue = worker.topology.names.queue.clone();
+    until(
+        LIMIT,
+        "both replicas held with 50 jobs back in the queue",
+        || async {
+            let (status, reason) = readiness(&listen).await;
+            status == 503
+                && reason.contains("daily spend limit reached")
+                && worker.ready(&queue).await == JOBS - 100
+        },
+    )
+    .await;
+    let (_, reason) = readiness(&listen).await;
+    assert!(reason.contains("100 of 100"), "{reason}");
+    assert!(reason.contains("resumes at"), "{reason}");
+    // Held, the replicas re-check the shared count every second: a few
+    // rounds must not bill one more query nor fail a job.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(worker.sandbox.stats().billed, 100);
+    let statuses = worker.statuses().await;
+    assert_eq!(succeeded(&statuses), 100, "{:?}", count_values(&statuses));
+    assert!(
+        statuses.values().all(|status| status == "succeeded"),
+        "waiting jobs have no row, failed or otherwise: {:?}",
+        count_values(&statuses)
+    );
+    assert_eq!(worker.ready(&worker.topology.names.dead_queue).await, 0);
+    assert_eq!(worker.ready(&queue).await, JOBS - 100);
+
+    write_config(&config, 150);
+    for replica in &replicas {
+        send_signal(replica, "HUP");
+    }
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == JOBS as usize)
+        .await;
+    assert_eq!(succeeded(&statuses), JOBS as usize);
+    assert_eq!(worker.sandbox.stats().billed, u64::from(JOBS));
+    for n in 0..JOBS {
+        assert_eq!(worker.sandbox.billed_for(&format!("spend_{n}")), 1);
+    }
+    until(LIMIT, "ready again", || async {
+        readiness(&listen).await.0 == 200
+    })
+    .await;
+
+    let output = worker
+        .command(&[
+            "--config",
+            &config.display().to_string(),
+            "spend",
+            "--days",
+            "1",
+            "--json",
+        ])
+        .output()
+        .await
+        .expect("spend runs");
+    assert!(output.status.success(), "{output:?}");
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(rows[0]["billed"], 150, "{rows}");
+    assert_eq!(rows[0]["budget_used"], 150, "{rows}");
+    assert_eq!(rows[0]["daily_limit"], 150, "{rows}");
+    let refused = rows[0]["refused_for_budget"].as_i64().expect("a count");
+    assert!((1..=50).contains(&refused), "{rows}");
+
+    for replica in &replicas {
+        sigterm(replica);
+    }
+    for replica in &mut replicas {
+        exits_zero_within(replica, REPLICA_EXIT).await;
+    }
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn spend_refuses_a_bad_date_and_an_out_of_range_day_count() {
+    let worker = spawn_worker(Db::Sqlite).await;
+    for (args, said) in [
+        (&["spend", "--date", "2026-02-30"][..], "YYYY-MM-DD"),
+        (&["spend", "--date", "yesterday"][..], "YYYY-MM-DD"),
+        (&["spend", "--days", "0"][..], "--days"),
+        (&["spend", "--days", "367"][..], "--days"),
+        (&["spend", "--days", "many"][..], "--days"),
+    ] {
+        let mut command = worker.command(args);
+        command.stderr(std::process::Stdio::piped());
+        let output = command.output().await.expect("spend runs");
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said), "{args:?}: {stderr}");
+    }
+    let output = worker
+        .command(&["spend", "--date", "2026-12-01", "--days", "2"])
+        .output()
+        .await
+        .expect("spend runs");
+    assert!(output.status.success(), "{output:?}");
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(
+        table.contains("2026-11-30") && table.contains("2026-12-01"),
+        "{table}"
+    );
+    worker.cleanup().await;
+}
+
+/// A replica SIGKILLed with calls in flight leaves their units `held`: the
+/// limit still holds (never more billed than it allows), and the redelivered
+/// jobs settle those units instead of taking new ones.
+#[tokio::test]
+async fn a_replica_killed_mid_call_neither_exceeds_nor_leaks_the_budget() {
+    const JOBS: u32 = 100;
+    let faults = Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("spend.toml");
+    write_config(&config, 60);
+    for n in 0..JOBS {
+        worker.publish_job(&job("crash", n)).await;
+    }
+    let listen = free_local_addr();
+    let mut doomed = start_replica(&worker, &config, &[]);
+    let mut survivor = start_replica(&worker, &config, &[("ZHIMA__HTTP__LISTEN", &listen)]);
+    until(LIMIT, "20 queries billed", || async {
+        worker.sandbox.stats().billed >= 20
+    })
+    .await;
+    doomed.start_kill().expect("SIGKILL");
+    let _ = doomed.wait().await;
+    let mut replacement = start_replica(&worker, &config, &[]);
+    until(LIMIT, "held at the limit", || async {
+        let (status, reason) = readiness(&listen).await;
+        status == 503 && reason.contains("daily spend limit reached")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let billed = worker.sandbox.stats().billed;
+    assert!(billed <= 60, "{billed} billed past a limit of 60");
+
+    write_config(&config, 100);
+    for replica in [&survivor, &replacement] {
+        send_signal(replica, "HUP");
+    }
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == JOBS as usize)
+        .await;
+    assert_eq!(worker.sandbox.stats().billed, u64::from(JOBS));
+    for n in 0..JOBS {
+        assert_eq!(worker.sandbox.billed_for(&format!("crash_{n}")), 1);
+    }
+    let units = worker
+        .query_rows("SELECT state, CAST(count(*) AS TEXT) FROM spend_reservations GROUP BY state")
+        .await;
+    assert_eq!(units, vec![("billed".to_owned(), JOBS.to_string())]);
+    for replica in [&survivor, &replacement] {
+        sigterm(replica);
+    }
+    exits_zero_within(&mut survivor, REPLICA_EXIT).await;
+    exits_zero_within(&mut replacement, REPLICA_EXIT).await;
+    worker.cleanup().await;
+}
