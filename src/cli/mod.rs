@@ -187,7 +187,7 @@ pub enum Command {
         out: PathBuf,
     },
     /// Billed queries, budget used and jobs refused for budget, per statement day.
-    #[command(after_help = spend::SPEND)]
+    #[command(after_help = help::SPEND)]
     Spend(spend::SpendArgs),
     /// Inspect the configuration.
     #[command(after_help = help::CONFIG)]

@@ -18,26 +18,6 @@ use crate::reconcile::Day;
 use crate::spend::StatementDay;
 use crate::store::{JobStore, SpendDayRow};
 
-pub(super) const SPEND: &str = "\
-Columns (one line per statement day, midnight to midnight in reconcile.utc_offset_hours):
-  billed               queries the worker stored as succeeded that day (the ledger; the
-                       count `reconcile` matches against the statement)
-  budget_used          units of spend.daily_limit taken that day: billed, plus calls
-                       whose outcome is unknown (timeouts, 5xx), counted as billed
-  refused_for_budget   jobs turned back at the limit (each once a day); they waited in
-                       the queue and ran later
-  daily_limit          the limit in force when the day's last unit was taken
-                       (- when no budget was enforced that day)
-
-Exit codes:
-  0   printed
-  1   error: configuration, or the database unreachable
-  64  usage error (a bad --date or --days)
-
-Example:
-  zhima-worker spend                         # the last 7 days up to today
-  zhima-worker spend --date 2026-12-01 --days 1 --json";
-
 /// The longest `--days`: a year (and a leap day).
 const MAX_DAYS: u32 = 366;
 
