@@ -159,8 +159,8 @@ impl SpendGate {
         StatementDay::of(Utc::now(), self.utc_offset_hours)
     }
 
-    /// Reserves the call's unit (see the module doc). A refusal is counted
-    /// for the `spend` report and holds consumption.
+    /// Reserves the call's unit (see the module doc). A refusal holds
+    /// consumption.
     pub(crate) async fn pass(&self, transaction_id: &str) -> Result<Pass, StoreError> {
         let limit = self.limit();
         if limit == 0 {
@@ -179,18 +179,19 @@ impl SpendGate {
             }
             Reservation::AlreadyHeld => Ok(Pass::AlreadyHeld),
             Reservation::Refused { used } => {
-                metrics::counter!(metric::SPEND_REFUSED_TOTAL).increment(1);
-                if let Err(error) = self
-                    .store
-                    .note_spend_refusal(&day.key(), transaction_id)
-                    .await
-                {
-                    tracing::warn!(error.message = %error,
-                        "could not count a job refused for budget");
-                }
                 self.hold(day, used, limit);
                 Ok(Pass::Refused)
             }
+        }
+    }
+
+    /// Counts a job left waiting in the queue at the limit (once a day per
+    /// transaction_id, for `spend`). Best effort: the count is a report.
+    pub(crate) async fn note_refused(&self, transaction_id: &str) {
+        metrics::counter!(metric::SPEND_REFUSED_TOTAL).increment(1);
+        let day = self.today().key();
+        if let Err(error) = self.store.note_spend_refusal(&day, transaction_id).await {
+            tracing::warn!(error.message = %error, "could not count a job refused for budget");
         }
     }
 

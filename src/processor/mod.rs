@@ -228,10 +228,36 @@ impl Processor {
             })
             .await?;
         if pass == Pass::Refused {
-            count_job(JobOutcome::HandedBack);
-            return Err(Instead(Handled::handed_back()));
+            return Err(Instead(self.refused_for_budget(gate, key).await));
         }
         Ok(pass)
+    }
+
+    /// At the daily limit, a job that needs no call is settled as ever (a
+    /// final row: a redelivery, a batch enqueued twice; a transaction_id of
+    /// other business fields), read-only up to that point; any other waits
+    /// in the queue, with no row written, so its window has not begun.
+    async fn refused_for_budget(&self, gate: &SpendGate, key: &JobKey<'_>) -> Handled {
+        let existing = match self
+            .persist("look the job up", || self.store.find(key.transaction_id))
+            .await
+        {
+            Ok(existing) => existing,
+            Err(Instead(handled)) => return handled,
+        };
+        if let Some(existing) = existing.filter(|existing| {
+            existing.status.is_final() || existing.conflicts_with(key.fingerprint)
+        }) {
+            if let Err(Instead(handled)) = self.join_new_batch(&existing, key).await {
+                return handled;
+            }
+            if let Some(handled) = Self::settled_without_call(&existing, key) {
+                return handled;
+            }
+        }
+        gate.note_refused(key.transaction_id).await;
+        count_job(JobOutcome::HandedBack);
+        Handled::handed_back()
     }
 
     async fn spend_unused(&self, pass: Pass, key: &JobKey<'_>) {
