@@ -146,6 +146,7 @@ async fn run_replica(
         Arc::clone(&control),
         &settings.spend,
         settings.reconcile.utc_offset_hours,
+        settings.retention.row_days,
     ));
     crate::spend::spawn_limit_reload(Arc::clone(&spend))
         .context("installing the SIGHUP handler (spend.daily_limit reload)")?;

@@ -127,6 +127,11 @@ pub(crate) struct SpendGate {
     utc_offset_hours: i8,
     /// The day a near-limit WARN was logged for (one per day per replica).
     warned_on: Mutex<Option<NaiveDate>>,
+    /// Budget rows of days older than this many are deleted
+    /// (`retention.row_days`, like the rows and the ledger).
+    keep_days: u32,
+    /// The day this replica last deleted old budget rows on.
+    forgotten_on: Mutex<Option<NaiveDate>>,
     /// Woken when `SIGHUP` changed the limit.
     limit_changed: Notify,
 }
@@ -137,6 +142,7 @@ impl SpendGate {
         control: Arc<Control>,
         settings: &SpendSettings,
         utc_offset_hours: i8,
+        keep_days: u32,
     ) -> Self {
         metrics::gauge!(metric::SPEND_DAILY_LIMIT).set(settings.daily_limit as f64);
         metrics::gauge!(metric::SPEND_HELD).set(0.0);
@@ -147,6 +153,8 @@ impl SpendGate {
             warn_ratio: settings.warn_ratio,
             utc_offset_hours,
             warned_on: Mutex::new(None),
+            keep_days,
+            forgotten_on: Mutex::new(None),
             limit_changed: Notify::new(),
         }
     }
@@ -175,6 +183,7 @@ impl SpendGate {
         {
             Reservation::Taken { used } => {
                 self.note_used(day, used, limit);
+                self.forget_old_days(day).await;
                 Ok(Pass::Reserved)
             }
             Reservation::AlreadyHeld => Ok(Pass::AlreadyHeld),
@@ -182,6 +191,30 @@ impl SpendGate {
                 self.hold(day, used, limit);
                 Ok(Pass::Refused)
             }
+        }
+    }
+
+    /// Once a statement day per replica: deletes the budget rows of days
+    /// past the retention. Best effort (a failure is retried the next day).
+    async fn forget_old_days(&self, day: StatementDay) {
+        {
+            let Ok(mut forgotten_on) = self.forgotten_on.lock() else {
+                return;
+            };
+            if *forgotten_on == Some(day.date) {
+                return;
+            }
+            *forgotten_on = Some(day.date);
+        }
+        let Some(cutoff) = day
+            .date
+            .checked_sub_signed(TimeDelta::days(i64::from(self.keep_days)))
+        else {
+            return;
+        };
+        let cutoff = cutoff.format("%Y-%m-%d").to_string();
+        if let Err(error) = self.store.forget_spend_before(&cutoff).await {
+            tracing::warn!(error.message = %error, "could not delete old spend days");
         }
     }
 

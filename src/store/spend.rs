@@ -82,6 +82,12 @@ pub(super) trait SpendSql: sqlx::Database {
         day: &str,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// Deletes the three tables' rows of days before `day`; how many.
+    fn forget_before(
+        pool: &sqlx::Pool<Self>,
+        day: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Every day of the three tables in `[first, last]` (inclusive).
     fn days(
         pool: &sqlx::Pool<Self>,
@@ -104,6 +110,7 @@ struct Statements {
     note_refusal: &'static str,
     used: &'static str,
     days: &'static str,
+    forget: [&'static str; 3],
 }
 
 const PG: Statements = Statements {
@@ -124,6 +131,11 @@ const PG: Statements = Statements {
                    VALUES ($1, $2, $3) ON CONFLICT (day, transaction_id) DO NOTHING",
     used: "SELECT used FROM spend_days WHERE day = $1",
     days: DAYS_PG,
+    forget: [
+        "DELETE FROM spend_days WHERE day < $1",
+        "DELETE FROM spend_reservations WHERE day < $1",
+        "DELETE FROM spend_refusals WHERE day < $1",
+    ],
 };
 
 const SQLITE: Statements = Statements {
@@ -144,6 +156,11 @@ const SQLITE: Statements = Statements {
                    VALUES (?1, ?2, ?3) ON CONFLICT (day, transaction_id) DO NOTHING",
     used: "SELECT used FROM spend_days WHERE day = ?1",
     days: DAYS_SQLITE,
+    forget: [
+        "DELETE FROM spend_days WHERE day < ?1",
+        "DELETE FROM spend_reservations WHERE day < ?1",
+        "DELETE FROM spend_refusals WHERE day < ?1",
+    ],
 };
 
 /// Days from any of the three tables, with their counts.
@@ -320,6 +337,19 @@ macro_rules! spend_sql {
                 Ok(used.unwrap_or(0))
             }
 
+            async fn forget_before(pool: &$pool, day: &str) -> Result<u64, StoreError> {
+                let mut deleted = 0;
+                for statement in $sql.forget {
+                    deleted += sqlx::query(statement)
+                        .bind(day)
+                        .execute(pool)
+                        .await
+                        .map_err(StoreError::query("forget old spend days"))?
+                        .rows_affected();
+                }
+                Ok(deleted)
+            }
+
             async fn days(
                 pool: &$pool,
                 first: &str,
@@ -379,6 +409,12 @@ impl JobStore {
     /// The units `day` has used (held + billed), 0 for a day never reserved.
     pub(crate) async fn spend_used(&self, day: &str) -> Result<i64, StoreError> {
         with_pool!(self, pool => SpendSql::used(pool, day).await)
+    }
+
+    /// Deletes the budget tables' rows of days before `day` (retention);
+    /// how many.
+    pub(crate) async fn forget_spend_before(&self, day: &str) -> Result<u64, StoreError> {
+        with_pool!(self, pool => SpendSql::forget_before(pool, day).await)
     }
 
     /// The budget tables' days from `first` to `last` (inclusive), in order.

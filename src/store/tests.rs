@@ -1282,6 +1282,14 @@ async fn a_day_s_budget_is_taken_unit_by_unit_and_never_past_the_limit(db: &Test
         ]
     );
     assert_eq!(store.spend_used("2026-12-03").await.unwrap(), 0);
+    // Retention: the days before the cutoff go, the cutoff day stays.
+    assert_eq!(
+        store.forget_spend_before("2026-12-02").await.unwrap(),
+        1 + 4 + 2
+    );
+    let days = store.spend_days("2026-11-30", "2026-12-02").await.unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].day, "2026-12-02");
 }
 on_both_backends!(a_day_s_budget_is_taken_unit_by_unit_and_never_past_the_limit);
 
