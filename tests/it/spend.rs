@@ -218,3 +218,50 @@ async fn a_replica_killed_mid_call_neither_exceeds_nor_leaks_the_budget() {
     exits_zero_within(&mut replacement, REPLICA_EXIT).await;
     worker.cleanup().await;
 }
+
+/// One SQLite replica: held at the limit it still stops cleanly on SIGTERM,
+/// its gauges show the hold, and a restart with a higher limit finishes the rest.
+#[tokio::test]
+async fn a_held_sqlite_worker_stops_cleanly_and_a_restart_with_a_higher_limit_finishes() {
+    const JOBS: u32 = 8;
+    let worker = spawn_worker(Db::Sqlite).await;
+    for n in 0..JOBS {
+        worker.publish_job(&job("solo", n)).await;
+    }
+    let listen = free_local_addr();
+    let queue = worker.topology.names.queue.clone();
+    let mut first = worker.start_run(&[
+        ("ZHIMA__SPEND__DAILY_LIMIT", "5"),
+        ("ZHIMA__HTTP__LISTEN", &listen),
+    ]);
+    until(LIMIT, "held with 3 jobs back in the queue", || async {
+        readiness(&listen).await.0 == 503 && worker.ready(&queue).await == JOBS - 5
+    })
+    .await;
+    let metrics = crate::support::http::scrape_when_up(&format!("http://{listen}/metrics")).await;
+    for (series, value) in [
+        ("zhima_spend_billed_today", 5.0),
+        ("zhima_spend_daily_limit", 5.0),
+        ("zhima_spend_held", 1.0),
+    ] {
+        assert_eq!(
+            crate::support::http::value_of(&metrics, series),
+            Some(value),
+            "{series}"
+        );
+    }
+    assert!(crate::support::http::sample(&metrics, "zhima_spend_refused_total") >= 1.0);
+    assert_eq!(worker.sandbox.stats().billed, 5);
+    sigterm(&first);
+    exits_zero_within(&mut first, REPLICA_EXIT).await;
+    assert_eq!(worker.ready(&queue).await, JOBS - 5);
+
+    let mut second = worker.start_run(&[("ZHIMA__SPEND__DAILY_LIMIT", "8")]);
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == JOBS as usize)
+        .await;
+    assert_eq!(worker.sandbox.stats().billed, u64::from(JOBS));
+    sigterm(&second);
+    exits_zero_within(&mut second, REPLICA_EXIT).await;
+    worker.cleanup().await;
+}
