@@ -8,6 +8,7 @@
 //! dead letter) is returned only after the outcome is committed to the store.
 //! This module never touches AMQP itself.
 
+mod budget;
 mod decide;
 mod outcome;
 
@@ -26,7 +27,7 @@ use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;
 use crate::rate_limit::{CallPermit, UpstreamLimiter};
 use crate::retry::RetryPolicy;
-use crate::spend::{Cost, Pass, SpendGate};
+use crate::spend::{Pass, SpendGate};
 use crate::store::{CallRecord, ExistingJob, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
 use crate::telemetry::metric;
 use crate::upstream::{CallReport, RelationAnswer, UpstreamClient, UpstreamError};
@@ -190,15 +191,15 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
-        // The row is written before the permit is taken, so that nothing slow
-        // stands between the permit and the request (the upstream counts
-        // arrivals, and delays after the permit bunch them up).
         // Before the row is touched, so that a job held at the daily limit
         // has no first call time and its window does not run while it waits.
         let pass = match self.spend_pass(&key).await {
             Ok(pass) => pass,
             Err(Instead(handled)) => return handled,
         };
+        // The row is written before the permit is taken, so that nothing slow
+        // stands between the permit and the request (the upstream counts
+        // arrivals, and delays after the permit bunch them up).
         let first_call_at = match self.begin(&key).await {
             Ok(first_call_at) => first_call_at,
             Err(Instead(handled)) => {
@@ -213,69 +214,6 @@ impl Processor {
             return self.expire(&key).await;
         }
         self.call_and_settle(job, &key, attempt, pass).await
-    }
-
-    /// The call's unit of the daily budget ([`Pass::Unlimited`] without
-    /// one); at the limit, how to handle the delivery instead: handed back,
-    /// to wait in the queue while consumption is held.
-    async fn spend_pass(&self, key: &JobKey<'_>) -> Result<Pass, Instead> {
-        let Some(gate) = &self.spend else {
-            return Ok(Pass::Unlimited);
-        };
-        let pass = self
-            .persist("reserve the call's budget", || {
-                gate.pass(key.transaction_id)
-            })
-            .await?;
-        if pass == Pass::Refused {
-            return Err(Instead(self.refused_for_budget(gate, key).await));
-        }
-        Ok(pass)
-    }
-
-    /// At the daily limit, a job that needs no call is settled as ever (a
-    /// final row: a redelivery, a batch enqueued twice; a transaction_id of
-    /// other business fields), read-only up to that point; any other waits
-    /// in the queue, with no row written, so its window has not begun.
-    async fn refused_for_budget(&self, gate: &SpendGate, key: &JobKey<'_>) -> Handled {
-        let existing = match self
-            .persist("look the job up", || self.store.find(key.transaction_id))
-            .await
-        {
-            Ok(existing) => existing,
-            Err(Instead(handled)) => return handled,
-        };
-        if let Some(existing) = existing.filter(|existing| {
-            existing.status.is_final() || existing.conflicts_with(key.fingerprint)
-        }) {
-            if let Err(Instead(handled)) = self.join_new_batch(&existing, key).await {
-                return handled;
-            }
-            if let Some(handled) = Self::settled_without_call(&existing, key) {
-                return handled;
-            }
-        }
-        gate.note_refused(key.transaction_id).await;
-        count_job(JobOutcome::HandedBack);
-        Handled::handed_back()
-    }
-
-    async fn spend_unused(&self, pass: Pass, key: &JobKey<'_>) {
-        if let Some(gate) = &self.spend {
-            gate.unused(pass, key.transaction_id).await;
-        }
-    }
-
-    async fn spend_settle<A>(
-        &self,
-        pass: Pass,
-        key: &JobKey<'_>,
-        outcome: &Result<A, UpstreamError>,
-    ) {
-        if let Some(gate) = &self.spend {
-            gate.settle(pass, key.transaction_id, Cost::of(outcome))
-                .await;
-        }
     }
 
     /// Records the call's start and returns the stored first call time, or
