@@ -144,9 +144,7 @@ async fn run_replica(
     let spend = Arc::new(SpendGate::new(
         store.clone(),
         Arc::clone(&control),
-        &settings.spend,
-        settings.reconcile.utc_offset_hours,
-        settings.retention.row_days,
+        &settings,
     ));
     crate::spend::spawn_limit_reload(Arc::clone(&spend))
         .context("installing the SIGHUP handler (spend.daily_limit reload)")?;

@@ -8,10 +8,13 @@
 //! its transaction_id already holds from an earlier attempt (the upstream
 //! replays a transaction_id unbilled, so a retry costs no second unit). After
 //! the call the unit is settled by the outcome's [`Cost`]: a success keeps it
-//! (billed); an answer the upstream certainly did not bill gives it back; an
-//! uncertain one (timeout, HTTP 5xx, an unreadable answer) keeps it, so the
-//! limit is never exceeded even when the upstream billed a call whose answer
-//! was lost. A replica killed between reserving and settling leaves its unit
+//! (billed); an answer the upstream certainly did not bill gives a unit
+//! taken for this call back; an uncertain one (timeout, HTTP 5xx, an
+//! unreadable answer) keeps it, so the limit is never exceeded even when the
+//! upstream billed a call whose answer was lost. A unit kept that way goes
+//! to the retry, and is given back only on proof that the transaction_id was
+//! never billed (a verified business refusal, which the upstream never gives
+//! in place of a recorded answer). A replica killed between reserving and settling leaves its unit
 //! `held`: it counts as used for that day (never more than the limit) until
 //! the redelivered job settles it; the next day starts from zero.
 //!
@@ -24,11 +27,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Offset, TimeDelta, Utc};
 use tokio::sync::Notify;
 
-use crate::config::SpendSettings;
+use crate::config::Settings;
 use crate::control::Control;
 use crate::store::{JobStore, Reservation, StoreError};
 use crate::telemetry::metric;
@@ -39,12 +43,26 @@ use crate::upstream::UpstreamError;
 pub(crate) enum Cost {
     /// A successful answer: billed (or an unbilled replay of a billed one).
     Billed,
-    /// Certainly not billed: a business error, a rejected signature, a
-    /// request never sent or never connected.
-    Unbilled,
+    /// This call was certainly not billed (a rejected signature or request,
+    /// a refused connection, a request never sent, a SYSTEM_ERROR), but that
+    /// says nothing about an earlier call under the same transaction_id.
+    NotBilled,
+    /// A verified business answer (40004) that the upstream gives only to a
+    /// transaction_id it holds no billed answer for (it would replay that
+    /// answer instead): no call under this transaction_id was billed.
+    NeverBilled,
     /// The request may have been processed and billed, its answer lost.
     Uncertain,
 }
+
+/// 40004 sub_codes that prove nothing about earlier calls: a retryable
+/// failure, and the two that mean the upstream holds a record of the
+/// transaction_id (which may have been billed).
+const NOT_PROOF_OF_NO_BILL: [&str; 3] = [
+    "SYSTEM_ERROR",
+    "TRANSACTION_ID_EXPIRED",
+    "TRANSACTION_ID_REPEAT",
+];
 
 impl Cost {
     pub(crate) fn of<A>(outcome: &Result<A, UpstreamError>) -> Self {
@@ -52,11 +70,18 @@ impl Cost {
             return Self::Billed;
         };
         match error {
+            UpstreamError::Gateway(fault)
+                if fault.verified
+                    && fault.code == "40004"
+                    && !NOT_PROOF_OF_NO_BILL.contains(&fault.normalized_code().as_str()) =>
+            {
+                Self::NeverBilled
+            }
             UpstreamError::Gateway(_)
             | UpstreamError::SignatureRejected(_)
             | UpstreamError::Signing(_)
-            | UpstreamError::Encode(_) => Self::Unbilled,
-            UpstreamError::Connect(source) if source.is_connect() => Self::Unbilled,
+            | UpstreamError::Encode(_) => Self::NotBilled,
+            UpstreamError::Connect(source) if source.is_connect() => Self::NotBilled,
             UpstreamError::Timeout
             | UpstreamError::Connect(_)
             | UpstreamError::Http { .. }
@@ -79,9 +104,21 @@ pub(crate) enum Pass {
     Reserved,
     /// The transaction_id holds a unit from an earlier attempt.
     AlreadyHeld,
-    /// The day's budget is used up: do not call, hand the delivery back.
+    /// The day's budget is used up: do not call, hand the delivery back
+    /// (consumption is held).
     Refused,
+    /// The day's budget is used up, but some of its units are held by jobs
+    /// waiting for a retry after an uncertain outcome, whose copies must be
+    /// consumed to settle them: do not call, and send this job to the back
+    /// of the queue through a delay queue ([`SpendGate::defer_delay`])
+    /// instead of holding consumption.
+    Deferred,
 }
+
+/// The least time a unit held for a job in progress keeps the replicas
+/// from holding consumption (see [`Pass::Deferred`]); at least twice the
+/// longest retry delay.
+const MIN_PENDING_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// A statement day: its date in the statement's zone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,29 +171,41 @@ pub(crate) struct SpendGate {
     forgotten_on: Mutex<Option<NaiveDate>>,
     /// Woken when `SIGHUP` changed the limit.
     limit_changed: Notify,
+    /// How far back a held unit counts as pending (see [`Pass::Deferred`]).
+    pending_window: Duration,
+    /// How long a deferred job waits before it is delivered again.
+    defer_delay: Duration,
 }
 
 impl SpendGate {
-    pub(crate) fn new(
-        store: JobStore,
-        control: Arc<Control>,
-        settings: &SpendSettings,
-        utc_offset_hours: i8,
-        keep_days: u32,
-    ) -> Self {
-        metrics::gauge!(metric::SPEND_DAILY_LIMIT).set(settings.daily_limit as f64);
+    pub(crate) fn new(store: JobStore, control: Arc<Control>, settings: &Settings) -> Self {
+        let spend = &settings.spend;
+        metrics::gauge!(metric::SPEND_DAILY_LIMIT).set(spend.daily_limit as f64);
         metrics::gauge!(metric::SPEND_HELD).set(0.0);
+        let longest_retry = Duration::from_millis(settings.retry.max_delay_ms);
         Self {
             store,
             control,
-            limit: AtomicU64::new(settings.daily_limit),
-            warn_ratio: settings.warn_ratio,
-            utc_offset_hours,
+            limit: AtomicU64::new(spend.daily_limit),
+            warn_ratio: spend.warn_ratio,
+            utc_offset_hours: settings.reconcile.utc_offset_hours,
             warned_on: Mutex::new(None),
-            keep_days,
+            keep_days: settings.retention.row_days,
             forgotten_on: Mutex::new(None),
             limit_changed: Notify::new(),
+            pending_window: MIN_PENDING_WINDOW.max(longest_retry.saturating_mul(2)),
+            defer_delay: spend.recheck_interval(),
         }
+    }
+
+    /// Units taken before this no longer count as pending.
+    fn pending_since(&self) -> DateTime<Utc> {
+        Utc::now() - TimeDelta::from_std(self.pending_window).unwrap_or(TimeDelta::MAX)
+    }
+
+    /// How long a [`Pass::Deferred`] job waits in a delay queue.
+    pub(crate) fn defer_delay(&self) -> Duration {
+        self.defer_delay
     }
 
     pub(crate) fn limit(&self) -> u64 {
@@ -188,6 +237,14 @@ impl SpendGate {
             }
             Reservation::AlreadyHeld => Ok(Pass::AlreadyHeld),
             Reservation::Refused { used } => {
+                if self
+                    .store
+                    .pending_spend_units(&day.key(), self.pending_since())
+                    .await?
+                    > 0
+                {
+                    return Ok(Pass::Deferred);
+                }
                 self.hold(day, used, limit);
                 Ok(Pass::Refused)
             }
@@ -228,13 +285,16 @@ impl SpendGate {
         }
     }
 
-    /// Settles the pass with what the call cost.
+    /// Settles the pass with what the call cost. A unit held from an
+    /// earlier attempt whose outcome was uncertain is given back only on
+    /// proof that no call under the transaction_id was billed.
     pub(crate) async fn settle(&self, pass: Pass, transaction_id: &str, cost: Cost) {
         let settled = match (pass, cost) {
             (Pass::Reserved | Pass::AlreadyHeld, Cost::Billed) => {
                 self.store.mark_spend_billed(transaction_id).await
             }
-            (Pass::Reserved, Cost::Unbilled) => self.give_back(transaction_id).await,
+            (Pass::Reserved, Cost::NotBilled | Cost::NeverBilled)
+            | (Pass::AlreadyHeld, Cost::NeverBilled) => self.give_back(transaction_id).await,
             _ => Ok(()),
         };
         if let Err(error) = settled {
@@ -298,7 +358,16 @@ impl SpendGate {
         let day = self.today();
         let used = self.store.spend_used(&day.key()).await?;
         metrics::gauge!(metric::SPEND_BILLED_TODAY).set(used as f64);
-        if used < i64::try_from(limit).unwrap_or(i64::MAX) {
+        // A unit held by a job in progress (its call's outcome turned out
+        // uncertain after the hold began) needs its retry to run: resume,
+        // and the refused jobs are deferred instead until it settles.
+        let is_free = used < i64::try_from(limit).unwrap_or(i64::MAX)
+            || self
+                .store
+                .pending_spend_units(&day.key(), self.pending_since())
+                .await?
+                > 0;
+        if is_free {
             metrics::gauge!(metric::SPEND_HELD).set(0.0);
             return Ok(true);
         }
@@ -369,6 +438,7 @@ pub(crate) fn spawn_limit_reload(gate: Arc<SpendGate>) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::upstream::GatewayFault;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
@@ -414,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_success_is_billed_and_only_a_sure_refusal_is_unbilled() {
+    fn only_a_success_is_billed_and_a_lost_answer_is_uncertain() {
         let ok: Result<(), UpstreamError> = Ok(());
         assert_eq!(Cost::of(&ok), Cost::Billed);
         for error in [
@@ -433,7 +503,44 @@ mod tests {
         let encode = serde_json::from_str::<u8>("x").unwrap_err();
         assert_eq!(
             Cost::of::<()>(&Err(UpstreamError::Encode(encode))),
-            Cost::Unbilled
+            Cost::NotBilled
         );
+    }
+
+    fn business(code: &str, sub_code: &str, verified: bool) -> Result<(), UpstreamError> {
+        Err(UpstreamError::Gateway(Box::new(GatewayFault {
+            code: code.into(),
+            msg: "Business Failed".into(),
+            sub_code: Some(sub_code.into()),
+            sub_msg: None,
+            verified,
+        })))
+    }
+
+    #[test]
+    fn only_a_verified_business_refusal_proves_no_call_was_billed() {
+        assert_eq!(
+            Cost::of(&business("40004", "API_PRODUCT_NOT_MATCH", true)),
+            Cost::NeverBilled
+        );
+        assert_eq!(
+            Cost::of(&business("40004", "ZMCREDIT.INVALID_PARAMETER", true)),
+            Cost::NeverBilled
+        );
+        for (code, sub_code, verified) in [
+            ("40004", "API_PRODUCT_NOT_MATCH", false),
+            ("40004", "SYSTEM_ERROR", true),
+            ("40004", "TRANSACTION_ID_EXPIRED", true),
+            ("40004", "ZMCREDIT.TRANSACTION_ID_REPEAT", true),
+            ("20000", "isp.unknow-error", true),
+            ("40002", "isv.invalid-parameter", true),
+            ("40005", "isv.app-call-limited", true),
+        ] {
+            assert_eq!(
+                Cost::of(&business(code, sub_code, verified)),
+                Cost::NotBilled,
+                "{code} {sub_code} {verified}"
+            );
+        }
     }
 }

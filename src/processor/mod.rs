@@ -193,7 +193,7 @@ impl Processor {
         };
         // Before the row is touched, so that a job held at the daily limit
         // has no first call time and its window does not run while it waits.
-        let pass = match self.spend_pass(&key).await {
+        let pass = match self.spend_pass(&key, attempt).await {
             Ok(pass) => pass,
             Err(Instead(handled)) => return handled,
         };

@@ -82,6 +82,16 @@ pub(super) trait SpendSql: sqlx::Database {
         day: &str,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// Units of `day` still `held` for a job waiting for its retry (its row
+    /// says `retrying`: an earlier attempt's outcome was uncertain), taken
+    /// after `since`. A job's first call in flight does not count: it
+    /// settles its unit when it returns.
+    fn pending_units(
+        pool: &sqlx::Pool<Self>,
+        day: &str,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// Deletes the three tables' rows of days before `day`; how many.
     fn forget_before(
         pool: &sqlx::Pool<Self>,
@@ -111,6 +121,7 @@ struct Statements {
     used: &'static str,
     days: &'static str,
     forget: [&'static str; 3],
+    pending: &'static str,
 }
 
 const PG: Statements = Statements {
@@ -136,6 +147,10 @@ const PG: Statements = Statements {
         "DELETE FROM spend_reservations WHERE day < $1",
         "DELETE FROM spend_refusals WHERE day < $1",
     ],
+    pending: "SELECT count(*) FROM spend_reservations r \
+              JOIN relation_checks c ON c.transaction_id = r.transaction_id \
+              WHERE r.day = $1 AND r.state = 'held' AND r.reserved_at > $2 \
+                AND c.status = 'retrying'",
 };
 
 const SQLITE: Statements = Statements {
@@ -161,6 +176,10 @@ const SQLITE: Statements = Statements {
         "DELETE FROM spend_reservations WHERE day < ?1",
         "DELETE FROM spend_refusals WHERE day < ?1",
     ],
+    pending: "SELECT count(*) FROM spend_reservations r \
+              JOIN relation_checks c ON c.transaction_id = r.transaction_id \
+              WHERE r.day = ?1 AND r.state = 'held' AND r.reserved_at > ?2 \
+                AND c.status = 'retrying'",
 };
 
 /// Days from any of the three tables, with their counts.
@@ -337,6 +356,19 @@ macro_rules! spend_sql {
                 Ok(used.unwrap_or(0))
             }
 
+            async fn pending_units(
+                pool: &$pool,
+                day: &str,
+                since: DateTime<Utc>,
+            ) -> Result<i64, StoreError> {
+                sqlx::query_scalar($sql.pending)
+                    .bind(day)
+                    .bind($time(since))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::query("count the day's pending spend units"))
+            }
+
             async fn forget_before(pool: &$pool, day: &str) -> Result<u64, StoreError> {
                 let mut deleted = 0;
                 for statement in $sql.forget {
@@ -409,6 +441,16 @@ impl JobStore {
     /// The units `day` has used (held + billed), 0 for a day never reserved.
     pub(crate) async fn spend_used(&self, day: &str) -> Result<i64, StoreError> {
         with_pool!(self, pool => SpendSql::used(pool, day).await)
+    }
+
+    /// Units of `day` held for jobs waiting for a retry that will settle
+    /// them (row `retrying`, unit taken after `since`).
+    pub(crate) async fn pending_spend_units(
+        &self,
+        day: &str,
+        since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        with_pool!(self, pool => SpendSql::pending_units(pool, day, since).await)
     }
 
     /// Deletes the budget tables' rows of days before `day` (retention);

@@ -1282,6 +1282,27 @@ async fn a_day_s_budget_is_taken_unit_by_unit_and_never_past_the_limit(db: &Test
         ]
     );
     assert_eq!(store.spend_used("2026-12-03").await.unwrap(), 0);
+    // Held units (s3, s4, s5) are pending only while their job waits for a
+    // retry; not without a row, nor once final, nor when taken before `since`.
+    let long_ago = Utc::now() - TimeDelta::hours(1);
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 0);
+    let masked = masked();
+    store
+        .record(&key("s3", &masked), None, &retrying())
+        .await
+        .unwrap();
+    store
+        .record(&key("s4", &masked), None, &retrying())
+        .await
+        .unwrap();
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 2);
+    store
+        .record(&key("s3", &masked), None, &failed())
+        .await
+        .unwrap();
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 1);
+    let later = Utc::now() + TimeDelta::hours(1);
+    assert_eq!(store.pending_spend_units(day, later).await.unwrap(), 0);
     // Retention: the days before the cutoff go, the cutoff day stays.
     assert_eq!(
         store.forget_spend_before("2026-12-02").await.unwrap(),

@@ -68,6 +68,9 @@ async fn two_replicas_bill_exactly_the_daily_limit_then_finish_once_it_is_raised
     let (_, reason) = readiness(&listen).await;
     assert!(reason.contains("100 of 100"), "{reason}");
     assert!(reason.contains("resumes at"), "{reason}");
+    worker
+        .wait_for_statuses(LIMIT, |s| succeeded(s) == 100)
+        .await;
     // Held, the replicas re-check the shared count every second: a few
     // rounds must not bill one more query nor fail a job.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -238,6 +241,11 @@ async fn a_held_sqlite_worker_stops_cleanly_and_a_restart_with_a_higher_limit_fi
         readiness(&listen).await.0 == 503 && worker.ready(&queue).await == JOBS - 5
     })
     .await;
+    // The last reserved call may still be on its way back.
+    until(LIMIT, "5 billed", || async {
+        worker.sandbox.stats().billed == 5
+    })
+    .await;
     let metrics = crate::support::http::scrape_when_up(&format!("http://{listen}/metrics")).await;
     for (series, value) in [
         ("zhima_spend_billed_today", 5.0),
@@ -263,5 +271,65 @@ async fn a_held_sqlite_worker_stops_cleanly_and_a_restart_with_a_higher_limit_fi
     assert_eq!(worker.sandbox.stats().billed, u64::from(JOBS));
     sigterm(&second);
     exits_zero_within(&mut second, REPLICA_EXIT).await;
+    worker.cleanup().await;
+}
+
+/// With a limit of one unit per paying job (and one to spare), failures must
+/// not use it up: a SYSTEM_ERROR (not billed) gives its unit back and its retry takes a
+/// new one; a 5xx (maybe billed) keeps it for the retry, which takes no second
+/// one; a permanent business error (not billed) gives it back for good. Every
+/// job ends without a hold and each remaining unit is billed.
+#[tokio::test]
+async fn unbilled_answers_give_their_unit_back_and_uncertain_ones_keep_it_for_the_retry() {
+    const PAYING: u32 = 30;
+    const REFUSED: u32 = 10;
+    let faults = Faults {
+        system_error_rate: 0.2,
+        http_5xx_before_rate: 0.1,
+        http_5xx_after_billing_rate: 0.1,
+        ..Faults::default()
+    };
+    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    for n in 0..PAYING + REFUSED {
+        let mut body = job("faulty", n);
+        if n >= PAYING {
+            body["product_code"] = "w1_not_our_product".into();
+        }
+        worker.publish_job(&body).await;
+    }
+    // One unit to spare, for the refused jobs' calls (which give it back):
+    // without the spare, a refused job coming after the 30 paying ones
+    // would rightly wait for the next day.
+    let mut replica = worker.start_run(&[("ZHIMA__SPEND__DAILY_LIMIT", "31")]);
+    let statuses = worker
+        .wait_for_statuses(LIMIT, |s| {
+            s.len() == (PAYING + REFUSED) as usize
+                && s.values()
+                    .all(|status| status == "succeeded" || status == "failed")
+        })
+        .await;
+    assert_eq!(
+        succeeded(&statuses),
+        PAYING as usize,
+        "{:?}",
+        count_values(&statuses)
+    );
+    assert_eq!(worker.sandbox.stats().billed, u64::from(PAYING));
+    assert!(
+        worker.count("SELECT COUNT(*) FROM upstream_calls").await > i64::from(PAYING + REFUSED),
+        "the faults were injected"
+    );
+    let units = worker
+        .query_rows("SELECT state, CAST(count(*) AS TEXT) FROM spend_reservations GROUP BY state")
+        .await;
+    assert_eq!(units, vec![("billed".to_owned(), PAYING.to_string())]);
+    assert_eq!(
+        worker.count("SELECT used FROM spend_days").await,
+        i64::from(PAYING)
+    );
+    // A paying job may have found the last unit taken by a refused job's
+    // call not yet settled: it was deferred (counted), never failed.
+    sigterm(&replica);
+    exits_zero_within(&mut replica, REPLICA_EXIT).await;
     worker.cleanup().await;
 }
