@@ -14,15 +14,18 @@
 //! upstream billed a call whose answer was lost. A unit kept that way goes
 //! to the retry, and is given back only on proof that the transaction_id was
 //! never billed (a verified business refusal, which the upstream never gives
-//! in place of a recorded answer). A replica killed between reserving and settling leaves its unit
-//! `held`: it counts as used for that day (never more than the limit) until
-//! the redelivered job settles it; the next day starts from zero.
+//! in place of a recorded answer). A replica killed between reserving and
+//! settling leaves its unit `held`: it counts as used for that day (never
+//! more than the limit) until the redelivered job settles it; the next day
+//! starts from zero.
 //!
 //! At the limit the delivery is handed back and consumption is held
 //! (`Control::hold_for_budget`): the session hands back what it prefetched,
 //! and `app` re-checks the shared count every `spend.recheck_interval_s`, on
 //! `SIGHUP` (which re-reads `spend.daily_limit`) and at the next statement
-//! day. This module decides what a call cost and whether to call; it runs no
+//! day. While units are held by jobs waiting for a retry, the limit defers
+//! jobs through a delay queue instead ([`Pass::Deferred`]), so that those
+//! retries are reached and settle their units. This module decides what a call cost and whether to call; it runs no
 //! SQL itself and never touches the broker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,7 +203,10 @@ impl SpendGate {
 
     /// Units taken before this no longer count as pending.
     fn pending_since(&self) -> DateTime<Utc> {
-        Utc::now() - TimeDelta::from_std(self.pending_window).unwrap_or(TimeDelta::MAX)
+        TimeDelta::from_std(self.pending_window)
+            .ok()
+            .and_then(|window| Utc::now().checked_sub_signed(window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 
     /// How long a [`Pass::Deferred`] job waits in a delay queue.

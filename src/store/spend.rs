@@ -238,7 +238,6 @@ macro_rules! spend_sql {
                 now: DateTime<Utc>,
             ) -> Result<Reservation, StoreError> {
                 let sql = &$sql;
-                let failed = StoreError::query("reserve spend");
                 let mut tx = pool
                     .begin()
                     .await
@@ -289,7 +288,9 @@ macro_rules! spend_sql {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query("reserve spend"))?;
-                tx.commit().await.map_err(failed)?;
+                tx.commit()
+                    .await
+                    .map_err(StoreError::query("reserve spend"))?;
                 Ok(Reservation::Taken { used })
             }
 
@@ -308,7 +309,6 @@ macro_rules! spend_sql {
             }
 
             async fn release(pool: &$pool, transaction_id: &str) -> Result<bool, StoreError> {
-                let failed = StoreError::query("give spend back");
                 let mut tx = pool
                     .begin()
                     .await
@@ -319,7 +319,9 @@ macro_rules! spend_sql {
                     .await
                     .map_err(StoreError::query("give spend back"))?;
                 let Some(day) = day else {
-                    tx.commit().await.map_err(failed)?;
+                    tx.commit()
+                        .await
+                        .map_err(StoreError::query("give spend back"))?;
                     return Ok(false);
                 };
                 sqlx::query($sql.give_back)
@@ -327,7 +329,9 @@ macro_rules! spend_sql {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query("give spend back"))?;
-                tx.commit().await.map_err(failed)?;
+                tx.commit()
+                    .await
+                    .map_err(StoreError::query("give spend back"))?;
                 Ok(true)
             }
 
