@@ -26,6 +26,7 @@ use crate::queue::Topology;
 use crate::queue::session::{self, ConsumeOptions, Inbound, JobRunner};
 use crate::rate_limit::{Rate, UpstreamLimiter};
 use crate::results::relay::Relay;
+use crate::spend::SpendGate;
 use crate::store::JobStore;
 use crate::telemetry::metric;
 use crate::upstream::UpstreamClient;
@@ -140,7 +141,18 @@ async fn run_replica(
         pii_key,
         safe_call_window: settings.upstream.safe_call_window(),
     });
-    let processor = Arc::new(processor.with_answer_reuse(settings.reuse.max_age()));
+    let spend = Arc::new(SpendGate::new(
+        store.clone(),
+        Arc::clone(&control),
+        &settings,
+    ));
+    crate::spend::spawn_limit_reload(Arc::clone(&spend))
+        .context("installing the SIGHUP handler (spend.daily_limit reload)")?;
+    let processor = Arc::new(
+        processor
+            .with_answer_reuse(settings.reuse.max_age())
+            .with_spend(Arc::clone(&spend)),
+    );
     // Before consuming: the other replicas must have made room for this one.
     let store_for_gauges = store.clone();
     let lease = crate::cluster::LeaseKeeper::start(
@@ -167,6 +179,8 @@ async fn run_replica(
         max_wait: options.max_wait,
         paused_since: None,
         has_waited_too_long: false,
+        spend,
+        spend_recheck: settings.spend.recheck_interval(),
     };
     let options = ConsumeOptions {
         concurrency: settings.worker.concurrency,
@@ -352,6 +366,31 @@ fn spawn_signal_listener(control: Arc<Control>) -> anyhow::Result<()> {
 }
 
 impl Worker {
+    /// Held at the daily spend limit: no probe (the gateway is fine), but a
+    /// re-read of the shared count every `spend.recheck_interval_s`, at once
+    /// after `SIGHUP` changed the limit and at the next statement day;
+    /// returns once calling may resume, or when shutdown begins. Not bounded
+    /// by `--max-wait`, which is about configuration faults.
+    async fn wait_for_budget(&mut self) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.spend_recheck) => {},
+                () = self.spend.changed() => {},
+                () = self.control.stopped() => return,
+            }
+            match self.spend.may_resume().await {
+                Ok(true) => {
+                    tracing::info!("daily spend below the limit again: resuming consumption");
+                    self.control.resume();
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => tracing::warn!(error.message = %error,
+                    "could not re-read the daily spend; consumption stays held"),
+            }
+        }
+    }
+
     /// `--max-wait` ran out: stop as on SIGTERM (the paused session holds no
     /// delivery; anything left goes back to the queue) and exit 4.
     fn give_up_waiting(&mut self, paused_for: Duration) {
@@ -393,6 +432,9 @@ struct Worker {
     /// resume): `--max-wait` counts from here.
     paused_since: Option<tokio::time::Instant>,
     has_waited_too_long: bool,
+    /// The daily budget, re-checked while consumption is held at its limit.
+    spend: Arc<SpendGate>,
+    spend_recheck: Duration,
 }
 
 impl JobRunner for Worker {
@@ -456,6 +498,10 @@ impl JobRunner for Worker {
     /// and resumes once one passes; returns early when shutdown begins, and
     /// begins it once the pause has lasted `--max-wait`.
     async fn wait_for_resume(&mut self) {
+        if self.control.is_budget_hold() {
+            self.wait_for_budget().await;
+            return;
+        }
         let paused_since = *self
             .paused_since
             .get_or_insert_with(tokio::time::Instant::now);

@@ -68,6 +68,7 @@ pub struct Settings {
     pub results: ResultSettings,
     pub retention: RetentionSettings,
     pub reuse: ReuseSettings,
+    pub spend: SpendSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -486,9 +487,77 @@ impl ResultSettings {
     }
 }
 
+/// The daily budget of billed queries (`[spend]`), enforced by `crate::spend`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendSettings {
+    /// Billed queries per statement day (the reconcile zone's day); 0 = no limit.
+    pub daily_limit: u64,
+    /// The share of the limit at which one WARN is logged (0 < r <= 1).
+    pub warn_ratio: f64,
+    /// How often a replica held at the limit re-reads the shared count.
+    pub recheck_interval_s: u64,
+}
+
+/// The largest `spend.daily_limit` accepted: more is a typo (and must fit
+/// the database's signed 64-bit counters).
+pub(crate) const MAX_DAILY_LIMIT: u64 = 1_000_000_000;
+
+impl SpendSettings {
+    /// Whether a budget is enforced at all.
+    pub fn is_limited(&self) -> bool {
+        self.daily_limit > 0
+    }
+
+    pub(crate) fn recheck_interval(&self) -> Duration {
+        Duration::from_secs(self.recheck_interval_s.max(1))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.daily_limit > MAX_DAILY_LIMIT {
+            return Err(ConfigError::invalid(
+                "spend.daily_limit",
+                format!("must be 0 (no limit) or at most {MAX_DAILY_LIMIT} billed queries a day"),
+            ));
+        }
+        let ratio = self.warn_ratio;
+        if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
+            return Err(ConfigError::invalid(
+                "spend.warn_ratio",
+                "must be a share of the limit greater than 0 and at most 1 (e.g. 0.8)",
+            ));
+        }
+        if !(1..=3600).contains(&self.recheck_interval_s) {
+            return Err(ConfigError::invalid(
+                "spend.recheck_interval_s",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Loads the layered settings and validates them.
 pub fn load(config_file: Option<&Path>) -> Result<Settings, ConfigError> {
+    remember_config_file(config_file);
     load_layers(config_file).map(|(settings, _)| settings)
+}
+
+/// The `--config` file of the last [`load`], which `SIGHUP` reads again
+/// (`spend.daily_limit`, see [`reload`]).
+static LOADED_FROM: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+fn remember_config_file(config_file: Option<&Path>) {
+    if let Ok(mut loaded_from) = LOADED_FROM.lock() {
+        *loaded_from = config_file.map(Path::to_path_buf);
+    }
+}
+
+/// The settings again, from the same layers as the last [`load`] (the same
+/// `--config` file, the environment of this process): for `SIGHUP`.
+pub fn reload() -> Result<Settings, ConfigError> {
+    let file = LOADED_FROM.lock().ok().and_then(|path| path.clone());
+    load_layers(file.as_deref()).map(|(settings, _)| settings)
 }
 
 /// The layers in order (defaults, `--config FILE`, `DATABASE_URL`/`AMQP_URL`,
@@ -839,6 +908,7 @@ impl Settings {
         self.validate_results()?;
         self.retention.validate()?;
         self.reuse.validate()?;
+        self.spend.validate()?;
         if !(-12..=14).contains(&self.reconcile.utc_offset_hours) {
             return Err(ConfigError::invalid(
                 "reconcile.utc_offset_hours",
@@ -1622,6 +1692,56 @@ mod tests {
             jail.create_file("c.toml", "[reuse]\nmax_age_days = 7\n")?;
             let settings = load(Some(Path::new("c.toml"))).expect("file");
             assert_eq!(settings.reuse.max_age_days, 0, "the environment wins");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn spend_defaults_to_no_limit_and_env_overrides_it() {
+        Jail::expect_with(|jail| {
+            let settings = load(None).expect("defaults are valid");
+            assert!(!settings.spend.is_limited());
+            assert_eq!(settings.spend.warn_ratio, 0.8);
+            jail.set_env("ZHIMA__SPEND__DAILY_LIMIT", "100");
+            jail.set_env("ZHIMA__SPEND__WARN_RATIO", "0.5");
+            let settings = load(None).expect("valid");
+            assert_eq!(settings.spend.daily_limit, 100);
+            assert_eq!(settings.spend.warn_ratio, 0.5);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_spend_values_are_refused_naming_the_key() {
+        let cases = [
+            ("ZHIMA__SPEND__WARN_RATIO", "0", "spend.warn_ratio"),
+            ("ZHIMA__SPEND__WARN_RATIO", "1.5", "spend.warn_ratio"),
+            ("ZHIMA__SPEND__WARN_RATIO", "-0.2", "spend.warn_ratio"),
+            ("ZHIMA__SPEND__WARN_RATIO", "NaN", "spend.warn_ratio"),
+            ("ZHIMA__SPEND__DAILY_LIMIT", "-1", "daily_limit"),
+            ("ZHIMA__SPEND__DAILY_LIMIT", "lots", "daily_limit"),
+            (
+                "ZHIMA__SPEND__DAILY_LIMIT",
+                "1000000001",
+                "spend.daily_limit",
+            ),
+            (
+                "ZHIMA__SPEND__RECHECK_INTERVAL_S",
+                "0",
+                "spend.recheck_interval_s",
+            ),
+        ];
+        for (var, value, key) in cases {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(None).expect_err(var).to_string();
+                assert!(error.contains(key), "{var}={value}: {error}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            jail.set_env("ZHIMA__SPEND__WARN_RATIO", "1");
+            assert!(load(None).is_ok());
             Ok(())
         });
     }

@@ -1,12 +1,12 @@
 //! Process-wide switches every job task consults: shutting down, paused on a
-//! configuration fault, and the run of unverifiable answers that reveals a
-//! wrong Alipay public key.
+//! configuration fault or held at the daily spend limit (`crate::spend`), and
+//! the run of unverifiable answers that reveals a wrong Alipay public key.
 //!
 //! Tasks only read these before an upstream call (a paused or stopping worker
 //! hands deliveries back instead of calling); the app's consume loop reacts to
 //! the changes. No I/O.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use tokio::sync::watch;
 
@@ -15,6 +15,9 @@ pub struct Control {
     paused: watch::Sender<Option<String>>,
     unverified_in_row: AtomicU32,
     max_unverified_in_row: u32,
+    /// The pause is a hold at the daily spend limit, not a configuration
+    /// fault: it ends by re-checking the budget, never by probing the gateway.
+    budget_hold: AtomicBool,
 }
 
 impl Control {
@@ -24,6 +27,7 @@ impl Control {
             paused: watch::Sender::new(None),
             unverified_in_row: AtomicU32::new(0),
             max_unverified_in_row: max_unverified_in_row.max(1),
+            budget_hold: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +59,7 @@ impl Control {
 
     pub(crate) fn resume(&self) {
         self.unverified_in_row.store(0, Ordering::Relaxed);
+        self.budget_hold.store(false, Ordering::Relaxed);
         self.paused.send_replace(None);
     }
 
@@ -70,6 +75,52 @@ impl Control {
     pub(crate) async fn paused(&self) {
         let mut receiver = self.paused.subscribe();
         let _ = receiver.wait_for(Option::is_some).await;
+    }
+
+    /// Pauses consumption at the daily spend limit; true for the call that
+    /// paused it. A pause already in force (a configuration fault, or the
+    /// hold itself) is left as it is.
+    pub(crate) fn hold_for_budget(&self, reason: String) -> bool {
+        self.paused.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            self.budget_hold.store(true, Ordering::Relaxed);
+            *current = Some(reason);
+            true
+        })
+    }
+
+    /// Whether the pause in force is a hold at the daily spend limit.
+    pub(crate) fn is_budget_hold(&self) -> bool {
+        self.is_paused() && self.budget_hold.load(Ordering::Relaxed)
+    }
+
+    /// Whether consumption is paused on a configuration fault (not a budget
+    /// hold): a job past the budget gate holds its unit and may still call
+    /// during a hold, never during a fault.
+    pub(crate) fn is_fault_paused(&self) -> bool {
+        self.is_paused() && !self.budget_hold.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once consumption is paused on a configuration fault.
+    pub(crate) async fn fault_paused(&self) {
+        let mut receiver = self.paused.subscribe();
+        let _ = receiver
+            .wait_for(|reason| reason.is_some() && !self.budget_hold.load(Ordering::Relaxed))
+            .await;
+    }
+
+    /// Replaces the reason of a budget hold (the count seen at the latest
+    /// re-check, for `/readyz`); any other pause is left as it is.
+    pub(crate) fn update_budget_hold(&self, reason: String) {
+        self.paused.send_if_modified(|current| {
+            if current.is_none() || !self.budget_hold.load(Ordering::Relaxed) {
+                return false;
+            }
+            *current = Some(reason);
+            false
+        });
     }
 
     /// Counts an answer whose signature was missing or wrong; true once the
@@ -98,6 +149,24 @@ mod tests {
         assert_eq!(control.pause_reason().as_deref(), Some("bad key"));
         control.resume();
         assert!(!control.is_paused());
+    }
+
+    #[test]
+    fn a_budget_hold_is_told_apart_from_a_configuration_pause() {
+        let control = Control::new(3);
+        assert!(control.hold_for_budget("limit".into()));
+        assert!(control.is_budget_hold());
+        assert!(!control.hold_for_budget("again".into()));
+        control.update_budget_hold("limit, 100 used".into());
+        assert_eq!(control.pause_reason().as_deref(), Some("limit, 100 used"));
+        control.resume();
+        assert!(!control.is_budget_hold() && !control.is_paused());
+
+        assert!(control.pause("bad key".into()));
+        assert!(!control.hold_for_budget("limit".into()));
+        assert!(!control.is_budget_hold());
+        control.update_budget_hold("limit".into());
+        assert_eq!(control.pause_reason().as_deref(), Some("bad key"));
     }
 
     #[test]

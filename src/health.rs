@@ -148,6 +148,31 @@ fn register_metrics() {
         metric::CERTIFICATE_EXPIRY_SECONDS,
         "Certificate mode: seconds until a configured certificate expires, by role"
     );
+    register_spend_metrics();
+}
+
+/// The daily budget's series (`crate::spend`), at zero until it runs.
+fn register_spend_metrics() {
+    metrics::describe_gauge!(
+        metric::SPEND_BILLED_TODAY,
+        "Units of the statement day's budget used (billed, or outcome unknown), every replica's"
+    );
+    metrics::gauge!(metric::SPEND_BILLED_TODAY).set(0.0);
+    metrics::describe_gauge!(
+        metric::SPEND_DAILY_LIMIT,
+        "spend.daily_limit in force on this replica (0 = no limit)"
+    );
+    metrics::gauge!(metric::SPEND_DAILY_LIMIT).set(0.0);
+    metrics::describe_gauge!(
+        metric::SPEND_HELD,
+        "1 while consumption is held at the daily spend limit"
+    );
+    metrics::gauge!(metric::SPEND_HELD).set(0.0);
+    metrics::describe_counter!(
+        metric::SPEND_REFUSED_TOTAL,
+        "Deliveries turned back at the daily spend limit"
+    );
+    metrics::counter!(metric::SPEND_REFUSED_TOTAL).increment(0);
 }
 
 /// Binds `listen` (port 0 allowed), logs the real address and serves until

@@ -56,6 +56,7 @@ mod reconcile;
 pub mod results;
 pub mod retry;
 pub mod sandbox;
+mod spend;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

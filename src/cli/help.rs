@@ -185,3 +185,29 @@ Environment:
 
 Example:
   ZHIMA__RATE_LIMIT__QPS=20 zhima-worker --config prod.toml config show --json";
+
+pub(super) const SPEND: &str = "\
+Columns (one line per statement day, midnight to midnight in reconcile.utc_offset_hours):
+  billed               queries the worker stored as succeeded that day (the ledger; the
+                       count `reconcile` matches against the statement)
+  reused               jobs answered from a stored answer (reuse.max_age_days): no
+                       call, nothing billed
+  budget_used          units of spend.daily_limit taken that day: billed, plus calls
+                       whose outcome is unknown (timeouts, 5xx), counted as billed
+  refused_for_budget   jobs turned back at the limit (each once a day), left waiting in
+                       the queue (not failed, not billed)
+  daily_limit          the limit in force when the day's last unit was taken
+                       (- when no budget was enforced that day)
+
+Exit codes:
+  0   printed
+  1   error: configuration, or the database unreachable
+  64  usage error (a bad --date or --days)
+
+Environment:
+  DATABASE_URL                       shortcut for database.url
+  ZHIMA__RECONCILE__UTC_OFFSET_HOURS the statement day's zone (8: UTC+8)
+
+Example:
+  zhima-worker spend                         # the last 7 days up to today
+  zhima-worker spend --date 2026-12-01 --days 1 --json";

@@ -186,6 +186,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE", default_value = "-")]
         out: PathBuf,
     },
+    /// Billed queries, budget used and jobs refused for budget, per statement day.
+    #[command(after_help = help::SPEND)]
+    Spend(spend::SpendArgs),
     /// Inspect the configuration.
     #[command(after_help = help::CONFIG)]
     Config {
@@ -312,6 +315,7 @@ impl Command {
                 format,
                 out,
             } => results::results(&settings, &selection, format, &out).await,
+            Command::Spend(args) => spend::spend(&settings, args).await,
             Command::Config { action, file } => match action {
                 ConfigCommand::Show { json } => config_show(file.as_deref(), json),
             },
@@ -415,4 +419,5 @@ mod operator;
 mod purge;
 mod reconciliation;
 mod results;
+mod spend;
 mod status;

@@ -8,6 +8,7 @@
 //! dead letter) is returned only after the outcome is committed to the store.
 //! This module never touches AMQP itself.
 
+mod budget;
 mod decide;
 mod outcome;
 mod reuse;
@@ -27,6 +28,7 @@ use crate::job::{self, Job, RejectedJob};
 use crate::pii::PiiKey;
 use crate::rate_limit::{CallPermit, UpstreamLimiter};
 use crate::retry::RetryPolicy;
+use crate::spend::{Pass, SpendGate};
 use crate::store::{CallRecord, ExistingJob, JobKey, JobStore, PiiMasked, RowUpdate, StoreError};
 use crate::telemetry::metric;
 use crate::upstream::{CallReport, RelationAnswer, UpstreamClient, UpstreamError};
@@ -89,6 +91,8 @@ pub struct Processor {
     /// Answer reuse: how old a paid answer may be and still be reused;
     /// None = off (see `reuse`).
     reuse_max_age: Option<chrono::TimeDelta>,
+    /// The daily budget (`spend.daily_limit`); None when there is none.
+    spend: Option<Arc<SpendGate>>,
 }
 
 /// What became of a delivery: the consumer's instruction, and the word the
@@ -143,7 +147,15 @@ impl Processor {
             pii_key,
             safe_call_window,
             reuse_max_age: None,
+            spend: None,
         }
+    }
+
+    /// Enforces the daily budget: every call first takes its unit (see
+    /// `crate::spend`).
+    pub(crate) fn with_spend(mut self, gate: Arc<SpendGate>) -> Self {
+        self.spend = Some(gate);
+        self
     }
 
     /// Runs inside the consumer's `process_job` span, whose `transaction_id`
@@ -184,22 +196,33 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
+        // A reused answer costs nothing: before the budget gate.
         if let Some(handled) = self.try_reuse(job, &key, attempt).await {
             return handled;
         }
+        // Before the row is touched, so that a job held at the daily limit
+        // has no first call time and its window does not run while it waits.
+        let pass = match self.spend_pass(&key, attempt).await {
+            Ok(pass) => pass,
+            Err(Instead(handled)) => return handled,
+        };
         // The row is written before the permit is taken, so that nothing slow
         // stands between the permit and the request (the upstream counts
         // arrivals, and delays after the permit bunch them up).
         let first_call_at = match self.begin(&key).await {
             Ok(first_call_at) => first_call_at,
-            Err(Instead(handled)) => return handled,
+            Err(Instead(handled)) => {
+                self.spend_unused(pass, &key).await;
+                return handled;
+            }
         };
         // The stored first call, possibly made by another replica, bounds how
         // long the job may keep calling under this transaction_id.
         if self.outlived_window(first_call_at) {
+            self.spend_unused(pass, &key).await;
             return self.expire(&key).await;
         }
-        self.call_and_settle(job, &key, attempt).await
+        self.call_and_settle(job, &key, attempt, pass).await
     }
 
     /// Records the call's start and returns the stored first call time, or
@@ -274,8 +297,15 @@ impl Processor {
         None
     }
 
-    async fn call_and_settle(&self, job: &Job, key: &JobKey<'_>, attempt: Attempt) -> Handled {
+    async fn call_and_settle(
+        &self,
+        job: &Job,
+        key: &JobKey<'_>,
+        attempt: Attempt,
+        pass: Pass,
+    ) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
+            self.spend_unused(pass, key).await;
             count_job(JobOutcome::HandedBack);
             return Handled::handed_back();
         };
@@ -283,6 +313,7 @@ impl Processor {
         let report = self.client.query_relation(&job.query).await;
         // The call counts against the rate window until a second after this.
         drop(permit);
+        self.spend_settle(pass, key, &report.outcome).await;
         let handled = self.settle(key, attempt, started_at, report).await;
         if handled.outcome == JobOutcome::Succeeded {
             self.index_answer(job, key).await;
@@ -291,18 +322,19 @@ impl Processor {
     }
 
     /// Waits for a permit unless shutdown or a pause intervenes; `None` means
-    /// hand the delivery back.
+    /// hand the delivery back. A hold at the daily spend limit is no such
+    /// pause: the job passed the budget gate and holds its unit.
     async fn acquire_permit(&self) -> Option<CallPermit<'_>> {
-        if self.control.is_stopping() || self.control.is_paused() {
+        if self.control.is_stopping() || self.control.is_fault_paused() {
             return None;
         }
         let permit = tokio::select! {
             permit = self.limiter.acquire() => permit,
             () = self.control.stopped() => return None,
-            () = self.control.paused() => return None,
+            () = self.control.fault_paused() => return None,
         };
         metrics::histogram!(metric::RATE_LIMIT_WAIT_SECONDS).record(permit.waited().as_secs_f64());
-        (!(self.control.is_stopping() || self.control.is_paused())).then_some(permit)
+        (!(self.control.is_stopping() || self.control.is_fault_paused())).then_some(permit)
     }
 
     fn outlived_window(&self, first_call_at: DateTime<Utc>) -> bool {

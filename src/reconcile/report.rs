@@ -261,6 +261,15 @@ pub(crate) fn render_summary(header: &ReportHeader, encoding: &str, summary: &Su
             "stored rows (succeeded in the day)".into(),
             summary.stored_rows,
         ),
+        // The day's bill side by side: the statement's and the worker's
+        // (`zhima-worker spend` shows the same worker count per day).
+        (
+            "billed in the day: statement".into(),
+            summary
+                .statement_rows
+                .saturating_sub(summary.statement_rows_outside_day),
+        ),
+        ("billed in the day: worker".into(), summary.stored_rows),
         ("matched".into(), summary.matched),
         (
             "  of which completed on another day".into(),
@@ -403,5 +412,28 @@ mod tests {
         let table = render_summary(&header, "UTF-8", &summary);
         assert!(table.contains("stored_not_billed"), "{table}");
         assert!(table.ends_with("2 discrepancies\n"), "{table}");
+    }
+
+    #[test]
+    fn the_summary_puts_the_statement_s_and_the_worker_s_billed_counts_side_by_side() {
+        let header = ReportHeader {
+            date: "2024-05-21".into(),
+            utc_offset_hours: 8,
+        };
+        let summary = Summary {
+            statement_rows: 105,
+            statement_rows_outside_day: 5,
+            stored_rows: 98,
+            ..Summary::default()
+        };
+        let table = render_summary(&header, "UTF-8", &summary);
+        let line = |label: &str| {
+            table
+                .lines()
+                .find(|line| line.starts_with(label))
+                .map(|line| line.split_whitespace().last().unwrap_or("").to_owned())
+        };
+        assert_eq!(line("billed in the day: statement").as_deref(), Some("100"));
+        assert_eq!(line("billed in the day: worker").as_deref(), Some("98"));
     }
 }

@@ -42,6 +42,7 @@ mod postgres;
 mod reconcile;
 mod results;
 mod reuse;
+mod spend;
 mod sqlite;
 mod status;
 
@@ -55,6 +56,7 @@ pub(crate) use lookup::{JobRecord, MAX_ROWS_PER_REFERENCE};
 pub(crate) use reconcile::ExportResult;
 pub(crate) use reconcile::{ExportRow, StoredCheck};
 pub(crate) use results::{BatchStart, ResultFilter};
+pub(crate) use spend::{Reservation, SpendDayRow};
 pub(crate) use status::{BatchRecord, StoreOverview};
 
 use std::fmt;

@@ -86,6 +86,18 @@ impl JobStore {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// The rows completed in `[start, end)` from a stored answer (answer
+    /// reuse): nothing billed for them.
+    pub(crate) async fn count_reused(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let count = with_pool!(self, pool => ReconcileSql::count_reused(pool, start, end).await)
+            .map_err(StoreError::query("count the day's reused answers"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// The `succeeded` rows completed in `[start, end)`, streamed.
     pub(crate) fn billable_rows(
         &self,
@@ -154,6 +166,12 @@ pub(super) trait ReconcileSql: Database {
         end: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 
+    fn count_reused(
+        pool: &Pool<Self>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+
     fn billable_rows(
         pool: &Pool<Self>,
         start: DateTime<Utc>,
@@ -213,6 +231,21 @@ impl ReconcileSql for Postgres {
             "SELECT count(*) FROM relation_checks \
              WHERE status = 'succeeded' AND biz_no IS NOT NULL \
                AND completed_at >= $1 AND completed_at < $2",
+        )
+        .bind(start)
+        .bind(end)
+        .fetch_one(pool)
+        .await
+    }
+
+    async fn count_reused(
+        pool: &PgPool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM relation_checks \
+             WHERE reused_from IS NOT NULL AND completed_at >= $1 AND completed_at < $2",
         )
         .bind(start)
         .bind(end)
@@ -341,6 +374,21 @@ impl ReconcileSql for Sqlite {
             "SELECT count(*) FROM relation_checks \
              WHERE status = 'succeeded' AND biz_no IS NOT NULL \
                AND completed_at >= ?1 AND completed_at < ?2",
+        )
+        .bind(to_text(start))
+        .bind(to_text(end))
+        .fetch_one(pool)
+        .await
+    }
+
+    async fn count_reused(
+        pool: &SqlitePool,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM relation_checks \
+             WHERE reused_from IS NOT NULL AND completed_at >= ?1 AND completed_at < ?2",
         )
         .bind(to_text(start))
         .bind(to_text(end))

@@ -1215,3 +1215,128 @@ async fn a_final_job_enqueued_again_joins_the_new_batch_which_completes(db: &Tes
     );
 }
 on_both_backends!(a_final_job_enqueued_again_joins_the_new_batch_which_completes);
+
+// The daily budget (`store::spend`).
+
+async fn a_day_s_budget_is_taken_unit_by_unit_and_never_past_the_limit(db: &TestDb) {
+    let store = &db.store;
+    let day = "2026-12-01";
+    for (n, id) in ["s1", "s2", "s3"].into_iter().enumerate() {
+        let used = i64::try_from(n).unwrap() + 1;
+        assert_eq!(
+            store.reserve_spend(id, day, 3).await.unwrap(),
+            Reservation::Taken { used }
+        );
+    }
+    assert_eq!(
+        store.reserve_spend("s4", day, 3).await.unwrap(),
+        Reservation::Refused { used: 3 }
+    );
+    // A retry of a transaction_id that holds a unit takes no second one.
+    assert_eq!(
+        store.reserve_spend("s1", day, 3).await.unwrap(),
+        Reservation::AlreadyHeld
+    );
+    // A unit given back makes room; a billed one is never given back.
+    assert!(store.release_spend("s2").await.unwrap());
+    assert!(!store.release_spend("s2").await.unwrap());
+    assert_eq!(
+        store.reserve_spend("s4", day, 3).await.unwrap(),
+        Reservation::Taken { used: 3 }
+    );
+    store.mark_spend_billed("s1").await.unwrap();
+    assert!(!store.release_spend("s1").await.unwrap());
+    assert_eq!(store.spend_used(day).await.unwrap(), 3);
+    // A raised limit takes effect at once; another day starts from zero.
+    assert_eq!(
+        store.reserve_spend("s5", day, 4).await.unwrap(),
+        Reservation::Taken { used: 4 }
+    );
+    assert_eq!(
+        store.reserve_spend("n1", "2026-12-02", 4).await.unwrap(),
+        Reservation::Taken { used: 1 }
+    );
+    store.note_spend_refusal(day, "s6").await.unwrap();
+    store.note_spend_refusal(day, "s6").await.unwrap();
+    store.note_spend_refusal(day, "s7").await.unwrap();
+    let days = store.spend_days("2026-11-30", "2026-12-02").await.unwrap();
+    assert_eq!(
+        days,
+        vec![
+            SpendDayRow {
+                day: day.into(),
+                used: 4,
+                billed_units: 1,
+                held: 3,
+                refused: 2,
+                daily_limit: 4,
+            },
+            SpendDayRow {
+                day: "2026-12-02".into(),
+                used: 1,
+                billed_units: 0,
+                held: 1,
+                refused: 0,
+                daily_limit: 4,
+            },
+        ]
+    );
+    assert_eq!(store.spend_used("2026-12-03").await.unwrap(), 0);
+    // Held units (s3, s4, s5) are pending only while their job waits for a
+    // retry; not without a row, nor once final, nor when taken before `since`.
+    let long_ago = Utc::now() - TimeDelta::hours(1);
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 0);
+    let masked = masked();
+    store
+        .record(&key("s3", &masked), None, &retrying())
+        .await
+        .unwrap();
+    store
+        .record(&key("s4", &masked), None, &retrying())
+        .await
+        .unwrap();
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 2);
+    store
+        .record(&key("s3", &masked), None, &failed())
+        .await
+        .unwrap();
+    assert_eq!(store.pending_spend_units(day, long_ago).await.unwrap(), 1);
+    let later = Utc::now() + TimeDelta::hours(1);
+    assert_eq!(store.pending_spend_units(day, later).await.unwrap(), 0);
+    // Retention: the days before the cutoff go, the cutoff day stays.
+    assert_eq!(
+        store.forget_spend_before("2026-12-02").await.unwrap(),
+        1 + 4 + 2
+    );
+    let days = store.spend_days("2026-11-30", "2026-12-02").await.unwrap();
+    assert_eq!(days.len(), 1);
+    assert_eq!(days[0].day, "2026-12-02");
+}
+on_both_backends!(a_day_s_budget_is_taken_unit_by_unit_and_never_past_the_limit);
+
+async fn racing_reservations_take_exactly_the_limit(db: &TestDb) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let store = db.store.clone();
+        tasks.spawn(async move {
+            let mut taken = 0;
+            for n in 0..25 {
+                let id = format!("race_{worker}_{n}");
+                if let Reservation::Taken { .. } =
+                    store.reserve_spend(&id, "2026-12-01", 100).await.unwrap()
+                {
+                    taken += 1;
+                }
+            }
+            taken
+        });
+    }
+    let mut taken = 0;
+    while let Some(joined) = tasks.join_next().await {
+        taken += joined.unwrap();
+    }
+    assert_eq!(taken, 100);
+    assert_eq!(db.store.spend_used("2026-12-01").await.unwrap(), 100);
+    assert_eq!(count_rows(&db.store, "spend_reservations").await, 100);
+}
+on_both_backends!(racing_reservations_take_exactly_the_limit);

@@ -81,3 +81,14 @@ pub(crate) const CERTIFICATE_EXPIRY_SECONDS: &str = "zhima_certificate_expiry_se
 /// Label of [`CERTIFICATE_EXPIRY_SECONDS`]: `app`, `alipay` or `root` (the
 /// root bundle's RSA root that expires first).
 pub(crate) const ROLE: &str = "role";
+
+/// Gauge: units of the statement day's budget taken so far (`crate::spend`):
+/// billed queries, plus those whose outcome is still unknown. Shared by every
+/// replica through the database; each replica shows the count it last saw.
+pub(crate) const SPEND_BILLED_TODAY: &str = "zhima_spend_billed_today";
+/// Gauge: `spend.daily_limit` in force on this replica (0 = no limit).
+pub(crate) const SPEND_DAILY_LIMIT: &str = "zhima_spend_daily_limit";
+/// Gauge: 1 while this replica holds consumption at the daily limit.
+pub(crate) const SPEND_HELD: &str = "zhima_spend_held";
+/// Counter: deliveries turned back at the daily limit (each waits in the queue).
+pub(crate) const SPEND_REFUSED_TOTAL: &str = "zhima_spend_refused_total";

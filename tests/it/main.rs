@@ -43,6 +43,7 @@ mod results;
 mod reuse;
 mod sandbox;
 mod scale;
+mod spend;
 mod status;
 mod tls;
 mod until_idle;

@@ -213,6 +213,11 @@ async fn with_reuse_on_only_new_questions_are_billed_and_reused_events_carry_the
             assert_eq!(shown["reused_from"], "paid_7");
             assert_eq!(shown["calls"].as_array().map(Vec::len), Some(0));
             assert_reconciles_clean(&worker, day).await;
+            let (code, spent) = zhima(&worker, &["spend", "--days", "1", "--json"]).await;
+            assert_eq!(code, 0, "{spent}");
+            let spent: serde_json::Value = serde_json::from_str(&spent).unwrap();
+            assert_eq!(spent[0]["billed"], PAID + NEW, "{spent}");
+            assert_eq!(spent[0]["reused"], PAID, "{spent}");
         }
         events.delete().await;
         worker.cleanup().await;
