@@ -20,10 +20,12 @@ use sqlx::{Connection, FromRow, Sqlite, SqliteConnection, SqlitePool, Transactio
 
 use super::LedgerRow;
 use super::dialect::Dialect;
+use super::results::ResultsSql;
 use super::{
     CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError, attempts_from_db,
-    parse_status, saturating_i64,
+    parse_status, saturating_i64, update_error,
 };
+use crate::results::event::ResultEvent;
 
 /// The SQLite migrations, embedded so the binary carries its schema.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -311,6 +313,32 @@ impl Dialect for Sqlite {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    /// Three statements, the ledger's insert (or the row's) first: it takes
+    /// the writer lock (see [`Dialect::append_call`]).
+    async fn open_outcome(
+        tx: &mut Transaction<'_, Sqlite>,
+        job: &JobKey<'_>,
+        call: Option<&CallRecord>,
+    ) -> Result<JobStatus, StoreError> {
+        if let Some(call) = call {
+            Self::append_call(tx, job.transaction_id, call).await?;
+        }
+        Self::ensure_row(tx, job).await?;
+        Self::lock_status(tx, job.transaction_id).await
+    }
+
+    async fn apply_final_update(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> Result<ResultEvent, StoreError> {
+        Self::apply_update(tx, transaction_id, attempts_added, values)
+            .await
+            .map_err(|e| update_error(e, values))?;
+        Self::read_result(tx, transaction_id).await
     }
 
     async fn record_rejected(
