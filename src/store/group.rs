@@ -14,6 +14,8 @@
 //! group runs again on its own through the pool, so one job's failure is its
 //! own and is reported to it alone, as without grouping.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +25,10 @@ use super::{CallRecord, JobKey, JobStatus, PiiMasked, RowUpdate, RowValues, Stor
 /// The most outcomes in one transaction: the worker's concurrency is
 /// usually below it, so in practice every outcome waiting is taken.
 const MAX_GROUP: usize = 64;
+
+/// How long the committer waits for its own connection before the group
+/// runs through the pool instead (whose acquire has the same limit).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`super::JobStore::record`] returns: the stored status and whether
 /// an outbox row was written.
@@ -48,9 +54,10 @@ struct Request {
 }
 
 enum Work {
+    /// Boxed: a call start is much smaller than an outcome.
     Record {
-        call: Option<CallRecord>,
-        update: RowUpdate,
+        call: Option<Box<CallRecord>>,
+        update: Box<RowUpdate>,
         reply: oneshot::Sender<Recorded>,
     },
     StartCall {
@@ -96,8 +103,8 @@ impl Request {
     ) -> Result<Done, StoreError> {
         match &self.work {
             Work::Record { call, update, .. } => {
-                let values = RowValues::from(update);
-                super::record_in_tx(tx, &self.key(), call.as_ref(), &values, events)
+                let values = RowValues::from(&**update);
+                super::record_in_tx(tx, &self.key(), call.as_deref(), &values, events)
                     .await
                     .map(Done::Recorded)
             }
@@ -133,8 +140,9 @@ impl Request {
         let key = self.key();
         match &self.work {
             Work::Record { call, update, .. } => {
-                let values = RowValues::from(update);
-                let recorded = super::record_in(&pool, &key, call.as_ref(), &values, events).await;
+                let values = RowValues::from(&**update);
+                let recorded =
+                    super::record_in(&pool, &key, call.as_deref(), &values, events).await;
                 if let Work::Record { reply, .. } = self.work {
                     let _ = reply.send(recorded);
                 }
@@ -176,8 +184,8 @@ impl GroupCommits {
     ) -> Option<Recorded> {
         let (reply, answer) = oneshot::channel();
         let work = Work::Record {
-            call: call.cloned(),
-            update: update.clone(),
+            call: call.cloned().map(Box::new),
+            update: Box::new(update.clone()),
             reply,
         };
         self.requests.send(Request::new(job, work)).ok()?;
@@ -250,9 +258,13 @@ impl Committer {
             Some(connection) => connection,
             empty => {
                 let options = self.pool.connect_options();
-                let opened = PgConnection::connect_with(&options)
-                    .await
-                    .map_err(StoreError::Connect)?;
+                // Bounded like the pool's acquire: an unreachable server must
+                // not hold every job's commit for the TCP connect timeout.
+                let opened =
+                    tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+                        .await
+                        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+                        .map_err(StoreError::Connect)?;
                 empty.insert(opened)
             }
         };
