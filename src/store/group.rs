@@ -2,29 +2,37 @@
 //! jobs hand to [`super::JobStore::record`], and the call starts of
 //! [`super::JobStore::try_begin_call`], that arrive while a commit is under
 //! way are written together, in one transaction on a connection of the
-//! committer's own, and each caller hears back only once that transaction
-//! has committed (an outcome's ack still follows its own commit, a call
-//! still starts after its row is committed). Each one runs the same
-//! statements, with the same rules, as on its own; what the group saves is
-//! the `BEGIN`, the `COMMIT` and the pool's liveness ping on every release,
-//! which were most of the worker's database round trips.
+//! committer's own (one of [`LANES`] committers), and each caller hears
+//! back only once that transaction has committed (an outcome's ack still
+//! follows its own commit, a call still starts after its row is committed).
+//! Each one runs the same statements, with the same rules, as on its own;
+//! what the group saves is the `BEGIN`, the `COMMIT` and the pool's liveness
+//! ping on every release, which were most of the worker's database round
+//! trips.
 //!
 //! When anything in a group fails (a taken biz_no, a deadlock, the
 //! connection), the whole transaction is rolled back and every request of the
 //! group runs again on its own through the pool, so one job's failure is its
 //! own and is reported to it alone, as without grouping.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{CallRecord, JobKey, JobStatus, PiiMasked, RowUpdate, RowValues, StoreError};
 
 /// The most outcomes in one transaction: the worker's concurrency is
 /// usually below it, so in practice every outcome waiting is taken.
 const MAX_GROUP: usize = 64;
+
+/// Committers working at once, each with its own connection: while one
+/// commits its group, the next takes the requests arriving meanwhile. With a
+/// database a network round trip away, one committer alone would bound the
+/// worker to about one job per four round trips.
+const LANES: usize = 4;
 
 /// How long the committer waits for its own connection before the group
 /// runs through the pool instead (whose acquire has the same limit).
@@ -170,7 +178,10 @@ impl GroupCommits {
     /// Starts the committer task (in the current runtime).
     pub(super) fn start(pool: PgPool, events: bool) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
-        tokio::spawn(Committer::new(pool, events).run(queue));
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..LANES {
+            tokio::spawn(Committer::new(pool.clone(), events).run(Arc::clone(&queue)));
+        }
         Self { requests }
     }
 
@@ -218,9 +229,17 @@ impl Committer {
         }
     }
 
-    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Request>) {
+    /// Takes whatever is waiting (at least one request), lets the next lane
+    /// wait for more, and commits it.
+    async fn run(mut self, queue: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        loop {
+            // The lock is held only while waiting for the group, not while
+            // committing it.
+            let taken = queue.lock().await.recv_many(&mut group, MAX_GROUP).await;
+            if taken == 0 {
+                break;
+            }
             self.commit(std::mem::take(&mut group)).await;
         }
         if let Some(connection) = self.connection.take() {
