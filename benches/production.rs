@@ -11,9 +11,14 @@
 //! - `faults`: the same with 20 % SYSTEM_ERROR (business 40004) and 5 % HTTP
 //!   502 before processing; retried jobs count once per job;
 //! - `deep`: `PERF_DEEP_JOBS` (default 100 000) jobs queued before the worker
-//!   starts, prefetch 64: the worker's peak RSS with a deep queue.
+//!   starts, prefetch 64: the worker's peak RSS with a deep queue;
+//! - `rate`: `PERF_RATE_JOBS` (default 12 000) jobs through a zero-latency
+//!   sandbox with the worker's rate limit at `PERF_RATE_QPS` (default 1 000)
+//!   calls per second: the worker's CPU share (cores) and CPU-ms per job in
+//!   the steady part of the run (from 1 s after the first job completed to
+//!   0.5 s before the last), and the rate it reached there.
 //!
-//! `PERF_SCENARIOS=clean,faults` picks scenarios (default: all three);
+//! `PERF_SCENARIOS=clean,faults` picks scenarios (default: all four);
 //! `PERF_RECORD=/tmp/prof` also records the worker with `perf record -g`
 //! (software clock) into `/tmp/prof.<scenario>.data`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -22,8 +27,9 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use chrono::{DateTime, Utc};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use zhima_worker::config;
@@ -35,18 +41,27 @@ struct Scenario {
     jobs: u32,
     /// Extra `zhima-worker sandbox` flags (faults).
     sandbox_flags: &'static [&'static str],
+    /// `rate_limit.qps` of the worker (burst 100 unless a rate point).
+    qps: u32,
+    /// Measure the steady part of the run (the rate point).
+    steady: bool,
 }
 
 #[tokio::main]
 async fn main() {
     let jobs = env_u32("PERF_JOBS", 2000);
     let deep_jobs = env_u32("PERF_DEEP_JOBS", 100_000);
-    let wanted = std::env::var("PERF_SCENARIOS").unwrap_or_else(|_| "clean,faults,deep".into());
+    let rate_jobs = env_u32("PERF_RATE_JOBS", 12_000);
+    let rate_qps = env_u32("PERF_RATE_QPS", 1000);
+    let wanted =
+        std::env::var("PERF_SCENARIOS").unwrap_or_else(|_| "clean,faults,deep,rate".into());
     let scenarios = [
         Scenario {
             name: "clean",
             jobs,
             sandbox_flags: &[],
+            qps: 100_000,
+            steady: false,
         },
         Scenario {
             name: "faults",
@@ -59,11 +74,22 @@ async fn main() {
                 "--http-5xx-before-rate",
                 "0.05",
             ],
+            qps: 100_000,
+            steady: false,
         },
         Scenario {
             name: "deep",
             jobs: deep_jobs,
             sandbox_flags: &[],
+            qps: 100_000,
+            steady: false,
+        },
+        Scenario {
+            name: "rate",
+            jobs: rate_jobs,
+            sandbox_flags: &[],
+            qps: rate_qps,
+            steady: true,
         },
     ];
     for scenario in scenarios {
@@ -138,7 +164,7 @@ async fn run(scenario: &Scenario) {
         .env("ZHIMA__AMQP__EXCHANGE", &settings.amqp.exchange)
         .env("ZHIMA__AMQP__QUEUE", &settings.amqp.queue)
         .env("ZHIMA__AMQP__DEAD_QUEUE", &settings.amqp.dead_queue)
-        .env("ZHIMA__RATE_LIMIT__QPS", "100000")
+        .env("ZHIMA__RATE_LIMIT__QPS", scenario.qps.to_string())
         .env("ZHIMA__RATE_LIMIT__BURST", "100")
         .env("ZHIMA__WORKER__CONCURRENCY", "64")
         .env("ZHIMA__RETRY__INITIAL_DELAY_MS", "100")
@@ -153,7 +179,14 @@ async fn run(scenario: &Scenario) {
     let profiler = std::env::var("PERF_RECORD")
         .ok()
         .map(|prefix| record_profile(&child, &format!("{prefix}.{}.data", scenario.name)));
-    let (status, usage) = support::watch_until_exit(&mut child, || {}).await;
+    let pid = child.id().expect("worker pid");
+    let mut samples: Vec<(SystemTime, f64)> = Vec::new();
+    let (status, usage) = support::watch_until_exit(&mut child, || {
+        if let Some(cpu) = cpu_seconds(pid) {
+            samples.push((SystemTime::now(), cpu));
+        }
+    })
+    .await;
     if let Some(mut profiler) = profiler {
         let _ = profiler.wait().await;
     }
@@ -191,8 +224,77 @@ async fn run(scenario: &Scenario) {
         statuses,
         log_lines,
     );
+    if scenario.steady {
+        report_steady(scenario, &database_url, &samples).await;
+    }
     support::broker::delete_topology(&channel, &topology).await;
     support::postgres::drop_database(&format!("zp_{id}")).await;
+}
+
+/// The rate point: from 1 s after the first job completed to 0.5 s before
+/// the last, the jobs completed (by `completed_at`), the worker's CPU time
+/// (interpolated between /proc samples) and the wall time.
+async fn report_steady(scenario: &Scenario, database_url: &str, samples: &[(SystemTime, f64)]) {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("database");
+    let (first, last): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(completed_at), max(completed_at) FROM relation_checks")
+            .fetch_one(&mut connection)
+            .await
+            .expect("completion times");
+    let from = first + chrono::Duration::seconds(1);
+    let to = last - chrono::Duration::milliseconds(500);
+    assert!(to > from, "the run is too short for a steady window");
+    let (completed,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM relation_checks WHERE completed_at >= $1 AND completed_at < $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(&mut connection)
+    .await
+    .expect("count");
+    let cpu = cpu_at(samples, to.into()) - cpu_at(samples, from.into());
+    let seconds = (to - from).as_seconds_f64();
+    println!(
+        "production [{}] steady window {:.1} s at rate limit {}/s: {:.0} jobs/s; worker {:.3} \
+         cores, {:.3} CPU-ms per job",
+        scenario.name,
+        seconds,
+        scenario.qps,
+        completed as f64 / seconds,
+        cpu / seconds,
+        cpu * 1000.0 / completed as f64,
+    );
+}
+
+/// The worker's CPU seconds at `at`, interpolated between the two samples
+/// around it.
+fn cpu_at(samples: &[(SystemTime, f64)], at: SystemTime) -> f64 {
+    let after = samples
+        .iter()
+        .position(|(time, _)| *time >= at)
+        .expect("a sample after the window");
+    assert!(after > 0, "no sample before the window");
+    let (t0, c0) = samples[after - 1];
+    let (t1, c1) = samples[after];
+    let span = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
+    let into = at.duration_since(t0).unwrap_or_default().as_secs_f64();
+    match span > 0.0 {
+        true => c0 + (c1 - c0) * into / span,
+        false => c1,
+    }
+}
+
+/// utime + stime of `pid` (fields 14 and 15 of /proc/PID/stat, after the
+/// command name), in seconds (USER_HZ = 100).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs: u32, id: &str) {

@@ -104,7 +104,8 @@ async fn run_replica(
     spawn_signal_listener(Arc::clone(&control))?;
     let store = open_store(&settings, &control)
         .await?
-        .with_result_events(settings.results.enabled());
+        .with_result_events(settings.results.enabled())
+        .with_grouped_commits();
     let relay = Relay::spawn(&store, &settings.amqp, &settings.results);
     let readiness = Arc::new(Readiness {
         broker_connected: AtomicBool::new(false),

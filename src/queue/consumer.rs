@@ -6,6 +6,7 @@
 //! between leaves two messages with the same transaction_id, never none; the
 //! store's final-row check makes the extra one harmless.
 
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tracing::Instrument;
@@ -25,6 +26,15 @@ pub(crate) fn attempt_of(delivery: &Delivery) -> Attempt {
     }
 }
 
+/// What answering a delivery on the broker needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Broker<'a> {
+    /// The channel the delivery came on: its ack goes there.
+    pub(crate) channel: &'a Channel,
+    pub(crate) publisher: &'a Publisher,
+    pub(crate) topology: &'a Topology,
+}
+
 /// Processes one delivery inside its `process_job` span (transaction_id,
 /// attempt, queue, outcome), so every log line of the job carries them.
 /// Returns the processor's outcome for the job (a copy that could not be
@@ -33,9 +43,9 @@ pub(crate) fn attempt_of(delivery: &Delivery) -> Attempt {
 pub(crate) async fn handle(
     delivery: Delivery,
     processor: &Processor,
-    publisher: &Publisher,
-    topology: &Topology,
+    broker: Broker<'_>,
 ) -> JobOutcome {
+    let topology = broker.topology;
     let attempt = attempt_of(&delivery);
     let span = tracing::info_span!(
         "process_job",
@@ -44,7 +54,7 @@ pub(crate) async fn handle(
         queue = %topology.names.queue,
         outcome = tracing::field::Empty,
     );
-    handle_in_span(delivery, attempt, processor, publisher, topology)
+    handle_in_span(delivery, attempt, processor, broker)
         .instrument(span)
         .await
 }
@@ -53,9 +63,13 @@ async fn handle_in_span(
     delivery: Delivery,
     attempt: crate::processor::Attempt,
     processor: &Processor,
-    publisher: &Publisher,
-    topology: &Topology,
+    broker: Broker<'_>,
 ) -> JobOutcome {
+    let Broker {
+        channel,
+        publisher,
+        topology,
+    } = broker;
     let (disposition, outcome) = processor
         .process_with_outcome(&delivery.data, attempt)
         .await;
@@ -95,7 +109,7 @@ async fn handle_in_span(
         }
     };
     match forwarded {
-        Ok(()) => ack(&delivery).await,
+        Ok(()) => ack(&delivery, channel).await,
         Err(error) => {
             tracing::warn!(error.message = %error, error.cause_chain = ?error,
                 "could not publish the job's copy; handing the delivery back");
@@ -105,8 +119,15 @@ async fn handle_in_span(
     outcome
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+/// Acks on the delivery's channel directly: lapin's `Acker` takes the same
+/// path through an internal task and a task spawned per ack, two extra
+/// wake-ups per job. A channel that closed meanwhile refuses the ack (its
+/// deliveries return to the queue), as the `Acker` would.
+async fn ack(delivery: &Delivery, channel: &Channel) {
+    let acked = channel
+        .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+        .await;
+    if let Err(error) = acked {
         tracing::warn!(error.message = %error,
             "ack failed (channel closed?); the broker will redeliver and the stored outcome makes that harmless");
     }

@@ -30,6 +30,8 @@ const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 /// One delivery, with what answering it on the broker needs.
 pub(crate) struct Inbound {
     delivery: Delivery,
+    /// The channel it came on, which acks it.
+    channel: Channel,
     publisher: Publisher,
     topology: Arc<Topology>,
 }
@@ -39,7 +41,18 @@ impl Inbound {
     /// delivery as the processor decided (see [`consumer::handle`]); what
     /// became of the job.
     pub(crate) async fn handle(self, processor: &Processor) -> JobOutcome {
-        consumer::handle(self.delivery, processor, &self.publisher, &self.topology).await
+        let Self {
+            delivery,
+            channel,
+            publisher,
+            topology,
+        } = self;
+        let broker = consumer::Broker {
+            channel: &channel,
+            publisher: &publisher,
+            topology: &topology,
+        };
+        consumer::handle(delivery, processor, broker).await
     }
 }
 
@@ -233,6 +246,7 @@ impl<R: JobRunner> Sessions<'_, R> {
                         }
                         self.runner.start(Inbound {
                             delivery,
+                            channel: channel.clone(),
                             publisher: publisher.clone(),
                             topology: Arc::clone(&self.topology),
                         });

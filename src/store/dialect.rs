@@ -26,6 +26,7 @@ use super::lookup::LookupSql;
 use super::reconcile::ReconcileSql;
 use super::results::ResultsSql;
 use super::{CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError};
+use crate::results::event::ResultEvent;
 
 /// The statements of `relation_checks` and the `upstream_calls` ledger. The
 /// transaction methods take the open transaction of
@@ -91,6 +92,25 @@ pub(super) trait Dialect:
         attempts_added: u8,
         values: &RowValues<'_>,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// The outcome transaction's first steps, in as few round trips as the
+    /// backend allows: [`Dialect::append_call`] (when there is a call),
+    /// [`Dialect::ensure_row`] and [`Dialect::lock_status`].
+    fn open_outcome(
+        tx: &mut Transaction<'_, Self>,
+        job: &JobKey<'_>,
+        call: Option<&CallRecord>,
+    ) -> impl Future<Output = Result<JobStatus, StoreError>> + Send;
+
+    /// [`Dialect::apply_update`] for a row that becomes final, returning the
+    /// row as its result event (what [`ResultsSql::read_result`] would read
+    /// next). A taken biz_no fails as [`StoreError::DuplicateBizNo`].
+    fn apply_final_update(
+        tx: &mut Transaction<'_, Self>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> impl Future<Output = Result<ResultEvent, StoreError>> + Send;
 
     /// Creates or fails the row of a rejected message, unless it is final;
     /// true when it wrote the row.

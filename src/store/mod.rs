@@ -36,6 +36,7 @@ macro_rules! with_pool {
 mod certs;
 mod dialect;
 mod erase;
+mod group;
 mod leases;
 mod lookup;
 mod postgres;
@@ -470,6 +471,9 @@ pub struct JobStore {
     /// Set when result events are on: every outcome transaction that writes
     /// an outbox row wakes the relay through it after the commit.
     events: Option<Arc<Notify>>,
+    /// Set by [`JobStore::with_grouped_commits`] (PostgreSQL): where
+    /// `record` and `try_begin_call` send their work.
+    group: Option<group::GroupCommits>,
 }
 
 /// Shows only the backend: connection details may hold a password.
@@ -521,7 +525,22 @@ impl JobStore {
         Ok(Self {
             backend,
             events: None,
+            group: None,
         })
+    }
+
+    /// Turns grouped commits on (PostgreSQL; nothing changes on SQLite):
+    /// the outcomes and call starts that concurrent jobs hand in while a
+    /// commit is under way share one transaction (see `group`). Call after
+    /// [`Self::with_result_events`], inside the runtime.
+    pub(crate) fn with_grouped_commits(mut self) -> Self {
+        if let Backend::Postgres(pool) = &self.backend {
+            self.group = Some(group::GroupCommits::start(
+                pool.clone(),
+                self.events_enabled(),
+            ));
+        }
+        self
     }
 
     /// Turns result events on (`results.exchange` set): outcome transactions
@@ -601,6 +620,11 @@ impl JobStore {
         job: &JobKey<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if let Some(group) = &self.group
+            && let Some(started) = group.start_call(job, now).await
+        {
+            return started;
+        }
         with_pool!(self, pool => Dialect::start_call(pool, job, now).await)
     }
 
@@ -616,10 +640,18 @@ impl JobStore {
         call: Option<&CallRecord>,
         update: &RowUpdate,
     ) -> Result<JobStatus, StoreError> {
-        let values = RowValues::from(update);
-        let events = self.events_enabled();
-        let (status, wrote_event) =
-            with_pool!(self, pool => record_in(pool, job, call, &values, events).await)?;
+        let grouped = match &self.group {
+            Some(group) => group.record(job, call, update).await,
+            None => None,
+        };
+        let (status, wrote_event) = match grouped {
+            Some(recorded) => recorded?,
+            None => {
+                let values = RowValues::from(update);
+                let events = self.events_enabled();
+                with_pool!(self, pool => record_in(pool, job, call, &values, events).await)?
+            }
+        };
         if wrote_event {
             self.notify_events();
         }
@@ -750,26 +782,36 @@ async fn record_in<D: Dialect>(
     events: bool,
 ) -> Result<(JobStatus, bool), StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
-    if let Some(call) = call {
-        D::append_call(&mut tx, job.transaction_id, call).await?;
-    }
-    D::ensure_row(&mut tx, job).await?;
-    let current = D::lock_status(&mut tx, job.transaction_id).await?;
+    let recorded = record_in_tx(&mut tx, job, call, values, events).await?;
+    tx.commit().await.map_err(StoreError::query("commit"))?;
+    Ok(recorded)
+}
+
+/// [`record_in`]'s statements in the caller's transaction (one outcome of a
+/// grouped commit, see `group`).
+async fn record_in_tx<D: Dialect>(
+    tx: &mut sqlx::Transaction<'_, D>,
+    job: &JobKey<'_>,
+    call: Option<&CallRecord>,
+    values: &RowValues<'_>,
+    events: bool,
+) -> Result<(JobStatus, bool), StoreError> {
+    let current = D::open_outcome(tx, job, call).await?;
     let attempts_added = u8::from(call.is_some());
     let mut wrote_event = false;
     let status = if current == JobStatus::Succeeded {
-        D::count_attempt(&mut tx, job.transaction_id, attempts_added).await?;
+        D::count_attempt(tx, job.transaction_id, attempts_added).await?;
         current
+    } else if values.status.is_final() && values.status != current {
+        let event = D::apply_final_update(tx, job.transaction_id, attempts_added, values).await?;
+        wrote_event = results::after_final_read(tx, event, events).await?;
+        values.status
     } else {
-        D::apply_update(&mut tx, job.transaction_id, attempts_added, values)
+        D::apply_update(tx, job.transaction_id, attempts_added, values)
             .await
             .map_err(|e| update_error(e, values))?;
-        if values.status.is_final() && values.status != current {
-            wrote_event = results::after_final(&mut tx, job.transaction_id, events).await?;
-        }
         values.status
     };
-    tx.commit().await.map_err(StoreError::query("commit"))?;
     Ok((status, wrote_event))
 }
 

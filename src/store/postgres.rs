@@ -16,10 +16,12 @@ use sqlx::{Connection, FromRow, PgConnection, PgPool, Postgres, Transaction};
 
 use super::LedgerRow;
 use super::dialect::Dialect;
+use super::results::{ResultRow, result_fields};
 use super::{
     CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError, attempts_from_db,
-    parse_status, saturating_i64,
+    parse_status, saturating_i64, update_error,
 };
+use crate::results::event::ResultEvent;
 
 /// The PostgreSQL migrations, embedded so the binary carries its schema.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
@@ -28,11 +30,36 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 /// itself unavailable (and the consumer pauses).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options = connect_options(url)?;
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // No reaper task: sqlx 0.9.0's pool maintenance loop can spin a core
+        // forever when its idle count underflows under a concurrent release
+        // (sqlx issues #3645/#4289, seen here once in a `status` command).
+        // The pool never holds more than `max_connections`, so nothing needs
+        // reaping; a connection the server dropped fails its statement as
+        // unavailable, which the caller retries.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .min_connections(0)
+        // A connection is checked (one round trip) only when it has sat idle
+        // for a while, not on every acquire: a busy worker would otherwise
+        // add a round trip to each statement. One that broke meanwhile fails
+        // its statement as unavailable, which the caller retries.
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for < PING_IDLE_AFTER {
+                    return Ok(true);
+                }
+                Ok(connection.ping().await.is_ok())
+            })
+        })
         .connect_with(options)
         .await
         .map_err(StoreError::connect)
@@ -114,22 +141,7 @@ impl Dialect for Postgres {
         job: &JobKey<'_>,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(START_CALL)
-            .bind(job.transaction_id)
-            .bind(job.external_ref)
-            .bind(&job.masked.cert_no)
-            .bind(&job.masked.name)
-            .bind(&job.masked.relation_phone)
-            .bind(&job.masked.relation_name)
-            .bind(now)
-            .bind(job.fingerprint)
-            .bind(job.batch_id)
-            .bind(job.masked.cert_no_hmac.as_deref())
-            .bind(job.masked.relation_phone_hmac.as_deref())
-            .fetch_optional(pool)
-            .await
-            .map_err(StoreError::query("begin call"))?;
-        Ok(started.and_then(|(first_call_at,)| first_call_at))
+        start_call_on(pool, job, now).await
     }
 
     async fn append_call(
@@ -137,22 +149,10 @@ impl Dialect for Postgres {
         transaction_id: &str,
         call: &CallRecord,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
-                 http_status, code, sub_code, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(transaction_id)
-        .bind(i32::try_from(call.attempt).unwrap_or(i32::MAX))
-        .bind(call.started_at)
-        .bind(saturating_i64(call.duration_ms))
-        .bind(call.http_status.map(i32::from))
-        .bind(call.code.as_deref())
-        .bind(call.sub_code.as_deref())
-        .bind(&call.outcome)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::query("append upstream call"))?;
+        bind_call!(sqlx::query(APPEND_CALL), transaction_id, call)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::query("append upstream call"))?;
         Ok(())
     }
 
@@ -189,13 +189,11 @@ impl Dialect for Postgres {
         tx: &mut Transaction<'_, Postgres>,
         transaction_id: &str,
     ) -> Result<JobStatus, StoreError> {
-        let (status,): (String,) = sqlx::query_as(
-            "SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE",
-        )
-        .bind(transaction_id)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(StoreError::query("lock job row"))?;
+        let (status,): (String,) = sqlx::query_as(LOCK_STATUS)
+            .bind(transaction_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(StoreError::query("lock job row"))?;
         parse_status(&status)
     }
 
@@ -222,21 +220,64 @@ impl Dialect for Postgres {
         attempts_added: u8,
         values: &RowValues<'_>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(APPLY_UPDATE)
-            .bind(transaction_id)
-            .bind(i32::from(attempts_added))
-            .bind(values.status.as_str())
-            .bind(values.status.is_final())
-            .bind(values.biz_no)
-            .bind(values.relation_rank)
-            .bind(values.recency)
-            .bind(values.relation_score)
-            .bind(values.error_code)
-            .bind(values.error_message)
-            .bind(values.response_body)
-            .execute(&mut **tx)
-            .await?;
+        bind_update!(
+            sqlx::query(APPLY_UPDATE),
+            transaction_id,
+            attempts_added,
+            values
+        )
+        .execute(&mut **tx)
+        .await?;
         Ok(())
+    }
+
+    /// With a call, one statement appends it and locks the row; only a
+    /// missing row (an outcome recorded without `begin_call`) takes two more.
+    async fn open_outcome(
+        tx: &mut Transaction<'_, Postgres>,
+        job: &JobKey<'_>,
+        call: Option<&CallRecord>,
+    ) -> Result<JobStatus, StoreError> {
+        let locked: Option<(String,)> = match call {
+            Some(call) => bind_call!(
+                sqlx::query_as(APPEND_CALL_AND_LOCK),
+                job.transaction_id,
+                call
+            )
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::query("append upstream call"))?,
+            None => sqlx::query_as(LOCK_STATUS)
+                .bind(job.transaction_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(StoreError::query("lock job row"))?,
+        };
+        match locked {
+            Some((status,)) => parse_status(&status),
+            None => {
+                Self::ensure_row(tx, job).await?;
+                Self::lock_status(tx, job.transaction_id).await
+            }
+        }
+    }
+
+    async fn apply_final_update(
+        tx: &mut Transaction<'_, Postgres>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> Result<ResultEvent, StoreError> {
+        let row: ResultRow<DateTime<Utc>> = bind_update!(
+            sqlx::query_as(APPLY_FINAL_UPDATE),
+            transaction_id,
+            attempts_added,
+            values
+        )
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| update_error(e, values))?;
+        row.into_event(|_, at| Ok(at))
     }
 
     async fn record_rejected(
@@ -288,6 +329,31 @@ impl Dialect for Postgres {
     }
 }
 
+/// [`Dialect::start_call`] on any executor: the pool, or the transaction of
+/// a grouped commit.
+pub(super) async fn start_call_on<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    job: &JobKey<'_>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let started: Option<(Option<DateTime<Utc>>,)> = sqlx::query_as(START_CALL)
+        .bind(job.transaction_id)
+        .bind(job.external_ref)
+        .bind(&job.masked.cert_no)
+        .bind(&job.masked.name)
+        .bind(&job.masked.relation_phone)
+        .bind(&job.masked.relation_name)
+        .bind(now)
+        .bind(job.fingerprint)
+        .bind(job.batch_id)
+        .bind(job.masked.cert_no_hmac.as_deref())
+        .bind(job.masked.relation_phone_hmac.as_deref())
+        .fetch_optional(executor)
+        .await
+        .map_err(StoreError::query("begin call"))?;
+    Ok(started.and_then(|(first_call_at,)| first_call_at))
+}
+
 #[derive(FromRow)]
 struct ExistingRow {
     status: String,
@@ -329,17 +395,83 @@ const START_CALL: &str = "\
 
 /// A NULL value keeps the stored one, except for the error columns, which
 /// describe the latest attempt only.
-const APPLY_UPDATE: &str = "\
-    UPDATE relation_checks SET \
-        status = $3, attempts = attempts + $2, updated_at = now(), \
-        completed_at = CASE WHEN $4 THEN now() ELSE NULL END, \
-        biz_no = COALESCE($5, biz_no), \
-        relation_rank = COALESCE($6, relation_rank), \
-        recency = COALESCE($7, recency), \
-        relation_score = COALESCE($8, relation_score), \
-        error_code = $9, error_message = $10, \
-        response_body = COALESCE($11, response_body) \
-    WHERE transaction_id = $1";
+macro_rules! apply_update_sql {
+    () => {
+        "UPDATE relation_checks SET \
+            status = $3, attempts = attempts + $2, updated_at = now(), \
+            completed_at = CASE WHEN $4 THEN now() ELSE NULL END, \
+            biz_no = COALESCE($5, biz_no), \
+            relation_rank = COALESCE($6, relation_rank), \
+            recency = COALESCE($7, recency), \
+            relation_score = COALESCE($8, relation_score), \
+            error_code = $9, error_message = $10, \
+            response_body = COALESCE($11, response_body) \
+        WHERE transaction_id = $1"
+    };
+}
+
+const APPLY_UPDATE: &str = apply_update_sql!();
+
+/// [`APPLY_UPDATE`] returning the updated row as a result row.
+const APPLY_FINAL_UPDATE: &str = concat!(apply_update_sql!(), " RETURNING ", result_fields!());
+
+/// `FOR UPDATE`: concurrent deliveries of one job wait here for each other.
+const LOCK_STATUS: &str = "SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE";
+
+macro_rules! append_call_sql {
+    () => {
+        "INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
+             http_status, code, sub_code, outcome) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    };
+}
+
+const APPEND_CALL: &str = append_call_sql!();
+
+/// [`APPEND_CALL`] and [`LOCK_STATUS`] in one round trip (no row when the
+/// job's row is missing; the call is appended either way).
+const APPEND_CALL_AND_LOCK: &str = concat!(
+    "WITH call AS (",
+    append_call_sql!(),
+    ") SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE"
+);
+
+/// Binds [`APPEND_CALL`]'s parameters to a `query` or `query_as`.
+macro_rules! bind_call {
+    ($query:expr, $transaction_id:expr, $call:expr) => {{
+        let call: &CallRecord = $call;
+        $query
+            .bind($transaction_id)
+            .bind(i32::try_from(call.attempt).unwrap_or(i32::MAX))
+            .bind(call.started_at)
+            .bind(saturating_i64(call.duration_ms))
+            .bind(call.http_status.map(i32::from))
+            .bind(call.code.as_deref())
+            .bind(call.sub_code.as_deref())
+            .bind(&call.outcome)
+    }};
+}
+use bind_call;
+
+/// Binds [`APPLY_UPDATE`]'s parameters to a `query` or `query_as`.
+macro_rules! bind_update {
+    ($query:expr, $transaction_id:expr, $attempts_added:expr, $values:expr) => {{
+        let values: &RowValues<'_> = $values;
+        $query
+            .bind($transaction_id)
+            .bind(i32::from($attempts_added))
+            .bind(values.status.as_str())
+            .bind(values.status.is_final())
+            .bind(values.biz_no)
+            .bind(values.relation_rank)
+            .bind(values.recency)
+            .bind(values.relation_score)
+            .bind(values.error_code)
+            .bind(values.error_message)
+            .bind(values.response_body)
+    }};
+}
+use bind_update;
 
 const RECORD_REJECTED: &str = "\
     INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \

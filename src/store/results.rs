@@ -249,6 +249,16 @@ pub(super) async fn after_final<D: Dialect>(
     events: bool,
 ) -> Result<bool, StoreError> {
     let event = D::read_result(tx, transaction_id).await?;
+    after_final_read(tx, event, events).await
+}
+
+/// [`after_final`] with the final row already read as `event` (returned by
+/// the update that made it final).
+pub(super) async fn after_final_read<D: Dialect>(
+    tx: &mut Transaction<'_, D>,
+    event: ResultEvent,
+    events: bool,
+) -> Result<bool, StoreError> {
     if events {
         let body = to_body(&event)?;
         D::insert_event(tx, event.message_id(), event.routing_key(), &body).await?;
@@ -371,15 +381,23 @@ pub(super) trait ResultsSql: Database {
     ) -> BoxStream<'a, Result<ResultEvent, StoreError>>;
 }
 
-const RESULT_COLUMNS: &str = "SELECT transaction_id, external_ref, batch_id, status, biz_no, \
-     relation_rank, recency, relation_score, error_code, error_message, \
-     CAST(attempts AS BIGINT) AS attempts, first_call_at, completed_at, reused_from \
-     FROM relation_checks";
+/// The columns of a [`ResultRow`], also what an update that makes a row final
+/// returns (`RETURNING`), so it need not be read again.
+macro_rules! result_fields {
+    () => {
+        "transaction_id, external_ref, batch_id, status, biz_no, \
+         relation_rank, recency, relation_score, error_code, error_message, \
+         CAST(attempts AS BIGINT) AS attempts, first_call_at, completed_at, reused_from"
+    };
+}
+pub(super) use result_fields;
+
+const RESULT_COLUMNS: &str = concat!("SELECT ", result_fields!(), " FROM relation_checks");
 
 /// A result row with its timestamps in the backend's own type
 /// (`DateTime<Utc>` on PostgreSQL, RFC 3339 text on SQLite).
 #[derive(FromRow)]
-struct ResultRow<T> {
+pub(super) struct ResultRow<T> {
     transaction_id: String,
     external_ref: Option<String>,
     batch_id: Option<String>,
@@ -399,7 +417,7 @@ struct ResultRow<T> {
 impl<T> ResultRow<T> {
     /// `time` turns the backend's timestamp into UTC, naming the column when
     /// it cannot.
-    fn into_event(
+    pub(super) fn into_event(
         self,
         time: impl Fn(&'static str, T) -> Result<DateTime<Utc>, StoreError>,
     ) -> Result<ResultEvent, StoreError> {

@@ -20,10 +20,12 @@ use sqlx::{Connection, FromRow, Sqlite, SqliteConnection, SqlitePool, Transactio
 
 use super::LedgerRow;
 use super::dialect::Dialect;
+use super::results::ResultsSql;
 use super::{
     CallRecord, ExistingJob, JobKey, JobStatus, Rejected, RowValues, StoreError, attempts_from_db,
-    parse_status, saturating_i64,
+    parse_status, saturating_i64, update_error,
 };
+use crate::results::event::ResultEvent;
 
 /// The SQLite migrations, embedded so the binary carries its schema.
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -93,6 +95,15 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<SqlitePoo
     SqlitePoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // No reaper task: sqlx 0.9.0's pool maintenance loop can spin a core
+        // forever when its idle count underflows under a concurrent release
+        // (sqlx issues #3645/#4289, seen here once in a `status` command).
+        // The pool never holds more than `max_connections`, so nothing needs
+        // reaping; a connection the server dropped fails its statement as
+        // unavailable, which the caller retries.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .min_connections(0)
         .connect_with(options)
         .await
         .map_err(StoreError::Connect)
@@ -311,6 +322,32 @@ impl Dialect for Sqlite {
             .execute(&mut **tx)
             .await?;
         Ok(())
+    }
+
+    /// Three statements, the ledger's insert (or the row's) first: it takes
+    /// the writer lock (see [`Dialect::append_call`]).
+    async fn open_outcome(
+        tx: &mut Transaction<'_, Sqlite>,
+        job: &JobKey<'_>,
+        call: Option<&CallRecord>,
+    ) -> Result<JobStatus, StoreError> {
+        if let Some(call) = call {
+            Self::append_call(tx, job.transaction_id, call).await?;
+        }
+        Self::ensure_row(tx, job).await?;
+        Self::lock_status(tx, job.transaction_id).await
+    }
+
+    async fn apply_final_update(
+        tx: &mut Transaction<'_, Sqlite>,
+        transaction_id: &str,
+        attempts_added: u8,
+        values: &RowValues<'_>,
+    ) -> Result<ResultEvent, StoreError> {
+        Self::apply_update(tx, transaction_id, attempts_added, values)
+            .await
+            .map_err(|e| update_error(e, values))?;
+        Self::read_result(tx, transaction_id).await
     }
 
     async fn record_rejected(

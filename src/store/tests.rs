@@ -1340,3 +1340,67 @@ async fn racing_reservations_take_exactly_the_limit(db: &TestDb) {
     assert_eq!(count_rows(&db.store, "spend_reservations").await, 100);
 }
 on_both_backends!(racing_reservations_take_exactly_the_limit);
+
+/// Grouped commits (PostgreSQL): concurrent call starts and outcomes share
+/// transactions, and an outcome that the database refuses (a biz_no taken)
+/// fails alone: every other one of its group is committed, with its event and
+/// its ledger row.
+#[tokio::test]
+async fn grouped_commits_commit_every_outcome_and_fail_only_the_refused_one() {
+    let db = TestDb::postgres().await;
+    let store = with_events(&db).with_grouped_commits();
+    let masked = masked();
+    store
+        .record(
+            &key("group_owner", &masked),
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_GROUP_TAKEN"),
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..40).map(|n| format!("group_{n}")).collect();
+    let outcomes = futures_util::future::join_all(ids.iter().enumerate().map(|(n, id)| {
+        let store = store.clone();
+        let masked = &masked;
+        async move {
+            let job = key(id, masked);
+            let started = store.try_begin_call(&job, at(1)).await.unwrap();
+            assert_eq!(started, Some(at(1)), "{id}");
+            let update = match n {
+                7 => success("ZM_GROUP_TAKEN"),
+                n if n % 3 == 0 => failed(),
+                n => success(&format!("ZM_GROUP_{n}")),
+            };
+            store
+                .record(&job, Some(&call(1, at(2), "succeeded")), &update)
+                .await
+        }
+    }))
+    .await;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        match n {
+            7 => assert!(
+                matches!(outcome, Err(StoreError::DuplicateBizNo { biz_no }) if biz_no == "ZM_GROUP_TAKEN"),
+                "{outcome:?}"
+            ),
+            n if n % 3 == 0 => assert_eq!(*outcome.as_ref().unwrap(), JobStatus::Failed),
+            _ => assert_eq!(*outcome.as_ref().unwrap(), JobStatus::Succeeded),
+        }
+    }
+    let refused = snapshot(&store, "group_7").await;
+    assert_eq!((refused.status.as_str(), refused.attempts), ("pending", 0));
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 7) {
+        let row = snapshot(&store, id).await;
+        assert_eq!(row.attempts, 1, "{id}");
+        assert_eq!(row.is_completed, 1, "{id}");
+        let expected = (n % 3 != 0).then(|| format!("ZM_GROUP_{n}"));
+        assert_eq!(row.biz_no, expected, "{id}");
+        assert_eq!(store.calls_for(id).await.unwrap().len(), 1, "{id}");
+    }
+    // The owner's event and one per committed outcome; none for group_7.
+    let events = outbox(&store).await;
+    assert_eq!(events.len(), 1 + 39);
+    assert!(events.iter().all(|event| event.message_id != "group_7"));
+    drop(store);
+    db.finish().await;
+}
