@@ -314,11 +314,11 @@ impl Processor {
         // The call counts against the rate window until a second after this.
         drop(permit);
         self.spend_settle(pass, key, &report.outcome).await;
-        let handled = self.settle(key, attempt, started_at, report).await;
-        if handled.outcome == JobOutcome::Succeeded {
-            self.index_answer(job, key).await;
-        }
-        handled
+        // While reuse is on, a paid answer is indexed for reuse with its
+        // outcome, in the same transaction.
+        let question = self.question_to_index(job);
+        self.settle(key, attempt, started_at, report, question)
+            .await
     }
 
     /// Waits for a permit unless shutdown or a pause intervenes; `None` means
@@ -371,6 +371,7 @@ impl Processor {
         attempt: Attempt,
         started_at: DateTime<Utc>,
         report: CallReport<RelationAnswer>,
+        question_hmac: Option<String>,
     ) -> Handled {
         let settlement = decide(
             CallClass::of(&report),
@@ -387,7 +388,7 @@ impl Processor {
             sub_code: report.sub_code.clone(),
             outcome: settlement.ledger.as_str().to_owned(),
         };
-        let update = row_update(settlement.row, &report);
+        let update = row_update(settlement.row, &report, question_hmac);
         let pause_reason = self.apply(&settlement, &report);
         if let Err(Instead(handled)) = self.commit(key, Some(&call), &update).await {
             return handled;
@@ -621,7 +622,11 @@ fn store_refused(what: &str, error: &StoreError) -> Handled {
 
 /// The row for the call's settlement. [`decide`] gives a succeeded row only
 /// to a successful call, so a failed call is never stored as one.
-fn row_update(change: RowChange, report: &CallReport<RelationAnswer>) -> RowUpdate {
+fn row_update(
+    change: RowChange,
+    report: &CallReport<RelationAnswer>,
+    question_hmac: Option<String>,
+) -> RowUpdate {
     match (&report.outcome, change) {
         (Ok(answer), _) => RowUpdate::Succeeded {
             biz_no: answer.biz_no.clone(),
@@ -629,6 +634,7 @@ fn row_update(change: RowChange, report: &CallReport<RelationAnswer>) -> RowUpda
             recency: answer.recency().map(str::to_owned),
             relation_score: answer.relation_score,
             response_body: report.raw_body.clone().unwrap_or_default(),
+            question_hmac,
         },
         (Err(error), RowChange::Retrying { with_evidence }) => RowUpdate::Retrying {
             error_code: error.error_code(),

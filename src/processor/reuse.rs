@@ -4,7 +4,8 @@
 //! than the configured age, and if there is one complete the job from it:
 //! no upstream call, nothing billed, its row and result event name the
 //! payer in `reused_from`. While reuse is on, a job's own successful call
-//! is indexed afterwards so later jobs can reuse its answer; with reuse off
+//! is indexed (its `question_hmac`) with its outcome, in the outcome's own
+//! transaction, so later jobs can reuse its answer; with reuse off
 //! nothing here runs (no statement, no cost), so answers paid while it was
 //! off are not reusable later.
 //!
@@ -73,18 +74,12 @@ impl Processor {
         }
     }
 
-    /// After the job's own call succeeded (committed), with reuse on: index
-    /// its answer for reuse (one more committed `UPDATE`). One attempt: if it
-    /// fails the answer is merely not reusable, so a later job asking the
-    /// same pays again; the job itself is done.
-    pub(super) async fn index_answer(&self, job: &Job, key: &JobKey<'_>) {
-        if self.reuse_max_age.is_none() {
-            return;
-        }
-        let question = self.pii_key.question_hash(&job.query);
-        if let Err(error) = self.store.index_answer(key.transaction_id, &question).await {
-            tracing::warn!(error.message = %error, error.cause_chain = ?error,
-                "could not index the answer for reuse; a later job asking the same will pay again");
-        }
+    /// With reuse on, the question's keyed hash, written with the job's
+    /// successful outcome (`RowUpdate::Succeeded`) in its transaction, so
+    /// that its paid answer can be reused; None with reuse off (answers
+    /// paid then are not indexed).
+    pub(super) fn question_to_index(&self, job: &Job) -> Option<String> {
+        self.reuse_max_age
+            .map(|_| self.pii_key.question_hash(&job.query))
     }
 }

@@ -359,6 +359,9 @@ pub(crate) enum RowUpdate {
         recency: Option<String>,
         relation_score: Option<i64>,
         response_body: String,
+        /// The question's keyed hash while answer reuse is on: the paid
+        /// answer is indexed for reuse in the outcome's own transaction.
+        question_hmac: Option<String>,
     },
     /// `response_body` None keeps the previous evidence (e.g. after a timeout).
     Retrying {
@@ -394,6 +397,7 @@ struct RowValues<'a> {
     error_code: Option<&'a str>,
     error_message: Option<&'a str>,
     response_body: Option<&'a str>,
+    question_hmac: Option<&'a str>,
 }
 
 impl<'a> From<&'a RowUpdate> for RowValues<'a> {
@@ -406,6 +410,7 @@ impl<'a> From<&'a RowUpdate> for RowValues<'a> {
                 recency,
                 relation_score,
                 response_body,
+                question_hmac,
             } => RowValues {
                 status,
                 biz_no: Some(biz_no),
@@ -415,6 +420,7 @@ impl<'a> From<&'a RowUpdate> for RowValues<'a> {
                 error_code: None,
                 error_message: None,
                 response_body: Some(response_body),
+                question_hmac: question_hmac.as_deref(),
             },
             RowUpdate::Retrying {
                 error_code,
@@ -434,6 +440,7 @@ impl<'a> From<&'a RowUpdate> for RowValues<'a> {
                 error_code: Some(error_code),
                 error_message: Some(error_message),
                 response_body: response_body.as_deref(),
+                question_hmac: None,
             },
         }
     }

@@ -405,7 +405,8 @@ macro_rules! apply_update_sql {
             recency = COALESCE($7, recency), \
             relation_score = COALESCE($8, relation_score), \
             error_code = $9, error_message = $10, \
-            response_body = COALESCE($11, response_body) \
+            response_body = COALESCE($11, response_body), \
+            question_hmac = COALESCE($12, question_hmac) \
         WHERE transaction_id = $1"
     };
 }
@@ -469,6 +470,7 @@ macro_rules! bind_update {
             .bind(values.error_code)
             .bind(values.error_message)
             .bind(values.response_body)
+            .bind(values.question_hmac)
     }};
 }
 use bind_update;

@@ -1,7 +1,7 @@
 //! The SQL of answer reuse (issue 17): finding the newest paid answer to a
 //! question by its keyed hash (`question_hmac`, [`crate::pii::PiiKey::question_hash`]),
-//! completing a new job from it, and indexing a paid answer so later jobs
-//! find it.
+//! completing a new job from it. A paid answer is indexed (`question_hmac`)
+//! by the outcome's own update (`RowUpdate::Succeeded`), in its transaction.
 //!
 //! A reused row is written, with its answer copied from the paying row and
 //! its result event (and batch progress), in ONE transaction by one
@@ -68,18 +68,6 @@ impl JobStore {
         Ok(payer)
     }
 
-    /// Makes a paid `succeeded` answer findable by later jobs asking the
-    /// same question. Leaves any other row (not succeeded, reused, indexed
-    /// already) as it is. Returns whether it indexed the row.
-    pub(crate) async fn index_answer(
-        &self,
-        transaction_id: &str,
-        question_hash: &str,
-    ) -> Result<bool, StoreError> {
-        with_pool!(self, pool => ReuseSql::index_answer(pool, transaction_id, question_hash).await)
-            .map_err(StoreError::query("index the answer for reuse"))
-    }
-
     /// How many stored rows were answered from another job's paid answer.
     pub(crate) async fn reused_count(&self) -> Result<i64, StoreError> {
         with_pool!(self, pool => ReuseSql::reused_count(pool).await)
@@ -125,12 +113,6 @@ pub(super) trait ReuseSql: Database {
         tx: &mut Transaction<'_, Self>,
         reuse: &Reuse<'_>,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
-
-    fn index_answer(
-        pool: &Pool<Self>,
-        transaction_id: &str,
-        question_hash: &str,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
     fn reused_count(pool: &Pool<Self>) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
 }
@@ -205,9 +187,6 @@ macro_rules! bind_reuse {
     }};
 }
 
-const INDEX_ANSWER_WHERE: &str = "status = 'succeeded' AND reused_from IS NULL \
-     AND question_hmac IS NULL AND relation_rank IS NOT NULL";
-
 impl ReuseSql for Postgres {
     async fn has_answer(
         pool: &PgPool,
@@ -234,23 +213,6 @@ impl ReuseSql for Postgres {
             .await
             .map_err(StoreError::query("reuse a stored answer"))?;
         Ok(payer.flatten())
-    }
-
-    async fn index_answer(
-        pool: &PgPool,
-        transaction_id: &str,
-        question_hash: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let sql = format!(
-            "UPDATE relation_checks SET question_hmac = $2 \
-             WHERE transaction_id = $1 AND {INDEX_ANSWER_WHERE}"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(transaction_id)
-            .bind(question_hash)
-            .execute(pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
     }
 
     async fn reused_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
@@ -289,23 +251,6 @@ impl ReuseSql for Sqlite {
             .await
             .map_err(StoreError::query("reuse a stored answer"))?;
         Ok(payer.flatten())
-    }
-
-    async fn index_answer(
-        pool: &SqlitePool,
-        transaction_id: &str,
-        question_hash: &str,
-    ) -> Result<bool, sqlx::Error> {
-        let sql = format!(
-            "UPDATE relation_checks SET question_hmac = ?2 \
-             WHERE transaction_id = ?1 AND {INDEX_ANSWER_WHERE}"
-        );
-        let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(transaction_id)
-            .bind(question_hash)
-            .execute(pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
     }
 
     async fn reused_count(pool: &SqlitePool) -> Result<i64, sqlx::Error> {

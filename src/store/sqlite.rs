@@ -319,6 +319,7 @@ impl Dialect for Sqlite {
             .bind(values.error_code)
             .bind(values.error_message)
             .bind(values.response_body)
+            .bind(values.question_hmac)
             .execute(&mut **tx)
             .await?;
         Ok(())
@@ -455,7 +456,8 @@ const APPLY_UPDATE: &str = "\
         recency = COALESCE(?8, recency), \
         relation_score = COALESCE(?9, relation_score), \
         error_code = ?10, error_message = ?11, \
-        response_body = COALESCE(?12, response_body) \
+        response_body = COALESCE(?12, response_body), \
+        question_hmac = COALESCE(?13, question_hmac) \
     WHERE transaction_id = ?1";
 
 const RECORD_REJECTED: &str = "\

@@ -217,6 +217,7 @@ fn success(biz_no: &str) -> RowUpdate {
         response_body: format!(
             r#"{{"zhima_credit_relation_query_response":{{"biz_no":"{biz_no}"}},"sign":"x"}}"#
         ),
+        question_hmac: None,
     }
 }
 
