@@ -259,7 +259,3 @@ impl ReuseSql for Sqlite {
             .await
     }
 }
-
-#[cfg(test)]
-#[path = "reuse_tests.rs"]
-mod tests;

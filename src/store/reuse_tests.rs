@@ -1,93 +1,10 @@
-//! Answer reuse in the store, on the real PostgreSQL server of the machine (a
-//! fresh database per test, dropped at the end) and on SQLite (a file in a
-//! temporary directory): every scenario runs on both, like `store::tests`.
-//! `ZHIMA_TEST_POSTGRES_URL` overrides the server.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Answer reuse in the store: every scenario on both backends, with
+//! `store::tests`' databases (`TestDb`, `on_both_backends!`).
 
 use chrono::{TimeDelta, Utc};
-use sqlx::{Connection, PgConnection};
 
-use super::super::{Backend, CallRecord, JobKey, JobStatus, JobStore, PiiMasked, RowUpdate};
-
-fn admin_url() -> String {
-    std::env::var("ZHIMA_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://zhima_test:zhima_test@127.0.0.1:5432/postgres".to_owned())
-}
-
-struct TestDb {
-    store: JobStore,
-    postgres_name: Option<String>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl TestDb {
-    async fn postgres() -> Self {
-        let name = format!("zhima_reuse_test_{:016x}", rand::random::<u64>());
-        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let base = admin_url();
-        let server = base.rsplit_once('/').map_or(base.as_str(), |(s, _)| s);
-        let url = format!("{server}/{name}");
-        JobStore::migrate(&url).await.unwrap();
-        Self {
-            store: JobStore::connect(&url, 4).await.unwrap(),
-            postgres_name: Some(name),
-            _dir: None,
-        }
-    }
-
-    async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("jobs.db").display());
-        JobStore::migrate(&url).await.unwrap();
-        Self {
-            store: JobStore::connect(&url, 4).await.unwrap(),
-            postgres_name: None,
-            _dir: Some(dir),
-        }
-    }
-
-    async fn finish(self) {
-        match &self.store.backend {
-            Backend::Postgres(pool) => pool.close().await,
-            Backend::Sqlite(pool) => pool.close().await,
-        }
-        if let Some(name) = self.postgres_name {
-            let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-            admin.close().await.unwrap();
-        }
-    }
-}
-
-macro_rules! on_both_backends {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[tokio::test]
-            async fn on_postgres() {
-                let db = super::TestDb::postgres().await;
-                super::$scenario(&db.store).await;
-                db.finish().await;
-            }
-
-            #[tokio::test]
-            async fn on_sqlite() {
-                let db = super::TestDb::sqlite().await;
-                super::$scenario(&db.store).await;
-                db.finish().await;
-            }
-        }
-    };
-}
+use super::TestDb;
+use crate::store::{Backend, CallRecord, JobKey, JobStatus, JobStore, PiiMasked, RowUpdate};
 
 fn masked(person: &str) -> PiiMasked {
     PiiMasked {
@@ -202,7 +119,8 @@ async fn event_bodies(store: &JobStore) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn a_reused_job_copies_the_paid_answer_without_biz_no_ledger_or_call(store: &JobStore) {
+async fn a_reused_job_copies_the_paid_answer_without_biz_no_ledger_or_call(db: &TestDb) {
+    let store = &db.store;
     let store = store.clone().with_result_events(true);
     paid(&store, "paid_1", "q1", "ZM0001", "V_CT_RL_SG").await;
     assert_eq!(
@@ -242,7 +160,8 @@ async fn a_reused_job_copies_the_paid_answer_without_biz_no_ledger_or_call(store
 }
 on_both_backends!(a_reused_job_copies_the_paid_answer_without_biz_no_ledger_or_call);
 
-async fn only_a_recent_paid_success_to_the_same_question_is_reused(store: &JobStore) {
+async fn only_a_recent_paid_success_to_the_same_question_is_reused(db: &TestDb) {
+    let store = &db.store;
     paid(store, "paid_1", "q1", "ZM0001", "V_CT_RL_SG").await;
     assert_eq!(
         reuse(store, "other_q", "q2").await,
@@ -275,7 +194,8 @@ async fn only_a_recent_paid_success_to_the_same_question_is_reused(store: &JobSt
 }
 on_both_backends!(only_a_recent_paid_success_to_the_same_question_is_reused);
 
-async fn an_existing_row_is_never_answered_from_elsewhere(store: &JobStore) {
+async fn an_existing_row_is_never_answered_from_elsewhere(db: &TestDb) {
+    let store = &db.store;
     paid(store, "paid_1", "q1", "ZM0001", "V_CT_RL_SG").await;
     let masked = masked("r");
     let begun = key("begun_1", &masked);
@@ -292,7 +212,8 @@ async fn an_existing_row_is_never_answered_from_elsewhere(store: &JobStore) {
 }
 on_both_backends!(an_existing_row_is_never_answered_from_elsewhere);
 
-async fn reused_from_always_names_the_payer_and_the_newest_paid_answer_wins(store: &JobStore) {
+async fn reused_from_always_names_the_payer_and_the_newest_paid_answer_wins(db: &TestDb) {
+    let store = &db.store;
     paid(store, "paid_old", "q1", "ZM0001", "V_CT_RL_OLD").await;
     assert_eq!(
         reuse(store, "copy_1", "q1").await.as_deref(),
@@ -316,7 +237,8 @@ async fn reused_from_always_names_the_payer_and_the_newest_paid_answer_wins(stor
 }
 on_both_backends!(reused_from_always_names_the_payer_and_the_newest_paid_answer_wins);
 
-async fn reconciliation_counts_only_paid_rows_and_show_names_the_payer(store: &JobStore) {
+async fn reconciliation_counts_only_paid_rows_and_show_names_the_payer(db: &TestDb) {
+    let store = &db.store;
     paid(store, "paid_1", "q1", "ZM0001", "V_CT_RL_SG").await;
     assert!(reuse(store, "copy_1", "q1").await.is_some());
     let start = Utc::now() - TimeDelta::hours(1);

@@ -1405,3 +1405,6 @@ async fn grouped_commits_commit_every_outcome_and_fail_only_the_refused_one() {
     drop(store);
     db.finish().await;
 }
+
+#[path = "reuse_tests.rs"]
+mod reuse;

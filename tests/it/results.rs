@@ -23,8 +23,9 @@ use crate::support::{
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// A results exchange of the test's own, with one queue bound to `#`.
-struct ResultsQueue {
+/// A results exchange of the test's own, with one queue bound to `#`
+/// (also used by `reuse`).
+pub(crate) struct ResultsQueue {
     connection: lapin::Connection,
     channel: Channel,
     exchange: String,
@@ -33,15 +34,15 @@ struct ResultsQueue {
 
 /// One event as received.
 #[derive(Debug, Clone)]
-struct Received {
-    message_id: String,
-    routing_key: String,
-    body: serde_json::Value,
+pub(crate) struct Received {
+    pub(crate) message_id: String,
+    pub(crate) routing_key: String,
+    pub(crate) body: serde_json::Value,
 }
 
 impl ResultsQueue {
     /// Points the worker at `t_<id>.results` and binds a queue to it.
-    async fn bind(worker: &mut TestWorker) -> Self {
+    pub(crate) async fn bind(worker: &mut TestWorker) -> Self {
         let exchange = format!("t_{}.results", worker.id);
         let queue = format!("t_{}.results.all", worker.id);
         worker
@@ -97,7 +98,7 @@ impl ResultsQueue {
     }
 
     /// Every event waiting in the queue (taken off it).
-    async fn take_all(&self) -> Vec<Received> {
+    pub(crate) async fn take_all(&self) -> Vec<Received> {
         let mut received = Vec::new();
         while let Some(message) = self
             .channel
@@ -125,7 +126,20 @@ impl ResultsQueue {
         received
     }
 
-    async fn delete(self) {
+    /// The job events waiting (taken off the queue), by transaction_id: the
+    /// last one of each; batch events left out.
+    pub(crate) async fn take_results(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut events = BTreeMap::new();
+        for received in self.take_all().await {
+            if received.body["event"] == "relation.result" {
+                let id = received.body["transaction_id"].as_str().unwrap().to_owned();
+                events.insert(id, received.body);
+            }
+        }
+        events
+    }
+
+    pub(crate) async fn delete(self) {
         let _ = self
             .channel
             .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
@@ -158,7 +172,8 @@ async fn enqueue(worker: &TestWorker, records: &[serde_json::Value], batch_id: &
     stdout
 }
 
-async fn unsent(worker: &TestWorker) -> i64 {
+/// Result events committed but not yet published.
+pub(crate) async fn unsent(worker: &TestWorker) -> i64 {
     worker
         .count("SELECT count(*) FROM result_events WHERE sent_at IS NULL")
         .await

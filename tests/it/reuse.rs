@@ -6,124 +6,15 @@
 //! answers and answers older than the age are never reused; a hostile
 //! `fresh` is refused; reconciliation of the day stays clean.
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
-
+use crate::results::{ResultsQueue, unsent};
 use crate::support::{Db, TestWorker, job, spawn_worker, until};
 
 const LIMIT: Duration = Duration::from_secs(180);
 const PAID: u32 = 50;
 const NEW: u32 = 20;
-
-/// The test's own results exchange with one queue bound to `#`.
-struct Events {
-    connection: lapin::Connection,
-    channel: Channel,
-    exchange: String,
-    queue: String,
-}
-
-impl Events {
-    async fn bind(worker: &mut TestWorker) -> Self {
-        let exchange = format!("t_{}.results", worker.id);
-        let queue = format!("t_{}.results.all", worker.id);
-        worker
-            .env
-            .insert("ZHIMA__RESULTS__EXCHANGE".into(), exchange.clone());
-        worker
-            .env
-            .insert("ZHIMA__RESULTS__POLL_INTERVAL_MS".into(), "200".into());
-        let settings = zhima_worker::config::load(None).unwrap();
-        let connection = zhima_worker::queue::connect(&settings.amqp, "test reuse events")
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        Self {
-            connection,
-            channel,
-            exchange,
-            queue,
-        }
-    }
-
-    /// The job events waiting, by transaction_id (the last one of each).
-    async fn take(&self) -> BTreeMap<String, serde_json::Value> {
-        let mut events = BTreeMap::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
-        {
-            let body: serde_json::Value = serde_json::from_slice(&message.delivery.data).unwrap();
-            if body["event"] == "relation.result" {
-                let id = body["transaction_id"].as_str().unwrap().to_owned();
-                events.insert(id, body);
-            }
-        }
-        events
-    }
-
-    async fn delete(self) {
-        let _ = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
-        let _ = self
-            .channel
-            .exchange_delete(
-                self.exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-        let _ = self.connection.close(200, "done".into()).await;
-    }
-}
-
-async fn unsent(worker: &TestWorker) -> i64 {
-    worker
-        .count("SELECT count(*) FROM result_events WHERE sent_at IS NULL")
-        .await
-}
 
 /// Runs the worker until the queues are empty and every event is out.
 async fn drain(worker: &TestWorker) {
@@ -161,13 +52,13 @@ async fn with_reuse_on_only_new_questions_are_billed_and_reused_events_carry_the
         worker
             .env
             .insert("ZHIMA__REUSE__MAX_AGE_DAYS".into(), reuse_days.into());
-        let events = Events::bind(&mut worker).await;
+        let events = ResultsQueue::bind(&mut worker).await;
         for n in 0..PAID {
             worker.publish_job(&job("paid", n)).await;
         }
         drain(&worker).await;
         assert_eq!(worker.sandbox.stats().billed, u64::from(PAID));
-        let paid = events.take().await;
+        let paid = events.take_results().await;
         assert_eq!(paid.len(), PAID as usize);
 
         for n in 0..PAID {
@@ -177,7 +68,7 @@ async fn with_reuse_on_only_new_questions_are_billed_and_reused_events_carry_the
             worker.publish_job(&job("new", n)).await;
         }
         drain(&worker).await;
-        let later = events.take().await;
+        let later = events.take_results().await;
         assert_eq!(later.len(), (PAID + NEW) as usize);
         let billed = worker.sandbox.stats().billed;
         let statuses = worker.statuses().await;
@@ -292,7 +183,7 @@ async fn fresh_jobs_failed_answers_and_old_answers_are_never_reused() {
         worker
             .env
             .insert("ZHIMA__REUSE__MAX_AGE_DAYS".into(), "30".into());
-        let events = Events::bind(&mut worker).await;
+        let events = ResultsQueue::bind(&mut worker).await;
         worker.publish_job(&job("paid", 0)).await;
         worker.publish_job(&job("paid", 1)).await;
         // The sandbox refuses this product code (40004 API_PRODUCT_NOT_MATCH):
@@ -301,7 +192,7 @@ async fn fresh_jobs_failed_answers_and_old_answers_are_never_reused() {
         refused["product_code"] = "w1010100001000009999".into();
         worker.publish_job(&refused).await;
         drain(&worker).await;
-        let paid = events.take().await;
+        let paid = events.take_results().await;
         assert_eq!(paid["paid_0"]["status"], "succeeded", "{db:?}");
         assert_eq!(paid["paid_2"]["status"], "failed", "{db:?}");
         // paid_1's answer is now 31 days old.
@@ -336,7 +227,7 @@ async fn fresh_jobs_failed_answers_and_old_answers_are_never_reused() {
             worker.publish_job(&message).await;
         }
         drain(&worker).await;
-        let later = events.take().await;
+        let later = events.take_results().await;
 
         assert_eq!(
             worker.sandbox.calls_for("fresh_0"),
