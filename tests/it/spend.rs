@@ -34,6 +34,20 @@ fn start_replica(worker: &TestWorker, config: &Path, extra_env: &[(&str, &str)])
     command.spawn().expect("worker starts")
 }
 
+/// Puts the statement day's midnight (`reconcile.utc_offset_hours`) about
+/// twelve hours away, so that the day, and with it the budget, cannot change
+/// while a test runs, whenever it runs.
+fn pin_statement_day(worker: &mut TestWorker) {
+    use chrono::Timelike;
+    let hour = i32::try_from(chrono::Utc::now().hour()).expect("an hour");
+    // Local time 12:xx: the offset 12 - hour lies in -11..=12, inside the
+    // accepted -12..=14.
+    worker.env.insert(
+        "ZHIMA__RECONCILE__UTC_OFFSET_HOURS".into(),
+        (12 - hour).to_string(),
+    );
+}
+
 async fn readiness(listen: &str) -> (u16, String) {
     get_text(&format!("http://{listen}/readyz")).await
 }
@@ -41,7 +55,8 @@ async fn readiness(listen: &str) -> (u16, String) {
 #[tokio::test]
 async fn two_replicas_bill_exactly_the_daily_limit_then_finish_once_it_is_raised() {
     const JOBS: u32 = 150;
-    let worker = spawn_worker(Db::Postgres).await;
+    let mut worker = spawn_worker(Db::Postgres).await;
+    pin_statement_day(&mut worker);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("spend.toml");
     write_config(&config, 100);
@@ -133,7 +148,8 @@ async fn two_replicas_bill_exactly_the_daily_limit_then_finish_once_it_is_raised
 
 #[tokio::test]
 async fn spend_refuses_a_bad_date_and_an_out_of_range_day_count() {
-    let worker = spawn_worker(Db::Sqlite).await;
+    let mut worker = spawn_worker(Db::Sqlite).await;
+    pin_statement_day(&mut worker);
     for (args, said) in [
         (&["spend", "--date", "2026-02-30"][..], "YYYY-MM-DD"),
         (&["spend", "--date", "yesterday"][..], "YYYY-MM-DD"),
@@ -173,7 +189,8 @@ async fn a_replica_killed_mid_call_neither_exceeds_nor_leaks_the_budget() {
         latency_ms: 150,
         ..Faults::default()
     };
-    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    pin_statement_day(&mut worker);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("spend.toml");
     write_config(&config, 60);
@@ -227,7 +244,8 @@ async fn a_replica_killed_mid_call_neither_exceeds_nor_leaks_the_budget() {
 #[tokio::test]
 async fn a_held_sqlite_worker_stops_cleanly_and_a_restart_with_a_higher_limit_finishes() {
     const JOBS: u32 = 8;
-    let worker = spawn_worker(Db::Sqlite).await;
+    let mut worker = spawn_worker(Db::Sqlite).await;
+    pin_statement_day(&mut worker);
     for n in 0..JOBS {
         worker.publish_job(&job("solo", n)).await;
     }
@@ -289,7 +307,8 @@ async fn unbilled_answers_give_their_unit_back_and_uncertain_ones_keep_it_for_th
         http_5xx_after_billing_rate: 0.1,
         ..Faults::default()
     };
-    let worker = spawn_worker_with(Db::Postgres, faults).await;
+    let mut worker = spawn_worker_with(Db::Postgres, faults).await;
+    pin_statement_day(&mut worker);
     for n in 0..PAYING + REFUSED {
         let mut body = job("faulty", n);
         if n >= PAYING {
