@@ -128,6 +128,11 @@ pub enum Command {
         /// size an earlier run recorded is refused.
         #[arg(long, value_name = "ID", value_parser = parse_batch_id)]
         batch_id: Option<String>,
+        /// Mark every published job `"fresh": true`: answered by its own
+        /// upstream call, never from a stored answer (reuse.max_age_days),
+        /// whatever its record says (CSV has no column for it).
+        #[arg(long)]
+        fresh: bool,
     },
     /// Job counts and rate from the database, queue depths and consumers from
     /// the broker, the dead queue by reason; or one batch's progress.
@@ -289,6 +294,7 @@ impl Command {
                 strict,
                 rejects,
                 batch_id,
+                fresh,
             } => {
                 let input = operator::EnqueueInput {
                     file: &file,
@@ -296,6 +302,7 @@ impl Command {
                     strict,
                     rejects,
                     batch_id,
+                    fresh,
                 };
                 operator::enqueue(&settings, input).await
             }

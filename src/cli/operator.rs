@@ -24,6 +24,7 @@ pub(crate) struct EnqueueInput<'a> {
     pub(crate) strict: bool,
     pub(crate) rejects: Option<PathBuf>,
     pub(crate) batch_id: Option<String>,
+    pub(crate) fresh: bool,
 }
 
 pub(crate) async fn enqueue(
@@ -36,6 +37,7 @@ pub(crate) async fn enqueue(
         strict,
         rejects,
         batch_id,
+        fresh,
     } = input;
     let is_stdin = file == Path::new("-");
     let guessed = if is_stdin {
@@ -59,6 +61,7 @@ pub(crate) async fn enqueue(
         strict,
         rejects,
         batch_id,
+        fresh,
         ..EnqueueOptions::default()
     };
     let outcome = enqueue::enqueue(input, format, settings, &options, &mut observer).await;

@@ -83,6 +83,9 @@ pub struct EnqueueOptions {
     pub(crate) rejects: Option<PathBuf>,
     /// The batch id to use (`[A-Za-z0-9_-]{1,64}`); None mints one.
     pub(crate) batch_id: Option<String>,
+    /// `--fresh`: every published job says `"fresh": true` (never answered
+    /// from a stored answer), whatever its record says.
+    pub(crate) fresh: bool,
 }
 
 impl Default for EnqueueOptions {
@@ -92,6 +95,7 @@ impl Default for EnqueueOptions {
             window: DEFAULT_WINDOW,
             rejects: None,
             batch_id: None,
+            fresh: false,
         }
     }
 }
@@ -243,6 +247,7 @@ pub async fn enqueue(
             publisher: &publisher,
             names: &topology.names,
             batch_id: &batch_id,
+            fresh: options.fresh,
         },
         options,
         observer,
@@ -300,6 +305,8 @@ struct Target<'a> {
     publisher: &'a Publisher,
     names: &'a QueueNames,
     batch_id: &'a str,
+    /// Every published job says `"fresh": true`.
+    fresh: bool,
 }
 
 /// Runs the reader thread and the publishing loop against an already
@@ -871,6 +878,7 @@ struct Pipeline<'p> {
     publisher: &'p Publisher,
     names: &'p QueueNames,
     batch_id: &'p str,
+    fresh: bool,
     target: String,
     window: usize,
     in_flight: VecDeque<InFlight>,
@@ -883,6 +891,7 @@ impl<'p> Pipeline<'p> {
             publisher: target.publisher,
             names: target.names,
             batch_id: target.batch_id,
+            fresh: target.fresh,
             target: describe(&Outgoing::job(target.names, &[], None)),
             window: window.max(1),
             in_flight: VecDeque::new(),
@@ -930,6 +939,7 @@ impl<'p> Pipeline<'p> {
         observer: &mut Observer<'_>,
     ) -> Result<(), QueueError> {
         record.job.batch_id = Some(self.batch_id.to_owned());
+        record.job.fresh |= self.fresh;
         let body = record.job.to_message_body();
         let id = &record.job.query.transaction_id;
         let message = Outgoing::job(self.names, &body, Some(id.as_str()));

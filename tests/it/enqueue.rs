@@ -320,6 +320,42 @@ async fn csv_columns_map_by_header_name_and_empty_cells_are_absent() {
     fixture.cleanup().await;
 }
 
+/// `--fresh` marks every published job `"fresh": true` (CSV has no column
+/// for it); without it a record's own `fresh` is kept as it is.
+#[tokio::test]
+async fn fresh_marks_every_published_job_and_without_it_records_keep_their_own() {
+    let fixture = Fixture::new().await;
+    let csv = fixture.write_input(
+        "fresh.csv",
+        &[
+            "relation_name,name,cert_no,relation_phone,transaction_id",
+            "李四,张三,640202199007164686,15843991158,f_1",
+        ],
+    );
+    let outcome = fixture.run(&["enqueue", "--fresh", path_arg(&csv)]).await;
+    assert_eq!(outcome.code, 0, "stderr: {}", outcome.stderr);
+    let jsonl = concat!(
+        r#"{"transaction_id":"f_2","cert_no":"640202199007164686","name":"张三","relation_phone":"15843991158","relation_name":"李四"}"#,
+        "\n",
+        r#"{"transaction_id":"f_3","cert_no":"640202199007164686","name":"张三","relation_phone":"15843991158","relation_name":"李四","fresh":true}"#,
+        "\n"
+    );
+    let outcome = fixture.run_with_stdin(&["enqueue", "-"], jsonl).await;
+    assert_eq!(outcome.code, 0, "stderr: {}", outcome.stderr);
+    fixture.wait_for_depth(&fixture.queue, 3).await;
+    let mut fresh = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let delivery = fixture.get(&fixture.queue).await;
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+        let id = body["transaction_id"].as_str().unwrap().to_owned();
+        fresh.insert(id, body.get("fresh").cloned());
+    }
+    assert_eq!(fresh["f_1"], Some(serde_json::Value::Bool(true)), "--fresh");
+    assert_eq!(fresh["f_2"], None, "absent stays absent");
+    assert_eq!(fresh["f_3"], Some(serde_json::Value::Bool(true)), "its own");
+    fixture.cleanup().await;
+}
+
 #[tokio::test]
 async fn empty_input_on_stdin_declares_the_topology_and_exits_0() {
     let fixture = Fixture::new().await;
