@@ -196,8 +196,15 @@ impl Processor {
             masked: &masked,
             fingerprint: &fingerprint,
         };
+        // With reuse on, the question's keyed hash: looked up now, and
+        // written with a paid answer (in its outcome's transaction) so later
+        // jobs can reuse it.
+        let question = self.question_to_index(job);
         // A reused answer costs nothing: before the budget gate.
-        if let Some(handled) = self.try_reuse(job, &key, attempt).await {
+        if let Some(handled) = self
+            .try_reuse(job, &key, attempt, question.as_deref())
+            .await
+        {
             return handled;
         }
         // Before the row is touched, so that a job held at the daily limit
@@ -222,7 +229,8 @@ impl Processor {
             self.spend_unused(pass, &key).await;
             return self.expire(&key).await;
         }
-        self.call_and_settle(job, &key, attempt, pass).await
+        self.call_and_settle(job, &key, attempt, pass, question)
+            .await
     }
 
     /// Records the call's start and returns the stored first call time, or
@@ -303,6 +311,7 @@ impl Processor {
         key: &JobKey<'_>,
         attempt: Attempt,
         pass: Pass,
+        question: Option<String>,
     ) -> Handled {
         let Some(permit) = self.acquire_permit().await else {
             self.spend_unused(pass, key).await;
@@ -314,9 +323,6 @@ impl Processor {
         // The call counts against the rate window until a second after this.
         drop(permit);
         self.spend_settle(pass, key, &report.outcome).await;
-        // While reuse is on, a paid answer is indexed for reuse with its
-        // outcome, in the same transaction.
-        let question = self.question_to_index(job);
         self.settle(key, attempt, started_at, report, question)
             .await
     }

@@ -45,18 +45,18 @@ impl Processor {
         job: &Job,
         key: &JobKey<'_>,
         attempt: Attempt,
+        question: Option<&str>,
     ) -> Option<Handled> {
-        let max_age = self.reuse_max_age?;
+        let (max_age, question) = self.reuse_max_age.zip(question)?;
         if job.fresh || attempt.number > 1 {
             return None;
         }
-        let question = self.pii_key.question_hash(&job.query);
         let answered_since = Utc::now()
             .checked_sub_signed(max_age)
             .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let reused = self
             .persist("reuse a stored answer", || {
-                self.store.reuse_answer(key, &question, answered_since)
+                self.store.reuse_answer(key, question, answered_since)
             })
             .await;
         match reused {
@@ -74,10 +74,11 @@ impl Processor {
         }
     }
 
-    /// With reuse on, the question's keyed hash, written with the job's
-    /// successful outcome (`RowUpdate::Succeeded`) in its transaction, so
-    /// that its paid answer can be reused; None with reuse off (answers
-    /// paid then are not indexed).
+    /// With reuse on, the question's keyed hash (computed once per job):
+    /// what [`Self::try_reuse`] looks up, and what the job's successful
+    /// outcome (`RowUpdate::Succeeded`) writes in its transaction so that
+    /// its paid answer can be reused; None with reuse off (answers paid then
+    /// are not indexed).
     pub(super) fn question_to_index(&self, job: &Job) -> Option<String> {
         self.reuse_max_age
             .map(|_| self.pii_key.question_hash(&job.query))
