@@ -18,6 +18,11 @@
 //!   the steady part of the run (from 1 s after the first job completed to
 //!   0.5 s before the last), and the rate it reached there.
 //!
+//! Each scenario also reports the worker's context switches per job, and the
+//! first one the CPU time of the RSA2 signature alone on this machine (the
+//! default key, measured in this process), which every job pays: the part of
+//! the worker's CPU per job beyond it is what the worker's own design costs.
+//!
 //! `PERF_SCENARIOS=clean,faults` picks scenarios (default: all four);
 //! `PERF_RECORD=/tmp/prof` also records the worker with `perf record -g`
 //! (software clock) into `/tmp/prof.<scenario>.data`.
@@ -92,9 +97,14 @@ async fn main() {
             steady: true,
         },
     ];
+    let signature_ms = signature_cpu_ms();
+    println!(
+        "production: one RSA2 signature of a request costs {signature_ms:.3} CPU-ms on this \
+         machine (the default key, {SIGNATURES} signatures in this process)"
+    );
     for scenario in scenarios {
         if wanted.split(',').any(|w| w.trim() == scenario.name) {
-            run(&scenario).await;
+            run(&scenario, signature_ms).await;
         }
     }
 }
@@ -134,7 +144,47 @@ async fn start_sandbox(flags: &[&str]) -> (Child, String) {
     (child, format!("{base}/gateway.do"))
 }
 
-async fn run(scenario: &Scenario) {
+/// How many requests [`signature_cpu_ms`] signs.
+const SIGNATURES: u32 = 500;
+
+/// This thread's CPU time per RSA2 signature of a request-sized string
+/// with the default configuration's key (the key the worker signs with).
+fn signature_cpu_ms() -> f64 {
+    use zhima_worker::upstream::signing::{PrivateKey, SignType};
+    let settings = config::load(None).expect("settings");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&settings.upstream.private_key_path);
+    let text = std::fs::read_to_string(&path).expect("the default private key");
+    let key = PrivateKey::from_pem_or_base64(&text).expect("a private key");
+    let messages: Vec<String> = (0..SIGNATURES)
+        .map(|n| {
+            format!(
+                "app_id=2014072300007148&biz_content={{\"product_code\":\"w1010100001000001200\",\
+                 \"transaction_id\":\"sign_{n:08}\",\"cert_no\":\"640202199007164686\",\
+                 \"name\":\"张三\",\"relation_phone\":\"15843991158\",\"relation_name\":\
+                 \"李四\",\"relation\":\"family\"}}&charset=utf-8&format=JSON&method=\
+                 zhima.credit.relation.query&sign_type=RSA2&timestamp=2026-12-01 10:30:00&\
+                 version=1.0"
+            )
+        })
+        .collect();
+    for message in messages.iter().take(20) {
+        std::hint::black_box(
+            key.sign(SignType::Rsa2, message.as_bytes())
+                .expect("signed"),
+        );
+    }
+    let started = cpu_time::ThreadTime::now();
+    for message in &messages {
+        std::hint::black_box(
+            key.sign(SignType::Rsa2, message.as_bytes())
+                .expect("signed"),
+        );
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / f64::from(SIGNATURES)
+}
+
+async fn run(scenario: &Scenario, signature_ms: f64) {
     let id = support::worker::random_id();
     let (mut sandbox, gateway_url) = start_sandbox(scenario.sandbox_flags).await;
     let database_url = support::postgres::create_migrated_database(&format!("zp_{id}")).await;
@@ -211,8 +261,9 @@ async fn run(scenario: &Scenario) {
     let jobs = f64::from(scenario.jobs);
     println!(
         "production [{}]: {} jobs in {:.2} s = {:.0} jobs/s (incl. start-up and idle detection); \
-         worker CPU {:.3} ms per job ({:.2} s user+sys, {:.2} cores); peak RSS {:.1} MiB; \
-         statuses {:?}; `job processed` lines {}",
+         worker CPU {:.3} ms per job ({:.2} s user+sys, {:.2} cores), {:.3} ms beyond the \
+         signature; {:.1} context switches per job; peak RSS {:.1} MiB; statuses {:?}; \
+         `job processed` lines {}",
         scenario.name,
         scenario.jobs,
         elapsed.as_secs_f64(),
@@ -220,12 +271,14 @@ async fn run(scenario: &Scenario) {
         usage.cpu_seconds * 1000.0 / jobs,
         usage.cpu_seconds,
         usage.cpu_seconds / elapsed.as_secs_f64(),
+        usage.cpu_seconds * 1000.0 / jobs - signature_ms,
+        usage.context_switches as f64 / jobs,
         usage.peak_rss_kib as f64 / 1024.0,
         statuses,
         log_lines,
     );
     if scenario.steady {
-        report_steady(scenario, &database_url, &samples).await;
+        report_steady(scenario, &database_url, &samples, signature_ms).await;
     }
     support::broker::delete_topology(&channel, &topology).await;
     support::postgres::drop_database(&format!("zp_{id}")).await;
@@ -234,7 +287,12 @@ async fn run(scenario: &Scenario) {
 /// The rate point: from 1 s after the first job completed to 0.5 s before
 /// the last, the jobs completed (by `completed_at`), the worker's CPU time
 /// (interpolated between /proc samples) and the wall time.
-async fn report_steady(scenario: &Scenario, database_url: &str, samples: &[(SystemTime, f64)]) {
+async fn report_steady(
+    scenario: &Scenario,
+    database_url: &str,
+    samples: &[(SystemTime, f64)],
+    signature_ms: f64,
+) {
     use sqlx::Connection;
     let mut connection = sqlx::PgConnection::connect(database_url)
         .await
@@ -259,13 +317,14 @@ async fn report_steady(scenario: &Scenario, database_url: &str, samples: &[(Syst
     let seconds = (to - from).as_seconds_f64();
     println!(
         "production [{}] steady window {:.1} s at rate limit {}/s: {:.0} jobs/s; worker {:.3} \
-         cores, {:.3} CPU-ms per job",
+         cores, {:.3} CPU-ms per job ({:.3} beyond the signature)",
         scenario.name,
         seconds,
         scenario.qps,
         completed as f64 / seconds,
         cpu / seconds,
         cpu * 1000.0 / completed as f64,
+        cpu * 1000.0 / completed as f64 - signature_ms,
     );
 }
 

@@ -5,10 +5,12 @@
 //! committer's own (one of [`LANES`] committers), and each caller hears
 //! back only once that transaction has committed (an outcome's ack still
 //! follows its own commit, a call still starts after its row is committed).
-//! Each one runs the same statements, with the same rules, as on its own;
-//! what the group saves is the `BEGIN`, the `COMMIT` and the pool's liveness
-//! ping on every release, which were most of the worker's database round
-//! trips.
+//! Each one runs the same statements, with the same rules, as on its own,
+//! except that the group's call starts are one statement (one array per
+//! column) and the result events of its jobs outside any batch are inserted
+//! together after the outcomes; what the group saves is the `BEGIN`, the
+//! `COMMIT`, the pool's liveness ping on every release and those round
+//! trips, which were most of the worker's database traffic.
 //!
 //! When anything in a group fails (a taken biz_no, a deadlock, the
 //! connection), the whole transaction is rolled back and every request of the
@@ -22,6 +24,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::results::DeferredEvent;
 use super::{CallRecord, JobKey, JobStatus, PiiMasked, RowUpdate, RowValues, StoreError};
 
 /// The most outcomes in one transaction: the worker's concurrency is
@@ -104,15 +107,20 @@ impl Request {
     }
 
     /// Runs this request's statements in the group's transaction.
+    /// The events of jobs outside any batch are pushed to `deferred`, for
+    /// the group to insert in one statement.
     async fn run_in(
         &self,
         tx: &mut Transaction<'_, Postgres>,
         events: bool,
+        deferred: &mut Vec<DeferredEvent>,
     ) -> Result<Done, StoreError> {
         match &self.work {
             Work::Record { call, update, .. } => {
                 let values = RowValues::from(&**update);
-                super::record_in_tx(tx, &self.key(), call.as_deref(), &values, events)
+                let key = self.key();
+                let call = call.as_deref();
+                super::record_in_tx(tx, &key, call, &values, events, Some(deferred))
                     .await
                     .map(Done::Recorded)
             }
@@ -291,11 +299,48 @@ impl Committer {
             .begin()
             .await
             .map_err(StoreError::query("begin"))?;
-        let mut done = Vec::with_capacity(group.len());
-        for request in group {
-            done.push(request.run_in(&mut tx, self.events).await?);
+        let mut done: Vec<Option<Done>> = group.iter().map(|_| None).collect();
+        // The call starts first, in one statement when there are several
+        // (they are half the requests, and each statement is a round trip).
+        let starts: Vec<usize> = (0..group.len())
+            .filter(|&index| matches!(group[index].work, Work::StartCall { .. }))
+            .collect();
+        if starts.len() > 1 && distinct(starts.iter().map(|&index| &group[index])) {
+            let jobs: Vec<_> = starts
+                .iter()
+                .map(|&index| {
+                    let request = &group[index];
+                    let now = match request.work {
+                        Work::StartCall { now, .. } => now,
+                        Work::Record { .. } => Utc::now(),
+                    };
+                    (request.key(), now)
+                })
+                .collect();
+            let started = super::postgres::start_calls_on(&mut *tx, &jobs).await?;
+            for (index, first_call_at) in starts.into_iter().zip(started) {
+                done[index] = Some(Done::Started(first_call_at));
+            }
+        }
+        // The outcomes one by one, their result events together after them.
+        let mut deferred = Vec::new();
+        for (request, slot) in group.iter().zip(done.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(request.run_in(&mut tx, self.events, &mut deferred).await?);
+            }
+        }
+        if !deferred.is_empty() {
+            super::results::insert_events(&mut tx, &deferred).await?;
         }
         tx.commit().await.map_err(StoreError::query("commit"))?;
-        Ok(done)
+        Ok(done.into_iter().flatten().collect())
     }
+}
+
+/// Whether no two requests are for the same transaction_id.
+fn distinct<'a>(requests: impl Iterator<Item = &'a Request>) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    requests
+        .into_iter()
+        .all(|request| seen.insert(request.transaction_id.as_str()))
 }

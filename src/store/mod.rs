@@ -789,7 +789,7 @@ async fn record_in<D: Dialect>(
     events: bool,
 ) -> Result<(JobStatus, bool), StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::query("begin"))?;
-    let recorded = record_in_tx(&mut tx, job, call, values, events).await?;
+    let recorded = record_in_tx(&mut tx, job, call, values, events, None).await?;
     tx.commit().await.map_err(StoreError::query("commit"))?;
     Ok(recorded)
 }
@@ -802,6 +802,7 @@ async fn record_in_tx<D: Dialect>(
     call: Option<&CallRecord>,
     values: &RowValues<'_>,
     events: bool,
+    deferred: Option<&mut Vec<results::DeferredEvent>>,
 ) -> Result<(JobStatus, bool), StoreError> {
     let current = D::open_outcome(tx, job, call).await?;
     let attempts_added = u8::from(call.is_some());
@@ -811,7 +812,7 @@ async fn record_in_tx<D: Dialect>(
         current
     } else if values.status.is_final() && values.status != current {
         let event = D::apply_final_update(tx, job.transaction_id, attempts_added, values).await?;
-        wrote_event = results::after_final_read(tx, event, events).await?;
+        wrote_event = results::after_final_deferring(tx, event, events, deferred).await?;
         values.status
     } else {
         D::apply_update(tx, job.transaction_id, attempts_added, values)

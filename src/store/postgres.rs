@@ -354,6 +354,45 @@ pub(super) async fn start_call_on<'e>(
     Ok(started.and_then(|(first_call_at,)| first_call_at))
 }
 
+/// [`start_call_on`] for many jobs in one statement ([`START_CALLS`]): each
+/// job's stored first call time, `None` where the statement changed nothing
+/// (a final row, or one of another contact), in the order of `jobs`. The
+/// transaction_ids must be distinct.
+pub(super) async fn start_calls_on<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    jobs: &[(JobKey<'_>, DateTime<Utc>)],
+) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+    fn column<'a, T>(
+        jobs: &'a [(JobKey<'a>, DateTime<Utc>)],
+        f: impl Fn(&'a JobKey<'a>) -> T,
+    ) -> Vec<T> {
+        jobs.iter().map(|(job, _)| f(job)).collect()
+    }
+    let started: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(START_CALLS)
+        .bind(column(jobs, |job| job.transaction_id))
+        .bind(column(jobs, |job| job.external_ref))
+        .bind(column(jobs, |job| job.masked.cert_no.as_str()))
+        .bind(column(jobs, |job| job.masked.name.as_str()))
+        .bind(column(jobs, |job| job.masked.relation_phone.as_str()))
+        .bind(column(jobs, |job| job.masked.relation_name.as_str()))
+        .bind(jobs.iter().map(|(_, now)| *now).collect::<Vec<_>>())
+        .bind(column(jobs, |job| job.fingerprint))
+        .bind(column(jobs, |job| job.batch_id))
+        .bind(column(jobs, |job| job.masked.cert_no_hmac.as_deref()))
+        .bind(column(jobs, |job| {
+            job.masked.relation_phone_hmac.as_deref()
+        }))
+        .fetch_all(executor)
+        .await
+        .map_err(StoreError::query("begin calls"))?;
+    let mut by_id: std::collections::HashMap<String, Option<DateTime<Utc>>> =
+        started.into_iter().collect();
+    Ok(jobs
+        .iter()
+        .map(|(job, _)| by_id.remove(job.transaction_id).flatten())
+        .collect())
+}
+
 #[derive(FromRow)]
 struct ExistingRow {
     status: String,
@@ -363,35 +402,64 @@ struct ExistingRow {
     first_call_at: Option<DateTime<Utc>>,
 }
 
-/// The first call time and absent columns are filled, never overwritten; a
-/// final row or one with another fingerprint is left as it is (no row
-/// returned).
-const START_CALL: &str = "\
-    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+/// What a call start does to an existing row (`EXCLUDED` is the new one):
+/// the first call time and absent columns are filled, never overwritten; a
+/// final row or one with another fingerprint is left as it is.
+macro_rules! start_call_conflict_sql {
+    () => {
+        " ON CONFLICT (transaction_id) DO UPDATE SET \
+            first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
+            external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
+            cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
+            name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
+            relation_phone_masked = \
+                COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
+            relation_name_masked = \
+                COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
+            business_fingerprint = \
+                COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
+            batch_id = COALESCE(relation_checks.batch_id, EXCLUDED.batch_id), \
+            cert_no_hmac = COALESCE(relation_checks.cert_no_hmac, EXCLUDED.cert_no_hmac), \
+            relation_phone_hmac = \
+                COALESCE(relation_checks.relation_phone_hmac, EXCLUDED.relation_phone_hmac), \
+            updated_at = EXCLUDED.updated_at \
+          WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
+            AND (relation_checks.business_fingerprint IS NULL \
+                 OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint)"
+    };
+}
+
+/// A call start: a new row, or [`start_call_conflict_sql`] on an existing
+/// one; no row returned when it changed nothing.
+const START_CALL: &str = concat!(
+    "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
         cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
         created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
         cert_no_hmac, relation_phone_hmac) \
-    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11) \
-    ON CONFLICT (transaction_id) DO UPDATE SET \
-        first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
-        external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
-        cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
-        name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
-        relation_phone_masked = \
-            COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
-        relation_name_masked = \
-            COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
-        business_fingerprint = \
-            COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
-        batch_id = COALESCE(relation_checks.batch_id, EXCLUDED.batch_id), \
-        cert_no_hmac = COALESCE(relation_checks.cert_no_hmac, EXCLUDED.cert_no_hmac), \
-        relation_phone_hmac = \
-            COALESCE(relation_checks.relation_phone_hmac, EXCLUDED.relation_phone_hmac), \
-        updated_at = EXCLUDED.updated_at \
-      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
-        AND (relation_checks.business_fingerprint IS NULL \
-             OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint) \
-    RETURNING first_call_at";
+    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11)",
+    start_call_conflict_sql!(),
+    " RETURNING first_call_at"
+);
+
+/// [`START_CALL`] for many jobs in one statement (one array per column, in
+/// the same order): the rows it changed come back with their transaction_id.
+/// No transaction_id may appear twice (PostgreSQL refuses to change a row
+/// twice in one statement).
+const START_CALLS: &str = concat!(
+    "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+        created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
+        cert_no_hmac, relation_phone_hmac) \
+    SELECT j.transaction_id, j.external_ref, 'pending', 0, j.cert_no, j.name, \
+        j.relation_phone, j.relation_name, j.now, j.now, j.now, j.fingerprint, j.batch_id, \
+        j.cert_no_hmac, j.relation_phone_hmac \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+        $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[]) \
+        AS j(transaction_id, external_ref, cert_no, name, relation_phone, relation_name, \
+             now, fingerprint, batch_id, cert_no_hmac, relation_phone_hmac)",
+    start_call_conflict_sql!(),
+    " RETURNING transaction_id, first_call_at"
+);
 
 /// A NULL value keeps the stored one, except for the error columns, which
 /// describe the latest attempt only.

@@ -259,9 +259,37 @@ pub(super) async fn after_final_read<D: Dialect>(
     event: ResultEvent,
     events: bool,
 ) -> Result<bool, StoreError> {
+    after_final_deferring(tx, event, events, None).await
+}
+
+/// A job's event whose insert a grouped commit makes with the others of its
+/// group, in one statement ([`insert_events`]) before the commit.
+pub(super) struct DeferredEvent {
+    message_id: String,
+    routing_key: &'static str,
+    body: String,
+}
+
+/// [`after_final_read`]; with `deferred`, the event of a job outside any
+/// batch is pushed there instead of inserted (a batch's job events are
+/// inserted at once, so that its `batch.completed` event never comes before
+/// the last of them).
+pub(super) async fn after_final_deferring<D: Dialect>(
+    tx: &mut Transaction<'_, D>,
+    event: ResultEvent,
+    events: bool,
+    deferred: Option<&mut Vec<DeferredEvent>>,
+) -> Result<bool, StoreError> {
     if events {
         let body = to_body(&event)?;
-        D::insert_event(tx, event.message_id(), event.routing_key(), &body).await?;
+        match deferred {
+            Some(deferred) if event.batch_id.is_none() => deferred.push(DeferredEvent {
+                message_id: event.message_id().to_owned(),
+                routing_key: event.routing_key(),
+                body,
+            }),
+            _ => D::insert_event(tx, event.message_id(), event.routing_key(), &body).await?,
+        }
     }
     let mut completed = false;
     if let Some(batch_id) = &event.batch_id {
@@ -307,6 +335,32 @@ async fn maybe_complete<D: Dialect>(
         D::insert_event(tx, batch_id, BATCH_COMPLETED, &body).await?;
     }
     Ok(events)
+}
+
+/// The deferred events of a grouped commit, in one statement, in order.
+pub(super) async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[DeferredEvent],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO result_events (message_id, routing_key, body) \
+         SELECT e.message_id, e.routing_key, e.body \
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY \
+             AS e(message_id, routing_key, body, n) \
+         ORDER BY e.n",
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.message_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.routing_key).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::query("write the result events"))?;
+    Ok(())
 }
 
 fn to_body<T: serde::Serialize>(event: &T) -> Result<String, StoreError> {

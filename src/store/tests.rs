@@ -1406,5 +1406,62 @@ async fn grouped_commits_commit_every_outcome_and_fail_only_the_refused_one() {
     db.finish().await;
 }
 
+/// The call starts of a group in one statement (PostgreSQL): each job gets
+/// what the one-job statement would give it, in the order asked (new rows
+/// and open ones their first call time, a final row or one of another
+/// contact nothing), and a transaction_id twice in one statement is refused
+/// (the group then runs each request on its own).
+#[tokio::test]
+async fn call_starts_in_one_statement_answer_each_job_as_one_at_a_time() {
+    let db = TestDb::postgres().await;
+    let Backend::Postgres(pool) = &db.store.backend else {
+        unreachable!("a PostgreSQL store");
+    };
+    let masked = masked();
+    let store = &db.store;
+    store
+        .begin_call(&key("sc_open", &masked), at(0))
+        .await
+        .unwrap();
+    store
+        .record(
+            &key("sc_final", &masked),
+            Some(&call(1, at(0), "succeeded")),
+            &success("ZM_SC_FINAL"),
+        )
+        .await
+        .unwrap();
+    let other = JobKey {
+        fingerprint: "fp_another_contact",
+        ..key("sc_other", &masked)
+    };
+    store.begin_call(&other, at(0)).await.unwrap();
+    let jobs = [
+        (key("sc_new_1", &masked), at(5)),
+        (key("sc_final", &masked), at(5)),
+        (key("sc_open", &masked), at(5)),
+        (key("sc_other", &masked), at(5)),
+        (key("sc_new_2", &masked), at(6)),
+    ];
+    let started = super::postgres::start_calls_on(pool, &jobs).await.unwrap();
+    assert_eq!(started, [Some(at(5)), None, Some(at(0)), None, Some(at(6))]);
+    for id in ["sc_new_1", "sc_new_2"] {
+        let row = snapshot(store, id).await;
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0), "{id}");
+        assert_eq!(row.cert_no_masked.as_deref(), Some(masked.cert_no.as_str()));
+        let found = store.find(id).await.unwrap().unwrap();
+        assert!(!found.conflicts_with("fp_first_contact"), "{id}");
+        assert!(found.conflicts_with("fp_another_contact"), "{id}");
+    }
+    assert_eq!(snapshot(store, "sc_final").await.status, "succeeded");
+    let twice = [
+        (key("sc_twice", &masked), at(7)),
+        (key("sc_twice", &masked), at(7)),
+    ];
+    assert!(super::postgres::start_calls_on(pool, &twice).await.is_err());
+    assert!(store.find("sc_twice").await.unwrap().is_none());
+    db.finish().await;
+}
+
 #[path = "reuse_tests.rs"]
 mod reuse;

@@ -395,8 +395,10 @@ impl UpstreamClient {
 
     /// One signed call of any method. `redactor` (built only if the gateway
     /// rejects our signature, so never on the hot path) masks the PII in our
-    /// string-to-sign before it can reach an error message.
-    #[tracing::instrument(name = "upstream_call", skip_all, fields(method = M::METHOD))]
+    /// string-to-sign before it can reach an error message. The span is at
+    /// DEBUG: at the default INFO it costs nothing per call, and the job's
+    /// `process_job` span already names the transaction.
+    #[tracing::instrument(name = "upstream_call", level = "debug", skip_all, fields(method = M::METHOD))]
     pub(crate) async fn call<M: GatewayMethod>(
         &self,
         biz: &M::BizContent,

@@ -18,6 +18,10 @@ pub struct ProcUsage {
     pub cpu_seconds: f64,
     /// VmHWM: the highest resident set size.
     pub peak_rss_kib: u64,
+    /// Voluntary plus involuntary context switches of the process's threads
+    /// (those alive at the last reading: the runtime's threads live as long
+    /// as the process).
+    pub context_switches: u64,
 }
 
 impl ProcUsage {
@@ -30,7 +34,28 @@ impl ProcUsage {
         if let Some(peak_rss_kib) = peak_rss_kib(pid) {
             self.peak_rss_kib = self.peak_rss_kib.max(peak_rss_kib);
         }
+        if let Some(switches) = context_switches(pid) {
+            self.context_switches = self.context_switches.max(switches);
+        }
     }
+}
+
+/// The sum of `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches`
+/// over /proc/{pid}/task/*/status.
+fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches:"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
 }
 
 /// utime + stime, fields 14 and 15 of /proc/{pid}/stat; counted after the
