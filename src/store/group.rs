@@ -24,8 +24,13 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use super::dialect::Dialect;
+use super::postgres::Outcome;
 use super::results::DeferredEvent;
-use super::{CallRecord, JobKey, JobStatus, PiiMasked, RowUpdate, RowValues, StoreError};
+use super::{
+    CallRecord, JobKey, JobStatus, PiiMasked, RowUpdate, RowValues, Settle, StoreError,
+    update_error,
+};
 
 /// The most outcomes in one transaction: the worker's concurrency is
 /// usually below it, so in practice every outcome waiting is taken.
@@ -300,30 +305,10 @@ impl Committer {
             .await
             .map_err(StoreError::query("begin"))?;
         let mut done: Vec<Option<Done>> = group.iter().map(|_| None).collect();
-        // The call starts first, in one statement when there are several
-        // (they are half the requests, and each statement is a round trip).
-        let starts: Vec<usize> = (0..group.len())
-            .filter(|&index| matches!(group[index].work, Work::StartCall { .. }))
-            .collect();
-        if starts.len() > 1 && distinct(starts.iter().map(|&index| &group[index])) {
-            let jobs: Vec<_> = starts
-                .iter()
-                .map(|&index| {
-                    let request = &group[index];
-                    let now = match request.work {
-                        Work::StartCall { now, .. } => now,
-                        Work::Record { .. } => Utc::now(),
-                    };
-                    (request.key(), now)
-                })
-                .collect();
-            let started = super::postgres::start_calls_on(&mut *tx, &jobs).await?;
-            for (index, first_call_at) in starts.into_iter().zip(started) {
-                done[index] = Some(Done::Started(first_call_at));
-            }
-        }
-        // The outcomes one by one, their result events together after them.
+        start_calls(&mut tx, group, &mut done).await?;
+        // The outcomes, their result events together after them.
         let mut deferred = Vec::new();
+        record_outcomes(&mut tx, group, &mut done, self.events, &mut deferred).await?;
         for (request, slot) in group.iter().zip(done.iter_mut()) {
             if slot.is_none() {
                 *slot = Some(request.run_in(&mut tx, self.events, &mut deferred).await?);
@@ -335,6 +320,106 @@ impl Committer {
         tx.commit().await.map_err(StoreError::query("commit"))?;
         Ok(done.into_iter().flatten().collect())
     }
+}
+
+/// The group's call starts, in one statement when there are several of
+/// distinct jobs (they are half the requests, and each statement is a round
+/// trip); otherwise they are left for [`Request::run_in`].
+async fn start_calls(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Request],
+    done: &mut [Option<Done>],
+) -> Result<(), StoreError> {
+    let starts: Vec<(usize, (JobKey<'_>, DateTime<Utc>))> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(index, request)| match request.work {
+            Work::StartCall { now, .. } => Some((index, (request.key(), now))),
+            Work::Record { .. } => None,
+        })
+        .collect();
+    if starts.len() < 2 || !distinct(starts.iter().map(|(index, _)| &group[*index])) {
+        return Ok(());
+    }
+    let (indices, jobs): (Vec<usize>, Vec<_>) = starts.into_iter().unzip();
+    let started = super::postgres::start_calls_on(&mut **tx, &jobs).await?;
+    for (index, first_call_at) in indices.into_iter().zip(started) {
+        done[index] = Some(Done::Started(first_call_at));
+    }
+    Ok(())
+}
+
+/// The group's outcomes of calls, when there are several of distinct jobs:
+/// the calls appended and the rows locked in one statement, the rows made
+/// final in another, the other changes (rarer: a retry, a redelivered
+/// success) one by one, each with the rules of `record_in_tx`. Outcomes
+/// without a call are left for [`Request::run_in`].
+async fn record_outcomes(
+    tx: &mut Transaction<'_, Postgres>,
+    group: &[Request],
+    done: &mut [Option<Done>],
+    events: bool,
+    deferred: &mut Vec<DeferredEvent>,
+) -> Result<(), StoreError> {
+    let outcomes: Vec<(usize, Outcome<'_>)> = group
+        .iter()
+        .enumerate()
+        .filter_map(|(index, request)| match &request.work {
+            Work::Record {
+                call: Some(call),
+                update,
+                ..
+            } => Some((
+                index,
+                Outcome {
+                    transaction_id: &request.transaction_id,
+                    call,
+                    values: RowValues::from(&**update),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    if outcomes.len() < 2 || !distinct(outcomes.iter().map(|(index, _)| &group[*index])) {
+        return Ok(());
+    }
+    let (indices, outcomes): (Vec<usize>, Vec<Outcome<'_>>) = outcomes.into_iter().unzip();
+    let statuses = super::postgres::append_calls_and_lock(tx, &outcomes).await?;
+    let mut finals = Vec::new();
+    for ((index, outcome), status) in indices.into_iter().zip(outcomes).zip(statuses) {
+        // A missing row (an outcome recorded without its call start) fails
+        // the group: each request then runs on its own, which creates it.
+        let current = status.ok_or_else(|| StoreError::Malformed {
+            column: "transaction_id",
+            detail: format!("no row for {}", outcome.transaction_id),
+        })?;
+        let id = outcome.transaction_id;
+        let values = &outcome.values;
+        match Settle::of(current, values) {
+            Settle::CountAttempt => {
+                <Postgres as Dialect>::count_attempt(tx, id, 1).await?;
+                done[index] = Some(Done::Recorded((current, false)));
+            }
+            Settle::Update => {
+                <Postgres as Dialect>::apply_update(tx, id, 1, values)
+                    .await
+                    .map_err(|e| update_error(e, values))?;
+                done[index] = Some(Done::Recorded((values.status, false)));
+            }
+            Settle::Final => finals.push((index, outcome)),
+        }
+    }
+    if finals.is_empty() {
+        return Ok(());
+    }
+    let (indices, finals): (Vec<usize>, Vec<Outcome<'_>>) = finals.into_iter().unzip();
+    let made_final = super::postgres::apply_final_updates(tx, &finals).await?;
+    for ((index, outcome), event) in indices.into_iter().zip(&finals).zip(made_final) {
+        let wrote =
+            super::results::after_final_deferring(tx, event, events, Some(deferred)).await?;
+        done[index] = Some(Done::Recorded((outcome.values.status, wrote)));
+    }
+    Ok(())
 }
 
 /// Whether no two requests are for the same transaction_id.

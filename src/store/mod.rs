@@ -807,20 +807,50 @@ async fn record_in_tx<D: Dialect>(
     let current = D::open_outcome(tx, job, call).await?;
     let attempts_added = u8::from(call.is_some());
     let mut wrote_event = false;
-    let status = if current == JobStatus::Succeeded {
-        D::count_attempt(tx, job.transaction_id, attempts_added).await?;
-        current
-    } else if values.status.is_final() && values.status != current {
-        let event = D::apply_final_update(tx, job.transaction_id, attempts_added, values).await?;
-        wrote_event = results::after_final_deferring(tx, event, events, deferred).await?;
-        values.status
-    } else {
-        D::apply_update(tx, job.transaction_id, attempts_added, values)
-            .await
-            .map_err(|e| update_error(e, values))?;
-        values.status
+    let status = match Settle::of(current, values) {
+        Settle::CountAttempt => {
+            D::count_attempt(tx, job.transaction_id, attempts_added).await?;
+            current
+        }
+        Settle::Final => {
+            let event =
+                D::apply_final_update(tx, job.transaction_id, attempts_added, values).await?;
+            wrote_event = results::after_final_deferring(tx, event, events, deferred).await?;
+            values.status
+        }
+        Settle::Update => {
+            D::apply_update(tx, job.transaction_id, attempts_added, values)
+                .await
+                .map_err(|e| update_error(e, values))?;
+            values.status
+        }
     };
     Ok((status, wrote_event))
+}
+
+/// What an outcome does to its job's row, given the row's status under the
+/// outcome's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// The job already succeeded (a redelivery's call): only the attempt
+    /// counts; the row, its answer and its event stay as they are.
+    CountAttempt,
+    /// The row becomes final now: updated, and its result event written.
+    Final,
+    /// Any other change (retrying, or a final row's repeat): updated only.
+    Update,
+}
+
+impl Settle {
+    fn of(current: JobStatus, values: &RowValues<'_>) -> Self {
+        if current == JobStatus::Succeeded {
+            Self::CountAttempt
+        } else if values.status.is_final() && values.status != current {
+            Self::Final
+        } else {
+            Self::Update
+        }
+    }
 }
 
 /// [`JobStore::record_rejected`] on any backend, in one transaction: the

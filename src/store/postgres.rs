@@ -393,6 +393,127 @@ pub(super) async fn start_calls_on<'e>(
         .collect())
 }
 
+/// One outcome of a grouped commit in [`append_calls_and_lock`] and
+/// [`apply_final_updates`].
+pub(super) struct Outcome<'a> {
+    pub(super) transaction_id: &'a str,
+    pub(super) call: &'a CallRecord,
+    pub(super) values: RowValues<'a>,
+}
+
+/// [`APPEND_CALL_AND_LOCK`] for many outcomes in one statement: every call
+/// appended to the ledger, every row locked (in transaction_id order), and
+/// each row's status, in the order of `outcomes` (`None` for a missing row).
+/// The transaction_ids must be distinct.
+pub(super) async fn append_calls_and_lock(
+    tx: &mut Transaction<'_, Postgres>,
+    outcomes: &[Outcome<'_>],
+) -> Result<Vec<Option<JobStatus>>, StoreError> {
+    let calls = |f: fn(&CallRecord) -> Option<&str>| -> Vec<Option<&str>> {
+        outcomes.iter().map(|o| f(o.call)).collect()
+    };
+    let locked: Vec<(String, String)> = sqlx::query_as(APPEND_CALLS_AND_LOCK)
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.transaction_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| i32::try_from(o.call.attempt).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.call.started_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| saturating_i64(o.call.duration_ms))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.call.http_status.map(i32::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(calls(|call| call.code.as_deref()))
+        .bind(calls(|call| call.sub_code.as_deref()))
+        .bind(calls(|call| Some(call.outcome.as_str())))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::query("append upstream calls"))?;
+    let mut by_id: std::collections::HashMap<String, String> = locked.into_iter().collect();
+    outcomes
+        .iter()
+        .map(|o| {
+            by_id
+                .remove(o.transaction_id)
+                .map(|status| parse_status(&status))
+                .transpose()
+        })
+        .collect()
+}
+
+/// [`APPLY_FINAL_UPDATE`] for many outcomes that each make their row final,
+/// in one statement, one attempt added to each: the updated rows as result
+/// events, in the order of `outcomes`. The transaction_ids must be distinct
+/// and their rows locked; a biz_no already taken fails the whole statement.
+pub(super) async fn apply_final_updates(
+    tx: &mut Transaction<'_, Postgres>,
+    outcomes: &[Outcome<'_>],
+) -> Result<Vec<ResultEvent>, StoreError> {
+    let text = |f: for<'v> fn(&'v RowValues<'v>) -> Option<&'v str>| -> Vec<Option<&str>> {
+        outcomes.iter().map(|o| f(&o.values)).collect()
+    };
+    let rows: Vec<ResultRow<DateTime<Utc>>> = sqlx::query_as(APPLY_FINAL_UPDATES)
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.transaction_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|v| Some(v.status.as_str())))
+        .bind(text(|v| v.biz_no))
+        .bind(text(|v| v.relation_rank))
+        .bind(text(|v| v.recency))
+        .bind(
+            outcomes
+                .iter()
+                .map(|o| o.values.relation_score)
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|v| v.error_code))
+        .bind(text(|v| v.error_message))
+        .bind(text(|v| v.response_body))
+        .bind(text(|v| v.question_hmac))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::query("update job rows"))?;
+    let mut by_id = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let event = row.into_event(|_, at| Ok(at))?;
+        by_id.insert(event.transaction_id.clone(), event);
+    }
+    outcomes
+        .iter()
+        .map(|o| {
+            by_id
+                .remove(o.transaction_id)
+                .ok_or_else(|| StoreError::Malformed {
+                    column: "transaction_id",
+                    detail: format!("no row updated for {}", o.transaction_id),
+                })
+        })
+        .collect()
+}
+
 #[derive(FromRow)]
 struct ExistingRow {
     status: String,
@@ -503,6 +624,40 @@ const APPEND_CALL_AND_LOCK: &str = concat!(
     "WITH call AS (",
     append_call_sql!(),
     ") SELECT status FROM relation_checks WHERE transaction_id = $1 FOR UPDATE"
+);
+
+/// [`APPEND_CALL_AND_LOCK`] for many calls (one array per column; the
+/// statuses come back with their transaction_ids).
+const APPEND_CALLS_AND_LOCK: &str = "\
+    WITH call AS (\
+        INSERT INTO upstream_calls (transaction_id, attempt, started_at, duration_ms, \
+            http_status, code, sub_code, outcome) \
+        SELECT * FROM UNNEST($1::text[], $2::integer[], $3::timestamptz[], $4::bigint[], \
+            $5::integer[], $6::text[], $7::text[], $8::text[])) \
+    SELECT transaction_id, status FROM relation_checks WHERE transaction_id = ANY($1) \
+    ORDER BY transaction_id FOR UPDATE";
+
+/// [`APPLY_FINAL_UPDATE`] for many rows made final, one attempt added to
+/// each (the `u_` columns are the new values).
+const APPLY_FINAL_UPDATES: &str = concat!(
+    "UPDATE relation_checks SET \
+        status = u.u_status, attempts = attempts + 1, updated_at = now(), \
+        completed_at = now(), \
+        biz_no = COALESCE(u.u_biz_no, biz_no), \
+        relation_rank = COALESCE(u.u_relation_rank, relation_rank), \
+        recency = COALESCE(u.u_recency, recency), \
+        relation_score = COALESCE(u.u_relation_score, relation_score), \
+        error_code = u.u_error_code, error_message = u.u_error_message, \
+        response_body = COALESCE(u.u_response_body, response_body), \
+        question_hmac = COALESCE(u.u_question_hmac, question_hmac) \
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], \
+        $7::text[], $8::text[], $9::text[], $10::text[]) \
+        AS u(u_transaction_id, u_status, u_biz_no, u_relation_rank, u_recency, \
+             u_relation_score, u_error_code, u_error_message, u_response_body, \
+             u_question_hmac) \
+    WHERE transaction_id = u.u_transaction_id \
+    RETURNING ",
+    result_fields!()
 );
 
 /// Binds [`APPEND_CALL`]'s parameters to a `query` or `query_as`.

@@ -1406,6 +1406,129 @@ async fn grouped_commits_commit_every_outcome_and_fail_only_the_refused_one() {
     db.finish().await;
 }
 
+/// A group's outcomes of every kind in one commit (PostgreSQL): rows made
+/// final (succeeded, failed), retries, and calls of jobs that already
+/// succeeded (a redelivery: only the attempt counts, the answer stays and no
+/// second event is written), each exactly as on its own: one ledger row per
+/// call, one event per row made final, with the row's own fields.
+#[tokio::test]
+async fn grouped_outcomes_of_every_kind_settle_each_job_as_on_its_own() {
+    let db = TestDb::postgres().await;
+    let store = with_events(&db).with_grouped_commits();
+    let masked = masked();
+    let done_before: Vec<String> = (0..5).map(|n| format!("mixed_done_{n}")).collect();
+    for id in &done_before {
+        store
+            .record(
+                &key(id, &masked),
+                Some(&call(1, at(0), "succeeded")),
+                &success(&format!("ZM_{id}")),
+            )
+            .await
+            .unwrap();
+    }
+    let fresh: Vec<String> = (0..30).map(|n| format!("mixed_{n}")).collect();
+    for id in &fresh {
+        store.begin_call(&key(id, &masked), at(1)).await.unwrap();
+    }
+    let requests: Vec<(&String, RowUpdate, &str)> = fresh
+        .iter()
+        .enumerate()
+        .map(|(n, id)| match n % 3 {
+            0 => (id, retrying(), "retryable"),
+            1 => (id, success(&format!("ZM_{id}")), "succeeded"),
+            _ => (id, failed(), "permanent"),
+        })
+        .chain(
+            done_before
+                .iter()
+                .map(|id| (id, success("ZM_SECOND_ANSWER"), "succeeded")),
+        )
+        .collect();
+    let outcomes = futures_util::future::join_all(requests.iter().map(|(id, update, outcome)| {
+        let store = store.clone();
+        let masked = &masked;
+        async move {
+            store
+                .record(&key(id, masked), Some(&call(2, at(2), outcome)), update)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    for ((id, update, _), status) in requests.iter().zip(&outcomes) {
+        let expected = match (id.starts_with("mixed_done_"), update) {
+            (true, _) => JobStatus::Succeeded,
+            (false, RowUpdate::Retrying { .. }) => JobStatus::Retrying,
+            (false, RowUpdate::Succeeded { .. }) => JobStatus::Succeeded,
+            (false, RowUpdate::Failed { .. }) => JobStatus::Failed,
+        };
+        assert_eq!(*status, expected, "{id}");
+    }
+    for (n, id) in fresh.iter().enumerate() {
+        let row = snapshot(&store, id).await;
+        assert_eq!(row.attempts, 1, "{id}");
+        assert_eq!(store.calls_for(id).await.unwrap().len(), 1, "{id}");
+        match n % 3 {
+            0 => {
+                assert_eq!(
+                    (row.status.as_str(), row.is_completed),
+                    ("retrying", 0),
+                    "{id}"
+                );
+                assert_eq!(row.error_code.as_deref(), Some("SYSTEM_ERROR"), "{id}");
+            }
+            1 => {
+                assert_eq!(
+                    (row.status.as_str(), row.is_completed),
+                    ("succeeded", 1),
+                    "{id}"
+                );
+                assert_eq!(row.biz_no, Some(format!("ZM_{id}")), "{id}");
+                assert_eq!(row.relation_score, Some(99), "{id}");
+            }
+            _ => {
+                assert_eq!(
+                    (row.status.as_str(), row.is_completed),
+                    ("failed", 1),
+                    "{id}"
+                );
+                assert_eq!(row.error_code.as_deref(), Some("INVALID_PARAMETER"), "{id}");
+            }
+        }
+    }
+    for id in &done_before {
+        let row = snapshot(&store, id).await;
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("succeeded", 2),
+            "{id}"
+        );
+        assert_eq!(row.biz_no, Some(format!("ZM_{id}")), "{id}");
+        assert_eq!(store.calls_for(id).await.unwrap().len(), 2, "{id}");
+    }
+    // One event per row made final: the five earlier successes, then the
+    // twenty of this group (none for a retry or a second answer).
+    let events = outbox(&store).await;
+    assert_eq!(events.len(), 5 + 20);
+    for (n, id) in fresh.iter().enumerate() {
+        let mine: Vec<_> = events.iter().filter(|e| &e.message_id == id).collect();
+        match n % 3 {
+            0 => assert!(mine.is_empty(), "{id}"),
+            1 => {
+                assert_eq!(mine.len(), 1, "{id}");
+                assert!(mine[0].body.contains(&format!("ZM_{id}")), "{id}");
+            }
+            _ => {
+                assert_eq!(mine.len(), 1, "{id}");
+                assert!(mine[0].body.contains("INVALID_PARAMETER"), "{id}");
+            }
+        }
+    }
+    drop(store);
+    db.finish().await;
+}
+
 /// The call starts of a group in one statement (PostgreSQL): each job gets
 /// what the one-job statement would give it, in the order asked (new rows
 /// and open ones their first call time, a final row or one of another
