@@ -87,9 +87,14 @@ pub(crate) async fn run(settings: Settings, options: RunOptions) -> anyhow::Resu
     let worker_id = crate::cluster::new_worker_id();
     // Every line of this replica, its job tasks' included, carries worker_id.
     let span = tracing::info_span!("worker", worker_id = %worker_id);
-    run_replica(settings, options, worker_id)
-        .instrument(span)
+    // A task of its own, on the runtime's worker threads rather than on the
+    // thread `#[tokio::main]` blocks on: the consumer loop is woken for
+    // every delivery, and waking a task on a busy worker thread costs no
+    // system call, where the parked main thread had to be unparked (about
+    // 1.4 context switches per job in the production bench).
+    tokio::spawn(run_replica(settings, options, worker_id).instrument(span))
         .await
+        .context("the worker's task failed")?
 }
 
 async fn run_replica(
