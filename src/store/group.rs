@@ -5,12 +5,14 @@
 //! committer's own (one of [`LANES`] committers), and each caller hears
 //! back only once that transaction has committed (an outcome's ack still
 //! follows its own commit, a call still starts after its row is committed).
-//! Each one runs the same statements, with the same rules, as on its own,
-//! except that the group's call starts are one statement (one array per
-//! column) and the result events of its jobs outside any batch are inserted
-//! together after the outcomes; what the group saves is the `BEGIN`, the
-//! `COMMIT`, the pool's liveness ping on every release and those round
-//! trips, which were most of the worker's database traffic.
+//! Each one follows the same rules as on its own, but in statements shared
+//! by the group where they are of one kind (one array per column): the call
+//! starts in one, the outcomes of calls in two (ledger appends with row
+//! locks, then the rows made final; retries and redelivered successes one by
+//! one), the result events of jobs outside any batch in one after them. What
+//! the group saves is the `BEGIN`, the `COMMIT`, the pool's liveness ping on
+//! every release and those round trips, which were most of the worker's
+//! database traffic.
 //!
 //! When anything in a group fails (a taken biz_no, a deadlock, the
 //! connection), the whole transaction is rolled back and every request of the

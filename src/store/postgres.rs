@@ -362,24 +362,18 @@ pub(super) async fn start_calls_on<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     jobs: &[(JobKey<'_>, DateTime<Utc>)],
 ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
-    fn column<'a, T>(
-        jobs: &'a [(JobKey<'a>, DateTime<Utc>)],
-        f: impl Fn(&'a JobKey<'a>) -> T,
-    ) -> Vec<T> {
-        jobs.iter().map(|(job, _)| f(job)).collect()
-    }
     let started: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(START_CALLS)
-        .bind(column(jobs, |job| job.transaction_id))
-        .bind(column(jobs, |job| job.external_ref))
-        .bind(column(jobs, |job| job.masked.cert_no.as_str()))
-        .bind(column(jobs, |job| job.masked.name.as_str()))
-        .bind(column(jobs, |job| job.masked.relation_phone.as_str()))
-        .bind(column(jobs, |job| job.masked.relation_name.as_str()))
-        .bind(jobs.iter().map(|(_, now)| *now).collect::<Vec<_>>())
-        .bind(column(jobs, |job| job.fingerprint))
-        .bind(column(jobs, |job| job.batch_id))
-        .bind(column(jobs, |job| job.masked.cert_no_hmac.as_deref()))
-        .bind(column(jobs, |job| {
+        .bind(column(jobs, |(job, _)| job.transaction_id))
+        .bind(column(jobs, |(job, _)| job.external_ref))
+        .bind(column(jobs, |(job, _)| job.masked.cert_no.as_str()))
+        .bind(column(jobs, |(job, _)| job.masked.name.as_str()))
+        .bind(column(jobs, |(job, _)| job.masked.relation_phone.as_str()))
+        .bind(column(jobs, |(job, _)| job.masked.relation_name.as_str()))
+        .bind(column(jobs, |(_, now)| *now))
+        .bind(column(jobs, |(job, _)| job.fingerprint))
+        .bind(column(jobs, |(job, _)| job.batch_id))
+        .bind(column(jobs, |(job, _)| job.masked.cert_no_hmac.as_deref()))
+        .bind(column(jobs, |(job, _)| {
             job.masked.relation_phone_hmac.as_deref()
         }))
         .fetch_all(executor)
@@ -391,6 +385,11 @@ pub(super) async fn start_calls_on<'e>(
         .iter()
         .map(|(job, _)| by_id.remove(job.transaction_id).flatten())
         .collect())
+}
+
+/// One array parameter of a many-row statement: `f` of every item.
+fn column<'a, S, T>(items: &'a [S], f: impl Fn(&'a S) -> T) -> Vec<T> {
+    items.iter().map(f).collect()
 }
 
 /// One outcome of a grouped commit in [`append_calls_and_lock`] and
@@ -409,43 +408,17 @@ pub(super) async fn append_calls_and_lock(
     tx: &mut Transaction<'_, Postgres>,
     outcomes: &[Outcome<'_>],
 ) -> Result<Vec<Option<JobStatus>>, StoreError> {
-    let calls = |f: fn(&CallRecord) -> Option<&str>| -> Vec<Option<&str>> {
-        outcomes.iter().map(|o| f(o.call)).collect()
-    };
     let locked: Vec<(String, String)> = sqlx::query_as(APPEND_CALLS_AND_LOCK)
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.transaction_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| i32::try_from(o.call.attempt).unwrap_or(i32::MAX))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.call.started_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| saturating_i64(o.call.duration_ms))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.call.http_status.map(i32::from))
-                .collect::<Vec<_>>(),
-        )
-        .bind(calls(|call| call.code.as_deref()))
-        .bind(calls(|call| call.sub_code.as_deref()))
-        .bind(calls(|call| Some(call.outcome.as_str())))
+        .bind(column(outcomes, |o| o.transaction_id))
+        .bind(column(outcomes, |o| {
+            i32::try_from(o.call.attempt).unwrap_or(i32::MAX)
+        }))
+        .bind(column(outcomes, |o| o.call.started_at))
+        .bind(column(outcomes, |o| saturating_i64(o.call.duration_ms)))
+        .bind(column(outcomes, |o| o.call.http_status.map(i32::from)))
+        .bind(column(outcomes, |o| o.call.code.as_deref()))
+        .bind(column(outcomes, |o| o.call.sub_code.as_deref()))
+        .bind(column(outcomes, |o| o.call.outcome.as_str()))
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::query("append upstream calls"))?;
@@ -469,30 +442,17 @@ pub(super) async fn apply_final_updates(
     tx: &mut Transaction<'_, Postgres>,
     outcomes: &[Outcome<'_>],
 ) -> Result<Vec<ResultEvent>, StoreError> {
-    let text = |f: for<'v> fn(&'v RowValues<'v>) -> Option<&'v str>| -> Vec<Option<&str>> {
-        outcomes.iter().map(|o| f(&o.values)).collect()
-    };
     let rows: Vec<ResultRow<DateTime<Utc>>> = sqlx::query_as(APPLY_FINAL_UPDATES)
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.transaction_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(text(|v| Some(v.status.as_str())))
-        .bind(text(|v| v.biz_no))
-        .bind(text(|v| v.relation_rank))
-        .bind(text(|v| v.recency))
-        .bind(
-            outcomes
-                .iter()
-                .map(|o| o.values.relation_score)
-                .collect::<Vec<_>>(),
-        )
-        .bind(text(|v| v.error_code))
-        .bind(text(|v| v.error_message))
-        .bind(text(|v| v.response_body))
-        .bind(text(|v| v.question_hmac))
+        .bind(column(outcomes, |o| o.transaction_id))
+        .bind(column(outcomes, |o| o.values.status.as_str()))
+        .bind(column(outcomes, |o| o.values.biz_no))
+        .bind(column(outcomes, |o| o.values.relation_rank))
+        .bind(column(outcomes, |o| o.values.recency))
+        .bind(column(outcomes, |o| o.values.relation_score))
+        .bind(column(outcomes, |o| o.values.error_code))
+        .bind(column(outcomes, |o| o.values.error_message))
+        .bind(column(outcomes, |o| o.values.response_body))
+        .bind(column(outcomes, |o| o.values.question_hmac))
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::query("update job rows"))?;
@@ -550,14 +510,21 @@ macro_rules! start_call_conflict_sql {
     };
 }
 
+/// The columns a call start writes.
+macro_rules! start_call_insert_sql {
+    () => {
+        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
+            cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
+            created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
+            cert_no_hmac, relation_phone_hmac) "
+    };
+}
+
 /// A call start: a new row, or [`start_call_conflict_sql`] on an existing
 /// one; no row returned when it changed nothing.
 const START_CALL: &str = concat!(
-    "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
-        cert_no_hmac, relation_phone_hmac) \
-    VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11)",
+    start_call_insert_sql!(),
+    "VALUES ($1, $2, 'pending', 0, $3, $4, $5, $6, $7, $7, $7, $8, $9, $10, $11)",
     start_call_conflict_sql!(),
     " RETURNING first_call_at"
 );
@@ -567,11 +534,8 @@ const START_CALL: &str = concat!(
 /// No transaction_id may appear twice (PostgreSQL refuses to change a row
 /// twice in one statement).
 const START_CALLS: &str = concat!(
-    "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
-        cert_no_hmac, relation_phone_hmac) \
-    SELECT j.transaction_id, j.external_ref, 'pending', 0, j.cert_no, j.name, \
+    start_call_insert_sql!(),
+    "SELECT j.transaction_id, j.external_ref, 'pending', 0, j.cert_no, j.name, \
         j.relation_phone, j.relation_name, j.now, j.now, j.now, j.fingerprint, j.batch_id, \
         j.cert_no_hmac, j.relation_phone_hmac \
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \

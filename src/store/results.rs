@@ -249,16 +249,6 @@ pub(super) async fn after_final<D: Dialect>(
     events: bool,
 ) -> Result<bool, StoreError> {
     let event = D::read_result(tx, transaction_id).await?;
-    after_final_read(tx, event, events).await
-}
-
-/// [`after_final`] with the final row already read as `event` (returned by
-/// the update that made it final).
-pub(super) async fn after_final_read<D: Dialect>(
-    tx: &mut Transaction<'_, D>,
-    event: ResultEvent,
-    events: bool,
-) -> Result<bool, StoreError> {
     after_final_deferring(tx, event, events, None).await
 }
 
@@ -270,10 +260,11 @@ pub(super) struct DeferredEvent {
     body: String,
 }
 
-/// [`after_final_read`]; with `deferred`, the event of a job outside any
-/// batch is pushed there instead of inserted (a batch's job events are
-/// inserted at once, so that its `batch.completed` event never comes before
-/// the last of them).
+/// [`after_final`] with the final row already read as `event` (returned by
+/// the update that made it final). With `deferred`, the event of a job
+/// outside any batch is pushed there instead of inserted (a batch's job
+/// events are inserted at once, so that its `batch.completed` event never
+/// comes before the last of them).
 pub(super) async fn after_final_deferring<D: Dialect>(
     tx: &mut Transaction<'_, D>,
     event: ResultEvent,
