@@ -407,11 +407,7 @@ pub(crate) fn sn_from_parts(issuer_dn: &str, serial_decimal: &str) -> String {
     let mut hasher = md5::Md5::new();
     hasher.update(issuer_dn.as_bytes());
     hasher.update(serial_decimal.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(hasher.finalize())
 }
 
 /// The DN as Java's `X500Principal.getName()` (RFC 2253) writes it.
@@ -478,10 +474,9 @@ fn format_ava(
         (Some(keyword), Some(text)) => Ok((true, format!("{keyword}={}", escape_rfc2253(text)))),
         (keyword, _) => {
             let der = value.to_der_vec().map_err(|e| e.to_string())?;
-            let hex: String = der.iter().map(|byte| format!("{byte:02x}")).collect();
             Ok((
                 keyword.is_some(),
-                format!("{}=#{hex}", keyword.unwrap_or(oid)),
+                format!("{}=#{}", keyword.unwrap_or(oid), hex::encode(der)),
             ))
         }
     }
