@@ -25,7 +25,11 @@
 //!
 //! `PERF_SCENARIOS=clean,faults` picks scenarios (default: all four);
 //! `PERF_RECORD=/tmp/prof` also records the worker with `perf record -g`
-//! (software clock) into `/tmp/prof.<scenario>.data`.
+//! (software clock) into `/tmp/prof.<scenario>.data`. `PERF_CALLGRIND=1`
+//! runs the worker under `valgrind --tool=callgrind` instead and reports the
+//! instructions per job spent signing, verifying and on everything else:
+//! unlike CPU time, the same on a loaded machine as on a quiet one (use a
+//! few hundred jobs: valgrind is ~50× slower).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -204,8 +208,20 @@ async fn run(scenario: &Scenario, signature_ms: f64) {
     let key_path = support::worker::write_pii_key(dir.path());
     let log_path = dir.path().join("worker.log");
     let log = std::fs::File::create(&log_path).expect("log file");
+    let callgrind_out = dir.path().join("callgrind.out");
+    let mut command = match std::env::var_os("PERF_CALLGRIND") {
+        Some(_) => {
+            let mut valgrind = Command::new("valgrind");
+            valgrind
+                .arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", callgrind_out.display()))
+                .arg(support::BIN);
+            valgrind
+        }
+        None => Command::new(support::BIN),
+    };
     let started = Instant::now();
-    let mut child = Command::new(support::BIN)
+    let mut child = command
         .args(["run", "--until-idle"])
         .env("ZHIMA__PII__HMAC_KEY_PATH", &key_path)
         .env("ZHIMA__UPSTREAM__GATEWAY_URL", &gateway_url)
@@ -279,6 +295,9 @@ async fn run(scenario: &Scenario, signature_ms: f64) {
     );
     if scenario.steady {
         report_steady(scenario, &database_url, &samples, signature_ms).await;
+    }
+    if callgrind_out.exists() {
+        report_instructions(scenario, &callgrind_out);
     }
     support::broker::delete_topology(&channel, &topology).await;
     support::postgres::drop_database(&format!("zp_{id}")).await;
@@ -378,6 +397,47 @@ async fn publish_jobs(connection: &lapin::Connection, topology: &Topology, jobs:
             .await
             .expect("confirmed");
     }
+}
+
+/// `PERF_CALLGRIND=1`: the worker ran under `valgrind --tool=callgrind`,
+/// which counts instructions, not time: the same figures on a busy machine
+/// as on a quiet one (its timings above are valgrind's, not the worker's).
+/// Splits the count into signing, verifying and the rest. Valgrind hides
+/// AVX-512, so the RSA code runs its AVX2 path and counts more than on the
+/// machine itself; the rest is what the worker's own design costs. The
+/// counts include start-up: two job counts tell the per-job part apart.
+fn report_instructions(scenario: &Scenario, callgrind_out: &std::path::Path) {
+    let output = std::process::Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--auto=no", "--threshold=100"])
+        .arg(callgrind_out)
+        .output()
+        .expect("callgrind_annotate runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The first (largest) inclusive count of a line naming `needle`.
+    let count = |needle: &str| -> f64 {
+        text.lines()
+            .find(|line| line.contains(needle))
+            .and_then(|line| line.split_whitespace().next())
+            .and_then(|number| number.replace(',', "").parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let total = count("PROGRAM TOTALS");
+    let signing = count("pkey_rsa_sign ");
+    // The first signature seeds aws-lc's random generator (jitter entropy).
+    let seeding = count("__pthread_once_slow");
+    let verifying = count("pkey_rsa_verify ");
+    let jobs = f64::from(scenario.jobs);
+    println!(
+        "production [{}] instructions (callgrind): {:.1} M in all; per job {:.0} k signing, \
+         {:.0} k verifying, {:.0} k everything else (start-up included: compare two job \
+         counts for the per-job part); {:.1} M seeding the signer's random generator once",
+        scenario.name,
+        total / 1e6,
+        (signing - seeding) / jobs / 1e3,
+        verifying / jobs / 1e3,
+        (total - signing - verifying) / jobs / 1e3,
+        seeding / 1e6,
+    );
 }
 
 /// `perf record` attached to the worker; it stops when the worker exits.

@@ -18,7 +18,7 @@ use lapin::{Channel, ExchangeKind};
 use zhima_worker::sandbox::Faults;
 
 use crate::support::{
-    self, Db, TestWorker, count_values, eventually, job, spawn_worker, spawn_worker_with, until,
+    self, Db, TestWorker, count_values, job, spawn_worker, spawn_worker_with, until,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -342,7 +342,9 @@ async fn two_replicas_one_killed_every_job_gets_one_distinct_event_and_the_batch
 async fn events_committed_but_not_published_go_out_after_restart() {
     let mut worker = spawn_worker(Db::Sqlite).await;
     let results = ResultsQueue::bind(&mut worker).await;
-    let jobs = 6;
+    // More than one relay round's worth of small joins: the relay sends a
+    // round's publishes all at once, and they must still leave in outbox order.
+    let jobs = 40;
     for n in 0..jobs {
         worker.publish_job(&job("held", n)).await;
     }
@@ -363,17 +365,29 @@ async fn events_committed_but_not_published_go_out_after_restart() {
     );
     assert_eq!(unsent(&worker).await, i64::from(jobs));
     assert!(results.take_all().await.is_empty(), "nothing published yet");
+    let outbox_order: Vec<String> = worker
+        .query_rows("SELECT message_id, routing_key FROM result_events ORDER BY id")
+        .await
+        .into_iter()
+        .map(|(message_id, _)| message_id)
+        .collect();
 
     worker.run_until_idle(LIMIT).await;
     assert_eq!(unsent(&worker).await, 0, "--until-idle exits once drained");
-    let received = eventually(LIMIT, "the held events", || async {
+    let taken = std::cell::RefCell::new(Vec::new());
+    until(LIMIT, "every held event", || async {
         let got = results.take_all().await;
-        (!got.is_empty()).then_some(got)
+        let mut taken = taken.borrow_mut();
+        taken.extend(got);
+        taken.len() >= jobs as usize
     })
     .await;
+    let received = taken.into_inner();
     let ids: BTreeSet<String> = received.iter().map(|e| e.message_id.clone()).collect();
     let expected: BTreeSet<String> = (0..jobs).map(|n| format!("held_{n}")).collect();
     assert_eq!(ids, expected);
+    let arrival_order: Vec<String> = received.iter().map(|e| e.message_id.clone()).collect();
+    assert_eq!(arrival_order, outbox_order, "published in outbox order");
     assert!(
         received
             .iter()
