@@ -25,8 +25,8 @@ use crate::queue::{self, Publisher, QueueError};
 use crate::store::{JobStore, StoreError};
 use crate::telemetry::metric;
 
-/// How long one round waits for its confirms before giving the rows back
-/// and reconnecting.
+/// How long one round waits for its publishes to be written and confirmed
+/// before giving the rows back and reconnecting.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the relay waits after a wake-up before claiming, so that the
 /// events of jobs finishing close together share one round.
@@ -45,7 +45,7 @@ enum RelayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-    #[error("the broker did not confirm the result events within {} s", CONFIRM_TIMEOUT.as_secs())]
+    #[error("the broker did not take and confirm the result events within {} s", CONFIRM_TIMEOUT.as_secs())]
     ConfirmTimeout,
 }
 
@@ -198,6 +198,8 @@ impl RelayLoop {
         // messages go out in that order, in as few writes as the connection
         // thread manages, and this task wakes once for them all rather than
         // once per event (a round trip with lapin's thread each).
+        // The time limit covers the sends too: lapin holds publishes while
+        // the broker blocks the connection (a memory or disk alarm).
         let sends = claim.events.iter().map(|event| {
             publisher.send(Outgoing::result_event(
                 &self.exchange,
@@ -206,18 +208,15 @@ impl RelayLoop {
                 &event.message_id,
             ))
         });
-        let confirms = futures_util::future::join_all(sends)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, QueueError>>()?;
         let target = format!("exchange {}", self.exchange);
-        let confirmed = async {
+        let published = async {
+            let confirms = futures_util::future::join_all(sends).await;
             for confirm in confirms {
-                Publisher::confirmed(confirm, target.clone()).await?;
+                Publisher::confirmed(confirm?, target.clone()).await?;
             }
             Ok::<(), QueueError>(())
         };
-        tokio::time::timeout(CONFIRM_TIMEOUT, confirmed)
+        tokio::time::timeout(CONFIRM_TIMEOUT, published)
             .await
             .map_err(|_| RelayError::ConfirmTimeout)??;
         let sent = claim.events.len();
