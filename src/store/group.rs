@@ -434,9 +434,7 @@ async fn record_outcomes(
 }
 
 /// Whether no two requests are for the same transaction_id.
-fn distinct<'a>(requests: impl Iterator<Item = &'a Request>) -> bool {
+fn distinct<'a>(mut requests: impl Iterator<Item = &'a Request>) -> bool {
     let mut seen = std::collections::HashSet::new();
-    requests
-        .into_iter()
-        .all(|request| seen.insert(request.transaction_id.as_str()))
+    requests.all(|request| seen.insert(request.transaction_id.as_str()))
 }

@@ -388,7 +388,7 @@ pub(super) async fn start_calls_on<'e>(
 }
 
 /// One array parameter of a many-row statement: `f` of every item.
-fn column<'a, S, T>(items: &'a [S], f: impl Fn(&'a S) -> T) -> Vec<T> {
+pub(super) fn column<'a, S, T>(items: &'a [S], f: impl Fn(&'a S) -> T) -> Vec<T> {
     items.iter().map(f).collect()
 }
 
@@ -481,43 +481,6 @@ struct ExistingRow {
     business_fingerprint: Option<String>,
     batch_id: Option<String>,
     first_call_at: Option<DateTime<Utc>>,
-}
-
-/// What a call start does to an existing row (`EXCLUDED` is the new one):
-/// the first call time and absent columns are filled, never overwritten; a
-/// final row or one with another fingerprint is left as it is.
-macro_rules! start_call_conflict_sql {
-    () => {
-        " ON CONFLICT (transaction_id) DO UPDATE SET \
-            first_call_at = COALESCE(relation_checks.first_call_at, EXCLUDED.first_call_at), \
-            external_ref = COALESCE(EXCLUDED.external_ref, relation_checks.external_ref), \
-            cert_no_masked = COALESCE(relation_checks.cert_no_masked, EXCLUDED.cert_no_masked), \
-            name_masked = COALESCE(relation_checks.name_masked, EXCLUDED.name_masked), \
-            relation_phone_masked = \
-                COALESCE(relation_checks.relation_phone_masked, EXCLUDED.relation_phone_masked), \
-            relation_name_masked = \
-                COALESCE(relation_checks.relation_name_masked, EXCLUDED.relation_name_masked), \
-            business_fingerprint = \
-                COALESCE(relation_checks.business_fingerprint, EXCLUDED.business_fingerprint), \
-            batch_id = COALESCE(relation_checks.batch_id, EXCLUDED.batch_id), \
-            cert_no_hmac = COALESCE(relation_checks.cert_no_hmac, EXCLUDED.cert_no_hmac), \
-            relation_phone_hmac = \
-                COALESCE(relation_checks.relation_phone_hmac, EXCLUDED.relation_phone_hmac), \
-            updated_at = EXCLUDED.updated_at \
-          WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
-            AND (relation_checks.business_fingerprint IS NULL \
-                 OR relation_checks.business_fingerprint = EXCLUDED.business_fingerprint)"
-    };
-}
-
-/// The columns a call start writes.
-macro_rules! start_call_insert_sql {
-    () => {
-        "INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-            cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-            created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
-            cert_no_hmac, relation_phone_hmac) "
-    };
 }
 
 /// A call start: a new row, or [`start_call_conflict_sql`] on an existing

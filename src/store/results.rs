@@ -24,6 +24,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::{Database, FromRow, PgPool, Pool, Postgres, Sqlite, SqlitePool, Transaction};
 
 use super::dialect::Dialect;
+use super::postgres::column;
 use super::sqlite::{from_text, to_text};
 use super::{JobStore, StoreError, attempts_from_db};
 use crate::results::event::{BATCH_COMPLETED, BatchCompleted, RELATION_RESULT, ResultEvent};
@@ -340,14 +341,9 @@ pub(super) async fn insert_events(
              AS e(message_id, routing_key, body, n) \
          ORDER BY e.n",
     )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.message_id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(events.iter().map(|e| e.routing_key).collect::<Vec<_>>())
-    .bind(events.iter().map(|e| e.body.as_str()).collect::<Vec<_>>())
+    .bind(column(events, |e| e.message_id.as_str()))
+    .bind(column(events, |e| e.routing_key))
+    .bind(column(events, |e| e.body.as_str()))
     .execute(&mut **tx)
     .await
     .map_err(StoreError::query("write the result events"))?;

@@ -416,35 +416,14 @@ struct ExistingRow {
     first_call_at: Option<String>,
 }
 
-/// The first call time and absent columns are filled, never overwritten; a
-/// final row or one with another fingerprint is left as it is (no row
-/// returned).
-const START_CALL: &str = "\
-    INSERT INTO relation_checks (transaction_id, external_ref, status, attempts, \
-        cert_no_masked, name_masked, relation_phone_masked, relation_name_masked, \
-        created_at, updated_at, first_call_at, business_fingerprint, batch_id, \
-        cert_no_hmac, relation_phone_hmac) \
-    VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10, ?11) \
-    ON CONFLICT (transaction_id) DO UPDATE SET \
-        first_call_at = COALESCE(relation_checks.first_call_at, excluded.first_call_at), \
-        external_ref = COALESCE(excluded.external_ref, relation_checks.external_ref), \
-        cert_no_masked = COALESCE(relation_checks.cert_no_masked, excluded.cert_no_masked), \
-        name_masked = COALESCE(relation_checks.name_masked, excluded.name_masked), \
-        relation_phone_masked = \
-            COALESCE(relation_checks.relation_phone_masked, excluded.relation_phone_masked), \
-        relation_name_masked = \
-            COALESCE(relation_checks.relation_name_masked, excluded.relation_name_masked), \
-        business_fingerprint = \
-            COALESCE(relation_checks.business_fingerprint, excluded.business_fingerprint), \
-        batch_id = COALESCE(relation_checks.batch_id, excluded.batch_id), \
-        cert_no_hmac = COALESCE(relation_checks.cert_no_hmac, excluded.cert_no_hmac), \
-        relation_phone_hmac = \
-            COALESCE(relation_checks.relation_phone_hmac, excluded.relation_phone_hmac), \
-        updated_at = excluded.updated_at \
-      WHERE relation_checks.status NOT IN ('succeeded', 'failed') \
-        AND (relation_checks.business_fingerprint IS NULL \
-             OR relation_checks.business_fingerprint = excluded.business_fingerprint) \
-    RETURNING first_call_at";
+/// A call start: a new row, or `start_call_conflict_sql!` (shared with
+/// PostgreSQL) on an existing one; no row returned when it changed nothing.
+const START_CALL: &str = concat!(
+    start_call_insert_sql!(),
+    "VALUES (?1, ?2, 'pending', 0, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10, ?11)",
+    start_call_conflict_sql!(),
+    " RETURNING first_call_at"
+);
 
 /// A NULL value keeps the stored one, except for the error columns and
 /// `completed_at` (?5, bound only for a final status).
